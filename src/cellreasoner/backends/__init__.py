@@ -1,0 +1,33 @@
+"""Annotation backends, discovered by name (one file each, one protocol)."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import InputError
+from .base import Backend, Generation, ProgressCallback
+
+#: registry name -> "module:Class" (modules are imported lazily, heavy deps stay optional)
+BACKENDS: dict[str, str] = {
+    "builtin": "cellreasoner.backends.builtin:BuiltinBackend",
+    "transformers": "cellreasoner.backends.transformers:TransformersBackend",
+    "vllm": "cellreasoner.backends.vllm:VLLMBackend",
+    "openai": "cellreasoner.backends.openai:OpenAIBackend",
+    "gguf": "cellreasoner.backends.gguf:GGUFBackend",
+}
+
+
+def get_backend(name: str | Backend = "builtin", **options) -> Backend:
+    """Instantiate a backend by registry name (or pass a ready :class:`Backend` through)."""
+    if isinstance(name, Backend):
+        return name
+    if name not in BACKENDS:
+        raise InputError(
+            f"Unknown backend '{name}'. Choose one of: {', '.join(sorted(BACKENDS))}."
+        )
+    module_name, cls_name = BACKENDS[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(**options)
+
+
+__all__ = ["BACKENDS", "Backend", "Generation", "ProgressCallback", "get_backend"]

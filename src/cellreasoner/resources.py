@@ -1,0 +1,77 @@
+"""Public resources fetched once with a pinned hash into the user cache (as scanpy does)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import InputError
+
+#: The ranked 10,000-gene HVG list the published CellReasoner models were trained with.
+RANKED_HVG_URL = (
+    "https://raw.githubusercontent.com/compbioNJU/CellReasoner/main/data/ranked_hvg.list"
+)
+RANKED_HVG_SHA256 = "5b4226c02795264ee261d42569123ed357110b255c1d7ec3b00a978f1c9d2b5a"
+
+#: The CellReasoner demo input (a Seurat v5 object of 35 PBMC3k cells).
+PBMC_DEMO_URL = "https://github.com/compbioNJU/CellReasoner/raw/main/demo_data/pbmc_demo.rds"
+PBMC_DEMO_SHA256 = "640c6e759f3b5c286407f860b47c65ad6707f0b9800b02e7963827fe6408dd18"
+
+#: Environment variable pointing at a local copy of the ranked gene list.
+GENE_LIST_ENV = "CELLREASONER_GENE_LIST"
+
+
+def cache_dir() -> Path:
+    """The user cache directory (``$CELLREASONER_CACHE`` or the platform cache)."""
+    env = os.environ.get("CELLREASONER_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import pooch
+
+    return Path(pooch.os_cache("cellreasoner"))
+
+
+def _fetch(url: str, sha256: str, fname: str, what: str) -> Path:
+    import pooch
+
+    target = cache_dir() / fname
+    try:
+        return Path(
+            pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=fname, path=cache_dir(),
+                           progressbar=False)
+        )
+    except Exception as exc:  # network errors come in many types (requests, socket, ...)
+        raise InputError(
+            f"Could not download {what} from {url} ({type(exc).__name__}: {exc}). "
+            f"If this machine is offline, download it elsewhere and either put it at {target} "
+            f"or pass its path explicitly (--gene-list PATH / ${GENE_LIST_ENV})."
+        ) from exc
+
+
+def ranked_gene_list_path(path: str | os.PathLike | None = None) -> Path:
+    """Path of the ranked HVG list: ``path``, ``$CELLREASONER_GENE_LIST``, cache, or download."""
+    if path is None:
+        path = os.environ.get(GENE_LIST_ENV) or None
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise InputError(f"Gene list file not found: {p}. Pass an existing text file with "
+                             "one gene symbol per line.")
+        return p
+    return _fetch(RANKED_HVG_URL, RANKED_HVG_SHA256, "ranked_hvg.list", "the ranked gene list")
+
+
+def load_gene_list(path: str | os.PathLike | None = None) -> list[str]:
+    """Read a gene list (one symbol per line, upstream ``line.strip()`` semantics)."""
+    p = ranked_gene_list_path(path)
+    with open(p, encoding="utf-8") as fh:
+        genes = [line.strip() for line in fh]
+    genes = [g for g in genes if g]
+    if not genes:
+        raise InputError(f"Gene list {p} is empty: it needs one gene symbol per line.")
+    return genes
+
+
+def pbmc_demo_path() -> Path:
+    """The CellReasoner demo Seurat object, downloaded once with its pinned hash."""
+    return _fetch(PBMC_DEMO_URL, PBMC_DEMO_SHA256, "pbmc_demo.rds", "the PBMC demo object")
