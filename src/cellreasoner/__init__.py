@@ -1,0 +1,5 @@
+"""cellreasoner: interpretable cell-type annotation with reasoning language models."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,64 @@
+"""Shared fixtures: real data from ../shared and from installed packages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+def _need_shared() -> Path:
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{SHARED_DATA} is missing: CI always has ../shared beside the checkout")
+        pytest.skip(f"test data folder {SHARED_DATA} is absent on this machine")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the project root."""
+    return _need_shared()
+
+
+@pytest.fixture(scope="session")
+def gene_list_path(shared_data: Path) -> Path:
+    """The ranked 10,000-gene list used by the published models."""
+    return shared_data / "ranked_hvg.list"
+
+
+@pytest.fixture(autouse=True)
+def _gene_list_env(monkeypatch, tmp_path_factory):
+    """Point the product at the shared gene list and keep caches out of the home folder."""
+    if SHARED_DATA.is_dir():
+        monkeypatch.setenv("CELLREASONER_GENE_LIST", str(SHARED_DATA / "ranked_hvg.list"))
+    monkeypatch.setenv("CELLREASONER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def pbmc_demo_rds(shared_data: Path) -> Path:
+    """A real Seurat v5 object: 35 PBMC3k cells, labels in ``seurat_annotations``."""
+    return shared_data / "pbmc_demo.rds"
+
+
+@pytest.fixture(scope="session")
+def upstream_prompts_dir(shared_data: Path) -> Path:
+    return shared_data / "upstream_prompts"
+
+
+@pytest.fixture(scope="session")
+def _pbmc68k_cached():
+    import scanpy as sc
+
+    return sc.datasets.pbmc68k_reduced()
+
+
+@pytest.fixture
+def pbmc68k(_pbmc68k_cached):
+    """``scanpy.datasets.pbmc68k_reduced()`` (700 PBMCs; a fresh copy per test)."""
+    return _pbmc68k_cached.copy()
