@@ -1,0 +1,473 @@
+"""Cell sentences exactly as the published CellReasoner models saw them, at any scale.
+
+A cell sentence is the cell's non-zero genes in the order of a ranked gene list (the published
+10,000-gene HVG list by default), at most ``max_genes``, joined by ``", "``. Sentences are kept in
+a compact form — per cell, the positions of its genes in the vocabulary (``uint16``) — from which
+text is rendered only when needed. The upstream JSON, JSONL and Parquet are exports.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputError
+from .matrix import DEFAULT_CHUNK, MatrixSource
+from .prompts import Prompt, instruction_for
+
+#: Gene orders: the ranked list's order (upstream CellReasoner) or the cell's own expression.
+ORDERS = ("ranked", "expression")
+DEFAULT_MAX_GENES = 1000
+SEPARATOR = ", "
+
+
+@dataclass
+class CellSentences:
+    """Compact cell sentences.
+
+    Attributes
+    ----------
+    genes
+        The vocabulary (gene symbols) the positions refer to.
+    indptr, indices
+        CSR-style: cell ``i``'s genes are ``genes[indices[indptr[i]:indptr[i + 1]]]``, in
+        sentence order.
+    cell_names
+        One name per cell.
+    labels
+        Optional ground-truth label per cell (``None`` entries where missing).
+    order, max_genes
+        How the sentences were built.
+    """
+
+    genes: np.ndarray
+    indptr: np.ndarray
+    indices: np.ndarray
+    cell_names: np.ndarray
+    labels: np.ndarray | None = None
+    order: str = "ranked"
+    max_genes: int = DEFAULT_MAX_GENES
+
+    def __len__(self) -> int:
+        return len(self.cell_names)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self)
+
+    def _gene_list(self) -> list[str]:
+        cached = getattr(self, "_genes_py", None)
+        if cached is None:
+            cached = [str(g) for g in self.genes]
+            self._genes_py = cached
+        return cached
+
+    def cell_genes(self, i: int) -> list[str]:
+        """The genes of cell ``i`` in sentence order."""
+        idx = self.indices[self.indptr[i] : self.indptr[i + 1]].tolist()
+        if not idx:
+            return []
+        got = operator.itemgetter(*idx)(self._gene_list())
+        return [got] if len(idx) == 1 else list(got)
+
+    def sentence(self, i: int) -> str:
+        """The text of cell ``i``'s sentence."""
+        return SEPARATOR.join(self.cell_genes(i))
+
+    def iter_sentences(self) -> Iterator[str]:
+        for i in range(len(self)):
+            yield self.sentence(i)
+
+    def prompts(self, reasoning: bool = False) -> list[Prompt]:
+        """One :class:`~cellreasoner.prompts.Prompt` per cell, with the upstream instruction."""
+        instruction = instruction_for(reasoning)
+        return [Prompt(instruction, s, reasoning) for s in self.iter_sentences()]
+
+    def records(self, reasoning: bool = False, include_output: bool | None = None):
+        """Upstream records: ``cell_name``, ``instruction``, ``input`` and ``output``."""
+        instruction = instruction_for(reasoning)
+        with_output = self.labels is not None if include_output is None else include_output
+        for i in range(len(self)):
+            rec = {
+                "cell_name": str(self.cell_names[i]),
+                "instruction": instruction,
+                "input": self.sentence(i),
+            }
+            if with_output and self.labels is not None and self.labels[i] is not None:
+                rec["output"] = str(self.labels[i])
+            yield rec
+
+    def select(self, mask_or_index) -> CellSentences:
+        """A subset of cells (boolean mask or integer index)."""
+        idx = np.arange(len(self))[mask_or_index]
+        starts, stops = self.indptr[idx], self.indptr[idx + 1]
+        lengths = stops - starts
+        indptr = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        take = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)]
+                              or [np.zeros(0, dtype=np.int64)])
+        return CellSentences(
+            genes=self.genes, indptr=indptr, indices=self.indices[take],
+            cell_names=self.cell_names[idx],
+            labels=None if self.labels is None else self.labels[idx],
+            order=self.order, max_genes=self.max_genes,
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[CellSentences]) -> CellSentences:
+        """Join chunks built over the same vocabulary."""
+        if not parts:
+            raise InputError("No cells to concatenate.")
+        offsets = np.cumsum([0] + [len(p.indices) for p in parts[:-1]])
+        indptr = np.concatenate(
+            [np.zeros(1, np.int64)] + [p.indptr[1:] + o for p, o in zip(parts, offsets, strict=True)]
+        )
+        labels = None
+        if parts[0].labels is not None:
+            labels = np.concatenate([p.labels for p in parts])
+        return cls(
+            genes=parts[0].genes, indptr=indptr,
+            indices=np.concatenate([p.indices for p in parts]),
+            cell_names=np.concatenate([p.cell_names for p in parts]), labels=labels,
+            order=parts[0].order, max_genes=parts[0].max_genes,
+        )
+
+    # --- exports -------------------------------------------------------------------------
+    def to_json(self, path: str | os.PathLike, reasoning: bool = False,
+                include_output: bool | None = None) -> Path:
+        """Write the upstream CellReasoner JSON (byte-identical to ``s02.build_dataset.py``)."""
+        return write_upstream_json([self], path, reasoning=reasoning,
+                                   include_output=include_output)
+
+    def to_jsonl(self, path: str | os.PathLike, reasoning: bool = False) -> Path:
+        """One upstream record per line."""
+        return write_jsonl([self], path, reasoning=reasoning)
+
+    def to_parquet(self, path: str | os.PathLike) -> Path:
+        """The compact form: ``cell_name``, ``genes`` (list<uint16>), ``label``."""
+        return write_parquet([self], path)
+
+    @classmethod
+    def read_parquet(cls, path: str | os.PathLike) -> CellSentences:
+        """Load a compact file written by :meth:`to_parquet` / ``cellreasoner prepare``."""
+        return cls.concat(list(iter_parquet(path)))
+
+
+# --- building -------------------------------------------------------------------------------
+def _vocabulary_positions(var_names: np.ndarray, vocab: Sequence[str]) -> np.ndarray:
+    """For each variable, its position in ``vocab`` (first occurrence) or -1."""
+    first: dict[str, int] = {}
+    for pos, g in enumerate(vocab):
+        first.setdefault(g, pos)
+    col_pos = np.full(len(var_names), -1, dtype=np.int64)
+    seen: set[str] = set()
+    for j, g in enumerate(var_names):
+        if g in seen:  # duplicated symbol in the data: the first column is the gene
+            continue
+        seen.add(g)
+        col_pos[j] = first.get(g, -1)
+    return col_pos
+
+
+def _chunk_rows(chunk: sp.csr_matrix) -> np.ndarray:
+    return np.repeat(np.arange(chunk.shape[0], dtype=np.int64), np.diff(chunk.indptr))
+
+
+def _truncate(rows: np.ndarray, n_rows: int, max_genes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Given row ids sorted by row, keep the first ``max_genes`` per row; return (keep, indptr)."""
+    counts = np.bincount(rows, minlength=n_rows)
+    starts = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    within = np.arange(len(rows), dtype=np.int64) - starts[rows]
+    keep = within < max_genes
+    kept = np.minimum(counts, max_genes)
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(kept, out=indptr[1:])
+    return keep, indptr
+
+
+def _select_ranked(chunk: sp.csr_matrix, col_pos: np.ndarray, n_vocab: int, max_genes: int,
+                   dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, vocabulary positions of non-zero genes in vocabulary order (bitmap scan)."""
+    n = chunk.shape[0]
+    pos = col_pos[chunk.indices]
+    keep = pos >= 0
+    data = chunk.data
+    keep &= data != 0
+    if data.dtype.kind == "f":
+        keep &= ~np.isnan(data)
+    rows = _chunk_rows(chunk)[keep]
+    bitmap = np.zeros(n * n_vocab, dtype=bool)
+    bitmap[rows * n_vocab + pos[keep]] = True
+    flat = np.flatnonzero(bitmap)
+    rows = flat // n_vocab
+    ranks = flat - rows * n_vocab
+    sel, indptr = _truncate(rows, n, max_genes)
+    return indptr, ranks[sel].astype(dtype)
+
+
+def _select_expression(chunk: sp.csr_matrix, col_pos: np.ndarray, max_genes: int,
+                       dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, vocabulary positions of non-zero genes by decreasing expression."""
+    n = chunk.shape[0]
+    pos = col_pos[chunk.indices]
+    data = chunk.data
+    keep = (pos >= 0) & (data != 0)
+    if data.dtype.kind == "f":
+        keep &= ~np.isnan(data)
+    rows = _chunk_rows(chunk)[keep]
+    pos, values = pos[keep], data[keep]
+    order = np.lexsort((pos, -values.astype(np.float64), rows))  # row, then value desc, then pos
+    rows, pos = rows[order], pos[order]
+    sel, indptr = _truncate(rows, n, max_genes)
+    return indptr, pos[sel].astype(dtype)
+
+
+def iter_sentence_chunks(
+    source: MatrixSource,
+    gene_list: Sequence[str] | None = None,
+    *,
+    order: str = "ranked",
+    max_genes: int = DEFAULT_MAX_GENES,
+    labels: Sequence | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[CellSentences]:
+    """Build sentences chunk by chunk (memory bounded by ``chunk_size``).
+
+    Parameters
+    ----------
+    source
+        A :class:`~cellreasoner.matrix.MatrixSource` (``matrix.from_anndata``/``from_h5ad``).
+    gene_list
+        Vocabulary. ``order="ranked"``: the ranked list (default: the published list);
+        ``order="expression"``: restrict to these genes (default: all of the data's genes).
+    order
+        ``"ranked"`` (upstream CellReasoner) or ``"expression"`` (C2S-style).
+    max_genes
+        At most this many genes per sentence (default 1000).
+    labels
+        Optional ground truth per cell, kept alongside for training/evaluation exports.
+    """
+    if order not in ORDERS:
+        raise InputError(f"order must be one of {ORDERS}, not '{order}'.")
+    if max_genes < 1:
+        raise InputError("max_genes must be at least 1.")
+    if gene_list is None:
+        if order == "ranked":
+            from .resources import load_gene_list
+
+            gene_list = load_gene_list()
+        else:
+            gene_list = list(source.var_names)
+    vocab = np.asarray(list(gene_list), dtype=object)
+    col_pos = _vocabulary_positions(source.var_names, list(gene_list))
+    if not (col_pos >= 0).any():
+        raise InputError(
+            f"None of the data's {len(source.var_names)} genes (e.g. "
+            f"{', '.join(map(str, source.var_names[:3]))}) is in the gene list (e.g. "
+            f"{', '.join(map(str, vocab[:3]))}). Are the var_names Ensembl IDs or another "
+            "species? Use gene symbols (see cellreasoner.read) or pass a matching --gene-list."
+        )
+    dtype = np.uint16 if len(vocab) <= np.iinfo(np.uint16).max + 1 else np.uint32
+    if labels is not None:
+        labels = np.asarray(
+            [None if (lab is None or (isinstance(lab, float) and np.isnan(lab))) else str(lab)
+             for lab in labels], dtype=object)
+        if len(labels) != source.n_obs:
+            raise InputError(f"Got {len(labels)} labels for {source.n_obs} cells.")
+    start = 0
+    for chunk in source.iter_chunks(chunk_size):
+        n = chunk.shape[0]
+        if order == "ranked":
+            indptr, idx = _select_ranked(chunk, col_pos, len(vocab), max_genes, dtype)
+        else:
+            indptr, idx = _select_expression(chunk, col_pos, max_genes, dtype)
+        yield CellSentences(
+            genes=vocab, indptr=indptr, indices=idx,
+            cell_names=source.obs_names[start : start + n],
+            labels=None if labels is None else labels[start : start + n],
+            order=order, max_genes=max_genes,
+        )
+        start += n
+        if progress is not None:
+            progress(n)
+
+
+def build_sentences(adata_or_source, gene_list: Sequence[str] | None = None, *,
+                    order: str = "ranked", max_genes: int = DEFAULT_MAX_GENES,
+                    label_key: str | None = None, layer: str | None = None,
+                    use_raw: bool = False, chunk_size: int = DEFAULT_CHUNK,
+                    progress: Callable[[int], None] | None = None) -> CellSentences:
+    """Cell sentences of every cell of an AnnData (or a matrix source), in memory.
+
+    ``label_key`` names an ``obs`` column kept as ground truth. For very large data stream
+    with :func:`iter_sentence_chunks` and the ``write_*`` functions instead.
+    """
+    from .matrix import from_anndata
+
+    if isinstance(adata_or_source, MatrixSource):
+        source, labels = adata_or_source, None
+        if label_key is not None:
+            raise InputError("label_key needs an AnnData; pass labels to iter_sentence_chunks.")
+    else:
+        adata = adata_or_source
+        source = from_anndata(adata, layer=layer, use_raw=use_raw)
+        labels = None
+        if label_key is not None:
+            if label_key not in adata.obs:
+                raise InputError(
+                    f"Label column '{label_key}' not in obs. Available columns: "
+                    f"{', '.join(map(str, adata.obs.columns)) or 'none'}."
+                )
+            labels = adata.obs[label_key].to_numpy()
+    parts = list(iter_sentence_chunks(source, gene_list, order=order, max_genes=max_genes,
+                                      labels=labels, chunk_size=chunk_size, progress=progress))
+    if not parts:
+        raise InputError("The data has no cells.")
+    return CellSentences.concat(parts)
+
+
+# --- writers (streaming, atomic) ------------------------------------------------------------
+class _AtomicFile:
+    """Write to ``path.tmp`` then rename, so a killed run never leaves a half file."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "wb"):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.mode = mode
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.tmp, self.mode, buffering=1 << 20)
+        return self.fh
+
+    def __exit__(self, exc_type, *rest):
+        self.fh.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _json_record_block(part: CellSentences, instruction_json: str, with_output: bool,
+                       first: bool) -> tuple[str, bool]:
+    """The indent=4 JSON text of a chunk's records (json.dump(list, indent=4) layout)."""
+    dumps = json.dumps
+    out = []
+    for i in range(len(part)):
+        fields = [
+            f'        "cell_name": {dumps(str(part.cell_names[i]))}',
+            f'        "instruction": {instruction_json}',
+            f'        "input": {dumps(part.sentence(i))}',
+        ]
+        if with_output and part.labels is not None and part.labels[i] is not None:
+            fields.append(f'        "output": {dumps(str(part.labels[i]))}')
+        out.append(("[\n" if first else ",\n") + "    {\n" + ",\n".join(fields) + "\n    }")
+        first = False
+    return "".join(out), first
+
+
+def write_upstream_json(parts: Iterable[CellSentences], path: str | os.PathLike, *,
+                        reasoning: bool = False, include_output: bool | None = None) -> Path:
+    """Stream chunks to the upstream CellReasoner JSON (a list of records, indent=4)."""
+    instruction_json = json.dumps(instruction_for(reasoning))
+    first = True
+    with _AtomicFile(path, "w") as fh:
+        for part in parts:
+            with_output = part.labels is not None if include_output is None else include_output
+            text, first = _json_record_block(part, instruction_json, with_output, first)
+            fh.write(text)
+        fh.write("[]" if first else "\n]")
+    return Path(path)
+
+
+def write_jsonl(parts: Iterable[CellSentences], path: str | os.PathLike, *,
+                reasoning: bool = False) -> Path:
+    """Stream chunks to JSON Lines, one upstream record per line."""
+    with _AtomicFile(path, "w") as fh:
+        for part in parts:
+            fh.write("".join(json.dumps(r) + "\n" for r in part.records(reasoning)))
+    return Path(path)
+
+
+def _arrow_table(part: CellSentences):
+    import pyarrow as pa
+
+    value_type = pa.uint16() if part.indices.dtype == np.uint16 else pa.uint32()
+    genes = pa.ListArray.from_arrays(
+        pa.array(part.indptr.astype(np.int32)), pa.array(part.indices, type=value_type)
+    )
+    cols = {"cell_name": pa.array(part.cell_names.astype(str)), "genes": genes}
+    if part.labels is not None:
+        cols["label"] = pa.array(list(part.labels), type=pa.string())
+    return pa.table(cols)
+
+
+def write_parquet(parts: Iterable[CellSentences], path: str | os.PathLike) -> Path:
+    """Stream chunks to the compact Parquet form (vocabulary kept in the file metadata)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    try:
+        for part in parts:
+            table = _arrow_table(part)
+            if writer is None:
+                meta = {
+                    b"cellreasoner.genes": json.dumps(list(map(str, part.genes))).encode(),
+                    b"cellreasoner.order": part.order.encode(),
+                    b"cellreasoner.max_genes": str(part.max_genes).encode(),
+                }
+                table = table.replace_schema_metadata(meta)
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
+        if writer is None:
+            raise InputError("No cells to write.")
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, path)
+    return path
+
+
+def iter_parquet(path: str | os.PathLike, batch_size: int = 65536) -> Iterator[CellSentences]:
+    """Read a compact Parquet file back in chunks."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a cellreasoner Parquet file ({exc}).") from None
+    meta = pf.schema_arrow.metadata or {}
+    if b"cellreasoner.genes" not in meta:
+        raise InputError(f"{path} has no cellreasoner vocabulary; write it with prepare.")
+    genes = np.asarray(json.loads(meta[b"cellreasoner.genes"]), dtype=object)
+    order = meta.get(b"cellreasoner.order", b"ranked").decode()
+    max_genes = int(meta.get(b"cellreasoner.max_genes", b"1000"))
+    for batch in pf.iter_batches(batch_size=batch_size):
+        lists = batch.column("genes")
+        offsets = lists.offsets.to_numpy().astype(np.int64)
+        values = lists.values.to_numpy()
+        indptr = offsets - offsets[0]
+        labels = None
+        if "label" in batch.schema.names:
+            labels = np.asarray(batch.column("label").to_pylist(), dtype=object)
+        yield CellSentences(
+            genes=genes, indptr=indptr, indices=values[offsets[0] : offsets[-1]],
+            cell_names=np.asarray(batch.column("cell_name").to_pylist(), dtype=object),
+            labels=labels, order=order, max_genes=max_genes,
+        )
