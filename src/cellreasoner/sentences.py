@@ -126,9 +126,8 @@ class CellSentences:
         if not parts:
             raise InputError("No cells to concatenate.")
         offsets = np.cumsum([0] + [len(p.indices) for p in parts[:-1]])
-        indptr = np.concatenate(
-            [np.zeros(1, np.int64)] + [p.indptr[1:] + o for p, o in zip(parts, offsets, strict=True)]
-        )
+        shifted = [p.indptr[1:] + o for p, o in zip(parts, offsets, strict=True)]
+        indptr = np.concatenate([np.zeros(1, np.int64), *shifted])
         labels = None
         if parts[0].labels is not None:
             labels = np.concatenate([p.labels for p in parts])
