@@ -1,0 +1,57 @@
+"""``cellreasoner evaluate``: score annotation runs against ground truth, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` subcommand."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score annotation runs against ground-truth labels",
+        description=(
+            "Hierarchical score (1 subtype / .5 major / .25 partial / 0), exact and major-level "
+            "accuracy, macro-F1 on Cell Ontology terms and a per-label table, for one or many "
+            "annotation runs (.h5ad or result CSV) compared side by side."
+        ),
+    )
+    p.add_argument("results", nargs="+", metavar="RESULTS",
+                   help="annotated .h5ad files or result CSVs")
+    p.add_argument("--truth", required=True, metavar="COLUMN",
+                   help="ground-truth column (obs column, or 'labels' in a result CSV)")
+    p.add_argument("--pred", nargs="+", metavar="COLUMN",
+                   help="prediction column(s); several compare columns of one file "
+                        "(default: cellreasoner_label / label)")
+    p.add_argument("--names", nargs="+", metavar="NAME",
+                   help="run names, one per run (default: model from provenance, else file name)")
+    p.add_argument("--pair-table", metavar="CSV",
+                   help="judged (truth, prediction) pairs that override the automatic scorer")
+    p.add_argument("-o", "--outdir", metavar="OUTDIR",
+                   help="write metrics.csv, per_label.csv, scores.csv and plots here")
+    p.add_argument("--format", choices=("png", "pdf", "svg"), default="png",
+                   help="figure format in OUTDIR (default: png)")
+    p.add_argument("--no-plots", action="store_true", help="write tables only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the summary table, optionally write OUTDIR."""
+    import pandas as pd
+
+    from ..evaluate import evaluate
+
+    result = evaluate(args.results, truth=args.truth, pred=args.pred, names=args.names,
+                      pair_table=args.pair_table)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    cols = ["run", "n_cells", "mean_score", "exact_accuracy", "major_accuracy", "macro_f1_cl",
+            "subtype_correct", "major_correct", "partially_correct", "incorrect"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(result.summary[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if args.outdir:
+        out = result.to_dir(args.outdir, plots=not args.no_plots, fmt=args.format)
+        print(f"wrote {out}/metrics.csv, per_label.csv, scores.csv"
+              + ("" if args.no_plots else " and plots"), file=sys.stderr)
+    return 0
