@@ -1,0 +1,173 @@
+"""Turn a model's raw response into a clean cell-type label and its reasoning.
+
+CellReasoner models answer either directly (``"CD14+ Monocyte"``) or, in reasoning mode, with
+``<think> ... </think> answer``. In reasoning mode the ``<think>`` is part of the *prompt*, so
+the response often holds only ``... </think> answer``. Servers may also return the reasoning in a
+separate ``reasoning_content`` field (:attr:`Generation.reasoning`). General chat models add
+filler ("The cell type is", "**Final answer:**", quotes, a final period); it is removed here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+#: Phrases that introduce the answer; the label is what follows the last one.
+_ANSWER_MARKERS = re.compile(
+    r"(?:final\s+(?:annotation(?:\s+result)?|answer|cell\s*type|label)"
+    r"|(?:predicted|annotated|most\s+likely)\s+cell\s*type"
+    r"|cell\s*type\s+annotation|annotation\s+result|cell\s*type|annotation|answer|label)"
+    r"\s*(?:\*\*|__)?\s*(?:is|would\s+be|:|=|-)\s*",
+    re.IGNORECASE,
+)
+#: Sentence openers that introduce the answer without a marker word.
+_LEADING_FILLER = re.compile(
+    r"^(?:based\s+on\s+[^,]*,\s*|therefore,?\s*|thus,?\s*|so,?\s*|hence,?\s*"
+    r"|in\s+conclusion,?\s*)?"
+    r"(?:(?:these|this|the)\s+(?:cells?|cluster)\s+(?:is|are|appears?\s+to\s+be)\s+)?"
+    r"(?:(?:most|very)\s+)?(?:likely|probably|consistent\s+with)?\s*(?:to\s+be\s+)?"
+    r"(?:(?:an?|the)\s+(?=\S))?",
+    re.IGNORECASE,
+)
+_MARKDOWN = re.compile(r"\*\*|__|`+|^#+\s*|^\s*(?:[-*+]|\d+[.)])\s+", re.MULTILINE)
+_QUOTES = "\"'“”‘’«»"
+_TRAILING = ".,;:!?。 \t"
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    """A parsed model response.
+
+    Attributes
+    ----------
+    label
+        The clean final label (``""`` when the response holds no answer, e.g. it was cut off
+        inside ``<think>``).
+    reasoning
+        The reasoning text (without the tags), ``""`` when there is none.
+    answer
+        The raw answer part (after ``</think>``), before cleaning.
+    complete
+        ``False`` when the response stopped inside an unclosed ``<think>`` block.
+    """
+
+    label: str
+    reasoning: str
+    answer: str
+    complete: bool = True
+
+
+def split_reasoning(text: str, reasoning: str | None = None) -> tuple[str, str, bool]:
+    """Split a response into ``(reasoning, answer, complete)``.
+
+    The answer is what follows the last ``</think>``; the reasoning is what precedes it (an
+    opening ``<think>`` is dropped, and may be absent when it was part of the prompt). A
+    server-provided ``reasoning`` (``reasoning_content``) is put first. An unclosed ``<think>``
+    gives an empty answer and ``complete=False``.
+    """
+    text = text or ""
+    parts: list[str] = []
+    if reasoning:
+        parts.append(reasoning.strip())
+    complete = True
+    if THINK_CLOSE in text:
+        before, _, answer = text.rpartition(THINK_CLOSE)
+        parts.append(before.replace(THINK_OPEN, " ").replace(THINK_CLOSE, " ").strip())
+    elif THINK_OPEN in text:
+        before, _, inside = text.partition(THINK_OPEN)
+        parts.append(inside.strip())
+        answer = before  # text before an unclosed <think> (rare) is still an answer
+        complete = bool(before.strip())
+    else:
+        answer = text
+    return "\n".join(p for p in parts if p), answer.strip(), complete
+
+
+def _balanced_strip(label: str) -> str:
+    """Drop trailing punctuation and unbalanced closing brackets."""
+    while True:
+        old = label
+        label = label.strip().rstrip(_TRAILING).strip()
+        if len(label) >= 2 and label[0] in _QUOTES and label[-1] in _QUOTES:
+            label = label[1:-1]
+        label = label.strip(_QUOTES).strip()
+        if label.endswith(")") and label.count("(") < label.count(")"):
+            label = label[:-1]
+        if label == old:
+            return label
+
+
+def clean_label(answer: str) -> str:
+    """Reduce an answer text to the bare label.
+
+    Removes markdown (bold, code, headings, bullets), quotes, a trailing period and filler such
+    as "Final answer:", "The cell type is", "Cell type:", "Annotation:", "These cells are most
+    likely". When the answer spans several lines the line after the last answer marker is used,
+    otherwise the last non-empty line.
+    """
+    text = _MARKDOWN.sub("", answer or "").strip()
+    if not text:
+        return ""
+    if not _ANSWER_MARKERS.sub("", text).strip(_TRAILING + _QUOTES + "\n"):
+        return ""  # only filler ("Final answer:"), no label
+    matches = list(_ANSWER_MARKERS.finditer(text))
+    # a marker at the very end ("The answer is:") leaves nothing; use the last useful one
+    matches = [m for m in matches if text[m.end():].strip(_TRAILING + _QUOTES)]
+    if matches:
+        text = text[matches[-1].end():]
+        lines = [ln for ln in text.splitlines() if ln.strip(_TRAILING + _QUOTES + " ")]
+        text = lines[0] if lines else ""
+    else:
+        lines = [ln for ln in text.splitlines() if ln.strip(_TRAILING + _QUOTES + " ")]
+        text = lines[-1] if lines else ""
+    text = _balanced_strip(text)
+    text = _LEADING_FILLER.sub("", text, count=1)
+    # a label followed by an explanation sentence: "NK cell. These cells express ..."
+    first = re.split(r"(?<=[a-z0-9)+\-])\.\s+(?=[A-Z])", text, maxsplit=1)[0]
+    return _balanced_strip(first)
+
+
+def parse_response(text: str, reasoning: str | None = None) -> ParsedResponse:
+    """Parse one response (``Generation.text`` and optional ``Generation.reasoning``)."""
+    thought, answer, complete = split_reasoning(text, reasoning)
+    return ParsedResponse(label=clean_label(answer) if complete else "", reasoning=thought,
+                          answer=answer, complete=complete)
+
+
+def normalize_label(label: str) -> str:
+    """A comparison key for voting: lower case, single spaces."""
+    return " ".join(label.lower().split())
+
+
+def majority_label(labels: Sequence[str]) -> tuple[str, float, int]:
+    """Self-consistency vote.
+
+    Parameters
+    ----------
+    labels
+        One label per sample; empty labels (unparseable samples) count as disagreeing votes.
+
+    Returns
+    -------
+    tuple
+        ``(label, agreement, index)``: the most common label (compared case- and
+        space-insensitively; ties go to the label seen first), the fraction of all samples that
+        agree with it, and the index of its first sample. ``("", 0.0, 0)`` when no sample has
+        a label.
+    """
+    if not labels:
+        return "", 0.0, 0
+    keys = [normalize_label(x) for x in labels]
+    counts = Counter(k for k in keys if k)
+    if not counts:
+        return "", 0.0, 0
+    best = max(counts.values())
+    for i, k in enumerate(keys):
+        if k and counts[k] == best:
+            return labels[i], best / len(labels), i
+    raise AssertionError("unreachable")  # pragma: no cover
