@@ -1,0 +1,545 @@
+"""Marker-based hierarchical reasoning: lineage first, then subtype, with a checkable trace.
+
+Every cell is scored against every knowledge-base type at once (a sparse cells x markers
+matrix times a dense markers x types weight matrix), then a vectorised walk down the lineage
+tree picks the lineage root and, level by level, the best-supported child. A type's score is
+the weighted fraction of its available positive markers that the cell expresses minus a
+penalty for expressed negative markers. The walk stops at the deepest level whose evidence is
+clear, and abstains ("Unknown") when no lineage is supported or two lineages tie.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputError
+from .markers import ALIASES, MarkerDB, load_markers
+
+UNKNOWN = "Unknown"
+
+
+@dataclass
+class ReasonerResult:
+    """Per-cell (or per-group) answers of :class:`Reasoner`.
+
+    Attributes
+    ----------
+    label
+        Final label text (``"Unknown"`` when abstaining).
+    ontology_id
+        CL id of the label ("" when abstaining).
+    ontology_label
+        The CL term's name ("" when abstaining or when the ontology is unavailable).
+    confidence
+        Confidence in [0, 1].
+    reasoning
+        Marker-by-marker trace per cell.
+    lineage
+        The lineage root chosen (``"Unknown"`` when abstaining).
+    """
+
+    label: np.ndarray
+    ontology_id: np.ndarray
+    ontology_label: np.ndarray
+    confidence: np.ndarray
+    reasoning: list[str]
+    lineage: np.ndarray
+    scores: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def to_frame(self, index: Sequence[str] | None = None):
+        """The answers as a :class:`pandas.DataFrame`."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                "label": self.label,
+                "confidence": self.confidence,
+                "ontology_id": self.ontology_id,
+                "ontology_label": self.ontology_label,
+                "lineage": self.lineage,
+                "reasoning": self.reasoning,
+            },
+            index=None if index is None else list(index),
+        )
+
+
+def _cl_labels(ids: Sequence[str]) -> dict[str, str]:
+    """CL term names for ``ids`` from the bundled ontology ("" when unavailable)."""
+    try:
+        from cellxgene_ontology_guide.ontology_parser import OntologyParser
+
+        parser = OntologyParser()
+        return {i: parser.get_term_label(i) for i in set(ids)}
+    except Exception:  # the ontology package is optional at run time; labels are cosmetic
+        return {i: "" for i in set(ids)}
+
+
+def looks_like_counts(X: sp.spmatrix | np.ndarray) -> bool:
+    """True when the values are non-negative integers with a count-like range."""
+    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    if data.size == 0:
+        return False
+    sample = data[: min(data.size, 200_000)]
+    return bool(np.all(np.mod(sample, 1) == 0) and sample.max() > 10)
+
+
+def log_normalize(X: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matrix:
+    """``log1p`` of counts scaled to ``target_sum`` per cell (CP10k by default)."""
+    X = X.astype(np.float32, copy=True)
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    totals[totals == 0] = 1.0
+    X = sp.diags((target_sum / totals).astype(np.float32)) @ X
+    X = sp.csr_matrix(X)
+    np.log1p(X.data, out=X.data)
+    return X
+
+
+class Reasoner:
+    """Annotate cells from marker evidence, hierarchically, with a reasoning trace.
+
+    Parameters
+    ----------
+    markers
+        A :class:`~cellreasoner.markers.MarkerDB`, a path to a user marker file (merged into
+        the built-in base), or ``None`` (default) for the built-in knowledge base.
+    tissue
+        Restrict the knowledge base to a tissue (e.g. ``"blood"``); default ``None``: all.
+    level
+        Log-normalised expression at which a marker counts as fully present (default 2.0,
+        about two UMIs in a typical 10x cell); lower values count proportionally.
+    min_score
+        Lineage evidence below this abstains with ``"Unknown"`` (default 0.2).
+    min_child_score
+        A subtype is chosen only with at least this evidence (default 0.25).
+    child_margin
+        ... and only when it beats its best sibling by this much (default 0.05).
+    tie_margin
+        Two lineages both above ``min_score`` within this margin are contradictory evidence:
+        abstain (default 0.03).
+    negative_weight
+        Weight of the negative-marker penalty (default 0.5).
+    smoothing
+        Weight of the neighbours' scores when a kNN graph is given (default 0.5).
+    """
+
+    def __init__(
+        self,
+        markers: MarkerDB | str | os.PathLike | None = None,
+        tissue: str | Sequence[str] | None = None,
+        *,
+        level: float = 2.0,
+        min_score: float = 0.2,
+        min_child_score: float = 0.25,
+        child_margin: float = 0.05,
+        tie_margin: float = 0.03,
+        negative_weight: float = 0.5,
+        smoothing: float = 0.5,
+    ) -> None:
+        if isinstance(markers, MarkerDB):
+            db = markers.restrict(tissue)
+        else:
+            db = load_markers(markers, tissue=tissue)
+        if len(db) == 0:
+            raise InputError("The marker knowledge base is empty after tissue restriction.")
+        self.db = db
+        self.level = float(level)
+        self.min_score = float(min_score)
+        self.min_child_score = float(min_child_score)
+        self.child_margin = float(child_margin)
+        self.tie_margin = float(tie_margin)
+        self.negative_weight = float(negative_weight)
+        self.smoothing = float(smoothing)
+
+        self.names = np.array(db.names, dtype=object)
+        self.cl_ids = np.array([t.cl_id for t in db.types], dtype=object)
+        self.genes = db.genes()
+        gi = {g: i for i, g in enumerate(self.genes)}
+        T, M = len(db), len(self.genes)
+        self.P = np.zeros((T, M), dtype=np.float32)
+        self.N = np.zeros((T, M), dtype=np.float32)
+        for t, ct in enumerate(db.types):
+            for g, w in ct.positive.items():
+                self.P[t, gi[g]] = w
+            for g, w in ct.negative.items():
+                self.N[t, gi[g]] = w
+        self.parent = np.array(
+            [db.index(p) if (p := db.parent_of(n)) is not None else -1 for n in db.names]
+        )
+        self.is_root = self.parent < 0
+        self.has_children = np.zeros(T, dtype=bool)
+        self.has_children[self.parent[self.parent >= 0]] = True
+        # child mask: row = parent type, columns = its children
+        self.child_mask = np.zeros((T, T), dtype=bool)
+        for c, p in enumerate(self.parent):
+            if p >= 0:
+                self.child_mask[p, c] = True
+        # markers of each type sorted by weight (for citing), as python lists of gene indices
+        self._pos_sorted = [list(np.argsort(-self.P[t], kind="stable")[: int((self.P[t] > 0)
+                                                                              .sum())])
+                            for t in range(T)]
+        self._neg_sorted = [list(np.argsort(-self.N[t], kind="stable")[: int((self.N[t] > 0)
+                                                                              .sum())])
+                            for t in range(T)]
+        self._cl_label = _cl_labels(list(self.cl_ids))
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def model(self) -> str:
+        return f"cellreasoner-markers-{self.db.version}"
+
+    def _gene_columns(self, genes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(column in the data, marker index) for every marker the data measures."""
+        pos: dict[str, int] = {}
+        for j, g in enumerate(genes):
+            g = str(g)
+            if g not in pos:
+                pos[g] = j
+        cols, idx = [], []
+        for m, g in enumerate(self.genes):
+            j = pos.get(g)
+            if j is None:
+                for alias in ALIASES.get(g, ()):
+                    if alias in pos:
+                        j = pos[alias]
+                        break
+            if j is not None:
+                cols.append(j)
+                idx.append(m)
+        return np.asarray(cols, dtype=np.int64), np.asarray(idx, dtype=np.int64)
+
+    def _marker_matrix(self, X, genes: Sequence[str]) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Cells x markers evidence in [0, 1] (CSR) and the measured-marker mask."""
+        if X.ndim != 2:
+            raise InputError(f"Expression must be a 2-D cells x genes matrix, got {X.ndim}-D.")
+        if X.shape[1] != len(genes):
+            raise InputError(f"The matrix has {X.shape[1]} columns but {len(genes)} gene names "
+                             "were given: pass one symbol per column.")
+        X = sp.csr_matrix(X) if not sp.isspmatrix_csr(X) else X
+        if X.nnz and X.data.min() < 0:
+            raise InputError("The expression matrix has negative values (scaled data?). Pass "
+                             "raw counts or log-normalised expression (e.g. adata.raw or a "
+                             "'counts' layer), not z-scores.")
+        if looks_like_counts(X):
+            X = log_normalize(X)
+        cols, idx = self._gene_columns(genes)
+        measured = np.zeros(len(self.genes), dtype=bool)
+        measured[idx] = True
+        sub = X[:, cols].astype(np.float32)
+        sub = sp.csr_matrix(sub)
+        sub.data = np.minimum(sub.data / self.level, 1.0, dtype=np.float32)
+        sub.eliminate_zeros()
+        # scatter columns into marker order
+        E = sub @ sp.csr_matrix(
+            (np.ones(len(idx), dtype=np.float32), (np.arange(len(idx)), idx)),
+            shape=(len(idx), len(self.genes)),
+        )
+        return sp.csr_matrix(E), measured
+
+    # ------------------------------------------------------------------ scoring
+    def _denominators(self, W: np.ndarray) -> np.ndarray:
+        # few available markers cannot give full evidence; long lists are not diluted
+        return np.clip(W, 4.0, 8.0)
+
+    def score(self, E: sp.csr_matrix, measured: np.ndarray | sp.spmatrix) -> np.ndarray:
+        """Cells x types evidence scores from a cells x markers evidence matrix.
+
+        ``measured`` is a per-marker mask (same for all cells) or a cells x markers sparse
+        mask (per-cell, e.g. truncated cell sentences).
+        """
+        if isinstance(measured, np.ndarray) and measured.ndim == 1:
+            wp = self._denominators(self.P[:, measured].sum(axis=1))[None, :]
+            wn = np.maximum(self.N[:, measured].sum(axis=1), 2.0)[None, :]
+        else:
+            A = sp.csr_matrix(measured, dtype=np.float32)
+            wp = self._denominators(np.asarray(A @ self.P.T))
+            wn = np.maximum(np.asarray(A @ self.N.T), 2.0)
+        pos = np.asarray(E @ self.P.T) / wp
+        neg = np.asarray(E @ self.N.T) / wn
+        S = np.minimum(pos, 1.0) - self.negative_weight * np.minimum(neg, 1.0)
+        return S.astype(np.float32)
+
+    @staticmethod
+    def smooth(S: np.ndarray, connectivities, alpha: float) -> np.ndarray:
+        """Mix each cell's scores with its neighbours' (row-normalised kNN graph)."""
+        W = sp.csr_matrix(connectivities, dtype=np.float32)
+        if W.shape != (S.shape[0], S.shape[0]):
+            raise InputError(f"connectivities has shape {W.shape}; expected a "
+                             f"{S.shape[0]} x {S.shape[0]} cell graph (adata.obsp"
+                             "['connectivities']).")
+        deg = np.asarray(W.sum(axis=1)).ravel()
+        has = deg > 0
+        deg[~has] = 1.0
+        neigh = sp.diags(1.0 / deg) @ W @ S
+        out = S.copy()
+        out[has] = (1 - alpha) * S[has] + alpha * neigh[has]
+        return out
+
+    # ------------------------------------------------------------------ decisions
+    def decide(self, S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Walk the tree: returns (node, root, confidence, status) per cell.
+
+        ``node`` is a type index or -1 (abstain); ``status`` is 0 (ok), 1 (no evidence),
+        2 (contradictory lineages).
+        """
+        n = S.shape[0]
+        roots = np.flatnonzero(self.is_root)
+        R = S[:, roots]
+        order = np.argsort(-R, axis=1)
+        best = order[:, 0]
+        s1 = R[np.arange(n), best]
+        s2 = R[np.arange(n), order[:, 1]] if len(roots) > 1 else np.full(n, -1.0)
+        root = roots[best]
+        status = np.zeros(n, dtype=np.int8)
+        status[s1 < self.min_score] = 1
+        tie = (status == 0) & (s2 >= self.min_score) & (s1 - s2 < self.tie_margin)
+        status[tie] = 2
+        # confidence: sharpness among lineages x strength of evidence
+        z = np.exp(12.0 * (R - s1[:, None]))
+        p_root = 1.0 / z.sum(axis=1)
+        strength = 1.0 / (1.0 + np.exp(-(s1 - 0.3) / 0.06))
+        conf = p_root * strength
+        node = np.where(status == 0, root, -1)
+        active = (status == 0) & self.has_children[np.maximum(node, 0)]
+        for _ in range(8):  # tree depth bound
+            if not active.any():
+                break
+            rows = np.flatnonzero(active)
+            mask = self.child_mask[node[rows]]
+            cand = np.where(mask, S[rows], -np.inf)
+            ordc = np.argsort(-cand, axis=1)
+            c1 = ordc[:, 0]
+            v1 = cand[np.arange(len(rows)), c1]
+            v2 = cand[np.arange(len(rows)), ordc[:, 1]] if S.shape[1] > 1 else -np.inf
+            v2 = np.where(np.isfinite(v2), v2, 0.0)
+            ok = (v1 >= self.min_child_score) & (v1 - v2 >= self.child_margin)
+            zc = np.where(mask, np.exp(12.0 * (cand - v1[:, None])), 0.0)
+            pc = 1.0 / zc.sum(axis=1)
+            acc = rows[ok]
+            node[acc] = c1[ok]
+            conf[acc] *= 0.5 + 0.5 * pc[ok]
+            active[:] = False
+            active[acc] = self.has_children[node[acc]]
+        conf = np.where(status == 0, conf, np.minimum(conf, 0.2) * (status == 2) +
+                        (status == 1) * strength * 0.5)
+        return node, root, np.clip(conf, 0.0, 1.0).astype(np.float32), status
+
+    # ------------------------------------------------------------------ traces
+    def _cite(self, t: int, present: dict[int, float], measured, k_pos: int = 4,
+              k_neg: int = 2) -> str:
+        pos = [self.genes[g] for g in self._pos_sorted[t] if g in present][:k_pos]
+        neg = [self.genes[g] for g in self._neg_sorted[t]
+               if g not in present and measured(g)][:k_neg]
+        parts = []
+        if pos:
+            parts.append(", ".join(pos) + " present")
+        if neg:
+            parts.append(", ".join(f"no {g}" for g in neg))
+        return ", ".join(parts) if parts else "weak marker evidence"
+
+    def traces(self, E: sp.csr_matrix, measured, node: np.ndarray, root: np.ndarray,
+               conf: np.ndarray, status: np.ndarray, S: np.ndarray) -> list[str]:
+        """One marker-by-marker reasoning text per cell."""
+        E = sp.csr_matrix(E)
+        indptr, indices, data = E.indptr, E.indices, E.data
+        per_cell = not (isinstance(measured, np.ndarray) and measured.ndim == 1)
+        if per_cell:
+            M = sp.csr_matrix(measured)
+        roots = np.flatnonzero(self.is_root)
+        out: list[str] = []
+        for i in range(len(node)):
+            lo, hi = indptr[i], indptr[i + 1]
+            present = dict(zip(indices[lo:hi].tolist(), data[lo:hi].tolist(), strict=True))
+            if per_cell:
+                mset = set(M.indices[M.indptr[i]:M.indptr[i + 1]].tolist())
+                meas = mset.__contains__
+            else:
+                meas = measured.__getitem__
+            if status[i] == 1:
+                top = [self.genes[g] for g in self._pos_sorted[root[i]] if meas(g)][:3]
+                absent = ", ".join(f"no {g}" for g in top if g not in
+                                   {self.genes[j] for j in present})
+                out.append(f"{absent or 'no marker genes measured'}: no lineage has enough "
+                           f"marker evidence (best {self.names[root[i]]}, score "
+                           f"{S[i, root[i]]:.2f}) → {UNKNOWN}, confidence {conf[i]:.2f}.")
+                continue
+            if status[i] == 2:
+                r = S[i, roots]
+                a, b = roots[np.argsort(-r)[:2]]
+                out.append(f"{self._cite(a, present, meas, 3, 0)} → {self.names[a]}; "
+                           f"{self._cite(b, present, meas, 3, 0)} → {self.names[b]}; "
+                           f"contradictory lineage evidence (possible doublet) → {UNKNOWN}, "
+                           f"confidence {conf[i]:.2f}.")
+                continue
+            steps = []
+            t = node[i]
+            path = []
+            while t >= 0:
+                path.append(t)
+                t = self.parent[t]
+            for t in reversed(path):
+                steps.append(f"{self._cite(t, present, meas)} → {self.names[t]}")
+            leaf = node[i]
+            out.append("; ".join(steps) + f". Final: {self.names[leaf]} ({self.cl_ids[leaf]}), "
+                       f"confidence {conf[i]:.2f}.")
+        return out
+
+    # ------------------------------------------------------------------ public API
+    def _result(self, node, root, conf, status, reasoning, S) -> ReasonerResult:
+        ok = node >= 0
+        label = np.where(ok, self.names[np.maximum(node, 0)], UNKNOWN).astype(object)
+        cl = np.where(ok, self.cl_ids[np.maximum(node, 0)], "").astype(object)
+        cl_label = np.array([self._cl_label.get(c, "") if c else "" for c in cl], dtype=object)
+        lineage = np.where(ok, self.names[root], UNKNOWN).astype(object)
+        return ReasonerResult(label, cl, cl_label, conf, reasoning, lineage, S)
+
+    def annotate_matrix(
+        self,
+        X,
+        genes: Sequence[str],
+        connectivities=None,
+        *,
+        reasoning: bool = True,
+        chunk_size: int = 20_000,
+    ) -> ReasonerResult:
+        """Annotate every row of a cells x genes matrix.
+
+        Parameters
+        ----------
+        X
+            Counts or log-normalised expression (sparse or dense); counts are normalised to
+            log1p CP10k internally.
+        genes
+            Gene symbols, one per column.
+        connectivities
+            Optional cells x cells kNN graph (``adata.obsp["connectivities"]``); scores are
+            smoothed over neighbours (default ``None``: none).
+        reasoning
+            Build the reasoning traces (default ``True``; ``False`` returns empty strings).
+        chunk_size
+            Cells scored at a time (default 20,000).
+        """
+        genes = [str(g) for g in genes]
+        if X.shape[0] == 0:
+            return self._result(np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32),
+                                 np.zeros(0, np.int8), [], np.zeros((0, len(self.names))))
+        Es, Ss = [], []
+        measured = None
+        for lo in range(0, X.shape[0], chunk_size):
+            E, measured = self._marker_matrix(X[lo:lo + chunk_size], genes)
+            Es.append(E)
+            Ss.append(self.score(E, measured))
+        E = sp.vstack(Es).tocsr() if len(Es) > 1 else Es[0]
+        S = np.vstack(Ss)
+        if connectivities is not None and self.smoothing > 0:
+            S = self.smooth(S, connectivities, self.smoothing)
+        node, root, conf, status = self.decide(S)
+        text = (self.traces(E, measured, node, root, conf, status, S) if reasoning
+                else [""] * len(node))
+        return self._result(node, root, conf, status, text, S)
+
+    def annotate_groups(self, X, genes: Sequence[str], groups: Sequence,
+                        *, reasoning: bool = True) -> tuple[ReasonerResult, list]:
+        """Annotate groups of cells (clusters) from their mean marker evidence.
+
+        Returns the per-group result and the group keys, in order of first appearance.
+        """
+        groups = np.asarray(groups)
+        if len(groups) != X.shape[0]:
+            raise InputError(f"{len(groups)} group labels for {X.shape[0]} cells.")
+        keys, inv = np.unique(groups.astype(str), return_inverse=True)
+        E, measured = self._marker_matrix(X, [str(g) for g in genes])
+        G = sp.csr_matrix((np.ones(len(inv), np.float32), (inv, np.arange(len(inv)))),
+                          shape=(len(keys), len(inv)))
+        sizes = np.asarray(G.sum(axis=1)).ravel()
+        # detection fraction in the group, saturating at half the cells
+        frac = sp.diags(1.0 / sizes) @ G @ (E > 0).astype(np.float32)
+        Eg = sp.csr_matrix(np.minimum(np.asarray(frac.todense()) / 0.5, 1.0).astype(np.float32))
+        Eg.eliminate_zeros()
+        Eg.data[Eg.data < 0.2] = 0.0  # sporadic detection is not evidence for a group
+        Eg.eliminate_zeros()
+        S = self.score(Eg, measured)
+        node, root, conf, status = self.decide(S)
+        text = (self.traces(Eg, measured, node, root, conf, status, S) if reasoning
+                else [""] * len(node))
+        return self._result(node, root, conf, status, text, S), list(keys)
+
+    def annotate_sentences(
+        self,
+        sentences: Sequence[str],
+        *,
+        gene_list: Sequence[str] | None = None,
+        max_genes: int = 1000,
+        reasoning: bool = True,
+    ) -> ReasonerResult:
+        """Annotate cell sentences (``", "``-joined expressed genes; presence only).
+
+        Parameters
+        ----------
+        sentences
+            One sentence per cell.
+        gene_list
+            The ranked gene list the sentences were built from (default ``None``: every
+            marker counts as measured). With it, markers outside the list, or ranked after the
+            last gene of a sentence that hit ``max_genes``, count as unmeasured, not absent.
+        max_genes
+            Sentence length cap used when building the sentences (default 1000).
+        """
+        gi = {g: i for i, g in enumerate(self.genes)}
+        for g, alts in ALIASES.items():
+            if g in gi:
+                for a in alts:
+                    gi.setdefault(a, gi[g])
+        rows, cols = [], []
+        n = len(sentences)
+        lengths = np.zeros(n, dtype=np.int64)
+        last = [""] * n
+        for i, s in enumerate(sentences):
+            if not isinstance(s, str):
+                raise InputError(f"Cell sentence {i} is {type(s).__name__}, not text.")
+            toks = [t.strip() for t in s.split(",")]
+            toks = [t for t in toks if t]
+            lengths[i] = len(toks)
+            if toks:
+                last[i] = toks[-1]
+            for t in toks:
+                m = gi.get(t)
+                if m is not None:
+                    rows.append(i)
+                    cols.append(m)
+        E = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
+                          shape=(n, len(self.genes)))
+        E.sum_duplicates()
+        E.data[:] = 1.0
+        if gene_list is None:
+            measured: np.ndarray | sp.csr_matrix = np.ones(len(self.genes), dtype=bool)
+        else:
+            rank = {g: r for r, g in enumerate(gene_list)}
+            big = len(gene_list) + 1
+            mrank = np.array([min([rank.get(g, big)] + [rank.get(a, big)
+                                                        for a in ALIASES.get(g, ())])
+                              for g in self.genes])
+            in_list = mrank < big
+            truncated = lengths >= max_genes
+            if truncated.any():
+                cutoff = np.array([rank.get(last[i], big) if truncated[i] else big
+                                   for i in range(n)])
+                A = (mrank[None, :] <= cutoff[:, None]) & in_list[None, :]
+                measured = sp.csr_matrix(A.astype(np.float32))
+            else:
+                measured = in_list
+        S = self.score(E, measured)
+        node, root, conf, status = self.decide(S)
+        text = (self.traces(E, measured, node, root, conf, status, S) if reasoning
+                else [""] * len(node))
+        return self._result(node, root, conf, status, text, S)
+
+
+__all__ = ["UNKNOWN", "Reasoner", "ReasonerResult", "log_normalize", "looks_like_counts"]
