@@ -600,7 +600,7 @@ def _fuzzy(key: str, onto: CellOntology) -> tuple[tuple[str, ...], str] | None:
 
     if len(key) < 6 or len(key) > 60:
         return None
-    pool = _fuzzy_pool(onto)
+    pool = _fuzzy_pool(onto).get(key[:2], ())
     best = difflib.get_close_matches(key, pool, n=1, cutoff=0.9)
     if not best:
         return None
@@ -610,10 +610,14 @@ def _fuzzy(key: str, onto: CellOntology) -> tuple[tuple[str, ...], str] | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _fuzzy_pool(onto: CellOntology) -> list[str]:
+def _fuzzy_pool(onto: CellOntology) -> dict[str, list[str]]:
+    """Candidate keys for typo matching, bucketed by their first two characters."""
     keys = {k for k, (cid, _) in onto._lookup.items() if cid not in UNINFORMATIVE}
     keys |= {k for k in _aliases() if len(k) >= 6}
-    return sorted(keys)
+    pool: dict[str, list[str]] = {}
+    for k in sorted(keys):
+        pool.setdefault(k[:2], []).append(k)
+    return pool
 
 
 def _split_alternatives(answer: str) -> list[str]:
