@@ -132,6 +132,8 @@ counts <- GetAssayData(obj, slot = "counts", assay = "RNA")
 adt <- CreateAssayObject(counts = counts[1:20, ])
 obj[["ADT"]] <- adt
 saveRDS(obj, "pbmc_small_v4.rds")
+saveRDS(obj, "pbmc_small_xz.rds", compress = "xz")
+saveRDS(obj, "pbmc_small_plain.rds", compress = FALSE)
 data <- GetAssayData(obj, slot = "data", assay = "RNA")
 write.csv(data.frame(cell = colnames(counts), counts_sum = Matrix::colSums(counts),
                      data_sum = Matrix::colSums(data), nnz = Matrix::colSums(counts != 0),

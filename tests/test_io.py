@@ -151,6 +151,9 @@ def test_seurat_v4_second_assay_and_old_object(r_dir):
     assert adt.shape == (80, 20) and adt.uns[UNS_KEY]["assay"] == "ADT"
     np.testing.assert_allclose(np.asarray(adt.layers["counts"].sum(axis=1)).ravel(),
                                r_cells["adt_sum"])
+    for other in ("pbmc_small_xz.rds", "pbmc_small_plain.rds"):  # any saveRDS compression
+        again = read(r_dir / other, assay="ADT")
+        assert (again.X != adt.X).nnz == 0 and again.obs.equals(adt.obs)
     with pytest.raises(InputError, match=r"no assay 'SCT'.*RNA, ADT"):
         read(r_dir / "pbmc_small_v4.rds", assay="SCT")
     # pbmc_small exactly as shipped (an older object, saved without UpdateSeuratObject)
@@ -234,6 +237,13 @@ def test_h5ad_backed_does_not_load_x(tmp_path, demo_counts):
     assert expression_kind(adata) == "counts"
     summary = validate_for_annotation(adata)
     assert summary["empty_cells"] == 0 and summary["expression_kind"] == "counts"
+    # CSC on disk: read column blocks, still without loading X
+    path_csc = tmp_path / "csc.h5ad"
+    ad.AnnData(X=sparse.csc_matrix(counts, dtype=np.float32), obs=pd.DataFrame(index=cells),
+               var=pd.DataFrame(index=genes)).write_h5ad(path_csc)
+    csc = read(path_csc, backed="r")
+    assert csc.X.format == "csc" and expression_kind(csc) == "counts"
+    assert validate_for_annotation(csc)["empty_cells"] == 0
     # dense backed X too
     path2 = tmp_path / "dense.h5ad"
     ad.AnnData(X=np.log1p(counts[:10].toarray()), obs=pd.DataFrame(index=cells[:10]),
@@ -327,7 +337,7 @@ def test_10x_mtx_errors(tmp_path, demo_counts):
 def test_csv_cells_by_genes(tmp_path, demo_counts):
     counts, cells, genes = demo_counts
     df = pd.DataFrame(counts[:, :200].toarray(), index=cells, columns=genes[:200])
-    path = tmp_path / "cells.csv"
+    path = tmp_path / "cells.txt"  # the separator is sniffed, not taken from the extension
     df.to_csv(path)
     adata = read(path)
     assert adata.shape == (35, 200) and list(adata.obs_names) == list(cells)

@@ -736,8 +736,7 @@ def _read_mtx_files(matrix: Path, features: Path, barcodes: Path) -> AnnData:
 def _read_dense_table(p: Path) -> tuple[AnnData, dict[str, Any]]:
     import anndata as ad
 
-    name = p.name.lower().removesuffix(".gz")
-    sep = "," if name.endswith(".csv") else "\t"
+    sep = _sniff_separator(p)
     try:
         df = pd.read_csv(p, sep=sep, index_col=0)
     except Exception as exc:  # pandas raises ParserError, UnicodeDecodeError, EOFError...
@@ -772,6 +771,20 @@ def _read_dense_table(p: Path) -> tuple[AnnData, dict[str, Any]]:
     )
     orientation = "genes x cells (transposed)" if transposed else "cells x genes"
     return adata, {"x": "table values", "orientation": orientation}
+
+
+def _sniff_separator(p: Path) -> str:
+    """Comma or tab, from the header line (the extension decides a tie)."""
+    opener = gzip.open if _first_bytes(p, 2) == _GZIP_SIGNATURE else open
+    try:
+        with opener(p, "rt", encoding="utf-8", errors="replace") as fh:
+            header = fh.readline()
+    except (OSError, EOFError) as exc:
+        raise InputError(f"Could not read {p} ({type(exc).__name__}: {exc}).") from exc
+    tabs, commas = header.count("\t"), header.count(",")
+    if tabs != commas:
+        return "\t" if tabs > commas else ","
+    return "," if p.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
 
 
 def _gene_score(labels: Sequence[str], known: set[str] | None) -> float:
@@ -995,7 +1008,7 @@ def _sample_nonzero(mat: Any, max_values: int = 2_000_000) -> np.ndarray:
         return data[data != 0]
     n_cols = mat.shape[1] if not _is_csc(mat) else mat.shape[0]
     budget = max(1, max_values // max(1, n_cols))
-    block_rows = max(1, min(4096, budget))
+    block_rows = max(1, min(4096, budget // 16))  # ~16 evenly spaced blocks
     parts = [_nonzero_values(b) for b in _blocks(mat, budget=budget, block_rows=block_rows)]
     return np.concatenate(parts) if parts else np.array([])
 
@@ -1066,8 +1079,10 @@ def _row_nonzero_counts(mat: Any) -> np.ndarray:
             nz = np.asarray(block.data) != 0
             counts += np.bincount(np.asarray(block.indices)[nz], minlength=mat.shape[0])
         return counts
+    dense_rows = max(1, 16_000_000 // max(1, mat.shape[1]))  # ~16M values per dense block
+    block_rows = 4096 if hasattr(mat, "format") or sparse.issparse(mat) else dense_rows
     parts = []
-    for block in _blocks(mat):
+    for block in _blocks(mat, block_rows=min(4096, block_rows)):
         if sparse.issparse(block):
             parts.append(np.asarray((block != 0).sum(axis=1)).ravel())
         else:
