@@ -17,6 +17,7 @@ from .sentences import (
     DEFAULT_MAX_GENES,
     CellSentences,
     iter_sentence_chunks,
+    prefetch,
     write_jsonl,
     write_parquet,
     write_upstream_json,
@@ -206,8 +207,8 @@ def prepare(
     summary.n_genes_matched = len(set(vocab) & set(source.var_names))
     guarded = _value_guard(source, name, summary)
     chunks = _checked(
-        iter_sentence_chunks(guarded, genes, order=order, max_genes=max_genes, labels=labels,
-                             chunk_size=chunk_size, progress=progress),
+        prefetch(iter_sentence_chunks(guarded, genes, order=order, max_genes=max_genes,
+                                      labels=labels, chunk_size=chunk_size, progress=progress)),
         summary, name, allow_empty,
     )
     result = None

@@ -77,6 +77,26 @@ class CellSentences:
         got = operator.itemgetter(*idx)(self._gene_list())
         return [got] if len(idx) == 1 else list(got)
 
+    def render(self, json_escaped: bool = False) -> tuple[bytes, np.ndarray]:
+        """All sentences as one UTF-8 buffer and ``n + 1`` offsets (fast bulk rendering).
+
+        With ``json_escaped`` the text is escaped as inside a JSON string (``ensure_ascii``).
+        """
+        from ._kernels import render_rows
+
+        key = "_tokens_json" if json_escaped else "_tokens"
+        sep = SEPARATOR.encode()
+        tokens = getattr(self, key, None)
+        if tokens is None:
+            enc = [(json.dumps(str(g))[1:-1] if json_escaped else str(g)).encode() + sep
+                   for g in self.genes]
+            offsets = np.zeros(len(enc) + 1, dtype=np.int64)
+            np.cumsum([len(e) for e in enc], out=offsets[1:])
+            tokens = (offsets, np.frombuffer(b"".join(enc), dtype=np.uint8))
+            setattr(self, key, tokens)
+        buf, offsets = render_rows(self.indptr, self.indices, tokens[0], tokens[1], len(sep))
+        return buf.tobytes(), offsets
+
     def sentence(self, i: int) -> str:
         """The text of cell ``i``'s sentence."""
         return SEPARATOR.join(self.cell_genes(i))
@@ -165,7 +185,7 @@ def _vocabulary_positions(var_names: np.ndarray, vocab: Sequence[str]) -> np.nda
     first: dict[str, int] = {}
     for pos, g in enumerate(vocab):
         first.setdefault(g, pos)
-    col_pos = np.full(len(var_names), -1, dtype=np.int64)
+    col_pos = np.full(len(var_names), -1, dtype=np.int32)
     seen: set[str] = set()
     for j, g in enumerate(var_names):
         if g in seen:  # duplicated symbol in the data: the first column is the gene
@@ -194,22 +214,13 @@ def _truncate(rows: np.ndarray, n_rows: int, max_genes: int) -> tuple[np.ndarray
 
 def _select_ranked(chunk: sp.csr_matrix, col_pos: np.ndarray, n_vocab: int, max_genes: int,
                    dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, vocabulary positions of non-zero genes in vocabulary order (bitmap scan)."""
-    n = chunk.shape[0]
-    pos = col_pos[chunk.indices]
-    keep = pos >= 0
-    data = chunk.data
-    keep &= data != 0
-    if data.dtype.kind == "f":
-        keep &= ~np.isnan(data)
-    rows = _chunk_rows(chunk)[keep]
-    bitmap = np.zeros(n * n_vocab, dtype=bool)
-    bitmap[rows * n_vocab + pos[keep]] = True
-    flat = np.flatnonzero(bitmap)
-    rows = flat // n_vocab
-    ranks = flat - rows * n_vocab
-    sel, indptr = _truncate(rows, n, max_genes)
-    return indptr, ranks[sel].astype(dtype)
+    """Per row, vocabulary positions of non-zero genes in vocabulary order (compiled kernel)."""
+    from ._kernels import ranked_rows
+
+    sink_pos = np.where(col_pos < 0, n_vocab, col_pos).astype(np.int32)
+    indptr, pos = ranked_rows(chunk.indptr, chunk.indices, chunk.data, sink_pos, n_vocab,
+                              max_genes)
+    return indptr, pos.astype(dtype)
 
 
 def _select_expression(chunk: sp.csr_matrix, col_pos: np.ndarray, max_genes: int,
@@ -227,6 +238,50 @@ def _select_expression(chunk: sp.csr_matrix, col_pos: np.ndarray, max_genes: int
     rows, pos = rows[order], pos[order]
     sel, indptr = _truncate(rows, n, max_genes)
     return indptr, pos[sel].astype(dtype)
+
+
+def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Run ``iterator`` in a background thread, ``depth`` items ahead of the consumer.
+
+    Reading and the compiled kernels release the GIL, so on two cores building the next chunk
+    overlaps with writing the current one. Errors are re-raised in the consumer; a consumer
+    that stops early stops the producer.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            q.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="cellreasoner-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def iter_sentence_chunks(
@@ -356,35 +411,39 @@ class _AtomicFile:
             self.tmp.unlink(missing_ok=True)
 
 
-def _json_record_block(part: CellSentences, instruction_json: str, with_output: bool,
-                       first: bool) -> tuple[str, bool]:
-    """The indent=4 JSON text of a chunk's records (json.dump(list, indent=4) layout)."""
+def _json_record_block(part: CellSentences, instruction_json: bytes, with_output: bool,
+                       first: bool) -> tuple[bytes, bool]:
+    """The indent=4 JSON bytes of a chunk's records (``json.dump(list, indent=4)`` layout)."""
     dumps = json.dumps
+    buf, off = part.render(json_escaped=True)
+    head_first, head_next = b"[\n    {\n", b",\n    {\n"
+    instr = b'        "instruction": ' + instruction_json + b',\n        "input": "'
+    labels = part.labels if with_output else None
     out = []
     for i in range(len(part)):
-        fields = [
-            f'        "cell_name": {dumps(str(part.cell_names[i]))}',
-            f'        "instruction": {instruction_json}',
-            f'        "input": {dumps(part.sentence(i))}',
-        ]
-        if with_output and part.labels is not None and part.labels[i] is not None:
-            fields.append(f'        "output": {dumps(str(part.labels[i]))}')
-        out.append(("[\n" if first else ",\n") + "    {\n" + ",\n".join(fields) + "\n    }")
+        out.append(head_first if first else head_next)
         first = False
-    return "".join(out), first
+        out.append(b'        "cell_name": ' + dumps(str(part.cell_names[i])).encode() + b",\n")
+        out.append(instr)
+        out.append(buf[off[i] : off[i + 1]])
+        if labels is not None and labels[i] is not None:
+            out.append(b'",\n        "output": ' + dumps(str(labels[i])).encode() + b"\n    }")
+        else:
+            out.append(b'"\n    }')
+    return b"".join(out), first
 
 
 def write_upstream_json(parts: Iterable[CellSentences], path: str | os.PathLike, *,
                         reasoning: bool = False, include_output: bool | None = None) -> Path:
     """Stream chunks to the upstream CellReasoner JSON (a list of records, indent=4)."""
-    instruction_json = json.dumps(instruction_for(reasoning))
+    instruction_json = json.dumps(instruction_for(reasoning)).encode()
     first = True
-    with _AtomicFile(path, "w") as fh:
+    with _AtomicFile(path, "wb") as fh:
         for part in parts:
             with_output = part.labels is not None if include_output is None else include_output
             text, first = _json_record_block(part, instruction_json, with_output, first)
             fh.write(text)
-        fh.write("[]" if first else "\n]")
+        fh.write(b"[]" if first else b"\n]")
     return Path(path)
 
 
