@@ -1,5 +1,51 @@
-"""cellreasoner: interpretable cell-type annotation with reasoning language models."""
+"""cellreasoner: interpretable cell-type annotation with reasoning language models.
+
+The front door (scanpy/CellTypist style)::
+
+    import cellreasoner as cr
+
+    adata = cr.read("pbmc.h5ad")                # .h5ad, Seurat .rds, 10x, CSV
+    result = cr.annotate(adata)                  # built-in reasoner, no download
+    result.to_csv("labels.csv")                  # adata.obs has cellreasoner_* columns
+    cr.evaluate(adata, truth="cell_type").summary
+
+Submodules in the scverse layout: ``cr.pp`` (cell sentences), ``cr.tl`` (annotate, score),
+``cr.pl`` (plots).
+"""
 
 from __future__ import annotations
 
+from ._lazy import lazy_getattr
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "read": "cellreasoner.io:read",
+    "prepare": "cellreasoner.prepare:prepare",
+    "build_sentences": "cellreasoner.sentences:build_sentences",
+    "CellSentences": "cellreasoner.sentences:CellSentences",
+    "annotate": "cellreasoner.annotate:annotate",
+    "AnnotationResult": "cellreasoner.annotate:AnnotationResult",
+    "get_backend": "cellreasoner.backends:get_backend",
+    "map_label": "cellreasoner.ontology:map_label",
+    "score_pair": "cellreasoner.scoring:score_pair",
+    "PairScorer": "cellreasoner.scoring:PairScorer",
+    "check_evidence": "cellreasoner.evidence:check_evidence",
+    "evaluate": "cellreasoner.evaluate:evaluate",
+    "write_report": "cellreasoner.report:write_report",
+    "Prompt": "cellreasoner.prompts:Prompt",
+    "SamplingParams": "cellreasoner.prompts:SamplingParams",
+    "CellReasonerError": "cellreasoner.errors:CellReasonerError",
+    "InputError": "cellreasoner.errors:InputError",
+    "pp": "cellreasoner.pp",
+    "tl": "cellreasoner.tl",
+    "pl": "cellreasoner.pl",
+    "datasets": "cellreasoner.datasets",
+}
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
+
+
+def __dir__() -> list[str]:
+    return [*__all__, "__version__"]

@@ -1,0 +1,13 @@
+"""Tools (scanpy ``tl``-style): annotate cells, score predictions, evaluate runs."""
+
+from __future__ import annotations
+
+from ._lazy import lazy_getattr
+
+_EXPORTS = {
+    "annotate": "cellreasoner.annotate:annotate",
+    "score": "cellreasoner.evaluate:score_adata",
+    "evaluate": "cellreasoner.evaluate:evaluate",
+}
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
