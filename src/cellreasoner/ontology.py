@@ -129,6 +129,10 @@ class CellOntology:
         self._lookup = lookup
 
     # -- terms
+    def ids(self, include_deprecated: bool = False) -> list[str]:
+        """All CL ids (live terms only unless ``include_deprecated``)."""
+        return [c for c in self._labels if include_deprecated or c not in self._deprecated]
+
     def exists(self, cl_id: str) -> bool:
         """True if ``cl_id`` is a CL term (live or obsolete)."""
         return cl_id in self._labels
