@@ -175,7 +175,8 @@ def provenance_for(table: ResultTable, pred: str) -> dict[str, Any]:
     keys = []
     if pred.endswith("_label"):
         keys.append(pred[: -len("_label")])
-    keys.append("cellreasoner")
+    if pred in DEFAULT_PRED_COLUMNS:
+        keys.append("cellreasoner")
     for key in keys:
         value = table.uns.get(key)
         if isinstance(value, Mapping) and ("model" in value or "backend" in value):
@@ -198,8 +199,6 @@ def _as_text(values: Sequence[Any] | pd.Series) -> np.ndarray:
 def _scorer(pair_table: Any):
     from .scoring import PairScorer
 
-    if isinstance(pair_table, str | Path) and not Path(pair_table).is_file():
-        raise InputError(f"pair table {pair_table}: no such file")
     return PairScorer(pair_table=pair_table)
 
 

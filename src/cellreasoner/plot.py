@@ -33,9 +33,12 @@ def _level_names() -> dict[float, str]:
     return {float(k): str(v) for k, v in LEVELS.items()}
 
 
-def _mpl_text(text: Any) -> str:
-    """Label text safe for matplotlib (a ``$`` in a label would start mathtext)."""
-    return str(text).replace("$", r"\$")
+def _mpl_text(text: Any, max_len: int = 48) -> str:
+    """Label text safe for matplotlib: ``$`` escaped (it starts mathtext), long text shortened."""
+    text = str(text)
+    if len(text) > max_len:
+        text = text[: max_len - 1] + "\u2026"
+    return text.replace("$", r"\$")
 
 
 def _new_figure(figsize: tuple[float, float], show: bool, ax: Any = None):
@@ -135,7 +138,7 @@ def score_violin(
     ax.set_xlabel("")
     ax.set_ylabel("hierarchical score")
     ax.set_title("Annotation score per cell")
-    ax.legend(loc="lower right", frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     if len(runs) > 3:
         ax.tick_params(axis="x", labelrotation=30)
     return _finish(fig, show, save)

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 #: Cells embedded by default; larger runs are subsampled (stratified by label) for the browser.
 DEFAULT_MAX_CELLS = 20000
 
+#: Provenance fields left out of the summary (per-cluster details are in the cluster table).
+_PROVENANCE_SKIP = frozenset({"clusters", "cache"})
+
 #: Provenance fields shown first in the summary, in this order.
 _PROVENANCE_ORDER = (
     "model", "backend", "mode", "reasoning", "n_cells", "unique_prompts", "model_calls",
@@ -129,21 +132,52 @@ def _column(obs: pd.DataFrame, prefix: str, name: str) -> pd.Series | None:
     return None
 
 
+def _expressed_genes(matrix: Any, var_names: Sequence[str], i: int) -> list[str]:
+    """Genes with a positive value in row ``i`` of a dense or sparse matrix."""
+    import scipy.sparse as sp
+
+    row = matrix[i]
+    if sp.issparse(row):
+        row = row.tocsr()
+        idx = row.indices[row.data > 0]
+    else:
+        idx = np.flatnonzero(np.asarray(row).ravel() > 0)
+    return [str(var_names[j]) for j in idx]
+
+
 def _evidence_from_expression(
-    table: ResultTable, reasoning: np.ndarray
+    table: ResultTable, reasoning: np.ndarray, keep: np.ndarray
 ) -> tuple[list[list[str]], list[list[str]]] | None:
-    """Cited present/absent genes computed with :mod:`cellreasoner.evidence`, when possible."""
-    if table.adata is None:
+    """Cited genes present/absent per cell, computed with :mod:`cellreasoner.evidence`.
+
+    Used when the result has no ``cited_present``/``cited_absent`` columns but the expression is
+    at hand (AnnData in memory or an ``.h5ad``); ``.raw`` is used when present (``X`` may be
+    scaled). Only the cells in ``keep`` with reasoning are checked; ``None`` when not possible.
+    """
+    if not any(reasoning[i] for i in keep):
         return None
     try:
         from .evidence import check_evidence
     except ImportError:
         return None
-    present, absent = [], []
-    result = check_evidence(table.adata, reasoning)
-    for item in result:
-        present.append(list(getattr(item, "cited_present", []) or []))
-        absent.append(list(getattr(item, "cited_absent", []) or []))
+    adata = table.adata
+    if adata is None and table.source.lower().endswith(".h5ad"):
+        import anndata
+
+        adata = anndata.read_h5ad(table.source)
+    if adata is None:
+        return None
+    src = adata.raw if adata.raw is not None else adata
+    matrix, var_names = src.X, src.var_names
+    n = len(reasoning)
+    present: list[list[str]] = [[] for _ in range(n)]
+    absent: list[list[str]] = [[] for _ in range(n)]
+    for i in keep:
+        if not reasoning[i]:
+            continue
+        ev = check_evidence(str(reasoning[i]), _expressed_genes(matrix, var_names, int(i)))
+        present[i] = list(ev.cited_present)
+        absent[i] = list(ev.cited_absent)
     return present, absent
 
 
@@ -160,7 +194,11 @@ def _summary_rows(table: ResultTable, prov: dict[str, Any], pred: str, n_cells: 
     keys += [k for k in prov if k not in keys]
     for key in keys:
         value = prov[key]
-        if isinstance(value, dict):
+        if key in _PROVENANCE_SKIP:
+            continue
+        if isinstance(value, dict) and len(value) > 12:
+            text = f"({len(value)} entries)"
+        elif isinstance(value, dict):
             text = ", ".join(f"{k}={v}" for k, v in value.items())
         elif isinstance(value, float):
             text = f"{value:.4g}"
@@ -190,13 +228,15 @@ def build_report(
             f"{table.source}: prediction column '{pred}' not found; available columns: "
             f"{', '.join(map(str, obs.columns))}"
         )
+    prov = provenance_for(table, pred)
+    if groupby is None and isinstance(prov.get("by"), str) and prov["by"] in obs.columns:
+        groupby = prov["by"]  # cluster / hybrid mode: browse the clusters that were annotated
     if groupby is not None and groupby not in obs.columns:
         raise InputError(
             f"{table.source}: groupby column '{groupby}' not found; available columns: "
             f"{', '.join(map(str, obs.columns))}"
         )
     prefix = pred[: -len("label")] if pred.endswith("label") else ""
-    prov = provenance_for(table, pred)
     n_total = obs.shape[0]
     if n_total == 0:
         raise InputError(f"{table.source}: the result has no cells")
@@ -235,14 +275,14 @@ def build_report(
     response_arr = _as_text(response) if response is not None else np.full(n_total, "", object)
     present_col = _column(obs, prefix, "cited_present")
     absent_col = _column(obs, prefix, "cited_absent")
+    keep = _subsample(labels, max_cells, seed)
     if present_col is not None or absent_col is not None:
         present = _gene_lists(present_col) if present_col is not None else [[]] * n_total
         absent = _gene_lists(absent_col) if absent_col is not None else [[]] * n_total
     else:
-        computed = _evidence_from_expression(table, reasoning_arr)
+        text_for_evidence = reasoning_arr if reasoning is not None else response_arr
+        computed = _evidence_from_expression(table, text_for_evidence, keep)
         present, absent = computed if computed is not None else ([[]] * n_total, [[]] * n_total)
-
-    keep = _subsample(labels, max_cells, seed)
 
     # deduplicated long texts (cluster mode repeats one reasoning per cluster)
     texts: list[str] = []

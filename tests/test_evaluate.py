@@ -1,0 +1,211 @@
+"""Evaluation metrics on real data (pbmc68k_reduced with a cluster-derived prediction)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellreasoner.cli import main
+from cellreasoner.errors import InputError
+from cellreasoner.evaluate import EvaluationResult, evaluate, macro_f1, read_results, score_adata
+from cellreasoner.scoring import LEVELS, score_pair
+
+
+def _annotate_by_cluster(adata, key="cellreasoner_label"):
+    """A real prediction: each louvain cluster gets its majority bulk label."""
+    majority = adata.obs.groupby("louvain", observed=True)["bulk_labels"].agg(
+        lambda s: s.value_counts().index[0]
+    )
+    adata.obs[key] = adata.obs["louvain"].map(majority).astype(str)
+    return adata
+
+
+@pytest.fixture
+def annotated(pbmc68k):
+    adata = _annotate_by_cluster(pbmc68k)
+    adata.obs["cellreasoner_confidence"] = 0.9
+    adata.uns["cellreasoner"] = {"model": "cluster-majority", "backend": "test-data",
+                                 "mode": "cluster"}
+    return adata
+
+
+def _result_csv(adata, path, pred, drop_first=0):
+    """A result CSV in the upstream-first layout of ``cellreasoner annotate``."""
+    obs = adata.obs.iloc[drop_first:]
+    df = pd.DataFrame({
+        "cell_name": obs.index,
+        "response": [f"The cell type is {p}." for p in pred[drop_first:]],
+        "labels": obs["bulk_labels"].astype(str).to_numpy(),
+        "label": pred[drop_first:],
+        "confidence": 0.5,
+    })
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_metrics_match_scorer_and_counts(annotated):
+    ev = evaluate(annotated, truth="bulk_labels")
+    assert isinstance(ev, EvaluationResult)
+    assert ev.runs == ["cluster-majority"]
+    s = ev.summary.iloc[0]
+    truth = annotated.obs["bulk_labels"].astype(str).to_numpy()
+    pred = annotated.obs["cellreasoner_label"].to_numpy()
+    expected = np.array([score_pair(t, p) for t, p in zip(truth, pred, strict=True)])
+    pc = ev.per_cell.set_index("cell").loc[annotated.obs_names]
+    np.testing.assert_allclose(pc["score"].to_numpy(), expected)
+    assert s["n_cells"] == 700
+    assert s["mean_score"] == pytest.approx(expected.mean())
+    assert s["exact_accuracy"] == pytest.approx(np.mean(expected == 1.0))
+    assert s["major_accuracy"] == pytest.approx(np.mean(expected >= 0.5))
+    # identical labels are subtype-correct, so exact accuracy is at least the identity rate
+    assert s["exact_accuracy"] >= np.mean(truth == pred) - 1e-12
+    levels = s[["subtype_correct", "major_correct", "partially_correct", "incorrect"]]
+    assert levels.sum() == pytest.approx(1.0)
+    assert set(pc["level"]) <= set(LEVELS.values())
+    assert 0.0 <= s["macro_f1_cl"] <= 1.0
+
+
+def test_per_label_table(annotated):
+    ev = evaluate(annotated, truth="bulk_labels")
+    pl = ev.per_label.set_index("truth")
+    truth = annotated.obs["bulk_labels"].astype(str)
+    assert pl["n"].sum() == 700
+    assert pl["n"].to_dict() == truth.value_counts().to_dict()
+    table = pd.crosstab(truth, annotated.obs["cellreasoner_label"])
+    for label, row in table.iterrows():
+        assert pl.loc[label, "top_prediction_fraction"] == pytest.approx(
+            row.max() / row.sum())
+        assert row[pl.loc[label, "top_prediction"]] == row.max()
+
+
+def test_macro_f1_matches_sklearn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(1)
+    t = rng.choice(["CL:1", "CL:2", "CL:3", "unmapped"], size=300)
+    p = np.where(rng.random(300) < 0.6, t, rng.choice(["CL:1", "CL:4", "unmapped"], size=300))
+    assert macro_f1(t, p) == pytest.approx(f1_score(t, p, average="macro"))
+    assert macro_f1(["a", "b"], ["a", "b"]) == 1.0
+    assert np.isnan(macro_f1([], []))
+
+
+def test_runs_from_files_are_aligned_and_named(annotated, tmp_path):
+    h5 = tmp_path / "run_a.h5ad"
+    annotated.write_h5ad(h5)
+    # a second model predicts 'CD19+ B' everywhere and misses the first 25 cells
+    pred_b = np.array(["CD19+ B"] * annotated.n_obs, dtype=object)
+    csv = _result_csv(annotated, tmp_path / "model_b.csv", pred_b, drop_first=25)
+    ev = evaluate([h5, csv], truth="bulk_labels")
+    assert ev.runs == ["cluster-majority", "model_b"]
+    assert set(ev.summary["n_cells"]) == {675}
+    assert any("dropped 25 cells" in note for note in ev.notes)
+    b = ev.per_cell[ev.per_cell["run"] == "model_b"]
+    truth_is_b = b["truth"] == "CD19+ B"
+    assert (b.loc[truth_is_b, "score"] == 1.0).all()
+    assert ev.summary.set_index("run").loc["model_b", "exact_accuracy"] == pytest.approx(
+        truth_is_b.mean())
+    # the csv's own truth column is called 'labels' (upstream layout); truth can come from there
+    ev2 = evaluate(csv, truth="labels", names=["B everywhere"])
+    assert ev2.runs == ["B everywhere"]
+    assert ev2.summary.iloc[0]["exact_accuracy"] == pytest.approx(truth_is_b.mean())
+
+
+def test_several_prediction_columns_in_one_anndata(annotated):
+    annotated.obs["always_mono"] = "CD14+ Monocyte"
+    ev = evaluate(annotated, truth="bulk_labels", pred=["cellreasoner_label", "always_mono"])
+    assert ev.runs == ["cellreasoner_label", "always_mono"]
+    by_run = ev.summary.set_index("run")
+    assert by_run.loc["always_mono", "exact_accuracy"] == pytest.approx(
+        np.mean(annotated.obs["bulk_labels"] == "CD14+ Monocyte"))
+    assert by_run.loc["cellreasoner_label", "mean_score"] > by_run.loc["always_mono",
+                                                                         "mean_score"]
+
+
+def test_missing_truth_column_lists_available(annotated):
+    with pytest.raises(InputError, match="truth column 'cell_type' not found.*bulk_labels"):
+        evaluate(annotated, truth="cell_type")
+
+
+def test_bad_inputs(annotated, tmp_path):
+    with pytest.raises(InputError, match="2 run names given for 1 runs"):
+        evaluate(annotated, truth="bulk_labels", names=["a", "b"])
+    with pytest.raises(InputError, match="prediction column 'nope' not found"):
+        evaluate(annotated, truth="bulk_labels", pred="nope")
+    with pytest.raises(InputError, match="no such file"):
+        evaluate(tmp_path / "missing.h5ad", truth="bulk_labels")
+    other = annotated[:10].copy()
+    other.obs_names = [f"other-{i}" for i in range(10)]
+    with pytest.raises(InputError, match="share no cell names"):
+        evaluate([annotated, other], truth="bulk_labels")
+    bad = tmp_path / "dup.csv"
+    pd.DataFrame({"cell_name": ["a", "a"], "label": ["x", "y"], "labels": ["x", "x"]}).to_csv(
+        bad, index=False)
+    with pytest.raises(InputError, match="cell names are not unique"):
+        read_results(bad)
+
+
+def test_missing_truth_values_are_not_scored(annotated):
+    annotated.obs["partial_truth"] = annotated.obs["bulk_labels"].astype(object)
+    annotated.obs.iloc[:30, annotated.obs.columns.get_loc("partial_truth")] = np.nan
+    ev = evaluate(annotated, truth="partial_truth")
+    assert ev.summary.iloc[0]["n_cells"] == 670
+    assert any("30 cells have no ground truth" in n for n in ev.notes)
+
+
+def test_pair_table_overrides_scorer(annotated, shared_data):
+    table = pd.read_csv(shared_data / "pair_scores_dev.csv")
+    # make every pair our prediction produces 'Incorrect' by a user judgement
+    truth = annotated.obs["bulk_labels"].astype(str)
+    pairs = pd.DataFrame({"Ground Truth": truth, "Model Prediction":
+                          annotated.obs["cellreasoner_label"]}).drop_duplicates()
+    judged = pairs.assign(**{"Prediction Evaluation": "Incorrect", "Evaluation Score": 0.0})
+    assert set(judged.columns) == set(table.columns)
+    ev = evaluate(annotated, truth="bulk_labels", pair_table=judged[table.columns])
+    assert ev.summary.iloc[0]["mean_score"] == 0.0
+
+
+def test_to_dir_writes_tables_and_plots(annotated, tmp_path):
+    ev = evaluate(annotated, truth="bulk_labels")
+    out = ev.to_dir(tmp_path / "eval")
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics.loc[0, "run"] == "cluster-majority"
+    assert metrics.loc[0, "mean_score"] == pytest.approx(ev.summary.loc[0, "mean_score"])
+    assert len(pd.read_csv(out / "scores.csv")) == 700
+    assert len(pd.read_csv(out / "per_label.csv")) == annotated.obs["bulk_labels"].nunique()
+    for name in ("score_violin.png", "score_levels.png", "heatmap_cluster-majority.png"):
+        assert (out / name).stat().st_size > 5000
+
+
+def test_score_adata_writes_obs(annotated):
+    score_adata(annotated, "bulk_labels")
+    scores = annotated.obs["cellreasoner_score"].to_numpy()
+    assert set(np.unique(scores)) <= set(LEVELS)
+    same = (annotated.obs["bulk_labels"].astype(str) == annotated.obs["cellreasoner_label"])
+    assert (scores[same.to_numpy()] == 1.0).all()
+    assert annotated.obs["cellreasoner_score_level"].iloc[0] == LEVELS[scores[0]]
+    assert annotated.uns["cellreasoner_score"]["mean_score"] == pytest.approx(scores.mean())
+    copy = score_adata(annotated, "bulk_labels", key_added="s2", copy=True)
+    assert "s2" in copy.obs and "s2" not in annotated.obs
+    with pytest.raises(InputError, match="prediction column 'missing'"):
+        score_adata(annotated, "bulk_labels", pred_key="missing")
+
+
+def test_cli_evaluate(annotated, tmp_path, capsys):
+    h5 = tmp_path / "a.h5ad"
+    annotated.write_h5ad(h5)
+    csv = _result_csv(annotated, tmp_path / "b.csv",
+                      annotated.obs["cellreasoner_label"].to_numpy())
+    out = tmp_path / "out"
+    rc = main(["evaluate", str(h5), str(csv), "--truth", "bulk_labels", "--names", "A", "B",
+               "-o", str(out), "--no-plots"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "A" in printed and "mean_score" in printed
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["run"].tolist() == ["A", "B"]
+    # same predictions in both files -> same metrics
+    assert metrics.loc[0, "mean_score"] == pytest.approx(metrics.loc[1, "mean_score"])
+    rc = main(["evaluate", str(h5), "--truth", "nope"])
+    assert rc == 2
+    assert "truth column 'nope' not found" in capsys.readouterr().err
