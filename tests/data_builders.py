@@ -145,6 +145,8 @@ write.csv(obj@meta.data, "r_meta.csv")
 writeLines(DefaultAssay(obj), "r_active.txt")
 saveRDS(data.frame(a = 1:3, b = c("x", "y", "z")), "data_frame.rds")
 saveRDS(1:10, "vector.rds")
+obj[["LOG"]] <- CreateAssayObject(data = data[1:30, ])  # v4 assay with data only
+saveRDS(obj, "pbmc_small_log.rds")
 """
 
 #: The demo v5 object with its counts split into two interleaved layers (as Seurat's split()
@@ -166,4 +168,16 @@ attr(fm, "class") <- attr(orig, "class"); fm <- asS4(fm)
 attr(a, "layers") <- newl; attr(a, "cells") <- cm; attr(a, "features") <- fm
 assays <- x@assays; assays$RNA <- a; attr(x, "assays") <- assays
 saveRDS(x, "pbmc_demo_split.rds")
+only <- list(counts = cnt)  # a v5 assay holding counts only
+cm1 <- matrix(TRUE, nrow = length(cells), ncol = 1, dimnames = list(cells, "counts"))
+fm1 <- matrix(TRUE, nrow = nrow(orig), ncol = 1, dimnames = list(rownames(orig), "counts"))
+attr(cm1, "class") <- attr(cm, "class"); cm1 <- asS4(cm1)
+attr(fm1, "class") <- attr(fm, "class"); fm1 <- asS4(fm1)
+attr(a, "layers") <- only; attr(a, "cells") <- cm1; attr(a, "features") <- fm1
+assays$RNA <- a; attr(x, "assays") <- assays
+saveRDS(x, "pbmc_demo_counts_only.rds")
+setClass("MatrixDir", representation(dir = "character"))  # stands in for an on-disk BPCells layer
+attr(a, "layers") <- list(counts = new("MatrixDir", dir = "/somewhere"))
+assays$RNA <- a; attr(x, "assays") <- assays
+saveRDS(x, "pbmc_demo_ondisk.rds")
 """

@@ -112,6 +112,16 @@ def test_seurat_v5_split_layers_are_joined(split_rds, pbmc_demo_rds, caplog):
     assert split.obs["seurat_annotations"].tolist() == whole.obs["seurat_annotations"].tolist()
 
 
+def test_seurat_v5_counts_only_and_on_disk_layers(split_rds):
+    only = read(split_rds.parent / "pbmc_demo_counts_only.rds")
+    assert only.uns[UNS_KEY]["x"] == "counts" and only.uns[UNS_KEY]["layers"] == ["counts"]
+    assert only.shape == (35, 13714) and not only.layers
+    with pytest.raises(InputError, match=r"no layer 'data'; available: counts"):
+        read(split_rds.parent / "pbmc_demo_counts_only.rds", layer="data")
+    with pytest.raises(InputError, match=r"'counts' is stored as an R 'MatrixDir'.*dgCMatrix"):
+        read(split_rds.parent / "pbmc_demo_ondisk.rds")
+
+
 # --------------------------------------------------------------------------------------------
 # Seurat v4 (pbmc_small saved by R) checked against what R reports
 # --------------------------------------------------------------------------------------------
@@ -154,6 +164,9 @@ def test_seurat_v4_second_assay_and_old_object(r_dir):
     for other in ("pbmc_small_xz.rds", "pbmc_small_plain.rds"):  # any saveRDS compression
         again = read(r_dir / other, assay="ADT")
         assert (again.X != adt.X).nnz == 0 and again.obs.equals(adt.obs)
+    log_only = read(r_dir / "pbmc_small_log.rds", assay="LOG")  # data without counts
+    assert log_only.shape == (80, 30) and log_only.uns[UNS_KEY]["x"] == "data"
+    assert not log_only.layers and expression_kind(log_only) == "lognorm"
     with pytest.raises(InputError, match=r"no assay 'SCT'.*RNA, ADT"):
         read(r_dir / "pbmc_small_v4.rds", assay="SCT")
     # pbmc_small exactly as shipped (an older object, saved without UpdateSeuratObject)
@@ -424,7 +437,15 @@ def test_ensembl_ids_use_symbol_column(ensembl_adata, tmp_path, caplog):
     assert gs.symbols[0] == ensembl_adata.var["gene_symbols"].iloc[0]
     path = tmp_path / "ens.h5ad"
     ensembl_adata.write_h5ad(path)
-    assert read(path).uns[UNS_KEY]["gene_symbols"] == "gene_symbols"
+    for backed in (False, "r"):
+        got = read(path, backed=backed)
+        info = got.uns[UNS_KEY]
+        assert info["gene_symbols"] == "gene_symbols" and info["original_var_names"] == "gene_ids"
+        assert list(got.var["gene_ids"]) == list(ensembl_adata.var_names)
+        symbols = ensembl_adata.var["gene_symbols"].tolist()
+        assert list(got.var_names[:5]) == symbols[:3] + [symbols[3], symbols[4]]
+        assert got.var_names[5] == f"{symbols[3]}-1"  # the repeat no longer matches a gene list
+        assert got.var_names.is_unique
     forced = gene_symbols(ensembl_adata, gene_symbols="var_names")
     assert forced.column is None and forced.symbols[0].startswith("ENSG")
     with pytest.raises(InputError, match=r"gene_symbols='symbol' is not a var column.*symbols"):

@@ -138,12 +138,33 @@ def read(
     symbols = _resolve_symbols(adata, gene_symbols, source=str(p))
     if symbols.column is not None:
         info["gene_symbols"] = symbols.column
+        info["original_var_names"] = _use_symbols_as_var_names(adata, symbols)
     adata.uns[UNS_KEY] = info
     log.info(
         "read %s (%s): %d cells x %d genes, X = %s",
         p, fmt, adata.n_obs, adata.n_vars, info.get("x", "X"),
     )
     return adata
+
+
+def _use_symbols_as_var_names(adata: AnnData, symbols: GeneSymbols) -> str:
+    """Make gene symbols the ``var_names`` (as scanpy's 10x readers do); keep the IDs in var.
+
+    Repeated symbols get scanpy's ``-1``, ``-2`` suffixes, so only their first occurrence
+    matches a gene list. Returns the ``var`` column now holding the original names.
+    """
+    import warnings
+
+    key = "gene_ids" if "gene_ids" not in adata.var.columns else "original_var_names"
+    adata.var[key] = np.asarray(adata.var_names, dtype=str)
+    adata.var_names = pd.Index(symbols.symbols)
+    if symbols.n_duplicates:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # anndata's note on suffixes; we log our own
+            adata.var_names_make_unique()
+    log.info("var_names are now the gene symbols of var[%r]; the original IDs are in var[%r]",
+             symbols.column, key)
+    return key
 
 
 def _detect_format(p: Path) -> str:
