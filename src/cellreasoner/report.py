@@ -152,12 +152,14 @@ def _evidence_from_expression(
 
     Used when the result has no ``cited_present``/``cited_absent`` columns but the expression is
     at hand (AnnData in memory or an ``.h5ad``); ``.raw`` is used when present (``X`` may be
-    scaled). Only the cells in ``keep`` with reasoning are checked; ``None`` when not possible.
+    scaled). Genes are recognised from the measured genes (``var_names``), so "absent" means
+    measured but zero in that cell. Only the cells in ``keep`` with reasoning are checked;
+    ``None`` when not possible.
     """
     if not any(reasoning[i] for i in keep):
         return None
     try:
-        from .evidence import check_evidence
+        from .evidence import check_evidence_many
     except ImportError:
         return None
     adata = table.adata
@@ -172,12 +174,15 @@ def _evidence_from_expression(
     n = len(reasoning)
     present: list[list[str]] = [[] for _ in range(n)]
     absent: list[list[str]] = [[] for _ in range(n)]
-    for i in keep:
-        if not reasoning[i]:
-            continue
-        ev = check_evidence(str(reasoning[i]), _expressed_genes(matrix, var_names, int(i)))
-        present[i] = list(ev.cited_present)
-        absent[i] = list(ev.cited_absent)
+    rows = [int(i) for i in keep if reasoning[i]]
+    checked = check_evidence_many(
+        [str(reasoning[i]) for i in rows],
+        [_expressed_genes(matrix, var_names, i) for i in rows],
+        vocabulary=[str(g) for g in var_names],
+    )
+    for i, p, a in zip(rows, checked["present"], checked["absent"], strict=True):
+        present[i] = [g.strip() for g in str(p).split(",") if g.strip()]
+        absent[i] = [g.strip() for g in str(a).split(",") if g.strip()]
     return present, absent
 
 
