@@ -1,0 +1,267 @@
+"""Does a reasoning trace rely on genes the cell actually expresses?
+
+:func:`cited_genes` finds the gene symbols a model mentions; :func:`check_evidence` splits them
+into genes present in the cell's sentence and genes absent from it, treating negated mentions
+("no CD27", "CD3E absent", "lack of MS4A1", "negative for CD19", "CD14-") as correct uses of an
+absent gene. A trace is *flagged* when it leans on genes the cell does not express.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+#: Common CD names that are not HGNC symbols -> their genes (a mention is supported when any of
+#: the genes is in the sentence).
+CD_ALIASES: dict[str, tuple[str, ...]] = {
+    "CD3": ("CD3D", "CD3E", "CD3G"), "CD8": ("CD8A", "CD8B"), "CD16": ("FCGR3A", "FCGR3B"),
+    "CD56": ("NCAM1",), "CD45": ("PTPRC",), "CD20": ("MS4A1",), "CD11B": ("ITGAM",),
+    "CD11C": ("ITGAX",), "CD25": ("IL2RA",), "CD127": ("IL7R",), "CD31": ("PECAM1",),
+    "CD138": ("SDC1",), "CD206": ("MRC1",), "CD117": ("KIT",), "CD123": ("IL3RA",),
+    "CD141": ("THBD",), "CD10": ("MME",), "CD21": ("CR2",), "CD23": ("FCER2",),
+    "CD57": ("B3GAT1",), "CD62L": ("SELL",), "CD94": ("KLRD1",), "CD161": ("KLRB1",),
+    "CD103": ("ITGAE",), "CD32": ("FCGR2A", "FCGR2B"), "CD64": ("FCGR1A",), "CD79": ("CD79A",
+                                                                                   "CD79B"),
+    "HLA-DR": ("HLA-DRA", "HLA-DRB1", "HLA-DRB5"), "HLA-DQ": ("HLA-DQA1", "HLA-DQB1"),
+    "HLA-DP": ("HLA-DPA1", "HLA-DPB1"),
+}
+
+#: Upper-case English words that are also gene symbols; ignored when written in capitals.
+_STOP = frozenset({"ALL", "AND", "NOT", "THE", "ARE", "WAS", "CAN", "HAS", "FOR", "END", "SET",
+                   "MAX", "CAT", "REST", "IMPACT", "CAPS", "GAS", "CAMP", "BAD", "TAT", "PER",
+                   "SHE", "HE", "IT", "AS", "OF", "ON", "IN", "TO", "OR", "NO", "IS", "BE"})
+
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9]|[A-Za-z0-9]")
+_CLAUSE = re.compile(r"[.;:!?\n]+|\bbut\b|\bwhereas\b|\bwhile\b|\bhowever\b|\balthough\b", re.I)
+_PRE_NEG = re.compile(
+    r"(?:\bno\b|\bnot\b|\bnor\b|\bneither\b|\bwithout\b|\black(?:s|ing)?\b(?:\s+of)?|"
+    r"\babsen(?:ce|t)\b(?:\s+of)?|\bnegative\s+for\b|\bloss\s+of\b|\bmissing\b|"
+    r"\bdevoid\s+of\b|\bfree\s+of\b|\bexcludes?\b|\bn't\b)",
+    re.I,
+)
+_POST_NEG = re.compile(
+    r"^[\s,()]*(?:(?:is|are|was|were|appears?|seems?)\s+)?(?:(?:completely|notably|also|"
+    r"clearly)\s+)?(?:absent|missing|negative|not\s+(?:expressed|detected|present|seen|"
+    r"found)|undetectable|lacking)\b",
+    re.I,
+)
+_MAX_PRE_TOKENS = 6
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Evidence check of one reasoning trace.
+
+    Attributes
+    ----------
+    cited
+        Genes mentioned, in order of first mention (CD names such as ``CD3`` kept as written).
+    present, absent
+        ``cited`` split by whether the cell's sentence contains the gene (or a family member).
+    negated
+        Genes only mentioned as absent ("no CD27", "CD3E-negative").
+    unsupported
+        Genes cited as expressed that the cell does not express.
+    contradicted
+        Genes claimed absent that the cell does express.
+    fraction_present
+        Share of cited genes used consistently with the cell (expressed and cited as
+        expressed, or absent and cited as absent); 1.0 when nothing is cited.
+    flagged
+        True when the reasoning leans on genes the cell does not express.
+    """
+
+    cited: tuple[str, ...]
+    present: tuple[str, ...]
+    absent: tuple[str, ...]
+    negated: tuple[str, ...]
+    unsupported: tuple[str, ...]
+    contradicted: tuple[str, ...]
+    fraction_present: float
+    flagged: bool
+
+
+class _Vocab:
+    """Gene vocabulary with CD-name aliases and family prefixes."""
+
+    def __init__(self, vocabulary: Iterable[str]):
+        self.genes = frozenset(str(g).strip() for g in vocabulary if str(g).strip())
+        self.aliases = {k: tuple(g for g in v if g in self.genes) for k, v in CD_ALIASES.items()}
+        self.aliases = {k: v for k, v in self.aliases.items() if v and k not in self.genes}
+
+    def resolve(self, token: str) -> tuple[str, tuple[str, ...]] | None:
+        """(name as cited, genes it stands for) or None if the token is not a gene."""
+        if token in _STOP:
+            return None
+        if token in self.genes:
+            return token, (token,)
+        up = token.upper()
+        if up in self.aliases and (token == up or token[:2] == "CD"):
+            return up, self.aliases[up]
+        return None
+
+
+def _mentions(text: str, vocab: _Vocab) -> list[tuple[str, tuple[str, ...], bool]]:
+    """(cited name, genes, negated) for every gene mention in ``text``."""
+    out: list[tuple[str, tuple[str, ...], bool]] = []
+    for clause in _CLAUSE.split(text):
+        for m in _TOKEN.finditer(clause):
+            tok = m.group(0)
+            hit = vocab.resolve(tok)
+            suffix_neg = False
+            if hit is None and "-" in tok:
+                parts = tok.split("-")
+                for k in range(len(parts) - 1, 0, -1):
+                    hit = vocab.resolve("-".join(parts[:k]))
+                    if hit is not None:
+                        rest = [p.lower() for p in parts[k:]]
+                        suffix_neg = any(p in {"negative", "neg", "null", "deficient"}
+                                         for p in rest)
+                        break
+            if hit is None and "." in tok:
+                hit = vocab.resolve(tok.rstrip("."))
+            if hit is None:
+                continue
+            before = clause[: m.start()]
+            after = clause[m.end():]
+            neg = suffix_neg or _negated_before(before) or bool(_POST_NEG.match(after))
+            if after[:1] in {"-", "−"} and not after[1:2].isalnum():
+                neg = True
+            out.append((hit[0], hit[1], neg))
+    return out
+
+
+def _negated_before(before: str) -> bool:
+    """A negation cue among the last few tokens before a gene (lists: "no CD3E, CD3D or X")."""
+    words = before.split()
+    window = " ".join(words[-_MAX_PRE_TOKENS:])
+    cues = list(_PRE_NEG.finditer(window))
+    if not cues:
+        return False
+    tail = window[cues[-1].end():]
+    # a positive verb between the cue and the gene breaks the negation ("not only ... expresses")
+    return not re.search(r"\b(?:express\w*|high|positive|present|elevated|but|only)\b", tail,
+                         re.I)
+
+
+def cited_genes(text: str, vocabulary: Iterable[str]) -> list[str]:
+    """Gene symbols mentioned in ``text``, in order of first mention.
+
+    Parameters
+    ----------
+    text
+        A reasoning trace.
+    vocabulary
+        Known gene symbols (e.g. the ranked gene list plus ``adata.var_names``). Matching is
+        case-sensitive so English words are not taken for genes; common CD names (``CD3``,
+        ``CD8``, ``CD16``, ``HLA-DR``) count when one of their genes is in the vocabulary.
+    """
+    vocab = vocabulary if isinstance(vocabulary, _Vocab) else _Vocab(vocabulary)
+    seen: dict[str, None] = {}
+    for name, _, _ in _mentions(str(text or ""), vocab):
+        seen.setdefault(name, None)
+    return list(seen)
+
+
+def _sentence_set(sentence: str | Iterable[str]) -> frozenset[str]:
+    if isinstance(sentence, str):
+        return frozenset(g.strip() for g in sentence.split(",") if g.strip())
+    return frozenset(str(g).strip() for g in sentence)
+
+
+def _check(reasoning: str, expressed: frozenset[str], vocab: _Vocab, min_cited: int,
+           threshold: float) -> Evidence:
+    status: dict[str, list] = {}  # name -> [genes, any_positive_mention, any_negated]
+    for name, genes, neg in _mentions(str(reasoning or ""), vocab):
+        rec = status.setdefault(name, [genes, False, False])
+        if neg:
+            rec[2] = True
+        else:
+            rec[1] = True
+    cited = tuple(status)
+    present = tuple(n for n in cited if any(g in expressed for g in status[n][0]))
+    absent = tuple(n for n in cited if n not in present)
+    negated = tuple(n for n in cited if status[n][2] and not status[n][1])
+    unsupported = tuple(n for n in absent if n not in negated)
+    contradicted = tuple(n for n in present if n in negated)
+    consistent = len(cited) - len(unsupported) - len(contradicted)
+    frac = consistent / len(cited) if cited else 1.0
+    flagged = len(cited) >= min_cited and frac < threshold
+    return Evidence(cited, present, absent, negated, unsupported, contradicted, frac, flagged)
+
+
+def _default_vocab(extra: Iterable[str]) -> _Vocab:
+    from .resources import load_gene_list
+
+    return _Vocab(list(load_gene_list()) + list(extra))
+
+
+def check_evidence(
+    reasoning: str,
+    sentence_genes: str | Iterable[str],
+    vocabulary: Iterable[str] | None = None,
+    *,
+    min_cited: int = 2,
+    threshold: float = 0.5,
+) -> Evidence:
+    """Check whether a reasoning trace relies on genes the cell expresses.
+
+    Parameters
+    ----------
+    reasoning
+        The model's reasoning (the ``<think>`` content).
+    sentence_genes
+        The cell's genes: a cell sentence ``"CD3E, CD8A, ..."`` or an iterable of symbols.
+    vocabulary
+        Gene symbols to recognise; default ``None`` = the ranked gene list
+        (:func:`cellreasoner.resources.load_gene_list`) plus the sentence genes.
+    min_cited
+        Minimum number of cited genes before a trace can be flagged (default 2).
+    threshold
+        Flag when ``fraction_present`` is below this (default 0.5).
+    """
+    expressed = _sentence_set(sentence_genes)
+    vocab = _Vocab(list(vocabulary) + list(expressed)) if vocabulary is not None \
+        else _default_vocab(expressed)
+    return _check(reasoning, expressed, vocab, min_cited, threshold)
+
+
+def check_evidence_many(
+    reasonings: Sequence[str | None],
+    sentences: Sequence[str | Iterable[str]],
+    vocabulary: Iterable[str] | None = None,
+    *,
+    index: Sequence | None = None,
+    min_cited: int = 2,
+    threshold: float = 0.5,
+):
+    """:func:`check_evidence` for many cells, as a DataFrame ready for ``adata.obs``.
+
+    The vocabulary is built once (default: ranked gene list plus every sentence's genes).
+    Columns: ``cited``, ``present``, ``absent``, ``negated`` (comma-joined strings),
+    ``n_cited``, ``fraction_present`` and ``flagged``. Missing reasoning gives no citations.
+    """
+    import pandas as pd
+
+    from .errors import InputError
+
+    if len(reasonings) != len(sentences):
+        raise InputError(f"check_evidence_many needs one sentence per reasoning "
+                         f"({len(reasonings)} reasonings, {len(sentences)} sentences).")
+    sets = [_sentence_set(s) for s in sentences]
+    union: set[str] = set().union(*sets) if sets else set()
+    vocab = _Vocab(list(vocabulary) + sorted(union)) if vocabulary is not None \
+        else _default_vocab(sorted(union))
+    rows = []
+    for r, expressed in zip(reasonings, sets, strict=True):
+        text = "" if r is None or (isinstance(r, float) and r != r) else str(r)
+        ev = _check(text, expressed, vocab, min_cited, threshold)
+        rows.append({"cited": ", ".join(ev.cited), "present": ", ".join(ev.present),
+                     "absent": ", ".join(ev.absent), "negated": ", ".join(ev.negated),
+                     "n_cited": len(ev.cited), "fraction_present": ev.fraction_present,
+                     "flagged": ev.flagged})
+    return pd.DataFrame(rows, index=list(index) if index is not None else None)
+
+
+__all__ = ["CD_ALIASES", "Evidence", "check_evidence", "check_evidence_many", "cited_genes"]
