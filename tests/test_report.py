@@ -278,3 +278,51 @@ def test_model_text_is_inert_and_shown_as_text(page, report_data):
     assert page.errors == []
     # nothing left the file: no http(s) request was even attempted
     assert page.requests and all(u.startswith(("file:", "data:")) for u in page.requests)
+
+
+def test_cited_genes_computed_from_expression_when_missing(_pbmc68k_cached):
+    adata = _pbmc68k_cached.copy()
+    adata.obs["cellreasoner_label"] = "CD14+ Monocyte"
+    cited = ["LYZ", "S100A8", "FCGR3A", "MS4A1"]
+    assert set(cited) <= set(adata.raw.var_names)
+    adata.obs["cellreasoner_reasoning"] = "High LYZ and S100A8 with FCGR3A; MS4A1 is high too."
+    data = json.loads(build_report(adata, plots=False).split('id="cr-data">')[1]
+                      .split("</script>")[0])
+    raw = adata.raw[:, cited].X
+    raw = raw.toarray() if hasattr(raw, "toarray") else np.asarray(raw)
+    present, absent = data["columns"]["present"], data["columns"]["absent"]
+    assert len(present) == adata.n_obs
+    n_mixed = 0
+    for i in range(adata.n_obs):
+        expressed = {g for g, v in zip(cited, raw[i], strict=True) if v > 0}
+        assert set(present[i]) == expressed
+        assert set(absent[i]) == set(cited) - expressed
+        n_mixed += 0 < len(expressed) < len(cited)
+    assert n_mixed > 10  # the check really distinguishes cells
+
+
+def test_minimal_csv_report_in_browser(browser, tmp_path):
+    """Only the upstream columns: no truth, clusters, confidence or plots."""
+    csv = tmp_path / "upstream.csv"
+    labels = ["T cell", "B cell", "NK cell", "T cell", "Monocyte"] * 30
+    pd.DataFrame({"cell_name": [f"c{i}" for i in range(150)],
+                  "response": [f"<think>x</think>{lab}" for lab in labels],
+                  "label": labels}).to_csv(csv, index=False)
+    out = write_report(csv, tmp_path / "min.html", plots=False)
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(out.as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=10000)
+    assert page.title() == "cellreasoner report: upstream"
+    assert page.locator("#metrics, #plots, #clusters, #score-min").count() == 0
+    assert page.locator("#cell-table thead th").all_inner_texts() == ["cell", "label", "CL term"]
+    page.select_option("#label-filter", "T cell")
+    assert page.locator("#count").inner_text().startswith("60 of 150")
+    assert set(_column_texts(page, "col-label")) == {"T cell"}
+    # CL terms were mapped here since the CSV had none
+    assert "CL:" in page.locator("td.col-cl").first.inner_text()
+    page.locator("tr.cell-row").first.click()
+    assert page.locator("tr.detail .response").inner_text() == "<think>x</think>T cell"
+    assert errors == []
+    page.close()
