@@ -91,6 +91,14 @@ def test_single_citation_is_not_flagged(vocab):
     assert check_evidence("CD68 suggests macrophages.", "CD3E", vocab, min_cited=1).flagged
     empty = check_evidence("", "CD3E", vocab)
     assert empty.cited == () and empty.fraction_present == 1.0 and not empty.flagged
+    assert empty.fraction is None and not empty.flag
+
+
+def test_field_aliases(vocab):
+    ev = check_evidence("GNLY is high, CD68 too.", "GNLY, NKG7", vocab)
+    assert ev.cited_present == ev.present == ("GNLY",)
+    assert ev.cited_absent == ev.absent == ("CD68",)
+    assert ev.fraction == ev.fraction_present == 0.5 and ev.flag == ev.flagged
 
 
 def test_default_vocabulary_is_the_ranked_gene_list():

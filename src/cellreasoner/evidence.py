@@ -81,6 +81,27 @@ class Evidence:
     fraction_present: float
     flagged: bool
 
+    # aliases used by callers that name the fields after the obs columns
+    @property
+    def fraction(self) -> float | None:
+        """``fraction_present``, or ``None`` when no gene is cited."""
+        return self.fraction_present if self.cited else None
+
+    @property
+    def flag(self) -> bool:
+        """Alias of ``flagged``."""
+        return self.flagged
+
+    @property
+    def cited_present(self) -> tuple[str, ...]:
+        """Alias of ``present``."""
+        return self.present
+
+    @property
+    def cited_absent(self) -> tuple[str, ...]:
+        """Alias of ``absent``."""
+        return self.absent
+
 
 class _Vocab:
     """Gene vocabulary with CD-name aliases and family prefixes."""
