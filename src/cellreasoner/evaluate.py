@@ -285,7 +285,7 @@ class EvaluationResult:
         ``top_prediction`` and ``top_prediction_fraction``.
     per_cell
         Long table, one row per (run, cell): ``cell``, ``run``, ``truth``, ``prediction``,
-        ``score``, ``level``, ``truth_cl``, ``pred_cl``.
+        ``score``, ``level``, ``truth_cl``, ``pred_cl`` (and ``confidence`` when the run has it).
     truth
         Name of the ground-truth column.
     notes
@@ -300,6 +300,11 @@ class EvaluationResult:
     truth: str
     notes: list[str] = field(default_factory=list)
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        cols = ["run", "n_cells", "mean_score", "exact_accuracy", "major_accuracy", "macro_f1_cl"]
+        return (f"EvaluationResult(truth={self.truth!r}, runs={len(self.summary)})\n"
+                + self.summary[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
     @property
     def runs(self) -> list[str]:
@@ -391,7 +396,7 @@ def evaluate(
         ``label`` (CSV) in each run. Several columns with a single result compare them as runs.
     names
         Run names; default: ``uns[...]["model"]`` (else the backend, else the file stem, else the
-        column name when several ``pred`` columns are compared).
+        prediction column); the column name when several ``pred`` columns are compared.
     pair_table
         Judged (truth, prediction) pairs that override the automatic scorer: a CSV path or a
         DataFrame as accepted by :class:`cellreasoner.scoring.PairScorer` (default ``None``).
@@ -422,7 +427,7 @@ def evaluate(
 
     # (table, pred column, default name) for every run
     runs: list[tuple[ResultTable, str, str, dict[str, Any]]] = []
-    for i, table in enumerate(tables):
+    for table in tables:
         for p in preds:
             col = p if p is not None else default_pred_column(table)
             if col not in table.obs.columns:
@@ -435,7 +440,7 @@ def evaluate(
                 default = col
             else:
                 default = str(
-                    prov.get("model") or prov.get("backend") or table.stem or f"run{i + 1}"
+                    prov.get("model") or prov.get("backend") or table.stem or col
                 )
             runs.append((table, col, default, prov))
 
@@ -521,6 +526,10 @@ def evaluate(
                 "pred_cl": pred_cl,
             }
         )
+        prefix = col[: -len("label")] if col.endswith("label") else ""
+        if f"{prefix}confidence" in table.obs.columns and col != "confidence":
+            frame["confidence"] = pd.to_numeric(
+                table.obs[f"{prefix}confidence"].reindex(cells), errors="coerce").to_numpy()
         per_cell_frames.append(frame)
         provenance[name] = prov
         row: dict[str, Any] = {
