@@ -147,6 +147,11 @@ saveRDS(data.frame(a = 1:3, b = c("x", "y", "z")), "data_frame.rds")
 saveRDS(1:10, "vector.rds")
 obj[["LOG"]] <- CreateAssayObject(data = data[1:30, ])  # v4 assay with data only
 saveRDS(obj, "pbmc_small_log.rds")
+md <- pbmc_small@meta.data  # meta.data columns rdata cannot turn into a pandas column
+md$lst <- I(as.list(seq_len(nrow(md))))
+md$mat <- matrix(seq_len(2 * nrow(md)), ncol = 2)
+attr(pbmc_small, "meta.data") <- md
+saveRDS(pbmc_small, "pbmc_small_exotic.rds")
 """
 
 #: The demo v5 object with its counts split into two interleaved layers (as Seurat's split()

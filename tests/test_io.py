@@ -176,6 +176,17 @@ def test_seurat_v4_second_assay_and_old_object(r_dir):
                                r_cells["counts_sum"])
 
 
+def test_seurat_exotic_metadata_columns_are_skipped_not_fatal(r_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="cellreasoner.io"):
+        adata = read(r_dir / "pbmc_small_exotic.rds")
+    assert "meta.data columns lst, mat could not be converted" in caplog.text
+    r_meta = pd.read_csv(r_dir / "r_meta.csv", index_col=0)
+    plain = read(r_dir / "pbmc_small_raw.rds")  # the same object without the two columns
+    assert list(adata.obs.columns) == list(plain.obs.columns)
+    assert list(adata.obs_names) == list(r_meta.index)
+    assert adata.obs["letter.idents"].astype(str).tolist() == r_meta["letter.idents"].tolist()
+
+
 def test_seurat_roundtrips_to_h5ad(r_dir, tmp_path):
     adata = read(r_dir / "pbmc_small_v4.rds")
     out = tmp_path / "small.h5ad"

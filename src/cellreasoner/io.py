@@ -57,7 +57,6 @@ SYMBOL_COLUMNS: tuple[str, ...] = (
 
 _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 _BARCODE_RE = re.compile(r"[ACGTN]{10,}")
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _GZIP_SIGNATURE = b"\x1f\x8b"
 
 ExpressionKind = Literal["counts", "lognorm"]
@@ -120,6 +119,8 @@ def read(
         raise InputError(
             f"{p}: layer={layer!r} does not apply to a {fmt} input (it holds one matrix)."
         )
+    if assay is not None and fmt != "seurat":
+        raise InputError(f"{p}: assay={assay!r} only applies to Seurat .rds objects.")
 
     if fmt == "h5ad":
         adata, info = _read_h5ad(p, layer=layer, backed=backed)
@@ -131,8 +132,6 @@ def read(
         adata, info = _read_10x_mtx(p)
     else:
         adata, info = _read_dense_table(p)
-    if assay is not None and fmt != "seurat":
-        raise InputError(f"{p}: assay={assay!r} only applies to Seurat .rds objects.")
 
     info = {"source": str(p), "format": fmt, **info}
     symbols = _resolve_symbols(adata, gene_symbols, source=str(p))
@@ -205,17 +204,21 @@ def _read_h5ad(
     import anndata as ad
     import h5py
 
+    if backed not in (False, True, "r", None):
+        raise InputError(f"{p}: backed={backed!r} is not supported; use backed='r' (read-only).")
+    if backed and layer is not None:
+        raise InputError(
+            f"{p}: layer={layer!r} cannot replace X in backed mode; read without backed=, "
+            "or keep X and pass the layer to the annotation step."
+        )
     if not h5py.is_hdf5(p):
         head = _first_bytes(p, 16)
         raise InputError(
             f"{p} is not an HDF5 file, so it cannot be an .h5ad (it starts with {head!r}). "
             "Was another format renamed to .h5ad? Export it again with adata.write_h5ad()."
         )
-    mode = "r" if backed else None
-    if backed not in (False, True, "r", None):
-        raise InputError(f"{p}: backed={backed!r} is not supported; use backed='r' (read-only).")
     try:
-        adata = ad.read_h5ad(p, backed=mode)
+        adata = ad.read_h5ad(p, backed="r" if backed else None)
     except Exception as exc:  # h5py/anndata raise many types (OSError, KeyError, ...)
         raise InputError(
             f"Could not read {p} as .h5ad ({type(exc).__name__}: {exc}). The file may be "
@@ -224,16 +227,10 @@ def _read_h5ad(
         ) from exc
     info: dict[str, Any] = {"x": "X", "backed": bool(backed)}
     if layer is not None:
-        if backed:
-            raise InputError(
-                f"{p}: layer={layer!r} cannot replace X in backed mode; read without backed=, "
-                "or keep X and pass the layer to the annotation step."
-            )
         matrix, label = _get_matrix(adata, layer)
-        var = adata.raw.var.copy() if layer == "raw" else adata.var
-        if layer == "raw":
+        if label == "raw":  # .raw has its own genes: build the AnnData around them
             adata = ad.AnnData(
-                X=matrix, obs=adata.obs, var=var, uns=adata.uns, obsm=adata.obsm
+                X=matrix, obs=adata.obs, var=adata.raw.var.copy(), uns=adata.uns, obsm=adata.obsm
             )
         else:
             adata.X = matrix
@@ -285,7 +282,46 @@ class _R:
         return obj
 
     def convert(self, obj: Any) -> Any:
-        return self.converter.convert(self.deref(obj))
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = self.converter.convert(self.deref(obj))
+        for w in caught:  # "Missing constructor for R class ..." notes from rdata
+            log.debug("%s: rdata: %s", self.source, w.message)
+        return value
+
+    def dataframe(self, obj: Any, what: str) -> pd.DataFrame | None:
+        """An R data.frame as pandas; columns rdata cannot convert are left out (logged)."""
+        try:
+            df = self.convert(obj)
+        except Exception as exc:  # rdata raises NotImplementedError/TypeError on exotic columns
+            log.debug("%s: %s: whole conversion failed (%s); converting by column",
+                      self.source, what, exc)
+            df = None
+        if isinstance(df, pd.DataFrame):
+            return df
+        columns = self.named_list(obj)
+        if not columns:
+            return None
+        row_names = self.attrs(obj).get("row.names")
+        index = None
+        if row_names is not None and self.deref(row_names).info.type == self.types.STR:
+            index = pd.Index(self.strings(row_names).astype(str))
+        data, skipped = {}, []
+        for name, col in columns.items():
+            try:
+                value = self.convert(col)
+                arr = value if isinstance(value, pd.Categorical) else np.asarray(value)
+                if arr.ndim != 1 or (index is not None and len(arr) != len(index)):
+                    raise ValueError("not a plain column")
+                data[name] = arr
+            except Exception:  # any failure: the column is reported as skipped below
+                skipped.append(name)
+        if skipped:
+            log.warning("%s: %s columns %s could not be converted and are left out",
+                        self.source, what, ", ".join(skipped))
+        return pd.DataFrame(data, index=index)
 
     def attrs(self, obj: Any) -> dict[str, Any]:
         """Attributes (S4 slots) of ``obj`` as a name -> parsed object mapping."""
@@ -583,8 +619,8 @@ def _r_dataframe(r: _R, obj: Any, n_rows: int) -> pd.DataFrame:
     """Convert an R data.frame (or nothing) to pandas with ``n_rows`` rows."""
     if obj is None or r.is_null(obj):
         return pd.DataFrame(index=pd.RangeIndex(n_rows))
-    df = r.convert(obj)
-    if not isinstance(df, pd.DataFrame) or len(df) != n_rows:
+    df = r.dataframe(obj, "feature metadata")
+    if df is None or len(df) != n_rows:
         return pd.DataFrame(index=pd.RangeIndex(n_rows))
     return _clean_frame(df)
 
@@ -604,8 +640,8 @@ def _seurat_obs(r: _R, obj: Any, cells: np.ndarray, p: Path) -> pd.DataFrame:
     cell_index = pd.Index(np.asarray(cells, dtype=str))
     if obj is None or r.is_null(obj):
         return pd.DataFrame(index=cell_index)
-    meta = r.convert(obj)
-    if not isinstance(meta, pd.DataFrame):
+    meta = r.dataframe(obj, "meta.data")
+    if meta is None:
         log.warning("%s: meta.data is not a data.frame; obs is left empty", p)
         return pd.DataFrame(index=cell_index)
     meta = _clean_frame(meta)
