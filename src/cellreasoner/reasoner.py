@@ -71,15 +71,26 @@ class ReasonerResult:
         )
 
 
-def _cl_labels(ids: Sequence[str]) -> dict[str, str]:
-    """CL term names for ``ids`` from the bundled ontology ("" when unavailable)."""
+#: CL groups within which two tied lineages are related states, not a contradiction
+#: (lymphocyte, mononuclear phagocyte, granulocyte, myeloid cell, epithelial cell, connective
+#: tissue cell, glial cell, neuron).
+RELATED_GROUPS = ("CL:0000542", "CL:0000113", "CL:0000094", "CL:0000763", "CL:0000066",
+                  "CL:0002320", "CL:0000125", "CL:0000540")
+
+
+def _cl_info(ids: Sequence[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """CL names and the :data:`RELATED_GROUPS` each id falls in (empty when unavailable)."""
+    ids = set(ids)
     try:
         from cellxgene_ontology_guide.ontology_parser import OntologyParser
 
         parser = OntologyParser()
-        return {i: parser.get_term_label(i) for i in set(ids)}
+        labels = {i: parser.get_term_label(i) for i in ids}
+        groups = {i: ({i} | set(parser.get_term_ancestors(i))) & set(RELATED_GROUPS)
+                  for i in ids}
+        return labels, groups
     except Exception:  # the ontology package is optional at run time; labels are cosmetic
-        return {i: "" for i in set(ids)}
+        return {i: "" for i in ids}, {i: set() for i in ids}
 
 
 def looks_like_counts(X: sp.spmatrix | np.ndarray) -> bool:
@@ -121,9 +132,10 @@ class Reasoner:
         A subtype is chosen only with at least this evidence (default 0.25).
     child_margin
         ... and only when it beats its best sibling by this much (default 0.05).
-    tie_margin
-        Two lineages both above ``min_score`` within this margin are contradictory evidence:
-        abstain (default 0.03).
+    tie_margin, strong_score
+        Two lineages both scoring at least ``strong_score`` (default 0.5) within
+        ``tie_margin`` (default 0.02) of each other are contradictory evidence (a doublet, or
+        two lineages' markers): abstain.
     negative_weight
         Weight of the negative-marker penalty (default 0.5).
     smoothing
@@ -139,7 +151,8 @@ class Reasoner:
         min_score: float = 0.2,
         min_child_score: float = 0.25,
         child_margin: float = 0.05,
-        tie_margin: float = 0.03,
+        tie_margin: float = 0.02,
+        strong_score: float = 0.5,
         negative_weight: float = 0.5,
         smoothing: float = 0.5,
     ) -> None:
@@ -155,6 +168,7 @@ class Reasoner:
         self.min_child_score = float(min_child_score)
         self.child_margin = float(child_margin)
         self.tie_margin = float(tie_margin)
+        self.strong_score = float(strong_score)
         self.negative_weight = float(negative_weight)
         self.smoothing = float(smoothing)
 
@@ -188,7 +202,11 @@ class Reasoner:
         self._neg_sorted = [list(np.argsort(-self.N[t], kind="stable")[: int((self.N[t] > 0)
                                                                               .sum())])
                             for t in range(T)]
-        self._cl_label = _cl_labels(list(self.cl_ids))
+        self._cl_label, groups = _cl_info(list(self.cl_ids))
+        roots = np.flatnonzero(self.is_root)
+        self._related_roots = np.array(
+            [[bool(groups[self.cl_ids[a]] & groups[self.cl_ids[b]]) for b in roots]
+             for a in roots], dtype=bool).reshape(len(roots), len(roots))
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -255,15 +273,19 @@ class Reasoner:
         mask (per-cell, e.g. truncated cell sentences).
         """
         if isinstance(measured, np.ndarray) and measured.ndim == 1:
-            wp = self._denominators(self.P[:, measured].sum(axis=1))[None, :]
+            w_avail = self.P[:, measured].sum(axis=1)[None, :]
             wn = np.maximum(self.N[:, measured].sum(axis=1), 2.0)[None, :]
         else:
             A = sp.csr_matrix(measured, dtype=np.float32)
-            wp = self._denominators(np.asarray(A @ self.P.T))
+            w_avail = np.asarray(A @ self.P.T)
             wn = np.maximum(np.asarray(A @ self.N.T), 2.0)
-        pos = np.asarray(E @ self.P.T) / wp
-        neg = np.asarray(E @ self.N.T) / wn
-        S = np.minimum(pos, 1.0) - self.negative_weight * np.minimum(neg, 1.0)
+        hits = np.asarray(E @ self.P.T)
+        # evidence saturates after ~8 weight units of markers; the coverage term (fraction
+        # of all available markers seen) breaks ties between saturated lineages
+        evidence = np.minimum(hits / self._denominators(w_avail), 1.0)
+        coverage = hits / np.maximum(w_avail, 4.0)
+        neg = np.minimum(np.asarray(E @ self.N.T) / wn, 1.0)
+        S = 0.8 * evidence + 0.2 * coverage - self.negative_weight * neg
         return S.astype(np.float32)
 
     @staticmethod
@@ -299,7 +321,10 @@ class Reasoner:
         root = roots[best]
         status = np.zeros(n, dtype=np.int8)
         status[s1 < self.min_score] = 1
-        tie = (status == 0) & (s2 >= self.min_score) & (s1 - s2 < self.tie_margin)
+        related = (self._related_roots[best, order[:, 1]] if len(roots) > 1
+                   else np.ones(n, dtype=bool))
+        tie = ((status == 0) & (s2 >= self.strong_score) & (s1 - s2 < self.tie_margin)
+               & ~related)
         status[tie] = 2
         # confidence: sharpness among lineages x strength of evidence
         z = np.exp(12.0 * (R - s1[:, None]))
@@ -319,7 +344,9 @@ class Reasoner:
             v1 = cand[np.arange(len(rows)), c1]
             v2 = cand[np.arange(len(rows)), ordc[:, 1]] if S.shape[1] > 1 else -np.inf
             v2 = np.where(np.isfinite(v2), v2, 0.0)
-            ok = (v1 >= self.min_child_score) & (v1 - v2 >= self.child_margin)
+            gap = v1 - v2
+            ok = ((v1 >= self.min_child_score) & (gap >= self.child_margin)) | (
+                (v1 >= 0.6 * self.min_child_score) & (gap >= 2 * self.child_margin + 0.05))
             zc = np.where(mask, np.exp(12.0 * (cand - v1[:, None])), 0.0)
             pc = 1.0 / zc.sum(axis=1)
             acc = rows[ok]
