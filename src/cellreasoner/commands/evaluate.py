@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -42,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..evaluate import evaluate
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # seaborn's category-unit chatter
+
     result = evaluate(args.results, truth=args.truth, pred=args.pred, names=args.names,
                       pair_table=args.pair_table)
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
     cols = ["run", "n_cells", "mean_score", "exact_accuracy", "major_accuracy", "macro_f1_cl",
             "subtype_correct", "major_correct", "partially_correct", "incorrect"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):

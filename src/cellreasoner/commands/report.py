@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     """Write the report and print its path."""
     from ..errors import InputError
     from ..report import DEFAULT_MAX_CELLS, write_report
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # seaborn's category-unit chatter
 
     max_cells = DEFAULT_MAX_CELLS if args.max_cells is None else args.max_cells
     if max_cells < 1:
