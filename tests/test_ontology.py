@@ -131,6 +131,32 @@ ABBREVIATIONS = {
 }
 
 
+AZIMUTH_AND_ATLAS = {  # Azimuth PBMC l2 and common tissue-atlas names
+    "B memory": "CL:0000787", "B naive": "CL:0000788", "B intermediate": "CL:0000236",
+    "NK_CD56bright": "CL:0000938", "Eryth": "CL:0000764", "CD4 CTL": "CL:0000934",
+    "CD8 TCM": "CL:0000907", "Plasmablast": "CL:0000980", "ILC": "CL:0001065",
+    "Lymphatic EC": "CL:0002138", "Arterial EC": "CL:1000413", "AT2": "CL:0002063",
+    "Alveolar type II cells": "CL:0002063", "Excitatory neurons": "CL:0000679",
+    "Kupffer cells": "CL:0000091", "LSECs": "CL:1000398", "OPCs": "CL:0002453",
+    "Classical Monocytes": "CL:0000860", "Non-classical monocytes": "CL:0000875",
+    "Myeloid DC": "CL:0000782", "CD4+ FOXP3+ Treg": "CL:0000792",
+    "CXCL13+ Tfh": "CL:0002038", "SPP1+ TAM": "CL:0000235", "Tumor cells": "CL:0001064",
+}
+
+
+@pytest.mark.parametrize("text,expected", sorted(AZIMUTH_AND_ATLAS.items()))
+def test_atlas_labels(text, expected):
+    assert map_label(text).id == expected, (text, map_label(text))
+
+
+def test_slash_means_either_except_between_markers():
+    assert set(map_label("T/NK cells").alternatives) == {"CL:0000084", "CL:0000623"}
+    b = map_label("B/Plasma")
+    assert b.id == "CL:0000945" and set(b.alternatives) == {"CL:0000236", "CL:0000786"}
+    assert map_label("CD4+/CD25 T Reg").alternatives == ()
+    assert map_label("Doublet").id is None
+
+
 @pytest.mark.parametrize("text,expected", sorted(ABBREVIATIONS.items()))
 def test_field_abbreviations_and_marker_subsets(text, expected):
     assert map_label(text).id == expected, (text, map_label(text))

@@ -409,6 +409,23 @@ _T_TOKENS = {"t", "tconv", "tc", "tex", "tem", "tcm", "temra", "treg", "th", "th
              "thelper", "lymphocyte"}
 
 
+_B_SUBSETS = (("switched", "CL:0000972"), ("class-switched", "CL:0000972"),
+              ("unswitched", "CL:0000970"), ("memory", "CL:0000787"), ("naive", "CL:0000788"),
+              ("germinal", "CL:0000844"), ("gc", "CL:0000844"), ("transitional", "CL:0000818"),
+              ("immature", "CL:0000816"), ("plasma", "CL:0000786"))
+
+
+def _compose_b(tokens: list[str]) -> str | None:
+    """B-cell subsets written in any order (``B memory``, ``naive B``, ``B_cells_switched``)."""
+    ts = set(tokens)
+    if "b" not in ts or ts & (_T_TOKENS | {"nk", "mono", "monocyte", "dc", "macrophage"}):
+        return None
+    for tok, cid in _B_SUBSETS:
+        if tok in ts:
+            return cid
+    return "CL:0000236"
+
+
 def _compose_t(tokens: list[str]) -> str | None:
     """Compose a CL T-cell term from tokens such as ``cd8 tem``, ``naive cd4``, ``cd4 treg``."""
     ts = set(tokens)
@@ -509,9 +526,9 @@ def _lookup_phrase(key: str, onto: CellOntology) -> tuple[tuple[str, ...], str] 
             hit = onto._lookup.get(k)
             if hit is not None and hit[0] not in UNINFORMATIVE:
                 return (hit[0],), hit[1]
-    t = _compose_t(toks)
-    if t is not None:
-        return (t,), "composed"
+    composed = _compose_t(toks) or _compose_b(toks)
+    if composed is not None:
+        return (composed,), "composed"
     return None
 
 
@@ -631,7 +648,7 @@ def _split_alternatives(answer: str) -> list[str]:
         # "Mono/Macro", "cytotoxic T/NK cells": slash between words (not between markers)
         if "/" in p and not re.search(r"(?:\+|-|\bcd\d+\w*)\s*/", p, re.I):
             halves = [h.strip() for h in p.split("/") if h.strip()]
-            if len(halves) == 2 and all(len(h) > 1 for h in halves):
+            if len(halves) == 2 and all(re.search(r"[A-Za-z]", h) for h in halves):
                 out.extend(halves)
                 continue
         out.append(p.replace("/", " ").strip())
@@ -642,9 +659,12 @@ def _match(text: str, onto: CellOntology) -> LabelMatch:
     answer = extract_answer(text)
     if not answer:
         return LabelMatch(None, None, 0.0, "unmapped", (), "")
-    whole = _ground_one(answer, onto) if "/" in answer and " or " not in answer else None
-    if whole and len(whole[0]) == 1:
-        return _finish(whole[0][0], whole[1], (), answer, onto)
+    key = normalize(answer)  # whole-label hits first ("Megakaryocyte/Platelet")
+    hit = onto._lookup.get(key)
+    if hit is not None and hit[0] not in UNINFORMATIVE:
+        return _finish(hit[0], hit[1], (), answer, onto)
+    if key in _aliases() and len(_aliases()[key]) == 1:
+        return _finish(_aliases()[key][0], "abbreviation", (), answer, onto)
     parts = _split_alternatives(answer)
     if len(parts) <= 1:
         hit = _ground_one(parts[0] if parts else answer, onto)
