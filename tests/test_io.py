@@ -95,6 +95,7 @@ def test_seurat_layer_choice_and_missing_assay(pbmc_demo_rds):
     adata = read(pbmc_demo_rds, layer="counts")
     assert adata.uns[UNS_KEY]["x"] == "counts"
     assert (adata.layers["counts"] != adata.X).nnz == 0
+    assert not np.shares_memory(adata.X.data, adata.layers["counts"].data)  # safe to normalise X
     with pytest.raises(InputError, match=r"no assay 'ADT'.*available assays: RNA"):
         read(pbmc_demo_rds, assay="ADT")
     with pytest.raises(InputError, match=r"no layer 'scale.data'.*counts, data"):
@@ -246,6 +247,12 @@ def test_h5ad_in_memory_and_layers(pbmc68k_h5ad, pbmc68k):
     raw = read(pbmc68k_h5ad, layer="raw")
     assert raw.shape == pbmc68k.raw.shape and raw.uns[UNS_KEY]["x"] == "raw"
     np.testing.assert_allclose(dense(raw.X), dense(pbmc68k.raw.X))
+    pbmc68k.layers["lognorm"] = pbmc68k.raw.to_adata()[:, pbmc68k.var_names].X
+    pbmc68k.write_h5ad(pbmc68k_h5ad)
+    from_layer = read(pbmc68k_h5ad, layer="lognorm")
+    assert from_layer.uns[UNS_KEY]["x"] == "layers['lognorm']"
+    np.testing.assert_allclose(dense(from_layer.X), dense(pbmc68k.layers["lognorm"]))
+    assert expression_kind(from_layer) == "lognorm"
     with pytest.raises(InputError, match=r"no layer 'spliced'.*X \(layer=None\)"):
         read(pbmc68k_h5ad, layer="spliced")
 

@@ -233,7 +233,7 @@ def _read_h5ad(
                 X=matrix, obs=adata.obs, var=adata.raw.var.copy(), uns=adata.uns, obsm=adata.obsm
             )
         else:
-            adata.X = matrix
+            adata.X = matrix.copy()  # not shared with the layer (in-place steps on X)
         info["x"] = label
         log.info("%s: using %s as X", p, label)
     return adata, info
@@ -488,12 +488,14 @@ def _read_seurat(
     obs = _seurat_obs(r, slots.get("meta.data"), cells, p)
     var = var.copy()
     var.index = pd.Index(genes.astype(str), name=None)
-    adata = ad.AnnData(X=matrices[layer], obs=obs, var=var)
-    for name in ("counts", "data"):
-        if name in matrices and len(matrices) > 1:
-            adata.layers[name] = matrices[name]
-    for name, mat in matrices.items():
-        if name not in ("counts", "data"):
+    x = matrices[layer]
+    if len(matrices) > 1:
+        # X must not share memory with a layer: in-place steps (sc.pp.normalize_total, log1p)
+        # on X would silently rewrite layers["counts"] too.
+        x = x.copy()
+    adata = ad.AnnData(X=x, obs=obs, var=var)
+    if len(matrices) > 1:
+        for name, mat in matrices.items():
             adata.layers[name] = mat
     log.info("%s: Seurat assay %r (%s); X = the %r layer", p, chosen, assay_class, layer)
     if layer == "data" and "counts" in matrices:
