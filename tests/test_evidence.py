@@ -75,6 +75,16 @@ def test_negation_forms(phrase, vocab):
     assert ev.unsupported == () and ev.fraction_present == 1.0 and not ev.flagged
 
 
+def test_negation_spreads_along_gene_lists(vocab):
+    sentence = "NKG7, GNLY, CCL5"
+    ev = check_evidence("There is no CD3E, CD3D, CD8A or CD4 in this cell.", sentence, vocab)
+    assert set(ev.negated) == {"CD3E", "CD3D", "CD8A", "CD4"}
+    ev = check_evidence("CD3E, CD3D and CD4 are absent; GNLY is high.", sentence, vocab)
+    assert set(ev.negated) == {"CD3E", "CD3D", "CD4"} and ev.present == ("GNLY",)
+    ev = check_evidence("GNLY, NKG7 and CCL5 are high with CD3E absent.", sentence, vocab)
+    assert ev.negated == ("CD3E",) and ev.unsupported == () and not ev.flagged
+
+
 def test_negation_does_not_leak_across_clauses(vocab):
     ev = check_evidence("No CD14 here, but CD27 is clearly expressed.", "CD3E", vocab)
     assert ev.negated == ("CD14",)

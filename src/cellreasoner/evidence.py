@@ -123,10 +123,18 @@ class _Vocab:
         return None
 
 
+_LIST_SEP = re.compile(r"^[\s,/&]*(?:(?:and|or|nor|as\s+well\s+as)[\s,]*)?$", re.I)
+
+
 def _mentions(text: str, vocab: _Vocab) -> list[tuple[str, tuple[str, ...], bool]]:
-    """(cited name, genes, negated) for every gene mention in ``text``."""
+    """(cited name, genes, negated) for every gene mention in ``text``.
+
+    Negation spreads along a list: "no CD3E, CD3D or CD2" and "CD3E, CD3D and CD2 are absent"
+    negate all three genes.
+    """
     out: list[tuple[str, tuple[str, ...], bool]] = []
     for clause in _CLAUSE.split(text):
+        found: list[list] = []  # [start, end, name, genes, pre_neg, post_neg]
         for m in _TOKEN.finditer(clause):
             tok = m.group(0)
             hit = vocab.resolve(tok)
@@ -144,12 +152,18 @@ def _mentions(text: str, vocab: _Vocab) -> list[tuple[str, tuple[str, ...], bool
                 hit = vocab.resolve(tok.rstrip("."))
             if hit is None:
                 continue
-            before = clause[: m.start()]
             after = clause[m.end():]
-            neg = suffix_neg or _negated_before(before) or bool(_POST_NEG.match(after))
-            if after[:1] in {"-", "−"} and not after[1:2].isalnum():
-                neg = True
-            out.append((hit[0], hit[1], neg))
+            pre = _negated_before(clause[: m.start()])
+            post = suffix_neg or bool(_POST_NEG.match(after)) or (
+                after[:1] in {"-", "−"} and not after[1:2].isalnum())
+            found.append([m.start(), m.end(), hit[0], hit[1], pre, post])
+        for a, b in zip(found, found[1:], strict=False):  # "no A, B or C"
+            if a[4] and _LIST_SEP.match(clause[a[1]:b[0]]):
+                b[4] = True
+        for a, b in zip(reversed(found[:-1]), reversed(found[1:]), strict=False):
+            if b[5] and _LIST_SEP.match(clause[a[1]:b[0]]):  # "A, B and C are absent"
+                a[5] = True
+        out.extend((f[2], f[3], bool(f[4] or f[5])) for f in found)
     return out
 
 
