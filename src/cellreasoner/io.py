@@ -434,6 +434,11 @@ def _read_seurat(
     r = _R(rdata, parsed.extra.encoding, p)
     root = r.deref(parsed.object)
     classes = r.classes(root)
+    if "seurat" in classes:  # Seurat v2 used a lower-case S4 class of another layout
+        raise InputError(
+            f"{p} holds a Seurat v2 object, which cellreasoner cannot read. Update it in R with "
+            "obj <- SeuratObject::UpdateSeuratObject(obj); saveRDS(obj, 'file.rds')."
+        )
     if "Seurat" not in classes:
         what = (
             f"an R object of class {'/'.join(classes)}"
