@@ -85,7 +85,8 @@ def test_macro_f1_matches_sklearn():
     rng = np.random.default_rng(1)
     t = rng.choice(["CL:1", "CL:2", "CL:3", "unmapped"], size=300)
     p = np.where(rng.random(300) < 0.6, t, rng.choice(["CL:1", "CL:4", "unmapped"], size=300))
-    assert macro_f1(t, p) == pytest.approx(f1_score(t, p, average="macro"))
+    assert macro_f1(t, p) == pytest.approx(
+        f1_score(t, p, labels=np.unique(t), average="macro"))
     assert macro_f1(["a", "b"], ["a", "b"]) == 1.0
     assert np.isnan(macro_f1([], []))
 
@@ -209,3 +210,15 @@ def test_cli_evaluate(annotated, tmp_path, capsys):
     rc = main(["evaluate", str(h5), "--truth", "nope"])
     assert rc == 2
     assert "truth column 'nope' not found" in capsys.readouterr().err
+
+
+def test_hierarchical_macro_f1_credits_more_specific_terms():
+    truth = ["T cell"] * 10 + ["B cell"] * 10
+    pred = ["CD8-positive, alpha-beta T cell"] * 10 + ["B cell"] * 10
+    df = pd.DataFrame({"cell_name": [f"c{i}" for i in range(20)], "labels": truth, "label": pred})
+    s = evaluate(df, truth="labels").summary.iloc[0]
+    assert s["macro_f1_cl"] == pytest.approx(0.5)  # T cell: 0, B cell: 1
+    assert s["macro_f1_cl_hierarchical"] == pytest.approx(1.0)
+    # a broader answer is not credited as the specific truth
+    s = evaluate(df.assign(labels=pred, label=truth), truth="labels").summary.iloc[0]
+    assert s["macro_f1_cl_hierarchical"] == pytest.approx(0.5)

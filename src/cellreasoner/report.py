@@ -398,7 +398,9 @@ def build_report(
             ("mean hierarchical score", f"{s['mean_score']:.3f}"),
             ("exact accuracy (score 1)", f"{s['exact_accuracy']:.3f}"),
             ("major-level accuracy (score \u2265 0.5)", f"{s['major_accuracy']:.3f}"),
-            ("macro-F1 on Cell Ontology terms", f"{s['macro_f1_cl']:.3f}"),
+            ("macro-F1 on Cell Ontology terms (exact)", f"{s['macro_f1_cl']:.3f}"),
+            ("macro-F1 on Cell Ontology terms (more specific counts)",
+             f"{s['macro_f1_cl_hierarchical']:.3f}"),
         ]
         from .scoring import LEVELS
 

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(args.results, truth=args.truth, pred=args.pred, names=args.names,
                       pair_table=args.pair_table)
     cols = ["run", "n_cells", "mean_score", "exact_accuracy", "major_accuracy", "macro_f1_cl",
+            "macro_f1_cl_hierarchical",
             "subtype_correct", "major_correct", "partially_correct", "incorrect"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(result.summary[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
