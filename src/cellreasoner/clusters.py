@@ -1,0 +1,227 @@
+"""Cluster-level annotation helpers: groups, marker genes, cluster sentences, majority votes.
+
+Cluster mode asks the model once per cluster. Its prompt is a *cluster sentence*: the cluster's
+top marker genes (ranked by a vectorised mean-difference score, or read from a marker file),
+written in the ranked gene list's order — the order every training sentence of the published
+models used — and joined by ``", "`` like a cell sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import InputError
+from .matrix import MatrixSource
+
+#: Default number of marker genes per cluster sentence.
+DEFAULT_N_MARKERS = 100
+#: Marker orders: ranked gene list order (as the models were trained) or by score.
+MARKER_ORDERS = ("ranked", "score")
+
+
+def resolve_groups(adata, by: str | None, source: MatrixSource | None = None,
+                   resolution: float = 1.0) -> tuple[pd.Series, str]:
+    """The cluster of every cell as a string Series (index = ``obs_names``) and its column name.
+
+    Parameters
+    ----------
+    adata
+        The AnnData being annotated.
+    by
+        An ``obs`` column, or ``"leiden"`` / ``None``: use ``obs["leiden"]`` when present,
+        otherwise compute Leiden clusters with scanpy (on ``obsp["connectivities"]`` when
+        present, else on a PCA + kNN graph of ``source``) and store them in ``obs["leiden"]``.
+    source
+        The expression matrix used when a neighbour graph has to be built.
+    resolution
+        Leiden resolution (default 1.0).
+    """
+    key = by or "leiden"
+    if key in adata.obs:
+        col = adata.obs[key]
+        if col.isna().any():
+            raise InputError(
+                f"obs['{key}'] has {int(col.isna().sum())} missing values; every cell needs a "
+                "cluster in cluster/hybrid mode (fill them or pick another --by column)."
+            )
+        return col.astype(str), key
+    if key != "leiden":
+        raise InputError(
+            f"Cluster column '{key}' not in obs. Available columns: "
+            f"{', '.join(map(str, adata.obs.columns)) or 'none'}; or pass --by leiden to "
+            "compute clusters."
+        )
+    adata.obs["leiden"] = compute_leiden(adata, source, resolution=resolution)
+    return adata.obs["leiden"].astype(str), "leiden"
+
+
+def compute_leiden(adata, source: MatrixSource | None = None, resolution: float = 1.0,
+                   seed: int = 0) -> pd.Categorical:
+    """Leiden clusters (scanpy, igraph flavour) of ``adata``'s cells."""
+    import anndata as ad
+    import scanpy as sc
+
+    if "connectivities" in adata.obsp:
+        tmp = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names.copy()))
+        tmp.obsp["connectivities"] = adata.obsp["connectivities"]
+    else:
+        if source is None:
+            raise InputError("Computing Leiden clusters needs an expression matrix.")
+        X = sp.vstack(list(source.iter_chunks())).tocsr().astype(np.float32)
+        tmp = ad.AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.copy()))
+        n_comps = max(2, min(50, X.shape[0] - 1, X.shape[1] - 1))
+        sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
+        sc.pp.neighbors(tmp, n_neighbors=min(15, max(2, X.shape[0] - 1)), random_state=seed)
+    sc.tl.leiden(tmp, resolution=resolution, flavor="igraph", n_iterations=2, directed=False,
+                 random_state=seed, obsp="connectivities", key_added="leiden")
+    return tmp.obs["leiden"].values
+
+
+def group_statistics(source: MatrixSource, groups: pd.Series) -> tuple[list[str], np.ndarray,
+                                                                      np.ndarray, np.ndarray]:
+    """Per group: sum of expression and number of expressing cells for every gene.
+
+    Returns ``(group_names, sums, nnz, sizes)`` with ``sums``/``nnz`` of shape
+    ``(n_groups, n_genes)``; computed chunk by chunk with a sparse indicator product.
+    """
+    codes, names = pd.factorize(groups.to_numpy(), sort=True)
+    k, n_genes = len(names), len(source.var_names)
+    sums = np.zeros((k, n_genes))
+    nnz = np.zeros((k, n_genes))
+    start = 0
+    for chunk in source.iter_chunks():
+        n = chunk.shape[0]
+        ind = sp.csr_matrix((np.ones(n), (codes[start:start + n], np.arange(n))), shape=(k, n))
+        sums += np.asarray((ind @ chunk).todense())
+        present = chunk.copy()
+        present.data = (present.data != 0).astype(np.float64)
+        nnz += np.asarray((ind @ present).todense())
+        start += n
+    sizes = np.bincount(codes, minlength=k).astype(np.float64)
+    return [str(x) for x in names], sums, nnz, sizes
+
+
+def rank_markers(source: MatrixSource, groups: pd.Series, gene_list: Sequence[str],
+                 n_markers: int = DEFAULT_N_MARKERS, min_fraction: float = 0.1,
+                 order: str = "ranked") -> dict[str, list[str]]:
+    """Top marker genes of every group, by mean difference (group mean - rest mean).
+
+    Parameters
+    ----------
+    source
+        Expression (log-normalised, as for cell sentences).
+    groups
+        Group of each cell.
+    gene_list
+        Candidate genes (the ranked vocabulary); genes outside it are never markers.
+    n_markers
+        At most this many markers per group (default 100); only genes with a positive score
+        and expressed in at least ``min_fraction`` (default 0.1) of the group's cells qualify.
+    order
+        ``"ranked"`` (default): markers written in ``gene_list`` order, as the published models
+        saw training sentences; ``"score"``: by decreasing score.
+    """
+    if order not in MARKER_ORDERS:
+        raise InputError(f"marker order must be one of {MARKER_ORDERS}, not '{order}'.")
+    names, sums, nnz, sizes = group_statistics(source, groups)
+    rank_of = {}
+    for pos, g in enumerate(gene_list):
+        rank_of.setdefault(g, pos)
+    var = [str(v) for v in source.var_names]
+    col_rank = np.array([rank_of.get(g, -1) for g in var])
+    _, first_col = np.unique(np.asarray(var, dtype=object), return_index=True)
+    usable = np.zeros(len(var), dtype=bool)
+    usable[first_col] = True
+    usable &= col_rank >= 0
+    total, n = sums.sum(axis=0), sizes.sum()
+    out: dict[str, list[str]] = {}
+    for gi, name in enumerate(names):
+        mean_in = sums[gi] / sizes[gi]
+        rest = n - sizes[gi]
+        mean_out = (total - sums[gi]) / rest if rest > 0 else np.zeros_like(mean_in)
+        score = mean_in - mean_out
+        ok = usable & (score > 0) & (nnz[gi] / sizes[gi] >= min_fraction)
+        cand = np.flatnonzero(ok)
+        top = cand[np.argsort(-score[cand], kind="stable")][:n_markers]
+        if order == "ranked":
+            top = top[np.argsort(col_rank[top], kind="stable")]
+        out[name] = [var[j] for j in top]
+    return out
+
+
+def read_markers(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Marker genes per cluster from a file.
+
+    Accepted layouts: JSON ``{"cluster": ["GENE", ...]}``; or a CSV/TSV table with a cluster
+    column (``cluster``/``group``) and a gene column (``gene``/``names``/``marker``), one row
+    per marker in order of importance (Seurat ``FindAllMarkers`` and scanpy
+    ``rank_genes_groups_df`` exports work as they are).
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"Marker file not found: {p}.")
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p} is not valid JSON ({exc}).") from None
+        if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+            raise InputError(f"{p} must map each cluster name to a list of gene symbols.")
+        return {str(k): [str(g) for g in v] for k, v in data.items()}
+    sep = "\t" if p.suffix.lower() in (".tsv", ".txt") else ","
+    try:
+        df = pd.read_csv(p, sep=sep)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"Cannot read marker table {p} ({exc}).") from None
+    lower = {c.lower(): c for c in df.columns}
+    ccol = next((lower[c] for c in ("cluster", "group", "clusters") if c in lower), None)
+    gcol = next((lower[c] for c in ("gene", "names", "marker", "genes") if c in lower), None)
+    if ccol is None or gcol is None:
+        raise InputError(
+            f"Marker table {p} needs a 'cluster' (or 'group') column and a 'gene' (or 'names') "
+            f"column; it has: {', '.join(map(str, df.columns))}."
+        )
+    out: dict[str, list[str]] = {}
+    for cluster, gene in zip(df[ccol].astype(str), df[gcol].astype(str), strict=True):
+        lst = out.setdefault(cluster, [])
+        if gene not in lst:
+            lst.append(gene)
+    return out
+
+
+def order_markers(markers: Sequence[str], gene_list: Sequence[str], n_markers: int,
+                  order: str = "ranked") -> list[str]:
+    """The first ``n_markers`` given markers that are in ``gene_list``, in the chosen order."""
+    rank_of = {}
+    for pos, g in enumerate(gene_list):
+        rank_of.setdefault(g, pos)
+    kept = [g for g in dict.fromkeys(markers) if g in rank_of][:n_markers]
+    if order == "ranked":
+        kept.sort(key=rank_of.__getitem__)
+    return kept
+
+
+def majority_by_group(labels: Sequence[str], groups: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell: its group's majority label and the fraction of the group's cells agreeing.
+
+    Labels are compared case- and space-insensitively; ties go to the label seen first.
+    """
+    from .parsing import majority_label
+
+    labels = np.asarray(labels, dtype=object)
+    codes, _ = pd.factorize(groups.to_numpy())
+    maj = np.empty(len(labels), dtype=object)
+    agree = np.zeros(len(labels))
+    for c in np.unique(codes):
+        idx = np.flatnonzero(codes == c)
+        label, frac, _ = majority_label(list(labels[idx]))
+        maj[idx] = label
+        agree[idx] = frac
+    return maj, agree

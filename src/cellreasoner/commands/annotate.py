@@ -1,0 +1,130 @@
+"""``cellreasoner annotate``: label every cell of a dataset, write .h5ad and/or CSV."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "annotate",
+        help="annotate cell types (labels, confidence, reasoning, ontology ids)",
+        description="Annotate every cell with a cell type. Identical prompts are generated once, "
+        "finished answers are cached (a killed run resumes where it stopped), and cluster mode "
+        "asks once per cluster.",
+    )
+    p.add_argument("input", help=".h5ad, Seurat .rds, 10x .h5 / matrix directory, CSV/TSV, or "
+                   "the demo names pbmc68k_reduced / pbmc_demo")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .h5ad (annotated AnnData); a .csv path writes only the table")
+    p.add_argument("--csv", help="also write the upstream-layout result table here")
+    p.add_argument("--backend", default="builtin",
+                   help="builtin (default, no model needed), transformers, openai, vllm, gguf")
+    p.add_argument("--model", help="model name, folder or file for the backend")
+    p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
+    p.add_argument("--api-key-env", help="environment variable holding the API key (openai "
+                   "backend); the key itself is never written anywhere")
+    p.add_argument("--reasoning", action="store_true",
+                   help="ask for <think> reasoning (upstream reasoning instruction)")
+    p.add_argument("--mode", choices=["cell", "cluster", "hybrid"], default="cell",
+                   help="cell (default), cluster (one prompt per cluster), hybrid (per cell + "
+                   "cluster majority)")
+    p.add_argument("--by", help="obs column with clusters (cluster/hybrid); default leiden "
+                   "(computed when absent)")
+    p.add_argument("--n", type=int, default=1,
+                   help="self-consistency samples per prompt (default 1)")
+    p.add_argument("--temperature", type=float, help="default 0.01 direct, 0.6 reasoning")
+    p.add_argument("--top-p", type=float, help="default 0.01 direct, 0.4 reasoning")
+    p.add_argument("--repetition-penalty", type=float, help="default 1.1")
+    p.add_argument("--max-new-tokens", type=int, help="default 4096")
+    p.add_argument("--seed", type=int, help="sampling seed (default 1234)")
+    p.add_argument("--concurrency", type=int,
+                   help="parallel requests (openai backend)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="prompts per backend call (default 256)")
+    p.add_argument("--gene-list", help="ranked gene list file (default: the published list)")
+    p.add_argument("--max-genes", type=int, default=1000, help="genes per sentence (1000)")
+    p.add_argument("--layer", help="layer to read instead of X")
+    p.add_argument("--use-raw", action="store_true", help="read adata.raw")
+    p.add_argument("--label-column",
+                   help="obs column with ground truth (the CSV 'labels' column)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache", help="SQLite cache file (default: "
+                       "$CELLREASONER_CACHE/annotations.sqlite)")
+    cache.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
+    p.add_argument("--markers", help="cluster mode: marker file (JSON {cluster: [genes]} or a "
+                   "CSV/TSV with cluster and gene columns, e.g. Seurat FindAllMarkers)")
+    p.add_argument("--n-markers", type=int, default=100,
+                   help="markers per cluster sentence (default 100)")
+    p.add_argument("--tissue", help="tissue name added to the instruction (changes the prompt)")
+    p.add_argument("--key-added", default="cellreasoner", help="obs column prefix")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def backend_options(args: argparse.Namespace) -> dict:
+    """Backend constructor options given on the command line (only those set)."""
+    opts = {}
+    if args.base_url:
+        opts["base_url"] = args.base_url
+    if args.api_key_env:
+        if args.api_key_env not in os.environ:
+            from ..errors import InputError
+
+            raise InputError(f"--api-key-env {args.api_key_env}: that environment variable is "
+                             "not set. Export it first (the key is read, never stored).")
+        opts["api_key_env"] = args.api_key_env
+    if args.concurrency is not None:
+        opts["concurrency"] = args.concurrency
+    return opts
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..annotate import annotate
+    from ..errors import InputError
+
+    console = Console(stderr=True)
+    out = Path(args.output)
+    if out.suffix.lower() not in (".h5ad", ".csv"):
+        raise InputError(f"Output {out}: use a .h5ad (annotated AnnData) or .csv path.")
+    cache = False if args.no_cache else args.cache
+    result = annotate(
+        args.input, args.backend, model=args.model, reasoning=args.reasoning, mode=args.mode,
+        by=args.by, n=args.n, temperature=args.temperature, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+        seed=args.seed, gene_list=args.gene_list, max_genes=args.max_genes, layer=args.layer,
+        use_raw=args.use_raw, label_key=args.label_column, markers=args.markers,
+        n_markers=args.n_markers, tissue=args.tissue, key_added=args.key_added, cache=cache,
+        batch_size=args.batch_size, backend_options=backend_options(args),
+        progress=not args.no_progress,
+    )
+    written = []
+    if out.suffix.lower() == ".csv":
+        written.append(result.to_csv(out))
+    else:
+        written.append(write_h5ad_atomic(result.adata, out))
+    if args.csv:
+        written.append(result.to_csv(args.csv))
+    console.print(result.summary_line())
+    labels = result.table["label"].value_counts()
+    top = ", ".join(f"{k} ({v})" for k, v in labels.head(5).items())
+    console.print(f"labels: {top}" + (" ..." if len(labels) > 5 else ""))
+    console.print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def write_h5ad_atomic(adata, path: str | os.PathLike) -> Path:
+    """``adata.write_h5ad`` to a temporary file, then rename (no half-written output)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
