@@ -198,3 +198,11 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "missing.h5ad" in err and "Traceback" not in err
+
+
+def test_ensembl_var_names_use_the_symbol_column(pbmc68k_raw, ranked_genes):
+    """CELLxGENE-style AnnData: Ensembl IDs as var_names, symbols in var['feature_name']."""
+    expected = list(build_sentences(pbmc68k_raw, ranked_genes).iter_sentences())
+    pbmc68k_raw.var["feature_name"] = pbmc68k_raw.var_names.astype(str)
+    pbmc68k_raw.var_names = [f"ENSG{i:011d}" for i in range(pbmc68k_raw.n_vars)]
+    assert list(build_sentences(pbmc68k_raw, ranked_genes).iter_sentences()) == expected

@@ -57,18 +57,20 @@ def from_anndata(adata, layer: str | None = None, use_raw: bool = False) -> Matr
         X = adata.raw.X
         var_names = np.asarray(adata.raw.var_names)
         where = ".raw.X"
-    elif layer is not None:
-        if layer not in adata.layers:
-            raise InputError(
-                f"Layer '{layer}' not found. Available layers: {list(adata.layers) or 'none'}."
-            )
-        X = adata.layers[layer]
-        var_names = np.asarray(adata.var_names)
-        where = f".layers['{layer}']"
     else:
-        X = adata.X
-        var_names = np.asarray(adata.var_names)
-        where = ".X"
+        from .io import gene_symbols
+
+        if layer is not None:
+            if layer not in adata.layers:
+                raise InputError(
+                    f"Layer '{layer}' not found. Available layers: "
+                    f"{list(adata.layers) or 'none'}."
+                )
+            X, where = adata.layers[layer], f".layers['{layer}']"
+        else:
+            X, where = adata.X, ".X"
+        # Ensembl var_names: sentences need symbols (a var column such as feature_name)
+        var_names = np.asarray(gene_symbols(adata).symbols)
     if X is None:
         raise InputError(f"The AnnData has no expression matrix in {where}.")
     n_obs = adata.n_obs
