@@ -184,6 +184,9 @@ def test_model_answers_with_reasoning_and_filler():
                 "and ductal cells are most likely here")
     assert map_label(rambling).id == "CL:0002064"
     assert map_label("Gastric epithelial cells (likely gastric cancer cells)").id == "CL:0000066"
+    prose = ("First, MS4A1 and CD79A are high. CD3E is absent. Therefore, the correct "
+             "annotation should be B cells.")
+    assert extract_answer(prose) == "B cells" and map_label(prose).id == "CL:0000236"
 
 
 def test_either_answers():

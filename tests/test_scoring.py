@@ -81,6 +81,7 @@ def test_explain_names_the_rule():
     assert e.score == 0.0 and "not mapped" in e.rule
     assert "Incorrect" in str(e)
     assert explain_pair("Vascular", "vascular").rule == "identical label text"
+    assert score_pair("Vascular", "Vascular") == 1.0  # ambiguous label, but the same text
 
 
 def _table() -> pd.DataFrame:

@@ -340,7 +340,8 @@ _FILLER = re.compile(
     re.I,
 )
 _ANSWER_IN_PROSE = re.compile(
-    r"(?:final\s+(?:answer|annotation)|cell\s+type\s+is|annotated?\s+as|most\s+likely\s+"
+    r"(?:final\s+(?:answer|annotation)|(?:cell\s+type|annotation|answer)\s+(?:should\s+be|"
+    r"would\s+be|is)|annotated?\s+as|most\s+likely\s+"
     r"(?:to\s+be\s+)?|therefore,?\s+(?:the\s+)?(?:cells?\s+(?:is|are)\s+)?)[:\s]*"
     r"\**\s*([A-Za-z0-9+⁺/ _-]{2,60}?)\s*(?:\*\*|[.\n,;]|$)",
     re.I,
@@ -367,6 +368,11 @@ def extract_answer(text: str) -> str:
         hits = _ANSWER_IN_PROSE.findall(s)
         cand = hits[-1] if hits else ""
     cand = cand.strip().splitlines()[0] if cand.strip() else ""
+    for _ in range(3):  # a short sentence: "Therefore, the annotation should be B cells."
+        hits = _ANSWER_IN_PROSE.findall(cand) if len(cand.split()) > 3 else []
+        if not hits or hits[-1] == cand:
+            break
+        cand = hits[-1]
     outside = re.sub(r"\([^)]*\)", " ", cand).strip()
     if outside:
         cand = re.sub(r"\s+", " ", outside)

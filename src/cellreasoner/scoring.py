@@ -202,12 +202,12 @@ def _readings(m: LabelMatch) -> list[str]:
 
 def _auto(rules: _Rules, truth: str, pred: str) -> Explanation:
     mt, mp = map_label(truth), map_label(pred)
+    if normalize(str(truth)) == normalize(str(pred)) and normalize(str(truth)):
+        return Explanation(1.0, LEVELS[1.0], "identical label text", "ontology", mt, mp)
     t_ids = _readings(mt)
     hedge = list(mp.alternatives) if mp.how in {"either", "ambiguous"} and mp.alternatives else []
     p_ids = hedge or ([mp.id] if mp.id else [])
     if not t_ids or not p_ids:
-        if normalize(str(truth)) == normalize(str(pred)) and normalize(str(truth)):
-            return Explanation(1.0, LEVELS[1.0], "identical label text", "ontology", mt, mp)
         side = "truth" if not t_ids else "prediction"
         return Explanation(0.0, LEVELS[0.0], f"{side} not mapped to the Cell Ontology",
                            "ontology", mt, mp)
