@@ -71,11 +71,14 @@ class ReasonerResult:
         )
 
 
-#: CL groups within which two tied lineages are related states, not a contradiction
+#: CL groups within which two co-expressed lineages are related states, not a contradiction
 #: (lymphocyte, mononuclear phagocyte, granulocyte, myeloid cell, epithelial cell, connective
-#: tissue cell, glial cell, neuron).
+#: tissue cell, glial cell, neuron); the B lineage is its own group.
 RELATED_GROUPS = ("CL:0000542", "CL:0000113", "CL:0000094", "CL:0000763", "CL:0000066",
                   "CL:0002320", "CL:0000125", "CL:0000540")
+B_LINEAGE = "CL:0000945"
+#: hematopoietic precursor cell, precursor cell
+PRECURSORS = frozenset({"CL:0008001", "CL:0011115"})
 
 
 def _cl_info(ids: Sequence[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
@@ -86,20 +89,27 @@ def _cl_info(ids: Sequence[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
 
         parser = OntologyParser()
         labels = {i: parser.get_term_label(i) for i in ids}
-        groups = {i: ({i} | set(parser.get_term_ancestors(i))) & set(RELATED_GROUPS)
-                  for i in ids}
+        groups = {}
+        for i in ids:
+            anc = {i} | set(parser.get_term_ancestors(i))
+            g = anc & set(RELATED_GROUPS)
+            if B_LINEAGE in anc:  # B cells and T/NK cells are not states of one another
+                g = (g - {"CL:0000542"}) | {B_LINEAGE}
+            if anc & PRECURSORS:  # progenitors co-express the programmes they give rise to
+                g = set(RELATED_GROUPS) | {B_LINEAGE}
+            groups[i] = g
         return labels, groups
     except Exception:  # the ontology package is optional at run time; labels are cosmetic
         return {i: "" for i in ids}, {i: set() for i in ids}
 
 
 def looks_like_counts(X: sp.spmatrix | np.ndarray) -> bool:
-    """True when the values are non-negative integers with a count-like range."""
+    """True when every stored value is a whole number (log-normalised data never is)."""
     data = X.data if sp.issparse(X) else np.asarray(X).ravel()
     if data.size == 0:
         return False
     sample = data[: min(data.size, 200_000)]
-    return bool(np.all(np.mod(sample, 1) == 0) and sample.max() > 10)
+    return bool(np.all(np.mod(sample, 1) == 0) and sample.max() >= 1)
 
 
 def log_normalize(X: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matrix:
@@ -132,10 +142,11 @@ class Reasoner:
         A subtype is chosen only with at least this evidence (default 0.25).
     child_margin
         ... and only when it beats its best sibling by this much (default 0.05).
-    tie_margin, strong_score
-        Two lineages both scoring at least ``strong_score`` (default 0.5) within
-        ``tie_margin`` (default 0.02) of each other are contradictory evidence (a doublet, or
-        two lineages' markers): abstain.
+    tie_margin, strong_score, doublet_ratio
+        Two unrelated lineages (e.g. T and B cells, not monocyte and dendritic cell) both
+        scoring at least ``strong_score`` (default 0.5), within ``tie_margin`` (default 0.02)
+        or with the second at least ``doublet_ratio`` (default 0.9) of the first, are
+        contradictory evidence (a doublet): abstain.
     negative_weight
         Weight of the negative-marker penalty (default 0.5).
     smoothing
@@ -153,6 +164,7 @@ class Reasoner:
         child_margin: float = 0.05,
         tie_margin: float = 0.02,
         strong_score: float = 0.5,
+        doublet_ratio: float = 0.9,
         negative_weight: float = 0.5,
         smoothing: float = 0.5,
     ) -> None:
@@ -169,6 +181,7 @@ class Reasoner:
         self.child_margin = float(child_margin)
         self.tie_margin = float(tie_margin)
         self.strong_score = float(strong_score)
+        self.doublet_ratio = float(doublet_ratio)
         self.negative_weight = float(negative_weight)
         self.smoothing = float(smoothing)
 
@@ -213,28 +226,33 @@ class Reasoner:
     def model(self) -> str:
         return f"cellreasoner-markers-{self.db.version}"
 
-    def _gene_columns(self, genes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(column in the data, marker index) for every marker the data measures."""
+    def _gene_columns(self, genes: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(column in the data, marker index) for every marker the data measures, and the
+        marker names as the data spells them (older aliases such as IGJ for JCHAIN)."""
         pos: dict[str, int] = {}
         for j, g in enumerate(genes):
             g = str(g)
             if g not in pos:
                 pos[g] = j
         cols, idx = [], []
+        spelled = list(self.genes)
         for m, g in enumerate(self.genes):
             j = pos.get(g)
             if j is None:
                 for alias in ALIASES.get(g, ()):
                     if alias in pos:
                         j = pos[alias]
+                        spelled[m] = alias
                         break
             if j is not None:
                 cols.append(j)
                 idx.append(m)
-        return np.asarray(cols, dtype=np.int64), np.asarray(idx, dtype=np.int64)
+        return np.asarray(cols, dtype=np.int64), np.asarray(idx, dtype=np.int64), spelled
 
-    def _marker_matrix(self, X, genes: Sequence[str]) -> tuple[sp.csr_matrix, np.ndarray]:
-        """Cells x markers evidence in [0, 1] (CSR) and the measured-marker mask."""
+    def _marker_matrix(self, X, genes: Sequence[str]
+                       ) -> tuple[sp.csr_matrix, np.ndarray, list[str]]:
+        """Cells x markers evidence in [0, 1] (CSR), the measured-marker mask and the marker
+        names as spelled in ``genes``."""
         if X.ndim != 2:
             raise InputError(f"Expression must be a 2-D cells x genes matrix, got {X.ndim}-D.")
         if X.shape[1] != len(genes):
@@ -247,7 +265,7 @@ class Reasoner:
                              "'counts' layer), not z-scores.")
         if looks_like_counts(X):
             X = log_normalize(X)
-        cols, idx = self._gene_columns(genes)
+        cols, idx, spelled = self._gene_columns(genes)
         measured = np.zeros(len(self.genes), dtype=bool)
         measured[idx] = True
         sub = X[:, cols].astype(np.float32)
@@ -259,7 +277,7 @@ class Reasoner:
             (np.ones(len(idx), dtype=np.float32), (np.arange(len(idx)), idx)),
             shape=(len(idx), len(self.genes)),
         )
-        return sp.csr_matrix(E), measured
+        return sp.csr_matrix(E), measured, spelled
 
     # ------------------------------------------------------------------ scoring
     def _denominators(self, W: np.ndarray) -> np.ndarray:
@@ -323,8 +341,8 @@ class Reasoner:
         status[s1 < self.min_score] = 1
         related = (self._related_roots[best, order[:, 1]] if len(roots) > 1
                    else np.ones(n, dtype=bool))
-        tie = ((status == 0) & (s2 >= self.strong_score) & (s1 - s2 < self.tie_margin)
-               & ~related)
+        tie = ((status == 0) & (s2 >= self.strong_score) & ~related
+               & ((s1 - s2 < self.tie_margin) | (s2 >= self.doublet_ratio * s1)))
         status[tie] = 2
         # confidence: sharpness among lineages x strength of evidence
         z = np.exp(12.0 * (R - s1[:, None]))
@@ -359,10 +377,10 @@ class Reasoner:
         return node, root, np.clip(conf, 0.0, 1.0).astype(np.float32), status
 
     # ------------------------------------------------------------------ traces
-    def _cite(self, t: int, present: dict[int, float], measured, k_pos: int = 4,
-              k_neg: int = 2) -> str:
-        pos = [self.genes[g] for g in self._pos_sorted[t] if g in present][:k_pos]
-        neg = [self.genes[g] for g in self._neg_sorted[t]
+    def _cite(self, t: int, present: dict[int, float], measured, names: Sequence[str],
+              k_pos: int = 4, k_neg: int = 2) -> str:
+        pos = [names[g] for g in self._pos_sorted[t] if g in present][:k_pos]
+        neg = [names[g] for g in self._neg_sorted[t]
                if g not in present and measured(g)][:k_neg]
         parts = []
         if pos:
@@ -372,8 +390,15 @@ class Reasoner:
         return ", ".join(parts) if parts else "weak marker evidence"
 
     def traces(self, E: sp.csr_matrix, measured, node: np.ndarray, root: np.ndarray,
-               conf: np.ndarray, status: np.ndarray, S: np.ndarray) -> list[str]:
-        """One marker-by-marker reasoning text per cell."""
+               conf: np.ndarray, status: np.ndarray, S: np.ndarray,
+               names: Sequence[str] | None = None) -> list[str]:
+        """One marker-by-marker reasoning text per cell.
+
+        Genes are cited as ``names`` spells them (default: the knowledge-base symbols); a gene
+        is cited as present only when the cell expresses it and negated ("no X") only when it
+        is measured and not expressed.
+        """
+        names = list(self.genes) if names is None else names
         E = sp.csr_matrix(E)
         indptr, indices, data = E.indptr, E.indices, E.data
         per_cell = not (isinstance(measured, np.ndarray) and measured.ndim == 1)
@@ -390,9 +415,9 @@ class Reasoner:
             else:
                 meas = measured.__getitem__
             if status[i] == 1:
-                top = [self.genes[g] for g in self._pos_sorted[root[i]] if meas(g)][:3]
-                absent = ", ".join(f"no {g}" for g in top if g not in
-                                   {self.genes[j] for j in present})
+                top = [g for g in self._pos_sorted[root[i]] if meas(g) and g not in
+                       present][:3]
+                absent = ", ".join(f"no {names[g]}" for g in top)
                 out.append(f"{absent or 'no marker genes measured'}: no lineage has enough "
                            f"marker evidence (best {self.names[root[i]]}, score "
                            f"{S[i, root[i]]:.2f}) → {UNKNOWN}, confidence {conf[i]:.2f}.")
@@ -400,8 +425,8 @@ class Reasoner:
             if status[i] == 2:
                 r = S[i, roots]
                 a, b = roots[np.argsort(-r)[:2]]
-                out.append(f"{self._cite(a, present, meas, 3, 0)} → {self.names[a]}; "
-                           f"{self._cite(b, present, meas, 3, 0)} → {self.names[b]}; "
+                out.append(f"{self._cite(a, present, meas, names, 3, 0)} → {self.names[a]}; "
+                           f"{self._cite(b, present, meas, names, 3, 0)} → {self.names[b]}; "
                            f"contradictory lineage evidence (possible doublet) → {UNKNOWN}, "
                            f"confidence {conf[i]:.2f}.")
                 continue
@@ -412,7 +437,7 @@ class Reasoner:
                 path.append(t)
                 t = self.parent[t]
             for t in reversed(path):
-                steps.append(f"{self._cite(t, present, meas)} → {self.names[t]}")
+                steps.append(f"{self._cite(t, present, meas, names)} → {self.names[t]}")
             leaf = node[i]
             out.append("; ".join(steps) + f". Final: {self.names[leaf]} ({self.cl_ids[leaf]}), "
                        f"confidence {conf[i]:.2f}.")
@@ -458,9 +483,9 @@ class Reasoner:
             return self._result(np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32),
                                  np.zeros(0, np.int8), [], np.zeros((0, len(self.names))))
         Es, Ss = [], []
-        measured = None
+        measured, spelled = None, None
         for lo in range(0, X.shape[0], chunk_size):
-            E, measured = self._marker_matrix(X[lo:lo + chunk_size], genes)
+            E, measured, spelled = self._marker_matrix(X[lo:lo + chunk_size], genes)
             Es.append(E)
             Ss.append(self.score(E, measured))
         E = sp.vstack(Es).tocsr() if len(Es) > 1 else Es[0]
@@ -468,7 +493,7 @@ class Reasoner:
         if connectivities is not None and self.smoothing > 0:
             S = self.smooth(S, connectivities, self.smoothing)
         node, root, conf, status = self.decide(S)
-        text = (self.traces(E, measured, node, root, conf, status, S) if reasoning
+        text = (self.traces(E, measured, node, root, conf, status, S, spelled) if reasoning
                 else [""] * len(node))
         return self._result(node, root, conf, status, text, S)
 
@@ -482,7 +507,7 @@ class Reasoner:
         if len(groups) != X.shape[0]:
             raise InputError(f"{len(groups)} group labels for {X.shape[0]} cells.")
         keys, inv = np.unique(groups.astype(str), return_inverse=True)
-        E, measured = self._marker_matrix(X, [str(g) for g in genes])
+        E, measured, spelled = self._marker_matrix(X, [str(g) for g in genes])
         G = sp.csr_matrix((np.ones(len(inv), np.float32), (inv, np.arange(len(inv)))),
                           shape=(len(keys), len(inv)))
         sizes = np.asarray(G.sum(axis=1)).ravel()
@@ -494,7 +519,7 @@ class Reasoner:
         Eg.eliminate_zeros()
         S = self.score(Eg, measured)
         node, root, conf, status = self.decide(S)
-        text = (self.traces(Eg, measured, node, root, conf, status, S) if reasoning
+        text = (self.traces(Eg, measured, node, root, conf, status, S, spelled) if reasoning
                 else [""] * len(node))
         return self._result(node, root, conf, status, text, S), list(keys)
 
@@ -525,6 +550,7 @@ class Reasoner:
                 for a in alts:
                     gi.setdefault(a, gi[g])
         rows, cols = [], []
+        spelled = list(self.genes)
         n = len(sentences)
         lengths = np.zeros(n, dtype=np.int64)
         last = [""] * n
@@ -541,6 +567,8 @@ class Reasoner:
                 if m is not None:
                     rows.append(i)
                     cols.append(m)
+                    if t != self.genes[m]:
+                        spelled[m] = t
         E = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
                           shape=(n, len(self.genes)))
         E.sum_duplicates()
@@ -564,7 +592,7 @@ class Reasoner:
                 measured = in_list
         S = self.score(E, measured)
         node, root, conf, status = self.decide(S)
-        text = (self.traces(E, measured, node, root, conf, status, S) if reasoning
+        text = (self.traces(E, measured, node, root, conf, status, S, spelled) if reasoning
                 else [""] * len(node))
         return self._result(node, root, conf, status, text, S)
 

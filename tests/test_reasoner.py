@@ -1,0 +1,234 @@
+"""The built-in reasoner on real PBMCs: lineages, traces, confidence, abstention, options."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellreasoner.backends import get_backend
+from cellreasoner.backends.builtin import BuiltinBackend
+from cellreasoner.errors import InputError
+from cellreasoner.markers import COLUMNS, load_markers
+from cellreasoner.prompts import Prompt, SamplingParams, instruction_for
+from cellreasoner.reasoner import UNKNOWN, Reasoner
+
+
+@pytest.fixture(scope="module")
+def reasoner():
+    return Reasoner()
+
+
+@pytest.fixture(scope="module")
+def pbmc(_pbmc68k_cached):
+    raw = _pbmc68k_cached.raw.to_adata()
+    return {
+        "X": sp.csr_matrix(raw.X),
+        "genes": list(raw.var_names),
+        "truth": _pbmc68k_cached.obs["bulk_labels"].astype(str).to_numpy(),
+        "conn": _pbmc68k_cached.obsp["connectivities"],
+    }
+
+
+@pytest.fixture(scope="module")
+def pbmc_result(reasoner, pbmc):
+    return reasoner.annotate_matrix(pbmc["X"], pbmc["genes"])
+
+
+def _lineage_fraction(result, truth, label, lineages):
+    sel = truth == label
+    return float(np.isin(result.lineage[sel], lineages).mean())
+
+
+def test_real_pbmc_lineages(pbmc_result, pbmc):
+    t = pbmc["truth"]
+    b = _lineage_fraction(pbmc_result, t, "CD19+ B", ["B cell", "antibody secreting cell"])
+    assert b >= 0.95, f"{b:.0%} of sorted CD19+ B cells in the B lineage"
+    mono = _lineage_fraction(pbmc_result, t, "CD14+ Monocyte", ["monocyte", "macrophage"])
+    assert mono >= 0.9
+    for lab in ["CD4+/CD25 T Reg", "CD8+/CD45RA+ Naive Cytotoxic", "CD8+ Cytotoxic T"]:
+        assert _lineage_fraction(pbmc_result, t, lab, ["T cell"]) >= 0.75, lab
+    assert _lineage_fraction(pbmc_result, t, "CD56+ NK", ["NK cell"]) >= 0.6
+    # fine subtypes are reached, with CL ids of the chosen node
+    assert "conventional dendritic cell type 2" in set(pbmc_result.label)
+    assert "naive CD8-positive T cell" in set(pbmc_result.label)
+    i = int(np.flatnonzero(pbmc_result.label == "conventional dendritic cell type 2")[0])
+    assert pbmc_result.ontology_id[i] == "CL:0002399"
+    assert pbmc_result.ontology_label[i] == "CD1c-positive myeloid dendritic cell"
+
+
+def _cited(trace: str) -> tuple[set[str], set[str]]:
+    present, absent = set(), set()
+    for clause in re.split(r"[;→]", trace):
+        for m in re.finditer(r"((?:[A-Za-z0-9.\-]+, )*[A-Za-z0-9.\-]+) present", clause):
+            present.update(m.group(1).split(", "))
+        absent.update(re.findall(r"\bno ([A-Z][A-Za-z0-9.\-]+)", clause))
+    return present, absent
+
+
+def test_traces_cite_present_genes_and_negate_only_absent_ones(pbmc_result, pbmc):
+    X, genes = pbmc["X"], pbmc["genes"]
+    col = {g: j for j, g in enumerate(genes)}
+    n_checked = 0
+    for i in range(0, X.shape[0], 7):
+        present, absent = _cited(pbmc_result.reasoning[i])
+        row = X[i].toarray().ravel()
+        for g in present:
+            assert row[col[g]] > 0, (g, pbmc_result.reasoning[i])
+        for g in absent:
+            assert g in col and row[col[g]] == 0, (g, pbmc_result.reasoning[i])
+        n_checked += len(present)
+    assert n_checked > 300
+    t = pbmc_result.reasoning[int(np.flatnonzero(pbmc_result.lineage == "B cell")[0])]
+    assert "→ B cell" in t and "Final:" in t and "CL:" in t
+
+
+def test_doublets_lower_confidence_than_pure_cells(reasoner, pbmc, pbmc_result):
+    res = pbmc_result
+    t_cells = np.flatnonzero((res.lineage == "T cell") & (res.confidence > 0.5))[:40]
+    b_cells = np.flatnonzero((res.lineage == "B cell") & (res.confidence > 0.5))[:40]
+    n = min(len(t_cells), len(b_cells))
+    assert n >= 20
+    mixed = pbmc["X"][t_cells[:n]] + pbmc["X"][b_cells[:n]]
+    dbl = reasoner.annotate_matrix(mixed, pbmc["genes"])
+    pure = np.concatenate([res.confidence[t_cells[:n]], res.confidence[b_cells[:n]]])
+    assert dbl.confidence.mean() < pure.mean() - 0.2
+    assert (dbl.label == UNKNOWN).mean() >= 0.3
+    assert any("contradictory" in r for r in dbl.reasoning)
+
+
+def test_abstains_on_empty_and_nonsense_input(reasoner, pbmc):
+    empty = sp.csr_matrix((3, len(pbmc["genes"])), dtype=np.float32)
+    res = reasoner.annotate_matrix(empty, pbmc["genes"])
+    assert list(res.label) == [UNKNOWN] * 3 and (res.confidence < 0.2).all()
+    assert list(res.ontology_id) == [""] * 3
+    res = reasoner.annotate_sentences(["", "FOO1, BAR2, NOTAGENE", "ACTB, GAPDH, MALAT1"])
+    assert list(res.label) == [UNKNOWN] * 3
+    assert (res.confidence < 0.2).all()
+    assert "no lineage has enough marker evidence" in res.reasoning[1]
+
+
+def test_counts_and_lognormalised_agree(reasoner, pbmc):
+    from cellreasoner.reasoner import log_normalize
+
+    rng = np.random.default_rng(0)
+    counts = sp.csr_matrix(rng.poisson(0.3, size=(50, len(pbmc["genes"]))).astype(np.float32))
+    counts = counts + pbmc["X"][:50].sign() * 3  # real marker patterns, integer counts
+    a = reasoner.annotate_matrix(counts, pbmc["genes"])
+    b = reasoner.annotate_matrix(log_normalize(counts), pbmc["genes"])
+    assert list(a.label) == list(b.label)
+
+
+def test_sentences_match_expression_lineage(reasoner, pbmc, pbmc_result):
+    X, genes = pbmc["X"], pbmc["genes"]
+    sentences = [", ".join(genes[j] for j in X[i].indices) for i in range(200)]
+    res = reasoner.annotate_sentences(sentences)
+    agree = (res.lineage == pbmc_result.lineage[:200]).mean()
+    assert agree >= 0.85
+
+
+def test_truncated_sentence_does_not_negate_unlisted_genes(reasoner, gene_list_path):
+    from cellreasoner.resources import load_gene_list
+
+    ranked = load_gene_list(gene_list_path)
+    present = ["CD3E", "CD3D", "CD8A", "CD8B", "GZMK", "CCL5"]
+    markers = set(reasoner.genes)
+    filler = [g for g in ranked if g not in markers][:994]
+    ordered = sorted(present + filler, key=ranked.index)
+    sentence = ", ".join(ordered)
+    res = reasoner.annotate_sentences([sentence], gene_list=ranked, max_genes=1000)
+    cutoff = ranked.index(ordered[-1])
+    _, absent = _cited(res.reasoning[0])
+    assert all(g in ranked and ranked.index(g) <= cutoff for g in absent)
+    assert res.lineage[0] == "T cell"
+
+
+def test_smoothing_uses_the_graph_and_checks_its_shape(reasoner, pbmc, pbmc_result):
+    sm = reasoner.annotate_matrix(pbmc["X"], pbmc["genes"], connectivities=pbmc["conn"])
+    assert (sm.label != pbmc_result.label).any()
+    assert (sm.label == UNKNOWN).sum() <= (pbmc_result.label == UNKNOWN).sum()
+    with pytest.raises(InputError, match="connectivities has shape"):
+        reasoner.annotate_matrix(pbmc["X"], pbmc["genes"], connectivities=sp.eye(5))
+
+
+def test_clusters_annotate_groups(reasoner, pbmc, _pbmc68k_cached):
+    res, keys = reasoner.annotate_groups(pbmc["X"], pbmc["genes"],
+                                         _pbmc68k_cached.obs["louvain"])
+    assert len(keys) == 11 and len(res) == 11
+    lut = dict(zip(keys, res.lineage, strict=True))
+    # louvain cluster 4 is nearly all sorted CD19+ B cells, cluster 3 cytotoxic cells
+    assert lut["4"] == "B cell"
+    assert lut["3"] in ("NK cell", "T cell")
+
+
+def test_bad_inputs_are_clear_errors(reasoner, pbmc):
+    with pytest.raises(InputError, match="negative values"):
+        reasoner.annotate_matrix(-pbmc["X"][:5], pbmc["genes"])
+    with pytest.raises(InputError, match="columns but"):
+        reasoner.annotate_matrix(pbmc["X"][:5], pbmc["genes"][:-1])
+    with pytest.raises(InputError, match="not text"):
+        reasoner.annotate_sentences([None])
+
+
+def test_tissue_restriction(pbmc):
+    blood = Reasoner(tissue="blood")
+    res = blood.annotate_matrix(pbmc["X"], pbmc["genes"])
+    allowed = set(load_markers(tissue="blood").names) | {UNKNOWN}
+    assert set(res.label) <= allowed
+    liver = Reasoner(tissue="liver")
+    hep = "ALB, APOA1, APOC3, TTR, TF, FGB, SERPINA1, HP, CYP2E1, AHSG"
+    out = liver.annotate_sentences([hep, "CD3E, CD3D, CD2, CD8A, CD8B, GZMK, CCL5"])
+    assert out.label[0] == "hepatocyte" and out.ontology_id[0] == "CL:0000182"
+    assert out.lineage[1] == "T cell"
+    assert Reasoner(tissue="blood").annotate_sentences([hep]).label[0] == UNKNOWN
+
+
+def test_user_marker_file_drives_answers(tmp_path):
+    f = tmp_path / "mine.tsv"
+    f.write_text("\t".join(COLUMNS) + "\n"
+                 "gut-homing CD8 T cell\tCL:0000625\tCD8-positive T cell\tgut\t"
+                 "ITGAE:3,CCR9:3,ITGB7:2\tSELL:2\tmy lab\n", encoding="utf-8")
+    r = Reasoner(markers=f)
+    s = "CD3E, CD3D, CD2, CD8A, CD8B, ITGAE, CCR9, ITGB7"
+    res = r.annotate_sentences([s])
+    assert res.label[0] == "gut-homing CD8 T cell"
+    assert "CCR9, ITGAE, ITGB7 present" in res.reasoning[0]
+    assert "+mine" in r.model
+
+
+def test_builtin_backend_protocol(pbmc):
+    be = get_backend("builtin", tissue="blood")
+    assert isinstance(be, BuiltinBackend) and be.name == "builtin"
+    assert be.model.startswith("cellreasoner-markers-")
+    sentences = ["CD3E, CD3D, CD8A, CD8B, GZMK, CCL5", "MS4A1, CD79A, CD79B, TCL1A, IL4R",
+                 "NOTAGENE"]
+    prompts = [Prompt(instruction_for(True), s, reasoning=True) for s in sentences]
+    ticks = []
+    gens = be.generate(prompts, SamplingParams(n=2), progress=ticks.append)
+    assert sum(ticks) == 3 and [len(g) for g in gens] == [2, 2, 2]
+    assert gens[0][0].text == "effector memory CD8-positive T cell"
+    assert gens[0][0].meta["ontology_id"] == "CL:0000913"
+    assert gens[1][0].text == "naive B cell"
+    assert "MS4A1" in gens[1][0].reasoning and 0 < gens[1][0].meta["confidence"] <= 1
+    assert gens[2][0].text == UNKNOWN and gens[2][0].meta["ontology_id"] == ""
+    out = be.annotate_matrix(pbmc["X"][:20], pbmc["genes"])
+    assert len(out) == 20 and all(g.reasoning for g in out)
+    d = be.describe()
+    assert d["backend"] == "builtin" and d["cell_types"] == len(load_markers(tissue="blood"))
+
+
+def test_pbmc_demo_hierarchical_score(pbmc_demo_rds):
+    import warnings
+
+    from cellreasoner.io import read
+    from cellreasoner.scoring import score_pair
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = read(pbmc_demo_rds)
+    res = Reasoner().annotate_matrix(a.X, list(a.var_names))
+    truth = a.obs["seurat_annotations"].astype(str)
+    scores = [score_pair(t, p) for t, p in zip(truth, res.label, strict=True)]
+    assert np.mean(scores) >= 0.85
