@@ -326,3 +326,17 @@ def test_minimal_csv_report_in_browser(browser, tmp_path):
     assert page.locator("tr.detail .response").inner_text() == "<think>x</think>T cell"
     assert errors == []
     page.close()
+
+
+def test_evidence_flag_filter_and_confidence(page, report_data):
+    obs = report_data.obs
+    page.check("#flagged-only")
+    n_flagged = int(obs["cellreasoner_evidence_flag"].sum())
+    assert page.locator("#count").inner_text().startswith(f"{n_flagged} of 700")
+    _visible_rows(page).first.click()
+    assert "flagged: the reasoning leans on genes" in page.locator("tr.detail").inner_text()
+    page.uncheck("#flagged-only")
+    page.fill("#conf-min", "0.9")
+    expected = int((obs["cellreasoner_confidence"] >= 0.9).sum())
+    assert page.locator("#count").inner_text().startswith(f"{expected} of 700")
+    assert all(float(c) >= 0.9 for c in _column_texts(page, "col-confidence"))

@@ -627,7 +627,7 @@ figcaption{font-size:.85em;color:#555;text-align:center}
 .hint{font-size:.85em;color:#666}
 mark.gene{padding:0 2px;border-radius:3px}
 mark.present{background:#c7e9c0}
-mark.absent{background:#fcbba1;text-decoration:underline wavy #cb181d}
+mark.absent{background:#fcd9c4}
 .reasoning,.response{white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;
 font-size:.9em;background:#fff;border:1px solid #e4e4e4;padding:8px;max-height:420px;
 overflow:auto}
@@ -731,7 +731,12 @@ function detail(i) {
   ev.appendChild(document.createTextNode(present.join(", ") || "none"));
   ev.appendChild(el("br"));
   ev.appendChild(el("strong", null, "cited, not expressed: "));
-  ev.appendChild(el("span", absent.length ? "flag" : null, absent.join(", ") || "none"));
+  ev.appendChild(document.createTextNode(absent.join(", ") || "none"));
+  if (val("evidence_flag", i) === true) {
+    ev.appendChild(el("br"));
+    ev.appendChild(el("span", "flag", "flagged: the reasoning leans on genes this cell does not " +
+                                      "express"));
+  }
   td.appendChild(ev);
   var tr = el("tr", "detail"); tr.appendChild(td);
   return tr;
