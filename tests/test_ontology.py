@@ -201,7 +201,8 @@ def test_either_answers():
 
 
 def test_unsure_labels_stay_unmapped():
-    for text in ["blah blah", "#Invalid#", "Others", "", None, float("nan"),
+    for text in ["blah blah", "#Invalid#", "Others", "", None, float("nan"), "N/A", "Unknown",
+                 "Doublets", "unassigned cells", "x" * 20000,
                  "Okay, let's tackle this problem step by step. The user has provided a list "
                  "of genes that are highly expressed in a certain type of tumor cells"]:
         m = map_label(text)

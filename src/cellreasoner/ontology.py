@@ -511,7 +511,7 @@ def _lookup_phrase(key: str, onto: CellOntology) -> tuple[tuple[str, ...], str] 
     if not key:
         return None
     aliases = _aliases()
-    keys = [key, key + " cell"]
+    keys = [key, key + " cell"] if len(key) >= 3 else [key]
     if key.endswith(" cell"):
         keys.append(key[: -len(" cell")])
     for k in keys:
@@ -559,7 +559,8 @@ def _strip_markers(raw: str) -> str | None:
 
 
 def _reductions(key: str) -> Iterable[str]:
-    """Progressively simpler phrases: drop modifier words, ``X-like`` prefixes."""
+    """Progressively simpler phrases: drop modifier/organ words, then leading or trailing
+    words, then read ``X-like`` as ``X``."""
     toks = key.split()
     seen = {key}
     # drop modifier words anywhere, one at a time, then all at once
@@ -592,7 +593,6 @@ def _reductions(key: str) -> Iterable[str]:
             if base not in seen:
                 seen.add(base)
                 yield base
-
 
 
 def _ground_one(raw: str, onto: CellOntology) -> tuple[tuple[str, ...], str] | None:
@@ -661,9 +661,15 @@ def _split_alternatives(answer: str) -> list[str]:
     return out
 
 
+#: Placeholders annotators use for cells without a type.
+_NOT_A_TYPE = frozenset({"n/a", "na", "nan", "none", "null", "unknown", "unassigned",
+                         "undetermined", "unclassified", "doublet", "low quality", "other",
+                         "mixed", "ambiguous", "not applicable", "debris", "empty", "unsure"})
+
+
 def _match(text: str, onto: CellOntology) -> LabelMatch:
     answer = extract_answer(text)
-    if not answer:
+    if not answer or normalize(answer).replace(" cell", "") in _NOT_A_TYPE:
         return LabelMatch(None, None, 0.0, "unmapped", (), "")
     key = normalize(answer)  # whole-label hits first ("Megakaryocyte/Platelet")
     hit = onto._lookup.get(key)
