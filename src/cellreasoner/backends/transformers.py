@@ -37,12 +37,22 @@ def resolve_device(device: str, torch) -> str:
     return "cpu"
 
 
+def reject_greedy_n(sampling: SamplingParams) -> None:
+    """Raise :class:`InputError` for ``n > 1`` with greedy decoding (identical answers)."""
+    if sampling.n > 1 and sampling.temperature <= 0:
+        raise InputError(
+            f"n={sampling.n} with temperature=0 would return {sampling.n} identical greedy "
+            "answers; use a temperature > 0 to draw several answers per cell."
+        )
+
+
 def generate_kwargs(sampling: SamplingParams, pad_token_id: int | None) -> dict:
     """``model.generate`` keyword arguments for ``sampling`` (upstream conventions).
 
     Sampling (``do_sample=True``) with ``temperature``/``top_p``; greedy decoding when
     ``temperature == 0``. ``sampling.extra`` is forwarded as further ``generate`` arguments.
     """
+    reject_greedy_n(sampling)
     kwargs: dict = {
         "max_new_tokens": sampling.max_new_tokens,
         "repetition_penalty": float(sampling.repetition_penalty),
@@ -53,11 +63,6 @@ def generate_kwargs(sampling: SamplingParams, pad_token_id: int | None) -> dict:
         kwargs.update(do_sample=True, temperature=float(sampling.temperature),
                       top_p=float(sampling.top_p))
     else:
-        if sampling.n > 1:
-            raise InputError(
-                f"n={sampling.n} with temperature=0 would return {sampling.n} identical greedy "
-                "answers; use a temperature > 0 to draw several answers per cell."
-            )
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     kwargs.update(sampling.extra)
     return kwargs

