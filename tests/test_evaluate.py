@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -222,3 +224,37 @@ def test_hierarchical_macro_f1_credits_more_specific_terms():
     # a broader answer is not credited as the specific truth
     s = evaluate(df.assign(labels=pred, label=truth), truth="labels").summary.iloc[0]
     assert s["macro_f1_cl_hierarchical"] == pytest.approx(0.5)
+
+
+def test_end_to_end_with_the_builtin_annotator(pbmc68k, tmp_path):
+    """Real annotate() output (h5ad and CSV) evaluated side by side, then reported."""
+    from cellreasoner.annotate import annotate
+
+    cell = pbmc68k.copy()
+    res = annotate(cell, "builtin", reasoning=True, use_raw=True, label_key="bulk_labels",
+                   progress=False)
+    cell.write_h5ad(tmp_path / "cell.h5ad")
+    csv = res.to_csv(tmp_path / "cell.csv")
+    clus = pbmc68k.copy()
+    annotate(clus, "builtin", mode="cluster", by="louvain", reasoning=True, use_raw=True,
+             progress=False)
+    clus.write_h5ad(tmp_path / "cluster.h5ad")
+    ev = evaluate([tmp_path / "cell.h5ad", csv, tmp_path / "cluster.h5ad"], truth="bulk_labels",
+                  names=["cell", "cell-csv", "cluster"])
+    by_run = ev.summary.set_index("run")
+    assert by_run.loc["cell", "model"] == cell.uns["cellreasoner"]["model"]
+    # the CSV carries the same labels as the h5ad, so the same metrics
+    assert by_run.loc["cell", "mean_score"] == pytest.approx(by_run.loc["cell-csv",
+                                                                         "mean_score"])
+    assert (by_run["mean_score"] > 0.5).all()
+    assert (by_run["macro_f1_cl_hierarchical"] >= by_run["macro_f1_cl"]).all()
+    out = tmp_path / "cluster.html"
+    assert main(["report", str(tmp_path / "cluster.h5ad"), "-o", str(out), "--truth",
+                 "bulk_labels", "--no-plots"]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert '<section id="clusters">' in text  # cluster mode: browse by provenance 'by'
+    data = json.loads(text.split('id="cr-data">')[1].split("</script>")[0])
+    cited = clus.obs["cellreasoner_cited_present"].astype(str)
+    first = next(i for i, c in enumerate(cited) if c)
+    position = data["columns"]["cell"].index(clus.obs_names[first])
+    assert data["columns"]["present"][position] == [g.strip() for g in cited.iloc[first].split(",")]
