@@ -8,6 +8,7 @@ absent gene. A trace is *flagged* when it leans on genes the cell does not expre
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -107,7 +108,10 @@ class _Vocab:
     """Gene vocabulary with CD-name aliases and family prefixes."""
 
     def __init__(self, vocabulary: Iterable[str]):
-        self.genes = frozenset(str(g).strip() for g in vocabulary if str(g).strip())
+        if isinstance(vocabulary, frozenset):
+            self.genes = vocabulary
+        else:
+            self.genes = frozenset(str(g).strip() for g in vocabulary if str(g).strip())
         self.aliases = {k: tuple(g for g in v if g in self.genes) for k, v in CD_ALIASES.items()}
         self.aliases = {k: v for k, v in self.aliases.items() if v and k not in self.genes}
 
@@ -226,10 +230,21 @@ def _check(reasoning: str, expressed: frozenset[str], vocab: _Vocab, min_cited: 
     return Evidence(cited, present, absent, negated, unsupported, contradicted, frac, flagged)
 
 
-def _default_vocab(extra: Iterable[str]) -> _Vocab:
+@functools.lru_cache(maxsize=4)
+def _gene_list_set(path: str, mtime: float) -> frozenset[str]:
     from .resources import load_gene_list
 
-    return _Vocab(list(load_gene_list()) + list(extra))
+    del mtime  # part of the cache key only: an edited list is read again
+    return frozenset(load_gene_list(path))
+
+
+def _default_vocab(extra: Iterable[str]) -> _Vocab:
+    """The ranked gene list (read once per process) plus ``extra`` genes."""
+    from .resources import ranked_gene_list_path
+
+    path = ranked_gene_list_path()
+    base = _gene_list_set(str(path), path.stat().st_mtime)
+    return _Vocab(base | frozenset(str(g).strip() for g in extra))
 
 
 def check_evidence(

@@ -14,9 +14,12 @@ model answer with reasoning (``"<think>...</think>Naive CD4+ T cells."``) into a
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 import re
+import tempfile
 import unicodedata
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources as _ir
@@ -235,12 +238,13 @@ def get_ontology() -> CellOntology:
         index = _build_index(*_cl_source())
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as fh:
+            with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=".tmp",
+                                             delete=False) as fh:
                 pickle.dump(index, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            tmp.replace(path)
-        except OSError:
-            pass  # read-only cache: keep working from memory  # noqa: S110
+            os.replace(fh.name, path)  # atomic: concurrent processes never see half a file
+        except OSError as exc:  # read-only cache: keep working from memory
+            warnings.warn(f"Could not cache the Cell Ontology index in {path.parent}: {exc}",
+                          RuntimeWarning, stacklevel=2)
     return CellOntology(index)
 
 
