@@ -45,6 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     scorer.score_many(truths, preds)
     warm = time.perf_counter() - t0
 
+    from cellreasoner.ontology import map_label
+
+    def grounded(text: str) -> bool:
+        m = map_label(text)
+        return m.id is not None or bool(m.alternatives)
+
+    for name, col in (("ground truth", truths), ("prediction", preds)):
+        uniq = sorted(set(col))
+        ok = {u: grounded(u) for u in uniq}
+        print(f"{name:>12} labels grounded in CL: {np.mean(list(ok.values())):.3f} of "
+              f"{len(uniq)} unique, {np.mean([ok[x] for x in col]):.3f} of pairs")
     agree = float(np.mean(auto == judged))
     print(f"pairs: {len(df)}   exact 4-level agreement: {agree:.4f}   "
           f"mean |diff|: {np.mean(np.abs(auto - judged)):.4f}")

@@ -172,6 +172,18 @@ def test_llm_judge_path_with_memory_and_sqlite_cache(tmp_path):
     assert direct.score("CD4 CCL20", "T cells") == 0.5
 
 
+def test_judge_only_for_labels_the_ontology_cannot_ground():
+    backend = RuleJudgeBackend()
+    scorer = PairScorer(judge=backend, judge_scope="unmapped")
+    got = scorer.score_many(["CD4 FTH1", "Cluster 7", "B cell"],
+                            ["CD8+ T cells", "Pericytes", "Reed-Sternberg-like blobs"])
+    assert got[0] == 0.5 and backend.prompts_seen == 2  # only the two ungroundable pairs
+    assert scorer.explain("CD4 FTH1", "CD8+ T cells").source == "ontology"
+    assert scorer.explain("B cell", "Reed-Sternberg-like blobs").source == "judge"
+    with pytest.raises(InputError, match="judge_scope"):
+        PairScorer(judge=backend, judge_scope="sometimes")
+
+
 class MumblingBackend(RuleJudgeBackend):
     def generate(self, prompts, sampling, progress=None):
         return [[Generation(text="hard to say")] for _ in prompts]

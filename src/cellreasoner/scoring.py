@@ -31,11 +31,17 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import BackendError, InputError
 from .ontology import UNINFORMATIVE, CellOntology, LabelMatch, get_ontology, map_label, normalize
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .backends import Backend
 
 #: The four levels of the CellReasoner evaluation.
 LEVELS: dict[float, str] = {1.0: "Subtype correct", 0.5: "Major correct",
@@ -414,10 +420,15 @@ class PairScorer:
         Optional :class:`LLMJudge`, :class:`~cellreasoner.backends.Backend` or backend name;
         when given it scores the pairs missing from the table instead of the ontology rules.
         Default ``None``.
+    judge_scope
+        ``"all"`` (default): the judge scores every pair missing from the table;
+        ``"unmapped"``: only pairs where a label cannot be grounded in the Cell Ontology, the
+        rest keep the (free, deterministic) ontology rules.
     """
 
-    pair_table: object = None
-    judge: object = None
+    pair_table: str | os.PathLike | pd.DataFrame | None = None
+    judge: LLMJudge | Backend | str | None = None
+    judge_scope: str = "all"
     _table: dict = field(default_factory=dict, init=False, repr=False)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
     _n_scored: int = field(default=0, init=False, repr=False)
@@ -426,9 +437,20 @@ class PairScorer:
     def __post_init__(self):
         if self.pair_table is not None:
             self._table = _load_pair_table(self.pair_table)
+        if self.judge_scope not in {"all", "unmapped"}:
+            raise InputError(f"judge_scope must be 'all' or 'unmapped', not "
+                             f"{self.judge_scope!r}.")
         if self.judge is not None and not isinstance(self.judge, LLMJudge):
             self.judge = LLMJudge(self.judge)
         self._rules = _rules_for(get_ontology())
+
+    def _needs_judge(self, truth: str, pred: str) -> bool:
+        if self.judge is None:
+            return False
+        if self.judge_scope == "all":
+            return True
+        return not (_readings(map_label(truth)) and (map_label(pred).id or
+                                                     map_label(pred).alternatives))
 
     @property
     def coverage(self) -> float:
@@ -441,7 +463,7 @@ class PairScorer:
         if key in self._table:
             s = self._table[key]
             return Explanation(s, LEVELS[s], "pair table", "table")
-        if self.judge is not None:
+        if self._needs_judge(*key):
             s = self.judge.judge(*key)
             return Explanation(s, LEVELS[s], f"LLM judge ({self.judge._model})", "judge")
         return _auto(self._rules, truth, pred)
@@ -463,11 +485,12 @@ class PairScorer:
             for k in from_table:
                 self._cache[k] = self._table[k]
             rest = [k for k in todo if k not in self._table]
-            if rest and self.judge is not None:
-                for k, s in zip(rest, self.judge.judge_many(rest), strict=True):
+            judged = [k for k in rest if self._needs_judge(*k)]
+            if judged:
+                for k, s in zip(judged, self.judge.judge_many(judged), strict=True):
                     self._cache[k] = s
-            else:
-                for k in rest:
+            for k in rest:
+                if k not in self._cache:
                     self._cache[k] = _auto(self._rules, *k).score
         self._n_scored += len(keys)
         self._n_table += sum(k in self._table for k in keys)
