@@ -4,17 +4,25 @@ The paper judges every (ground truth, prediction) pair on four levels: 1 "Subtyp
 0.5 "Major correct", 0.25 "Partially correct", 0 "Incorrect". Here both labels are grounded with
 :func:`cellreasoner.ontology.map_label` and scored by rules on the CL graph:
 
+0. identical label text (after normalisation)                                   -> 1
 1. same term, or the prediction is a subtype of the truth                        -> 1
 2. both fall under the same curated *subtype anchor* (CD4 T, CD8 T, gamma-delta T,
    plasma cell, monocyte, macrophage, cDC, pDC, hepatocyte, acinar, ...)           -> 1
 3. the prediction is a broader, still informative term (T cell for CD4 T, myeloid
    for a dendritic cell, epithelial for acinar)                                   -> 0.5
 4. both in the same curated *major type* (T cell, B lineage, monocyte/macrophage,
-   epithelial, endothelial, fibroblast, ...); majors without a finer level
-   (fibroblast, erythroid, hepatocyte) count as subtype-correct                   -> 0.5 / 1
+   endothelial, mural, ...)                                                       -> 0.5
+   - majors without a finer level in practice (fibroblast incl. myofibroblast and
+     stellate cells, erythroid, malignant cell states)                            -> 1
+   - epithelial cell is a lineage: two different named epithelial types
+     (hepatocyte vs cholangiocyte vs acinar) are different cell types             -> 0
 5. a progenitor truth and a prediction in the lineage it gives rise to            -> 0.5
-6. a hedged answer ("X or Y") with one reading right and another wrong            -> 0.25
-7. otherwise                                                                       -> 0
+6. a hedged answer ("X or Y"): all readings right -> the least specific reading's
+   score; one reading right and another wrong                                     -> 0.25
+7. otherwise (or a label that cannot be grounded)                                 -> 0
+
+An ambiguous truth label (``EC``: endothelial or epithelial cell) is scored under its most
+favourable reading.
 
 A user table of judged pairs (the paper's ``all_pair_score.xlsx`` layout) overrides the rules
 where it has the pair, and an optional LLM judge (any :class:`~cellreasoner.backends.Backend`)
@@ -217,7 +225,7 @@ def _auto(rules: _Rules, truth: str, pred: str) -> Explanation:
         side = "truth" if not t_ids else "prediction"
         return Explanation(0.0, LEVELS[0.0], f"{side} not mapped to the Cell Ontology",
                            "ontology", mt, mp)
-    best: tuple[float, str] | None = None
+    best: tuple[float, str] = (-1.0, "")
     for t in t_ids:
         scored = [rules.score(t, p) for p in p_ids]
         vals = [s for s, _ in scored]
@@ -230,9 +238,8 @@ def _auto(rules: _Rules, truth: str, pred: str) -> Explanation:
         else:
             i = int(np.argmin(vals))
             cand = (vals[i], f"hedged answer, least specific reading: {scored[i][1]}")
-        if best is None or cand[0] > best[0]:
+        if cand[0] > best[0]:
             best = cand
-    assert best is not None
     return Explanation(best[0], LEVELS[best[0]], best[1], "ontology", mt, mp)
 
 
