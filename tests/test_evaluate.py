@@ -103,6 +103,10 @@ def test_runs_from_files_are_aligned_and_named(annotated, tmp_path):
     assert ev.runs == ["cluster-majority", "model_b"]
     assert set(ev.summary["n_cells"]) == {675}
     assert any("dropped 25 cells" in note for note in ev.notes)
+    # the h5ad's UMAP follows the aligned cells; the CSV has none
+    cells = ev.per_cell.loc[ev.per_cell["run"] == "cluster-majority", "cell"].to_numpy()
+    np.testing.assert_allclose(ev.umap["cluster-majority"], annotated[cells].obsm["X_umap"])
+    assert "model_b" not in ev.umap
     b = ev.per_cell[ev.per_cell["run"] == "model_b"]
     truth_is_b = b["truth"] == "CD19+ B"
     assert (b.loc[truth_is_b, "score"] == 1.0).all()
@@ -176,7 +180,8 @@ def test_to_dir_writes_tables_and_plots(annotated, tmp_path):
     assert metrics.loc[0, "mean_score"] == pytest.approx(ev.summary.loc[0, "mean_score"])
     assert len(pd.read_csv(out / "scores.csv")) == 700
     assert len(pd.read_csv(out / "per_label.csv")) == annotated.obs["bulk_labels"].nunique()
-    for name in ("score_violin.png", "score_levels.png", "heatmap_cluster-majority.png"):
+    for name in ("score_violin.png", "score_levels.png", "heatmap_cluster-majority.png",
+                 "umap_cluster-majority.png"):
         assert (out / name).stat().st_size > 5000
 
 

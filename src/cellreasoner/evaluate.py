@@ -317,6 +317,9 @@ class EvaluationResult:
         Human-readable remarks (dropped cells, cells without truth).
     provenance
         Run name -> provenance dict from ``uns`` (``{}`` when unknown).
+    umap
+        Run name -> UMAP coordinates of its scored cells, in ``per_cell`` order (only runs whose
+        source has ``obsm["X_umap"]``).
     """
 
     summary: pd.DataFrame
@@ -325,6 +328,7 @@ class EvaluationResult:
     truth: str
     notes: list[str] = field(default_factory=list)
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    umap: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         cols = ["run", "n_cells", "mean_score", "exact_accuracy", "major_accuracy", "macro_f1_cl",
@@ -345,8 +349,8 @@ class EvaluationResult:
         path
             Output folder (created if needed).
         plots
-            Also write ``score_violin``, ``score_levels`` and one ``heatmap_<run>`` figure
-            (default ``True``).
+            Also write ``score_violin``, ``score_levels``, one ``heatmap_<run>`` figure and,
+            for runs with a UMAP, ``umap_<run>`` (default ``True``).
         fmt
             Figure format, ``"png"`` (default), ``"pdf"`` or ``"svg"``.
 
@@ -370,6 +374,10 @@ class EvaluationResult:
             for run in self.runs:
                 safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run)
                 figs.append((plot.label_heatmap(self, run=run), f"heatmap_{safe}"))
+                if run in self.umap:
+                    sub = self.per_cell[self.per_cell["run"] == run]
+                    figs.append((plot.umap_figure(self.umap[run], sub["prediction"],
+                                                  sub["score"], pred_title=run), f"umap_{safe}"))
             for fig, stem in figs:
                 fig.savefig(out / f"{stem}.{fmt}", bbox_inches="tight", dpi=120)
         return out
@@ -535,6 +543,7 @@ def evaluate(
 
     summaries, per_label_rows, per_cell_frames = [], [], []
     provenance: dict[str, dict[str, Any]] = {}
+    umaps: dict[str, np.ndarray] = {}
     for (table, col, _default, prov), name in zip(runs, run_names, strict=True):
         pred_text = _as_text(table.obs[col].reindex(cells))
         scores = _score(scorer, truth_text, pred_text)
@@ -558,6 +567,8 @@ def evaluate(
                 table.obs[f"{prefix}confidence"].reindex(cells), errors="coerce").to_numpy()
         per_cell_frames.append(frame)
         provenance[name] = prov
+        if table.umap is not None and len(table.umap) == len(table.obs):
+            umaps[name] = np.asarray(table.umap)[table.obs.index.get_indexer(cells)]
         row: dict[str, Any] = {
             "run": name,
             "model": prov.get("model", ""),
@@ -596,6 +607,7 @@ def evaluate(
         truth=truth,
         notes=notes,
         provenance=provenance,
+        umap=umaps,
     )
 
 
