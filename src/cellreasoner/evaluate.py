@@ -234,6 +234,10 @@ class _OntologyCache:
             out[i] = self._ids[text]
         return out
 
+    def label_of(self, text: str) -> str:
+        """CL label of a text already mapped (``""`` when unmapped)."""
+        return self._labels.get(text, "")
+
 
 def macro_f1(truth: Sequence[str], pred: Sequence[str]) -> float:
     """Macro-averaged F1 over the classes present in ``truth``.

@@ -268,7 +268,7 @@ def build_report(
         cache = _OntologyCache()
         ids = cache(labels)
         onto_id_arr = np.where(ids == UNMAPPED, "", ids).astype(object)
-        onto_label_arr = np.array([cache._labels.get(t, "") for t in labels], dtype=object)
+        onto_label_arr = np.array([cache.label_of(t) for t in labels], dtype=object)
     else:
         onto_id_arr = _as_text(onto_id)
         onto_label_arr = _as_text(onto_label) if onto_label is not None else np.full(
