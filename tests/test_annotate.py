@@ -253,3 +253,62 @@ def test_cli_annotate_h5ad_and_csv(tiny_model, raw68k, tmp_path, capsys):
     assert not list(out.parent.glob(".*tmp*"))  # atomic writes leave no temporary files
     rc = main(["annotate", str(src), "-o", str(tmp_path / "x.txt")])
     assert rc == 2 and "use a .h5ad" in capsys.readouterr().err
+
+
+# --- the builtin backend (the default: no model download) -------------------------------------
+def test_builtin_end_to_end_on_pbmc68k(raw68k, tmp_path):
+    res = annotate(raw68k, progress=False, label_key="bulk_labels")
+    prov = res.provenance
+    assert prov["backend"] == "builtin" and prov["n_cells"] == 700
+    assert prov["model_calls"] == 700 and prov["cache"] == ""  # reads expression, no prompts
+    obs = raw68k.obs
+    assert set(_obs_columns()) <= set(obs.columns)
+    conf = obs["cellreasoner_confidence"]
+    assert conf.between(0, 1).all()
+    assert obs["cellreasoner_ontology_id"].str.startswith("CL:").mean() > 0.9
+    assert obs["cellreasoner_reasoning"].str.len().gt(0).all()
+    assert obs["cellreasoner_evidence_fraction"].notna().mean() > 0.9
+    # the builtin's traces cite genes the cells express
+    assert obs["cellreasoner_evidence_flag"].mean() < 0.1
+    top = obs.groupby("bulk_labels", observed=True)["cellreasoner_label"].agg(
+        lambda x: x.value_counts().index[0])
+    assert "monocyte" in top["CD14+ Monocyte"]
+    assert "B cell" in top["CD19+ B"]
+    assert "NK cell" in top["CD56+ NK"]
+    from cellreasoner.scoring import PairScorer
+
+    scores = PairScorer().score_many(obs["bulk_labels"].astype(str).tolist(),
+                                     obs["cellreasoner_label"].tolist())
+    assert scores.mean() > 0.6
+    csv = pd.read_csv(res.to_csv(tmp_path / "r.csv"))
+    assert list(csv.columns[:3]) == ["cell_name", "response", "labels"]
+
+
+def test_builtin_cluster_and_hybrid(raw68k):
+    res = annotate(raw68k, mode="cluster", by="bulk_labels", cache=False, progress=False,
+                   key_added="cl")
+    assert res.provenance["model_calls"] == 10
+    assert raw68k.obs.groupby("bulk_labels", observed=True)["cl_label"].nunique().eq(1).all()
+    hyb = annotate(raw68k, mode="hybrid", by="louvain", progress=False, key_added="hy")
+    assert hyb.provenance["model_calls"] == 700
+    agree = raw68k.obs["hy_cluster_agreement"]
+    assert agree.between(0, 1).all() and agree.mean() > 0.5
+
+
+def test_seurat_file_path_input(pbmc_demo_rds):
+    res = annotate(str(pbmc_demo_rds), progress=False, label_key="seurat_annotations")
+    assert res.adata.n_obs == 35
+    assert res.truth is not None and res.truth.nunique() == 7
+    assert "cellreasoner_label" in res.adata.obs
+
+
+def test_cli_readme_main_job(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["annotate", "pbmc68k_reduced", "-o", "out/pbmc68k.h5ad", "--csv",
+               "out/pbmc68k.csv", "--label-column", "bulk_labels"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "700 cells" in err and "wrote out/pbmc68k.h5ad, out/pbmc68k.csv" in err
+    back = ad.read_h5ad(tmp_path / "out" / "pbmc68k.h5ad")
+    assert back.uns["cellreasoner"]["backend"] == "builtin"
+    assert back.obs["cellreasoner_label"].str.len().gt(0).all()

@@ -262,18 +262,20 @@ def generate_cached(backend: Backend, prompts: Sequence[Prompt], sampling: Sampl
 def vote(generations: Sequence[Generation]) -> _Answer:
     """Parse every sample and take the majority label.
 
-    Confidence is the agreement fraction with several samples; with one sample it is the
-    backend's own ``meta["confidence"]`` when it reports one, else NaN (not measured).
+    Confidence is the backend's own ``meta["confidence"]`` when it reports one (builtin),
+    else the agreement fraction of several samples, else NaN (one sample: not measured).
     """
     parsed = [parse_response(g.text, g.reasoning) for g in generations]
     labels = [p.label for p in parsed]
     label, agreement, k = majority_label(labels)
-    if len(generations) > 1:
+    chosen = generations[k] if generations else Generation("")
+    own = chosen.meta.get("confidence")
+    if own is not None:  # a backend that scores its answers (builtin) keeps its own confidence
+        confidence = float(own)
+    elif len(generations) > 1:
         confidence = agreement
     else:
-        conf = generations[0].meta.get("confidence") if generations else None
-        confidence = float(conf) if conf is not None else math.nan
-    chosen = generations[k] if generations else Generation("")
+        confidence = math.nan
     ontology = None
     if "ontology_id" in chosen.meta:
         ontology = (str(chosen.meta.get("ontology_id") or ""),
@@ -415,8 +417,9 @@ def annotate(
     marker_order
         ``"ranked"`` (default; gene-list order, as in training) or ``"score"``.
     tissue
-        Optional tissue name appended to the instruction (changes the prompt; default none,
-        byte-identical to upstream).
+        Optional tissue (default none). Model backends: a sentence naming it is appended to the
+        instruction (the prompt then differs from upstream's); builtin: restricts its
+        knowledge base to the tissue.
     key_added
         Prefix of the ``obs`` columns and the ``uns`` key (default ``"cellreasoner"``).
     cache
@@ -475,6 +478,12 @@ def annotate(
     options = dict(backend_options or {})
     if model is not None:
         options["model"] = model
+    builtin = backend == "builtin"
+    if builtin:  # the marker reasoner takes the tissue and the sentences' gene list itself
+        if tissue:
+            options.setdefault("tissue", tissue)
+        options.setdefault("gene_list", genes)
+        options.setdefault("max_genes", max_genes)
     own_backend = not isinstance(backend, Backend)
     if not own_backend and options:
         raise InputError("model/backend_options only apply to a backend given by name.")
@@ -486,7 +495,7 @@ def annotate(
     n_cells = adata.n_obs
     stats = _Stats()
     sentences = build_sentences(source, genes, max_genes=max_genes)
-    instruction = _instruction(reasoning, tissue)
+    instruction = _instruction(reasoning, None if builtin else tissue)
     use_matrix = mode in ("cell", "hybrid") and hasattr(be, "annotate_matrix")
     gen_cache: GenerationCache | None = None
     cache_path: Path | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 
@@ -82,12 +83,9 @@ def backend_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from ..annotate import annotate
     from ..errors import InputError
 
-    console = Console(stderr=True)
     out = Path(args.output)
     if out.suffix.lower() not in (".h5ad", ".csv"):
         raise InputError(f"Output {out}: use a .h5ad (annotated AnnData) or .csv path.")
@@ -109,11 +107,12 @@ def run(args: argparse.Namespace) -> int:
         written.append(write_h5ad_atomic(result.adata, out))
     if args.csv:
         written.append(result.to_csv(args.csv))
-    console.print(result.summary_line())
+    # plain lines (no wrapping): scripts and logs parse the summary
+    print(result.summary_line(), file=sys.stderr)
     labels = result.table["label"].value_counts()
     top = ", ".join(f"{k} ({v})" for k, v in labels.head(5).items())
-    console.print(f"labels: {top}" + (" ..." if len(labels) > 5 else ""))
-    console.print("wrote " + ", ".join(map(str, written)))
+    print(f"labels: {top}" + (" ..." if len(labels) > 5 else ""), file=sys.stderr)
+    print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return 0
 
 
