@@ -39,6 +39,9 @@ def test_cited_genes_finds_symbols_not_words(vocab):
     assert "HLA-DR" in got and "MS4A1" in got
     assert "SET" not in got and "ALL" not in got and "T" not in got
     assert "cell" not in got and "is" not in got
+    # gene symbols used as abbreviations: GC B cells (germinal centre) vs the GC gene
+    assert cited_genes("GC B cells express AICDA.", vocab) == ["AICDA"]
+    assert cited_genes("ALB, APOA1 and GC are hepatocyte genes.", vocab) == ["ALB", "APOA1", "GC"]
 
 
 def test_supported_reasoning_is_not_flagged(vocab, demo_cells):

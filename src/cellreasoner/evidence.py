@@ -33,6 +33,13 @@ _STOP = frozenset({"ALL", "AND", "NOT", "THE", "ARE", "WAS", "CAN", "HAS", "FOR"
                    "MAX", "CAT", "REST", "IMPACT", "CAPS", "GAS", "CAMP", "BAD", "TAT", "PER",
                    "SHE", "HE", "IT", "AS", "OF", "ON", "IN", "TO", "OR", "NO", "IS", "BE"})
 
+#: Gene symbols that double as cell-biology abbreviations, skipped when the next word shows the
+#: abbreviation ("GC B cells" = germinal centre, "TH cells" = T helper).
+_ABBREV_CONTEXT: dict[str, frozenset[str]] = {
+    "GC": frozenset({"b", "b-cell", "b-cells", "cell", "cells", "reaction", "content", "rich"}),
+    "TH": frozenset({"1", "2", "17", "cell", "cells", "lineage"}),
+}
+
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _CLAUSE = re.compile(r"[.;:!?\n]+|\bbut\b|\bwhereas\b|\bwhile\b|\bhowever\b|\balthough\b", re.I)
 _PRE_NEG = re.compile(
@@ -157,6 +164,10 @@ def _mentions(text: str, vocab: _Vocab) -> list[tuple[str, tuple[str, ...], bool
             if hit is None:
                 continue
             after = clause[m.end():]
+            if tok in _ABBREV_CONTEXT:
+                nxt = after.split(maxsplit=1)[0].strip(",;").lower() if after.strip() else ""
+                if nxt in _ABBREV_CONTEXT[tok]:
+                    continue
             pre = _negated_before(clause[: m.start()])
             post = suffix_neg or bool(_POST_NEG.match(after)) or (
                 after[:1] in {"-", "−"} and not after[1:2].isalnum())
