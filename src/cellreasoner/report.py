@@ -324,6 +324,9 @@ def build_report(
         columns["evidence_flag"] = _bool_list(evflag.to_numpy()[keep])
     if cluster_label is not None:
         columns["cluster_label"] = [str(x) for x in _as_text(cluster_label)[keep]]
+    agreement = _column(obs, prefix, "cluster_agreement")
+    if agreement is not None:
+        columns["cluster_agreement"] = _float_list(agreement.to_numpy()[keep])
     if cluster_vals is not None:
         columns["cluster"] = [str(x) for x in cluster_vals[keep]]
     if truth is not None:
@@ -364,8 +367,8 @@ def build_report(
         "n_total": n_total,
         "columns": columns,
         "texts": texts,
-        "labels": sorted(set(columns["label"])),
-        "clusters": sorted(set(columns["cluster"])) if "cluster" in columns else [],
+        "labels": sorted(set(columns["label"]) - {""}),
+        "clusters": sorted(set(columns["cluster"]) - {""}) if "cluster" in columns else [],
         "levels": level_names,
         "clusters_table": clusters_table,
         "per_label": per_label,
@@ -714,7 +717,9 @@ function detail(i) {
   var present = val("present", i) || [], absent = val("absent", i) || [];
   var reasoning = T[val("reasoning", i)] || "", response = T[val("response", i)] || "";
   if (C.cluster_label) {
-    td.appendChild(el("p", null, "cluster label: " + val("cluster_label", i)));
+    var agree = val("cluster_agreement", i);
+    td.appendChild(el("p", null, "cluster label: " + val("cluster_label", i) +
+      (agree === null || agree === undefined ? "" : " (agreement " + fmt(agree, 2) + ")")));
   }
   if (reasoning) {
     td.appendChild(el("h4", null, "Reasoning"));
