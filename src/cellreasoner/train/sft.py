@@ -1,0 +1,409 @@
+"""Native supervised fine-tuning with TRL ``SFTTrainer`` (+ PEFT LoRA), one call per stage.
+
+Every record becomes the conversation upstream CellReasoner uses at inference — the instruction
+as the system message, the cell sentence as the user message, the answer as the assistant turn —
+rendered with the model's own chat template. The prompt part is rendered by
+:func:`cellreasoner.prompts.render_chat_text`, the very function annotation uses, so the tokens
+the model is trained on are the tokens it sees when it annotates (in reasoning mode the prompt
+ends with ``"<think> "`` and the completion continues from there). The loss covers only the
+completion (answer + end-of-turn token): the dataset is handed to TRL pre-tokenized with a
+``completion_mask`` and ``completion_only_loss=True``.
+
+Output folder layout (``output_dir``)::
+
+    config.json, model.safetensors, tokenizer files   # the merged model, loadable as is
+    cellreasoner_train.json                           # provenance: stage, data, settings, losses
+    adapter/                                          # the LoRA adapter (LoRA runs only)
+    checkpoints/checkpoint-N/                         # resumable trainer checkpoints
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import InputError, require
+from ..prompts import INSTRUCTION_REASONING, Prompt, render_chat_text
+from .records import THINK_OPEN, load_records
+
+log = logging.getLogger(__name__)
+
+#: The three CellReasoner stages.
+STAGES = {
+    1: "reasoning scaffold",
+    2: "knowledge infusion",
+    3: "reasoning-mode fusion",
+}
+FINETUNING = ("lora", "full")
+#: Default learning rates per (fine-tuning type, stage).
+DEFAULT_LR = {
+    ("lora", 1): 1e-4, ("lora", 2): 1e-4, ("lora", 3): 5e-5,
+    ("full", 1): 1e-5, ("full", 2): 1e-5, ("full", 3): 5e-6,
+}
+#: Default epochs per stage (few expert samples: more passes; broad data: one pass).
+DEFAULT_EPOCHS = {1: 3.0, 2: 1.0, 3: 2.0}
+PROVENANCE_FILE = "cellreasoner_train.json"
+CHECKPOINT_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training stage.
+
+    Parameters
+    ----------
+    stage
+        1 (reasoning scaffold), 2 (knowledge infusion) or 3 (reasoning-mode fusion); default 2.
+        Picks the default learning rate and epochs.
+    finetuning
+        ``"lora"`` (default) or ``"full"``.
+    learning_rate, num_train_epochs
+        Default: per stage and fine-tuning type (:data:`DEFAULT_LR`, :data:`DEFAULT_EPOCHS`).
+    max_steps
+        Stop after this many optimizer steps (default -1: run the epochs).
+    batch_size, gradient_accumulation_steps
+        Per-device batch size (default 4) and accumulation (default 4).
+    max_length
+        Longest tokenized example (default 4096: a 1,000-gene sentence for Qwen2.5 plus a
+        reasoning trace); longer examples are left out with a warning.
+    lora_r, lora_alpha, lora_dropout, lora_target
+        LoRA rank (16), alpha (32), dropout (0.05) and target modules (``"all-linear"``).
+    warmup_ratio, lr_scheduler_type, weight_decay
+        0.03, ``"cosine"``, 0.0.
+    save_steps, save_total_limit, logging_steps
+        Checkpoint every 200 steps, keep 2; log every 10 steps.
+    seed
+        Seed of the weights' LoRA init, dropout and data order (default 42).
+    bf16
+        bfloat16 training; default: when a CUDA GPU supports it.
+    gradient_checkpointing
+        Trade compute for memory (default False).
+    merge
+        Merge the LoRA adapter into the weights and save a full model (default True).
+    target_loss
+        Stop early once a logged training loss falls below this value (default None: run all
+        steps).
+    extra
+        More ``trl.SFTConfig`` arguments, passed as is (default none).
+    """
+
+    stage: int = 2
+    finetuning: str = "lora"
+    learning_rate: float | None = None
+    num_train_epochs: float | None = None
+    max_steps: int = -1
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    max_length: int = 4096
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target: str | list[str] = "all-linear"
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    save_steps: int = 200
+    save_total_limit: int | None = 2
+    logging_steps: int = 10
+    seed: int = 42
+    bf16: bool | None = None
+    gradient_checkpointing: bool = False
+    merge: bool = True
+    target_loss: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise InputError(f"stage must be 1, 2 or 3 ({STAGES}), not {self.stage!r}.")
+        if self.finetuning not in FINETUNING:
+            raise InputError(f"finetuning must be one of {FINETUNING}, not {self.finetuning!r}.")
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise InputError("batch_size and gradient_accumulation_steps must be at least 1.")
+
+    @property
+    def lr(self) -> float:
+        """The learning rate in effect."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return DEFAULT_LR[(self.finetuning, self.stage)]
+
+    @property
+    def epochs(self) -> float:
+        """The number of epochs in effect."""
+        return self.num_train_epochs if self.num_train_epochs is not None \
+            else DEFAULT_EPOCHS[self.stage]
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    output_dir: Path
+    global_step: int
+    train_loss: float
+    log_history: list[dict]
+    n_examples: int
+    n_dropped: int
+    adapter_dir: Path | None = None
+    resumed_from: str | None = None
+
+    @property
+    def losses(self) -> list[float]:
+        """The logged training losses, in order."""
+        return [float(h["loss"]) for h in self.log_history if "loss" in h]
+
+
+# --- tokenization -----------------------------------------------------------------------
+def _assistant_suffix(tokenizer) -> str:
+    """The text the chat template puts after an assistant message (e.g. ``<|im_end|>\\n``)."""
+    probe = "CELLREASONER_PROBE"
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    base = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        msgs + [{"role": "assistant", "content": probe}], tokenize=False
+    )
+    if full.startswith(base) and full[len(base):].startswith(probe):
+        return full[len(base) + len(probe):]
+    if tokenizer.eos_token is None:
+        raise InputError("The tokenizer has neither a usable chat template nor an eos_token; "
+                         "use a chat (instruct) model.")
+    log.warning("The chat template renders the assistant turn differently from its generation "
+                "prompt; ending answers with the eos token %r instead.", tokenizer.eos_token)
+    return tokenizer.eos_token
+
+
+def completion_text(record: dict, suffix: str) -> str:
+    """The trained part of a record: the answer (after the prompt's ``<think> ``) + ``suffix``."""
+    output = record["output"]
+    if record["instruction"] == INSTRUCTION_REASONING:
+        stripped = output.lstrip()
+        if stripped.startswith(THINK_OPEN):
+            output = stripped[len(THINK_OPEN):].lstrip()
+    return output + suffix
+
+
+def tokenize_records(records: Sequence[dict], tokenizer, max_length: int
+                     ) -> tuple[dict[str, list], int]:
+    """Token ids and completion masks of records, as annotation renders their prompts.
+
+    Returns
+    -------
+    columns, n_dropped
+        ``{"input_ids": [...], "completion_mask": [...]}`` and the number of records left out
+        because they exceed ``max_length`` tokens.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise InputError("The model's tokenizer has no chat template; train an instruct/chat "
+                         "model (e.g. Qwen2.5-7B-Instruct).")
+    suffix = _assistant_suffix(tokenizer)
+    ids, masks, dropped = [], [], 0
+    for rec in records:
+        reasoning = rec["instruction"] == INSTRUCTION_REASONING
+        prompt_text = render_chat_text(tokenizer, Prompt(rec["instruction"], rec["input"],
+                                                         reasoning))
+        p_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(completion_text(rec, suffix), add_special_tokens=False)["input_ids"]
+        if len(p_ids) + len(c_ids) > max_length:
+            dropped += 1
+            continue
+        ids.append(p_ids + c_ids)
+        masks.append([0] * len(p_ids) + [1] * len(c_ids))
+    if dropped:
+        log.warning("%d of %d records are longer than max_length=%d tokens and were left out "
+                    "(raise max_length or build sentences with fewer genes).",
+                    dropped, len(records), max_length)
+    if not ids:
+        raise InputError(f"Every record is longer than max_length={max_length} tokens; raise "
+                         "max_length or build sentences with a smaller max_genes.")
+    return {"input_ids": ids, "completion_mask": masks}, dropped
+
+
+# --- training ---------------------------------------------------------------------------
+def _target_loss_callback(transformers, target: float):
+    """A callback that stops training once a logged loss is below ``target``."""
+
+    class _StopAtLoss(transformers.TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and float(logs["loss"]) < target:
+                control.should_training_stop = True
+            return control
+
+    return _StopAtLoss()
+
+
+def _latest_checkpoint(ckpt_root: Path) -> str | None:
+    if not ckpt_root.is_dir():
+        return None
+    found = [p for p in ckpt_root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    if not found:
+        return None
+    return str(max(found, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def _data_fingerprint(records: Sequence[dict]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r["instruction"], r["input"], r["output"]]).encode())
+    return h.hexdigest()
+
+
+def _use_bf16(config: TrainConfig) -> bool:
+    if config.bf16 is not None:
+        return config.bf16
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def train_sft(
+    model: str | os.PathLike,
+    data: str | os.PathLike | Sequence[dict],
+    output_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    *,
+    resume_from_checkpoint: bool | str | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Fine-tune a chat model on CellReasoner records (one stage).
+
+    Parameters
+    ----------
+    model
+        A Hugging Face model folder or hub id (for stages 2 and 3: the previous stage's
+        ``output_dir``).
+    data
+        Records (list of dicts) or a JSON/JSONL file of them (see :mod:`.records`).
+    output_dir
+        Where the final model, the adapter, checkpoints and provenance are written.
+    config
+        :class:`TrainConfig` (default: ``TrainConfig()``, stage 2 LoRA).
+    resume_from_checkpoint
+        ``True``: continue from the latest checkpoint in ``output_dir/checkpoints`` (an error
+        when there is none); a path: from that checkpoint; default: start fresh.
+    progress
+        Show the trainer's progress bar (default False).
+
+    Returns
+    -------
+    TrainResult
+    """
+    config = config or TrainConfig()
+    require("datasets", "train", "Training")
+    require("peft", "train", "LoRA training")
+    trl = require("trl", "train", "Training")
+    transformers = require("transformers", "train", "Training")
+    from datasets import Dataset
+
+    records = load_records(data)
+    out = Path(output_dir)
+    ckpt_root = out / CHECKPOINT_DIR
+    resume: str | None = None
+    if resume_from_checkpoint is True:
+        resume = _latest_checkpoint(ckpt_root)
+        if resume is None:
+            raise InputError(f"No checkpoint to resume from in {ckpt_root}; run without "
+                             "--resume to start fresh.")
+    elif resume_from_checkpoint:
+        resume = str(resume_from_checkpoint)
+        if not Path(resume).is_dir():
+            raise InputError(f"Checkpoint folder not found: {resume}.")
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(model))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"Cannot load a tokenizer from '{model}' ({exc}). Pass a local model "
+                         "folder or a reachable Hugging Face model id.") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    columns, dropped = tokenize_records(records, tokenizer, config.max_length)
+    dataset = Dataset.from_dict(columns)
+
+    bf16 = _use_bf16(config)
+    import torch
+
+    model_obj = transformers.AutoModelForCausalLM.from_pretrained(
+        str(model), dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+    peft_config = None
+    if config.finetuning == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target, task_type="CAUSAL_LM",
+        )
+    args = trl.SFTConfig(
+        output_dir=str(ckpt_root),
+        learning_rate=config.lr,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        warmup_steps=config.warmup_ratio,  # < 1: a fraction of the steps
+        lr_scheduler_type=config.lr_scheduler_type,
+        weight_decay=config.weight_decay,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        max_length=None,  # over-long examples are already left out, never cut mid-answer
+        completion_only_loss=True,
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        **config.extra,
+    )
+    trainer = trl.SFTTrainer(
+        model=model_obj, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[_target_loss_callback(transformers, config.target_loss)]
+        if config.target_loss is not None else None,
+    )
+    output = trainer.train(resume_from_checkpoint=resume)
+    history = list(trainer.state.log_history)
+
+    out.mkdir(parents=True, exist_ok=True)
+    trained = trainer.model
+    adapter_dir = None
+    if config.finetuning == "lora":
+        adapter_dir = out / ADAPTER_DIR
+        trained.save_pretrained(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+        if config.merge:
+            trained = trained.merge_and_unload()
+    if config.finetuning == "full" or config.merge:
+        trained.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    provenance = {
+        "stage": config.stage,
+        "stage_name": STAGES[config.stage],
+        "base_model": str(model),
+        "n_records": len(records),
+        "n_trained": len(columns["input_ids"]),
+        "n_dropped": dropped,
+        "data_sha256": _data_fingerprint(records),
+        "config": asdict(config) | {"learning_rate": config.lr,
+                                    "num_train_epochs": config.epochs},
+        "global_step": trainer.state.global_step,
+        "train_loss": float(output.training_loss),
+        "resumed_from": resume,
+        "log_history": history,
+        "versions": {"trl": trl.__version__, "transformers": transformers.__version__},
+    }
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, default=str))
+    return TrainResult(
+        output_dir=out, global_step=trainer.state.global_step,
+        train_loss=float(output.training_loss), log_history=history,
+        n_examples=len(columns["input_ids"]), n_dropped=dropped, adapter_dir=adapter_dir,
+        resumed_from=resume,
+    )
