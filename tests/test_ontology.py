@@ -14,6 +14,7 @@ from cellreasoner.ontology import (
     LabelMatch,
     extract_answer,
     get_ontology,
+    ground_obs,
     map_label,
     map_labels,
     normalize,
@@ -102,6 +103,26 @@ def test_every_pbmc68k_bulk_label_maps(pbmc68k):
     cats = list(pbmc68k.obs["bulk_labels"].cat.categories)
     assert set(cats) == set(BULK_LABELS)
     assert [m.id for m in map_labels(cats)] == [BULK_LABELS[c] for c in cats]
+
+
+def test_ground_obs_on_pbmc68k(pbmc68k, tmp_path):
+    pbmc68k.obs.loc[pbmc68k.obs_names[:3], "bulk_labels"] = None  # missing labels stay missing
+    assert ground_obs(pbmc68k, "bulk_labels") is None
+    obs = pbmc68k.obs
+    assert {"bulk_labels_cl_id", "bulk_labels_cl_label", "bulk_labels_cl_how"} <= set(obs)
+    ok = obs["bulk_labels"].notna()
+    assert (obs.loc[ok, "bulk_labels_cl_id"].astype(str)
+            == obs.loc[ok, "bulk_labels"].astype(str).map(BULK_LABELS)).all()
+    assert obs.loc[~ok, "bulk_labels_cl_id"].isna().all()
+    prov = pbmc68k.uns["cellreasoner"]["ontology"]["bulk_labels_cl"]
+    assert prov["source_key"] == "bulk_labels" and prov["cl_version"] == get_ontology().version
+    assert prov["unmapped_labels"] == []
+    pbmc68k.write_h5ad(tmp_path / "grounded.h5ad")  # obs/uns stay writable
+    copy = ground_obs(pbmc68k, "louvain", key_added="lv", copy=True)
+    assert "lv_id" in copy.obs and "lv_id" not in pbmc68k.obs
+    assert copy.obs["lv_id"].isna().all()  # cluster numbers are not cell types
+    with pytest.raises(InputError, match="no column 'cell_type'"):
+        ground_obs(pbmc68k, "cell_type")
 
 
 def test_pbmc_demo_labels_map(upstream_prompts_dir):

@@ -750,5 +750,51 @@ def map_labels(texts: Iterable[str]) -> list[LabelMatch]:
     return [map_label(t) for t in texts]
 
 
+def ground_obs(adata, key: str, key_added: str | None = None, *, copy: bool = False):
+    """Ground the labels of ``adata.obs[key]`` in the Cell Ontology (scanpy style).
+
+    Adds ``{key_added}_id``, ``{key_added}_label`` and ``{key_added}_how`` (categorical; missing
+    where a label cannot be grounded) and records provenance in
+    ``adata.uns["cellreasoner"]["ontology"][key_added]``.
+
+    Parameters
+    ----------
+    adata
+        An :class:`~anndata.AnnData`.
+    key
+        The ``obs`` column with cell-type labels or model answers.
+    key_added
+        Prefix of the new columns (default ``f"{key}_cl"``).
+    copy
+        Return a modified copy instead of writing in place (default ``False``).
+    """
+    import pandas as pd
+
+    if key not in adata.obs.columns:
+        cols = ", ".join(map(str, adata.obs.columns[:20]))
+        raise InputError(f"adata.obs has no column '{key}'. Pass one of: {cols}.")
+    if copy:
+        adata = adata.copy()
+    key_added = key_added or f"{key}_cl"
+    raw = adata.obs[key]
+    texts = raw.astype(object).where(raw.notna(), "").astype(str)
+    matches = {t: map_label(t) for t in pd.unique(texts)}
+    for field_name in ("id", "label", "how"):
+        values = texts.map(lambda t, f=field_name: getattr(matches[t], f))
+        if field_name != "how":
+            values = values.where(values.notna(), None)
+        adata.obs[f"{key_added}_{field_name}"] = pd.Categorical(values)
+    unmapped = sorted(t for t, m in matches.items() if m.id is None and t)
+    uns = adata.uns.setdefault("cellreasoner", {})
+    uns.setdefault("ontology", {})[key_added] = {
+        "source_key": key,
+        "ontology": "CL",
+        "cl_version": get_ontology().version,
+        "n_labels": len(matches),
+        "unmapped_labels": unmapped,
+    }
+    return adata if copy else None
+
+
 __all__ = ["CellOntology", "LabelMatch", "UNINFORMATIVE", "extract_answer", "get_ontology",
-           "map_label", "map_labels", "normalize"]
+           "ground_obs", "map_label", "map_labels", "normalize"]
