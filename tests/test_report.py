@@ -48,6 +48,8 @@ def _annotated(adata):
     obs["cellreasoner_evidence_fraction"] = 2 / 3
     obs["cellreasoner_evidence_flag"] = rng.random(adata.n_obs) < 0.2
     obs["cellreasoner_ontology_id"] = ""
+    obs["cellreasoner_cluster_label"] = obs["cellreasoner_label"]  # hybrid-mode columns
+    obs["cellreasoner_cluster_agreement"] = 0.75
     obs["cellreasoner_ontology_label"] = ""
     i = EVIL_CELL
     obs.iloc[i, obs.columns.get_loc("cellreasoner_response")] = EVIL_RESPONSE
@@ -254,6 +256,9 @@ def test_cluster_click_filters_cells(page, report_data):
     expected = int((report_data.obs["louvain"].astype(str) == cluster).sum())
     assert page.locator("#count").inner_text().startswith(f"{expected} of 700")
     assert set(_column_texts(page, "col-cluster")) == {cluster}
+    _visible_rows(page).first.click()
+    label = _column_texts(page, "col-label")[0]
+    assert f"cluster label: {label} (agreement 0.75)" in page.locator("tr.detail").inner_text()
 
 
 def test_model_text_is_inert_and_shown_as_text(page, report_data):
