@@ -108,6 +108,11 @@ def test_blood_restriction_keeps_blood_types_and_ancestors(db):
     assert "podocyte" not in liver
 
 
+def test_tissue_synonyms():
+    assert load_markers(tissue="PBMC").names == load_markers(tissue="blood").names
+    assert "enterocyte" in load_markers(tissue="small intestine")
+
+
 def test_unknown_tissue_is_a_clear_error():
     with pytest.raises(InputError, match="Unknown tissue 'mars'.*blood"):
         load_markers(tissue="mars")

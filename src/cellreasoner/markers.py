@@ -26,6 +26,19 @@ KB_VERSION = "2026.11"
 #: Tissue tag that stands for every solid tissue (not blood, not bone marrow).
 SOLID = "solid"
 _NON_SOLID = frozenset({"blood", "bone_marrow"})
+#: Common ways of naming a tissue -> the knowledge base's tissue tag.
+TISSUE_SYNONYMS: dict[str, str] = {
+    "pbmc": "blood", "pbmcs": "blood", "peripheral_blood": "blood", "whole_blood": "blood",
+    "marrow": "bone_marrow", "bm": "bone_marrow",
+    "lymph_node": "lymphoid", "spleen": "lymphoid", "tonsil": "lymphoid",
+    "intestine": "gut", "small_intestine": "gut", "colon": "gut", "large_intestine": "gut",
+    "ileum": "gut", "duodenum": "gut", "rectum": "gut", "gastric": "stomach",
+    "lungs": "lung", "airway": "lung", "hepatic": "liver", "renal": "kidney",
+    "cns": "brain", "cortex": "brain", "cerebral_cortex": "brain", "retina": "eye",
+    "skeletal_muscle": "muscle", "cardiac": "heart", "mammary": "breast",
+    "mammary_gland": "breast", "tumour": "tumor", "cancer": "tumor", "fat": "adipose",
+    "epidermis": "skin", "dermis": "skin", "peripheral_nerve": "nerve",
+}
 _SYMBOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]*$")
 _CL_ID = re.compile(r"^CL:\d{7}$")
 
@@ -137,6 +150,7 @@ class MarkerDB:
             return self
         wanted = [tissue] if isinstance(tissue, str) else list(tissue)
         wanted = [w.strip().lower().replace(" ", "_").replace("-", "_") for w in wanted]
+        wanted = [TISSUE_SYNONYMS.get(w, w) for w in wanted]
         known = set(self.tissues()) | {SOLID}
         unknown = [w for w in wanted if w not in known]
         if unknown:
@@ -316,5 +330,5 @@ def load_markers(
     return MarkerDB(base, version=version).restrict(tissue)
 
 
-__all__ = ["ALIASES", "KB_VERSION", "CellType", "MarkerDB", "builtin_marker_path",
-           "load_markers", "read_marker_file"]
+__all__ = ["ALIASES", "KB_VERSION", "TISSUE_SYNONYMS", "CellType", "MarkerDB",
+           "builtin_marker_path", "load_markers", "read_marker_file"]
