@@ -168,6 +168,8 @@ def test_bad_inputs_are_clear_errors(reasoner, pbmc):
         reasoner.annotate_matrix(-pbmc["X"][:5], pbmc["genes"])
     with pytest.raises(InputError, match="columns but"):
         reasoner.annotate_matrix(pbmc["X"][:5], pbmc["genes"][:-1])
+    with pytest.raises(InputError, match="not Ensembl ids"):
+        reasoner.annotate_matrix(pbmc["X"][:5], [f"ENSG{i:011d}" for i in range(765)])
     with pytest.raises(InputError, match="not text"):
         reasoner.annotate_sentences([None])
 

@@ -266,6 +266,12 @@ class Reasoner:
         if looks_like_counts(X):
             X = log_normalize(X)
         cols, idx, spelled = self._gene_columns(genes)
+        if len(idx) == 0:
+            example = ", ".join(list(genes)[:3])
+            raise InputError(
+                f"None of the {len(self.genes)} marker genes is among the {len(genes)} gene "
+                f"names (e.g. {example}). Pass gene symbols (HGNC, e.g. CD3E), not Ensembl ids: "
+                "use the var column holding symbols (adata.var['gene_symbols'] or similar).")
         measured = np.zeros(len(self.genes), dtype=bool)
         measured[idx] = True
         sub = X[:, cols].astype(np.float32)
