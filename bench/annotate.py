@@ -1,0 +1,167 @@
+"""Benchmark: how much model work each annotation mode needs, and openai-path throughput.
+
+Run from the project root (needs ../shared for the gene list, or $CELLREASONER_GENE_LIST)::
+
+    python bench/annotate.py [--cells 120] [--max-new-tokens 8] [--skip-server]
+
+Part 1 (pbmc68k_reduced, 700 cells): unique prompts, model calls and prompt tokens for per-cell
+without dedupe, per-cell deduplicated and cluster mode. Prompt tokens are counted with the tiny
+test tokenizer (``tests/tiny_model.build_tokenizer``: byte-level BPE trained on the gene list,
+Qwen2.5 chat template), i.e. the chat-rendered prompt as a Qwen-style model would see it; the
+real Qwen2.5 tokenizer splits many gene symbols into more pieces, so absolute counts are lower
+bounds, ratios between modes are what matters.
+
+Part 2: cells/s of ``annotate(backend="openai")`` against a local ``transformers serve`` of the
+tiny random Qwen2 (CPU) at concurrency 1 and 8, no cache, plus the same run again from the
+cache and the builtin backend for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _gene_list_env() -> None:
+    shared = ROOT.parent / "shared" / "data" / "ranked_hvg.list"
+    if "CELLREASONER_GENE_LIST" not in os.environ and shared.is_file():
+        os.environ["CELLREASONER_GENE_LIST"] = str(shared)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    line = " | ".join(c.ljust(widths[c]) for c in columns)
+    sep = "-+-".join("-" * widths[c] for c in columns)
+    body = [" | ".join(str(r[c]).rjust(widths[c]) if not isinstance(r[c], str) else
+                       str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join([line, sep, *body])
+
+
+def prompt_work(tokenizer) -> list[dict]:
+    """Unique prompts, model calls and prompt tokens per mode on pbmc68k_reduced."""
+    import anndata as ad
+
+    from cellreasoner.clusters import rank_markers
+    from cellreasoner.datasets import pbmc68k_reduced
+    from cellreasoner.matrix import from_anndata
+    from cellreasoner.prompts import Prompt, instruction_for
+    from cellreasoner.resources import load_gene_list
+    from cellreasoner.sentences import build_sentences
+
+    genes = load_gene_list()
+    instruction = instruction_for(False)
+
+    def tokens(prompt: Prompt) -> int:
+        text = tokenizer.apply_chat_template(prompt.messages(), tokenize=False,
+                                             add_generation_prompt=True)
+        return len(tokenizer(text)["input_ids"])
+
+    rows = []
+    adata = pbmc68k_reduced()
+    replicated = ad.concat([adata, adata, adata], index_unique="-")
+    for name, data in (("pbmc68k_reduced", adata), ("pbmc68k x3 (replicated)", replicated)):
+        sents = build_sentences(data, genes)
+        prompts = [Prompt(instruction, s, False) for s in sents.iter_sentences()]
+        per_token = {}
+        for p in prompts:
+            k = p.key()
+            if k not in per_token:
+                per_token[k] = tokens(p)
+        all_tokens = sum(per_token[p.key()] for p in prompts)
+        rows.append({"data": name, "mode": "per-cell, no dedupe", "cells": len(prompts),
+                     "unique prompts": len(prompts), "model calls": len(prompts),
+                     "prompt tokens": all_tokens})
+        rows.append({"data": name, "mode": "per-cell, deduplicated", "cells": len(prompts),
+                     "unique prompts": len(per_token), "model calls": len(per_token),
+                     "prompt tokens": sum(per_token.values())})
+    for by in ("bulk_labels", "louvain"):
+        groups = adata.obs[by].astype(str)
+        markers = rank_markers(from_anndata(adata), groups, genes)
+        prompts = [Prompt(instruction, ", ".join(m), False) for m in markers.values()]
+        rows.append({"data": "pbmc68k_reduced", "mode": f"cluster (by {by}, 100 markers)",
+                     "cells": adata.n_obs, "unique prompts": len(prompts),
+                     "model calls": len(prompts),
+                     "prompt tokens": sum(tokens(p) for p in prompts)})
+    return rows
+
+
+def throughput(n_cells: int, max_new_tokens: int, model_dir: str, workdir: Path) -> list[dict]:
+    """cells/s of the openai path against a local transformers serve."""
+    from test_annotate_server import requests_served, serve
+
+    from cellreasoner.annotate import annotate
+    from cellreasoner.datasets import pbmc68k_reduced
+
+    data = pbmc68k_reduced()[:n_cells].copy()
+    rows = []
+    with serve(model_dir, workdir / "serve") as (url, log):
+        # warm-up request so model loading is not timed
+        annotate(data[:2].copy(), "openai", model=model_dir, backend_options={"base_url": url},
+                 max_new_tokens=2, cache=False, progress=False)
+        for conc in (1, 8):
+            cache = workdir / f"c{conc}.sqlite"
+            for label, use_cache in (("no cache", False), ("cached re-run", cache)):
+                if use_cache is not False and not cache.exists():
+                    annotate(data.copy(), "openai", model=model_dir, max_new_tokens=max_new_tokens,
+                             temperature=1.0, backend_options={"base_url": url,
+                                                               "concurrency": conc},
+                             cache=cache, progress=False)
+                before = requests_served(log)
+                t0 = time.perf_counter()
+                res = annotate(data.copy(), "openai", model=model_dir,
+                               max_new_tokens=max_new_tokens, temperature=1.0,
+                               backend_options={"base_url": url, "concurrency": conc},
+                               cache=use_cache, progress=False)
+                secs = time.perf_counter() - t0
+                rows.append({"backend": f"openai, concurrency {conc}", "run": label,
+                             "cells": n_cells, "server requests": requests_served(log) - before,
+                             "seconds": f"{secs:.2f}", "cells/s": f"{n_cells / secs:.1f}",
+                             "cache hits": res.provenance["cache_hits"]})
+    full = pbmc68k_reduced()
+    t0 = time.perf_counter()
+    annotate(full, "builtin", cache=False, progress=False)
+    secs = time.perf_counter() - t0
+    rows.append({"backend": "builtin (expression)", "run": "no cache", "cells": full.n_obs,
+                 "server requests": 0, "seconds": f"{secs:.2f}",
+                 "cells/s": f"{full.n_obs / secs:.1f}", "cache hits": 0})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cells", type=int, default=120, help="cells for part 2 (120)")
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="tokens per answer (8)")
+    parser.add_argument("--skip-server", action="store_true", help="only part 1")
+    args = parser.parse_args()
+    _gene_list_env()
+    from tiny_model import build_tiny_qwen2, build_tokenizer
+
+    from cellreasoner.resources import load_gene_list
+
+    genes = load_gene_list()
+    print("Part 1 - model work per mode (prompt tokens: tiny Qwen-style BPE tokenizer, "
+          "chat-rendered prompts)\n")
+    print(_table(prompt_work(build_tokenizer(genes)),
+                 ["data", "mode", "cells", "unique prompts", "model calls", "prompt tokens"]))
+    if args.skip_server:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ.setdefault("CELLREASONER_CACHE", str(tmp / "cache"))
+        model_dir = str(build_tiny_qwen2(tmp / "tiny", genes))
+        print(f"\nPart 2 - throughput, transformers serve (tiny Qwen2, CPU, "
+              f"{os.cpu_count()} cores), max_new_tokens={args.max_new_tokens}\n")
+        print(_table(throughput(args.cells, args.max_new_tokens, model_dir, tmp),
+                     ["backend", "run", "cells", "server requests", "seconds", "cells/s",
+                      "cache hits"]))
+
+
+if __name__ == "__main__":
+    main()
