@@ -721,6 +721,9 @@ def _finish(cid: str, how: str, alts: tuple[str, ...], text: str,
     return LabelMatch(cid, onto.label(cid), _HOW_SCORE.get(how, 0.5), how, alts, text)
 
 
+_MAX_CACHED_CHARS = 2000
+
+
 @functools.lru_cache(maxsize=65536)
 def _match_cached(text: str) -> LabelMatch:
     return _match(text, get_ontology())
@@ -742,7 +745,10 @@ def map_label(text: str) -> LabelMatch:
     """
     if text is None or (isinstance(text, float) and text != text):
         return LabelMatch(None, None, 0.0, "unmapped", (), "")
-    return _match_cached(str(text))
+    text = str(text)
+    if len(text) > _MAX_CACHED_CHARS:  # long reasoning responses: do not pin them in memory
+        return _match(text, get_ontology())
+    return _match_cached(text)
 
 
 def map_labels(texts: Iterable[str]) -> list[LabelMatch]:
