@@ -42,6 +42,9 @@ def test_cited_genes_finds_symbols_not_words(vocab):
     # gene symbols used as abbreviations: GC B cells (germinal centre) vs the GC gene
     assert cited_genes("GC B cells express AICDA.", vocab) == ["AICDA"]
     assert cited_genes("ALB, APOA1 and GC are hepatocyte genes.", vocab) == ["ALB", "APOA1", "GC"]
+    # symbols with dots (lncRNA clones) are not split by the sentence splitter
+    assert cited_genes("AC012345.1 is up. LTB too.", ["AC012345.1", "LTB"]) == ["AC012345.1",
+                                                                                "LTB"]
 
 
 def test_supported_reasoning_is_not_flagged(vocab, demo_cells):

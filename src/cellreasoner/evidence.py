@@ -22,8 +22,8 @@ CD_ALIASES: dict[str, tuple[str, ...]] = {
     "CD138": ("SDC1",), "CD206": ("MRC1",), "CD117": ("KIT",), "CD123": ("IL3RA",),
     "CD141": ("THBD",), "CD10": ("MME",), "CD21": ("CR2",), "CD23": ("FCER2",),
     "CD57": ("B3GAT1",), "CD62L": ("SELL",), "CD94": ("KLRD1",), "CD161": ("KLRB1",),
-    "CD103": ("ITGAE",), "CD32": ("FCGR2A", "FCGR2B"), "CD64": ("FCGR1A",), "CD79": ("CD79A",
-                                                                                   "CD79B"),
+    "CD103": ("ITGAE",), "CD32": ("FCGR2A", "FCGR2B"), "CD64": ("FCGR1A",),
+    "CD79": ("CD79A", "CD79B"),
     "HLA-DR": ("HLA-DRA", "HLA-DRB1", "HLA-DRB5"), "HLA-DQ": ("HLA-DQA1", "HLA-DQB1"),
     "HLA-DP": ("HLA-DPA1", "HLA-DPB1"),
 }
@@ -41,7 +41,8 @@ _ABBREV_CONTEXT: dict[str, frozenset[str]] = {
 }
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9]|[A-Za-z0-9]")
-_CLAUSE = re.compile(r"[.;:!?\n]+|\bbut\b|\bwhereas\b|\bwhile\b|\bhowever\b|\balthough\b", re.I)
+_CLAUSE = re.compile(r"[.;:!?](?=\s|$)|\n+|\bbut\b|\bwhereas\b|\bwhile\b|\bhowever\b|"
+                     r"\balthough\b", re.I)
 _PRE_NEG = re.compile(
     r"(?:\bno\b|\bnot\b|\bnor\b|\bneither\b|\bwithout\b|\black(?:s|ing)?\b(?:\s+of)?|"
     r"\babsen(?:ce|t)\b(?:\s+of)?|\bnegative\s+for\b|\bloss\s+of\b|\bmissing\b|"
