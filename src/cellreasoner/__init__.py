@@ -15,23 +15,25 @@ Submodules in the scverse layout: ``cr.pp`` (cell sentences), ``cr.tl`` (annotat
 
 from __future__ import annotations
 
+# Functions named like their modules are imported eagerly: importing a submodule binds its name
+# on the package, so a lazy attribute would turn into the module once anything imported it.
 from ._lazy import lazy_getattr
+from .annotate import AnnotationResult as AnnotationResult
+from .annotate import annotate as annotate
+from .evaluate import evaluate as evaluate
+from .prepare import prepare as prepare
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "read": "cellreasoner.io:read",
-    "prepare": "cellreasoner.prepare:prepare",
     "build_sentences": "cellreasoner.sentences:build_sentences",
     "CellSentences": "cellreasoner.sentences:CellSentences",
-    "annotate": "cellreasoner.annotate:annotate",
-    "AnnotationResult": "cellreasoner.annotate:AnnotationResult",
     "get_backend": "cellreasoner.backends:get_backend",
     "map_label": "cellreasoner.ontology:map_label",
     "score_pair": "cellreasoner.scoring:score_pair",
     "PairScorer": "cellreasoner.scoring:PairScorer",
     "check_evidence": "cellreasoner.evidence:check_evidence",
-    "evaluate": "cellreasoner.evaluate:evaluate",
     "write_report": "cellreasoner.report:write_report",
     "Prompt": "cellreasoner.prompts:Prompt",
     "SamplingParams": "cellreasoner.prompts:SamplingParams",
@@ -44,7 +46,7 @@ _EXPORTS = {
 }
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "AnnotationResult", "annotate", "evaluate", "prepare"])
 
 
 def __dir__() -> list[str]:
