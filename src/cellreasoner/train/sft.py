@@ -361,6 +361,7 @@ def train_sft(
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         **config.extra,
     )
     trainer = trl.SFTTrainer(
