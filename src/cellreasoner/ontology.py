@@ -37,7 +37,7 @@ UNINFORMATIVE = frozenset({
     "CL:0002076", "CL:0000327",
 })
 
-_INDEX_FORMAT = 3  # bump when the pickled index layout changes
+_INDEX_FORMAT = 4  # bump when the pickled index layout changes
 
 
 # --------------------------------------------------------------------------- index
@@ -82,9 +82,33 @@ def _build_index(version: str, raw: dict) -> dict:
             deprecated.add(cid)
             if term.get("replaced_by"):
                 replaced_by[cid] = term["replaced_by"]
+    children: dict[str, list[str]] = {}
+    for cid, anc in ancestors.items():
+        for a, d in anc.items():
+            if d == 1:
+                children.setdefault(a, []).append(cid)
+    # normalised label/synonym -> id; labels win over synonyms, live terms over obsolete ones,
+    # and a synonym shared by several terms is dropped (ambiguous)
+    lookup: dict[str, tuple[str, str]] = {}
+    ambiguous: set[str] = set()
+    for cid, lab in labels.items():
+        if cid not in deprecated:
+            lookup.setdefault(normalize(lab), (cid, "exact"))
+    for cid, syns in synonyms.items():
+        if cid in deprecated:
+            continue
+        for syn in syns:
+            key = normalize(syn)
+            if key in lookup:
+                if lookup[key][1] == "synonym" and lookup[key][0] != cid:
+                    ambiguous.add(key)
+                continue
+            lookup[key] = (cid, "synonym")
+    for key in ambiguous:
+        del lookup[key]
     return {"format": _INDEX_FORMAT, "version": version, "labels": labels,
             "synonyms": synonyms, "ancestors": ancestors, "deprecated": deprecated,
-            "replaced_by": replaced_by}
+            "replaced_by": replaced_by, "children": children, "lookup": lookup}
 
 
 class CellOntology:
@@ -104,32 +128,9 @@ class CellOntology:
         self._ancestors: dict[str, dict[str, int]] = index["ancestors"]
         self._deprecated: set[str] = index["deprecated"]
         self._replaced_by: dict[str, str] = index["replaced_by"]
-        children: dict[str, list[str]] = {}
-        for cid, anc in self._ancestors.items():
-            for a, d in anc.items():
-                if d == 1:
-                    children.setdefault(a, []).append(cid)
-        self._children = children
-        # normalised label/synonym -> id; labels win over synonyms, live terms over obsolete
-        lookup: dict[str, tuple[str, str]] = {}
-        ambiguous: set[str] = set()
-        for cid, lab in self._labels.items():
-            if cid in self._deprecated:
-                continue
-            lookup.setdefault(normalize(lab), (cid, "exact"))
-        for cid, syns in self._synonyms.items():
-            if cid in self._deprecated:
-                continue
-            for s in syns:
-                key = normalize(s)
-                if key in lookup:
-                    if lookup[key][1] == "synonym" and lookup[key][0] != cid:
-                        ambiguous.add(key)
-                    continue
-                lookup[key] = (cid, "synonym")
-        for key in ambiguous:
-            del lookup[key]
-        self._lookup = lookup
+        self._children: dict[str, list[str]] = index["children"]
+        # normalised label/synonym -> (id, "exact"|"synonym")
+        self._lookup: dict[str, tuple[str, str]] = index["lookup"]
 
     # -- terms
     def ids(self, include_deprecated: bool = False) -> list[str]:
