@@ -1,0 +1,260 @@
+"""Export the three CellReasoner stages as a ready-to-run LLaMA-Factory project.
+
+Upstream CellReasoner trained Qwen2.5-7B-Instruct with LLaMA-Factory. This writes, into one
+folder, each stage's dataset, the ``dataset_info.json`` that registers them, one training YAML
+per stage (and, for LoRA, one merge/export YAML), and a ``run.sh`` with the
+``llamafactory-cli`` commands in order.
+
+Chat layout. At inference upstream CellReasoner sends the instruction as the **system** message
+and the cell sentence as the **user** message. LLaMA-Factory's default alpaca mapping would put
+``instruction`` + ``input`` together in the user turn, so the datasets are registered in alpaca
+format with an explicit column mapping instead::
+
+    "columns": {"system": "instruction", "prompt": "input", "response": "output"}
+
+(with a ``columns`` object LLaMA-Factory sets every unnamed column, ``query`` included, to
+none), which trains on exactly the conversation annotate renders, while the dataset files keep
+the upstream record layout (``cell_name``/``instruction``/``input``/``output``).
+
+Chaining. Stage ``N + 1`` starts from stage ``N``'s weights: with full fine-tuning its
+``model_name_or_path`` is stage ``N``'s ``output_dir``; with LoRA, stage ``N``'s adapter is first
+merged (``llamafactory-cli export``) into ``models/stageN`` and stage ``N + 1`` trains a fresh
+adapter on top of it — the same scheme as the native trainer.
+
+All paths inside the folder are relative to it; ``run.sh`` changes into the folder first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from .records import load_records, write_records
+from .sft import DEFAULT_EPOCHS, DEFAULT_LR, FINETUNING, STAGES
+
+#: The base model of the published CellReasoner.
+DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-7B-Instruct"
+#: Column mapping of every exported dataset (see the module docstring).
+DATASET_COLUMNS = {"system": "instruction", "prompt": "input", "response": "output"}
+DATA_DIR = "data"
+DATASET_INFO = "dataset_info.json"
+MANIFEST = "cellreasoner_export.json"
+
+
+@dataclass
+class StageExport:
+    """Files and paths of one exported stage (paths relative to the export folder)."""
+
+    stage: int
+    dataset: str
+    dataset_file: str
+    n_records: int
+    model: str
+    train_yaml: str
+    output_dir: str
+    merge_yaml: str | None = None
+    merged_dir: str | None = None
+
+    @property
+    def result_model(self) -> str:
+        """The folder holding this stage's full model (what the next stage starts from)."""
+        return self.merged_dir or self.output_dir
+
+
+@dataclass
+class LlamaFactoryExport:
+    """An exported LLaMA-Factory project."""
+
+    folder: Path
+    stages: list[StageExport] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+
+    @property
+    def final_model(self) -> Path:
+        """The folder the last stage's full model will be written to."""
+        return self.folder / self.stages[-1].result_model
+
+
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*")
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n"}
+
+
+def _yaml_scalar(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return repr(value)
+    if isinstance(value, float):
+        text = repr(value)
+        if "e" in text:  # YAML 1.1 floats need a dot and a signed exponent: 5.0e-05
+            mantissa, _, exp = text.partition("e")
+            if "." not in mantissa:
+                mantissa += ".0"
+            text = f"{mantissa}e{exp if exp[0] in '+-' else '+' + exp}"
+        return text
+    text = str(value)
+    if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
+        return text
+    return json.dumps(text)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def _yaml(sections: Sequence[tuple[str, Mapping]]) -> str:
+    """Flat LLaMA-Factory YAML with ``### section`` comments (no PyYAML needed)."""
+    lines = []
+    for title, items in sections:
+        lines.append(f"### {title}")
+        lines += [f"{k}: {_yaml_scalar(v)}" for k, v in items.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def export_llamafactory(
+    stages: Mapping[int, str | os.PathLike | Sequence[dict]],
+    folder: str | os.PathLike,
+    *,
+    model: str = DEFAULT_BASE_MODEL,
+    finetuning: str = "lora",
+    template: str = "qwen",
+    cutoff_len: int = 4096,
+    learning_rates: Mapping[int, float] | None = None,
+    epochs: Mapping[int, float] | None = None,
+    batch_size: int = 1,
+    gradient_accumulation_steps: int = 8,
+    lora_rank: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    bf16: bool = True,
+    deepspeed: str | None = None,
+    save_steps: int = 200,
+    dataset_prefix: str = "cellreasoner",
+) -> LlamaFactoryExport:
+    """Write datasets, ``dataset_info.json``, per-stage YAML and ``run.sh`` to ``folder``.
+
+    Parameters
+    ----------
+    stages
+        ``{stage: records or file}`` for any of 1 (reasoning scaffold), 2 (knowledge
+        infusion), 3 (reasoning-mode fusion); they run in stage order, each from the previous.
+    folder
+        The export folder (created).
+    model
+        Base model of the first exported stage (default ``Qwen/Qwen2.5-7B-Instruct``).
+    finetuning
+        ``"lora"`` (default) or ``"full"``.
+    template
+        LLaMA-Factory chat template (default ``"qwen"``, Qwen2.5's).
+    cutoff_len
+        Token limit per example (default 4096: a 1,000-gene sentence plus a reasoning trace).
+    learning_rates, epochs
+        Per-stage overrides; defaults as the native trainer (LoRA 1e-4/1e-4/5e-5, full
+        1e-5/1e-5/5e-6; 3/1/2 epochs).
+    batch_size, gradient_accumulation_steps
+        Per-device batch (default 1) and accumulation (default 8).
+    lora_rank, lora_alpha, lora_dropout
+        LoRA settings (16, 32, 0.05; ``lora_target: all``).
+    bf16
+        bfloat16 training (default True).
+    deepspeed
+        A DeepSpeed config path for full fine-tuning (e.g. LLaMA-Factory's
+        ``examples/deepspeed/ds_z3_config.json``; default None).
+    save_steps
+        Checkpoint interval (default 200).
+    dataset_prefix
+        Prefix of the dataset names (default ``"cellreasoner"``).
+
+    Returns
+    -------
+    LlamaFactoryExport
+        The stages' files and the commands (also written to ``run.sh``).
+    """
+    if finetuning not in FINETUNING:
+        raise InputError(f"finetuning must be one of {FINETUNING}, not {finetuning!r}.")
+    if not stages:
+        raise InputError("Give at least one stage's data, e.g. {2: 'knowledge.json'}.")
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise InputError(f"Unknown stage(s) {bad}; stages are {STAGES}.")
+    learning_rates = dict(learning_rates or {})
+    epochs = dict(epochs or {})
+    root = Path(folder)
+    (root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    info_path = root / DATA_DIR / DATASET_INFO
+    dataset_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+
+    export = LlamaFactoryExport(folder=root)
+    current = model
+    for stage in sorted(stages):
+        records = load_records(stages[stage])
+        slug = STAGES[stage].replace(" ", "_").replace("-", "_")
+        name = f"{dataset_prefix}_stage{stage}_{slug}"
+        file_name = f"{name}.json"
+        write_records(records, root / DATA_DIR / file_name)
+        dataset_info[name] = {"file_name": file_name, "formatting": "alpaca",
+                              "columns": dict(DATASET_COLUMNS)}
+        output_dir = f"saves/stage{stage}"
+        method = {"stage": "sft", "do_train": True, "finetuning_type": finetuning}
+        if finetuning == "lora":
+            method |= {"lora_rank": lora_rank, "lora_alpha": lora_alpha,
+                       "lora_dropout": lora_dropout, "lora_target": "all"}
+        elif deepspeed:
+            method["deepspeed"] = deepspeed
+        train_yaml = f"stage{stage}_train.yaml"
+        text = _yaml([
+            ("model", {"model_name_or_path": current, "trust_remote_code": True}),
+            ("method", method),
+            ("dataset", {"dataset": name, "dataset_dir": DATA_DIR, "template": template,
+                         "cutoff_len": cutoff_len, "overwrite_cache": True,
+                         "preprocessing_num_workers": 8}),
+            ("output", {"output_dir": output_dir, "logging_steps": 10,
+                        "save_steps": save_steps, "plot_loss": True,
+                        "overwrite_output_dir": True, "report_to": "none"}),
+            ("train", {"per_device_train_batch_size": batch_size,
+                       "gradient_accumulation_steps": gradient_accumulation_steps,
+                       "learning_rate": float(learning_rates.get(
+                           stage, DEFAULT_LR[(finetuning, stage)])),
+                       "num_train_epochs": float(epochs.get(stage, DEFAULT_EPOCHS[stage])),
+                       "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "bf16": bf16,
+                       "ddp_timeout": 180000000}),
+        ])
+        (root / train_yaml).write_text(
+            f"# CellReasoner stage {stage}: {STAGES[stage]}\n{text}")
+        entry = StageExport(stage=stage, dataset=name, dataset_file=f"{DATA_DIR}/{file_name}",
+                            n_records=len(records), model=current, train_yaml=train_yaml,
+                            output_dir=output_dir)
+        export.commands.append(f"llamafactory-cli train {train_yaml}")
+        if finetuning == "lora":
+            entry.merge_yaml = f"stage{stage}_merge.yaml"
+            entry.merged_dir = f"models/stage{stage}"
+            merge = _yaml([
+                ("model", {"model_name_or_path": current, "adapter_name_or_path": output_dir,
+                           "template": template, "finetuning_type": "lora",
+                           "trust_remote_code": True}),
+                ("export", {"export_dir": entry.merged_dir, "export_size": 5,
+                            "export_device": "cpu", "export_legacy_format": False}),
+            ])
+            (root / entry.merge_yaml).write_text(
+                f"# Merge the stage {stage} LoRA adapter into a full model\n{merge}")
+            export.commands.append(f"llamafactory-cli export {entry.merge_yaml}")
+        export.stages.append(entry)
+        current = entry.result_model
+
+    tmp = info_path.with_name(info_path.name + ".tmp")
+    tmp.write_text(json.dumps(dataset_info, indent=2))
+    os.replace(tmp, info_path)
+    (root / "run.sh").write_text(
+        "#!/usr/bin/env bash\n# CellReasoner training with LLaMA-Factory "
+        "(pip install llamafactory)\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n"
+        + "\n".join(export.commands) + "\n")
+    (root / "run.sh").chmod(0o755)
+    manifest = {"base_model": model, "finetuning": finetuning, "template": template,
+                "final_model": export.stages[-1].result_model,
+                "stages": [vars(s) for s in export.stages], "commands": export.commands}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return export
