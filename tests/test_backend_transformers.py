@@ -61,13 +61,16 @@ def test_prompt_text_matches_cellreasoner_template(tiny_backend, upstream_prompt
 def test_generate_returns_text_in_order_with_progress(tiny_backend):
     prompts = [Prompt(instruction_for(i == 1), s, i == 1) for i, s in enumerate(SENTENCES)]
     calls: list[int] = []
+    finished: list[int] = []
     out = tiny_backend.generate(prompts, SamplingParams.for_mode(False, max_new_tokens=6),
-                                progress=calls.append)
+                                progress=calls.append,
+                                on_result=lambda i, gens: finished.append(i))
     assert len(out) == 3 and all(len(g) == 1 for g in out)
     assert all(isinstance(g[0].text, str) and g[0].meta["completion_tokens"] > 0 for g in out)
     assert any(g[0].text for g in out)  # a random model may stop at once; not all of them
     # batch_size=2: two batches, every prompt reported once
     assert calls == [2, 1] and tiny_backend.stats["batches"] == 2
+    assert sorted(finished) == [0, 1, 2] and finished[0] == 2  # longest prompt first
     # order is restored after length sorting: prompt token counts follow the inputs
     counts = [g[0].meta["prompt_tokens"] for g in out]
     expected = [len(tiny_backend.tokenizer(tiny_backend.prompt_text(p))["input_ids"])

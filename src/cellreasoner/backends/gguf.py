@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import InputError, require
 from ..prompts import Prompt, SamplingParams, render_chat_text
 from .base import Backend, Generation, ProgressCallback
-from .transformers import reject_greedy_n
+from .transformers import ResultCallback, reject_greedy_n
 
 _FEATURE = "The 'gguf' backend (llama.cpp)"
 #: Default context: upstream truncates prompts to 8192 tokens and allows 4096 new ones.
@@ -151,10 +151,14 @@ class GGUFBackend(Backend):
         prompts: Sequence[Prompt],
         sampling: SamplingParams,
         progress: ProgressCallback | None = None,
+        on_result: ResultCallback | None = None,
     ) -> list[list[Generation]]:
-        """Complete each prompt ``sampling.n`` times (seeds ``seed``, ``seed + 1``, ...)."""
+        """Complete each prompt ``sampling.n`` times (seeds ``seed``, ``seed + 1``, ...).
+
+        ``on_result(index, generations)`` and ``progress(1)`` follow each prompt.
+        """
         results = []
-        for prompt in prompts:
+        for index, prompt in enumerate(prompts):
             text = self.prompt_text(prompt)
             gens = []
             for j in range(sampling.n):
@@ -167,6 +171,8 @@ class GGUFBackend(Backend):
                     "completion_tokens": usage.get("completion_tokens"),
                 }))
             results.append(gens)
+            if on_result is not None:
+                on_result(index, gens)
             if progress is not None:
                 progress(1)
         return results

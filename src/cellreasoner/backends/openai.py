@@ -22,7 +22,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
@@ -31,14 +31,13 @@ import httpx
 from ..errors import BackendError, InputError
 from ..prompts import Prompt, SamplingParams
 from .base import Backend, Generation, ProgressCallback
+from .transformers import ResultCallback
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: HTTP statuses worth retrying (rate limit, server overload/errors).
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-#: Called with (prompt index, its generations) as soon as a prompt is answered.
-ResultCallback = Callable[[int, list[Generation]], None]
 
 
 def request_body(
@@ -319,11 +318,18 @@ class OpenAIBackend(Backend):
                 # a server never reached is probably not running: fail fast
                 limit = self.max_retries if self._reached else min(self.max_retries, 2)
                 if attempt >= limit:
+                    reason = f"{type(exc).__name__}: {exc or 'no answer'}"
+                    if self._reached:
+                        raise BackendError(
+                            f"The connection to the model server at {url} failed ({reason}) "
+                            f"{attempt + 1} time(s) in a row; it may have stopped or be "
+                            "overloaded (a lower concurrency may help)."
+                        ) from exc
                     raise BackendError(
-                        f"Cannot reach the model server at {url} "
-                        f"({type(exc).__name__}: {exc or 'no answer'}) after {attempt + 1} "
-                        "attempt(s). Is it running? Start it (e.g. `vllm serve MODEL`, "
-                        "`transformers serve`, `ollama serve`) or pass the right base_url."
+                        f"Cannot reach the model server at {url} ({reason}) after "
+                        f"{attempt + 1} attempt(s). Is it running? Start it (e.g. `vllm serve "
+                        "MODEL`, `transformers serve`, `ollama serve`) or pass the right "
+                        "base_url."
                     ) from exc
                 wait = self._delay(attempt) if self._reached else min(0.2, self.backoff)
             else:
@@ -335,7 +341,7 @@ class OpenAIBackend(Backend):
                         raise BackendError(f"{url} answered with invalid JSON: "
                                            f"{response.text[:300]}") from exc
                 if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
-                    raise await self._http_error(client, response, attempt)
+                    raise await self._http_error(response, attempt)
                 wait = retry_after_seconds(response.headers.get("retry-after"))
                 wait = self._delay(attempt) if wait is None else min(wait, 300.0)
             finally:
@@ -345,22 +351,22 @@ class OpenAIBackend(Backend):
             await asyncio.sleep(wait)
             attempt += 1
 
-    async def list_models(self, client: httpx.AsyncClient | None = None) -> list[str]:
-        """Model ids from ``GET {base_url}/models``; raises :class:`BackendError` if unavailable."""
+    async def list_models(self) -> list[str]:
+        """Model ids from ``GET {base_url}/models``; raises :class:`BackendError` if unavailable.
+
+        Uses a fresh connection: a server may close the pooled one after an error.
+        """
         url = f"{self.base_url}/models"
         try:
-            if client is None:
-                async with httpx.AsyncClient(timeout=10.0, headers=self._headers()) as own:
-                    response = await own.get(url)
-            else:
-                response = await client.get(url, timeout=10.0)
+            async with httpx.AsyncClient(timeout=10.0, headers=self._headers()) as client:
+                response = await client.get(url)
             response.raise_for_status()
             return [m["id"] for m in response.json().get("data", [])]
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise BackendError(f"Could not list the models of {url} ({exc}).") from exc
+            raise BackendError(f"Could not list the models of {url} "
+                               f"({type(exc).__name__}: {exc}).") from exc
 
-    async def _http_error(self, client: httpx.AsyncClient, response: httpx.Response,
-                          retries: int) -> BackendError:
+    async def _http_error(self, response: httpx.Response, retries: int) -> BackendError:
         status = response.status_code
         detail = _error_detail(response)
         where = f"{self.base_url}/chat/completions"
@@ -374,7 +380,7 @@ class OpenAIBackend(Backend):
             message += f" (after {retries} retries)"
         if status in (404, 400, 422) or status >= 500:
             try:
-                models = await self.list_models(client)
+                models = await self.list_models()
             except BackendError as exc:
                 models_note = f" {exc}"
             else:

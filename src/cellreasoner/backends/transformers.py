@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import BackendError, InputError, require
 from ..prompts import Prompt, SamplingParams, render_chat_text
 from .base import Backend, Generation, ProgressCallback
+
+#: Called with (prompt index, its generations) as soon as a prompt is answered.
+ResultCallback = Callable[[int, list[Generation]], None]
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +184,12 @@ class TransformersBackend(Backend):
         prompts: Sequence[Prompt],
         sampling: SamplingParams,
         progress: ProgressCallback | None = None,
+        on_result: ResultCallback | None = None,
     ) -> list[list[Generation]]:
         """Answer ``prompts`` in length-sorted batches; ``sampling.n`` answers each, in order.
 
+        After each batch ``on_result(index, generations)`` is called for its prompts and
+        ``progress(batch length)`` once, so callers can persist results as they come.
         When ``sampling.seed`` is set the global torch/numpy/random seeds are set once per
         call, so the same prompts, batch size and device give the same answers.
         """
@@ -212,6 +218,8 @@ class TransformersBackend(Backend):
                 for g in gens:
                     g.meta["truncated"] = truncated[i]
                 results[i] = gens
+                if on_result is not None:
+                    on_result(i, gens)
             start += len(batch)
             if progress is not None:
                 progress(len(batch))

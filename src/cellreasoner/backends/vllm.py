@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from ..errors import InputError, require
 from ..prompts import Prompt, SamplingParams, render_chat_text
 from .base import Backend, Generation, ProgressCallback
-from .transformers import DEFAULT_MODEL, reject_greedy_n
+from .transformers import DEFAULT_MODEL, ResultCallback, reject_greedy_n
 
 _FEATURE = "The 'vllm' backend"
 
@@ -106,22 +106,30 @@ class VLLMBackend(Backend):
         prompts: Sequence[Prompt],
         sampling: SamplingParams,
         progress: ProgressCallback | None = None,
+        on_result: ResultCallback | None = None,
     ) -> list[list[Generation]]:
-        """Answer ``prompts`` in chunks of ``chunk_size``; ``sampling.n`` answers each."""
+        """Answer ``prompts`` in chunks of ``chunk_size``; ``sampling.n`` answers each.
+
+        After each chunk ``on_result(index, generations)`` is called for its prompts and
+        ``progress(chunk length)`` once.
+        """
         params = self._vllm.SamplingParams(**sampling_kwargs(sampling))
         texts = prompt_texts(self.tokenizer, prompts)
         results: list[list[Generation]] = []
         for start in range(0, len(texts), self.chunk_size):
             chunk = texts[start:start + self.chunk_size]
             for request in self.llm.generate(chunk, params, use_tqdm=False):
-                results.append([
+                gens = [
                     Generation(text=c.text, meta={
                         "finish_reason": c.finish_reason,
                         "prompt_tokens": len(request.prompt_token_ids or []),
                         "completion_tokens": len(c.token_ids),
                     })
                     for c in request.outputs
-                ])
+                ]
+                if on_result is not None:
+                    on_result(len(results), gens)
+                results.append(gens)
             if progress is not None:
                 progress(len(chunk))
         return results
