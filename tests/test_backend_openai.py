@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -232,3 +235,47 @@ def test_retry_after_header_forms():
     soon = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
     assert 25 <= retry_after_seconds(soon) <= 31
     assert retry_after_seconds("not a date") is None
+
+
+class _Overloaded(BaseHTTPRequestHandler):
+    """A real HTTP server that rate-limits the first request of each body, then answers."""
+
+    seen: list[float] = []
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen.append(time.monotonic())
+        if len(self.seen) == 1:
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        payload = json.dumps({"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+                              "choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": "NK"}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload.encode())
+
+    def log_message(self, *args):
+        return
+
+
+def test_rate_limit_is_retried_after_the_servers_retry_after():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Overloaded)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        limited = OpenAIBackend(model="m", base_url=f"http://127.0.0.1:{httpd.server_port}/v1",
+                                backoff=0.01)
+        out = limited.generate(_prompts(1), SHORT)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert out[0][0].text == "NK"
+    assert limited.stats["retries"] == 1 and limited.stats["requests"] == 2
+    first, second = _Overloaded.seen
+    assert second - first >= 0.95  # waited for Retry-After, not the 0.01 s backoff
