@@ -440,6 +440,7 @@ def build_reasoning(
             if "cell_name" in rec:
                 out = {"cell_name": rec["cell_name"], **out}
             kept_by_label[truth].append(out)
+    accepted_counts = {k: len(v) for k, v in sorted(kept_by_label.items())}
     if max_per_label is not None:
         kept_by_label = {k: v[:max_per_label] for k, v in kept_by_label.items()}
     records = _round_robin(kept_by_label, max_records)
@@ -458,6 +459,7 @@ def build_reasoning(
         "acceptance_rate": counts["accepted"] / counts["generated"] if counts["generated"]
         else 0.0,
         "min_score": min_score,
+        "accepted_label_counts": accepted_counts,
         "label_counts": dict(Counter(
             r["output"].rpartition("</think>")[2].strip() for r in records)),
     }
