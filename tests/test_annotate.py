@@ -312,3 +312,15 @@ def test_cli_readme_main_job(tmp_path, capsys, monkeypatch):
     back = ad.read_h5ad(tmp_path / "out" / "pbmc68k.h5ad")
     assert back.uns["cellreasoner"]["backend"] == "builtin"
     assert back.obs["cellreasoner_label"].str.len().gt(0).all()
+
+
+def test_tissue_changes_the_prompt_or_restricts_the_builtin(tiny_model, raw68k):
+    sub = raw68k[:3].copy()
+    plain = annotate(sub, "transformers", model=tiny_model, cache=False, progress=False,
+                     copy=True, **TINY)
+    blood = annotate(sub, "transformers", model=tiny_model, cache=False, progress=False,
+                     copy=True, tissue="blood", **TINY)
+    assert blood.provenance["tissue"] == "blood"
+    assert not set(plain.table["prompt_key"]) & set(blood.table["prompt_key"])
+    res = annotate(raw68k, tissue="blood", progress=False, copy=True)
+    assert res.provenance["backend"] == "builtin" and res.provenance["tissue"] == "blood"

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     # plain lines (no wrapping): scripts and logs parse the summary
     print(result.summary_line(), file=sys.stderr)
     labels = result.table["label"].value_counts()
-    top = ", ".join(f"{k} ({v})" for k, v in labels.head(5).items())
+    top = ", ".join(f"{k or '(no label)'} ({v})" for k, v in labels.head(5).items())
     print(f"labels: {top}" + (" ..." if len(labels) > 5 else ""), file=sys.stderr)
     print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return 0
