@@ -293,6 +293,10 @@ def test_builtin_cluster_and_hybrid(raw68k):
     assert hyb.provenance["model_calls"] == 700
     agree = raw68k.obs["hy_cluster_agreement"]
     assert agree.between(0, 1).all() and agree.mean() > 0.5
+    assert "700 cells, backend='builtin'" in repr(hyb)
+    # a later per-cell run under the same key drops the now meaningless cluster columns
+    annotate(raw68k, progress=False, key_added="hy")
+    assert "hy_cluster_label" not in raw68k.obs and "hy_label" in raw68k.obs
 
 
 def test_seurat_file_path_input(pbmc_demo_rds):

@@ -68,6 +68,13 @@ class AnnotationResult:
     truth: pd.Series | None = None
     clusters: pd.DataFrame | None = None
 
+    def __repr__(self) -> str:
+        p = self.provenance
+        return (f"AnnotationResult({p.get('n_cells')} cells, backend={p.get('backend')!r}, "
+                f"model={p.get('model')!r}, mode={p.get('mode')!r}, key_added="
+                f"{self.key_added!r}; {p.get('unique_prompts')} unique prompts, "
+                f"{p.get('model_calls')} model calls, {p.get('cache_hits')} cache hits)")
+
     @property
     def summary(self) -> dict:
         """Counts and timing: cells, unique prompts, model calls, cache hits, seconds."""
@@ -100,6 +107,9 @@ class AnnotationResult:
             raise InputError(
                 "to_adata: the AnnData's cells (obs_names) differ from the annotated cells.")
         fields = FIELDS + (CLUSTER_FIELDS if "cluster_label" in self.table else ())
+        # columns of an earlier run with another mode would contradict this one
+        stale = [f"{key}_{f}" for f in CLUSTER_FIELDS if f not in fields]
+        adata.obs.drop(columns=[c for c in stale if c in adata.obs], inplace=True)
         for f in fields:
             values = self.table[f].to_numpy()
             if f == "evidence_flag":
