@@ -158,20 +158,28 @@ def main() -> None:
     scorer = PairScorer()
     datasets = [load_demo(args.shared), load_pbmc68k()]
     rows = []
+    per_label = {}
     for ds in datasets:
         truth = list(ds["truth"])
+        by_label = pd.DataFrame({"truth": truth})
         for tissue in (None, "blood"):
             for method, pred in reasoner_predictions(ds, tissue).items():
                 s = scorer.score_many(truth, list(pred))
+                if tissue is None:
+                    by_label[f"builtin {method}"] = s
                 rows.append({"dataset": ds["name"],
                              "method": f"builtin {method}" + (f" [tissue={tissue}]" if tissue
                                                               else ""),
                              **summarize(s)})
         held_r, held_s = [], []
+        singler_sum = np.zeros(len(truth))
+        singler_n = np.zeros(len(truth))
         for seed in range(args.seeds):
             train, test = stratified_half(ds["truth"], seed)
             pred_s = singler_predict(ds, train, test)
             held_s.append(scorer.score_many([truth[i] for i in test], list(pred_s)))
+            np.add.at(singler_sum, test, held_s[-1])
+            np.add.at(singler_n, test, 1)
             pred_r = Reasoner().annotate_matrix(ds["X"][test], ds["genes"],
                                                 reasoning=False).label
             held_r.append(scorer.score_many([truth[i] for i in test], list(pred_r)))
@@ -181,10 +189,17 @@ def main() -> None:
         rows.append({"dataset": ds["name"],
                      "method": "builtin per cell on the same held-out halves",
                      **summarize(np.concatenate(held_r))})
+        by_label["SingleR (held-out)"] = np.where(singler_n > 0, singler_sum /
+                                                  np.maximum(singler_n, 1), np.nan)
+        per_label[ds["name"]] = by_label.groupby("truth").agg(
+            cells=("truth", "size"), **{c: (c, "mean") for c in by_label.columns[1:]})
     table = pd.DataFrame(rows)
     fmt = {c: "{:.3f}".format for c in ["mean", *LEVELS.values()]}
     print("\n== Hierarchical score (mean) and 4-level distribution ==")
     print(table.to_string(index=False, formatters=fmt))
+    for name, tab in per_label.items():
+        print(f"\n== Mean score per ground-truth label: {name} ==")
+        print(tab.to_string(float_format="{:.2f}".format))
     print("\n== Calibration on pbmc68k_reduced (per cell, all tissues) ==")
     print(calibration(datasets[1], scorer).to_string(float_format="{:.3f}".format))
     print(f"\n== Speed (pbmc68k_reduced tiled to ~{args.speed_cells:,} cells) ==")
