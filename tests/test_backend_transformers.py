@@ -123,6 +123,10 @@ def test_generate_kwargs_follow_upstream():
 def test_missing_model_errors_are_clear(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="does not exist"):
         TransformersBackend(model=str(tmp_path / "nope"), device="cpu")
+    with pytest.raises(BackendError, match="Could not load the model in"):
+        TransformersBackend(model=str(tmp_path), device="cpu")  # a folder without a model
+    with pytest.raises(InputError, match="not a torch dtype"):
+        TransformersBackend(model=str(tmp_path), device="cpu", dtype="float13")
     # offline, as on a cluster node (the constant is what HF_HUB_OFFLINE=1 sets at import)
     import huggingface_hub.constants
 

@@ -137,7 +137,8 @@ class OpenAIBackend(Backend):
     concurrency
         Requests in flight at once (default 8).
     timeout
-        Seconds allowed per request (default 120).
+        Seconds allowed per request (default 120). Answers are not streamed, so a long
+        reasoning answer from a slow server needs more.
     max_retries
         Retries per request on HTTP 408/409/429/5xx and lost connections (default 5), with
         exponential backoff from ``backoff`` seconds (default 0.5) up to ``max_backoff``
@@ -171,7 +172,7 @@ class OpenAIBackend(Backend):
     ) -> None:
         if not model:
             raise InputError("The 'openai' backend needs model=NAME: the model name the server "
-                             "serves (see GET {base_url}/models).")
+                             f"serves (see GET {base_url.rstrip('/')}/models).")
         parsed = urlparse(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise InputError(f"base_url '{base_url}' is not an http(s) URL; pass e.g. "

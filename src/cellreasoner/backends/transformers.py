@@ -96,7 +96,8 @@ class TransformersBackend(Backend):
     max_input_tokens
         Truncation length of the prompt (default 8192, as upstream).
     model_kwargs
-        Extra ``from_pretrained`` arguments for the model (default None).
+        Extra ``from_pretrained`` arguments for the model (default None), e.g.
+        ``{"device_map": "auto"}`` to spread a large model over several GPUs.
     """
 
     name = "transformers"
@@ -140,22 +141,24 @@ class TransformersBackend(Backend):
         if gguf_file:
             common["gguf_file"] = gguf_file
         load_kwargs = dict(common, **(model_kwargs or {}))
-        if dtype != "auto":
-            load_kwargs["dtype"] = getattr(torch, dtype)
-        else:
-            load_kwargs["dtype"] = "auto"
+        load_kwargs["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype, None)
+        if not isinstance(load_kwargs["dtype"], str | torch.dtype):
+            raise InputError(f"dtype '{dtype}' is not a torch dtype; use 'auto', 'bfloat16', "
+                             "'float16' or 'float32'.")
         try:
             self.tokenizer = tfm.AutoTokenizer.from_pretrained(source, **common)
             self._model = tfm.AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
-        except OSError as exc:
-            if source == self.model and not local.exists():
+        except (OSError, ValueError) as exc:
+            if not local.exists():
                 raise BackendError(
                     f"Could not load model '{self.model}' from the Hugging Face Hub ({exc}). "
                     "If this machine is offline, download it elsewhere (e.g. `hf download "
                     f"{self.model} --local-dir DIR`) and pass the local folder as model=DIR."
                 ) from exc
             raise BackendError(f"Could not load the model in {source}: {exc}") from exc
-        self._model.to(self.device).eval()
+        if "device_map" not in load_kwargs:  # accelerate placed the weights already
+            self._model.to(self.device)
+        self._model.eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
