@@ -41,6 +41,14 @@ def tiny_backend(tiny_model_dir) -> TransformersBackend:
     return get_backend("transformers", model=str(tiny_model_dir), device="cpu", batch_size=2)
 
 
+def test_tiny_model_is_deterministic(tiny_model_dir, tmp_path, gene_list_path):
+    from cellreasoner.resources import load_gene_list
+
+    again = build_tiny_qwen2(tmp_path / "again", vocab_genes=load_gene_list(gene_list_path))
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (again / name).read_bytes() == (tiny_model_dir / name).read_bytes(), name
+
+
 def test_prompt_text_matches_cellreasoner_template(tiny_backend, upstream_prompts_dir):
     record = json.loads((upstream_prompts_dir / "pbmc_demo_reasoning.json").read_text())[0]
     sentence = record["input"]
