@@ -184,3 +184,35 @@ def test_records_files_round_trip_and_validation(pbmc, tmp_path):
     pbmc.obs["empty"] = labels
     with pytest.raises(InputError, match="No cell has a label"):
         build_knowledge(pbmc, "empty")
+
+
+def test_cli_builds_the_three_datasets(pbmc, tmp_path, capsys):
+    """`cellreasoner train build-*` from an .h5ad to the stage files."""
+    from cellreasoner.cli import main
+
+    h5ad = tmp_path / "pbmc.h5ad"
+    pbmc.write_h5ad(h5ad)
+    k, held = tmp_path / "knowledge.json", tmp_path / "heldout.jsonl"
+    assert main(["train", "build-knowledge", str(h5ad), "--label-key", "bulk_labels",
+                 "-o", str(k), "--test-output", str(held), "--split-key", "donor",
+                 "--holdout", "donor0,donor1", "--max-genes", "100", "--max-per-label",
+                 "8"]) == 0
+    train, test = read_records(k), read_records(held)
+    donor = pbmc.obs["donor"]
+    assert {donor[r["cell_name"]] for r in test} == {"donor0", "donor1"}
+    assert not {donor[r["cell_name"]] for r in train} & {"donor0", "donor1"}
+    s = tmp_path / "scaffold.json"
+    assert main(["train", "build-reasoning", str(k), "-o", str(s), "--max-records",
+                 "12"]) == 0
+    scaffold = read_records(s)
+    assert 0 < len(scaffold) <= 12
+    f = tmp_path / "fusion.json"
+    assert main(["train", "build-fusion", "--direct", str(k), "--reasoning", str(s), "-o",
+                 str(f), "--mirror"]) == 0
+    assert len(read_records(f)) == 3 * len(scaffold)
+    out = capsys.readouterr().out
+    assert "held-out groups: donor0, donor1" in out and "rejected by the scorer" in out
+    # a bad column is a one-line error, exit status 2
+    assert main(["train", "build-knowledge", str(h5ad), "--label-key", "nope", "-o",
+                 str(k)]) == 2
+    assert "Label column 'nope' not in obs" in capsys.readouterr().err

@@ -102,3 +102,22 @@ def test_export_errors(stage_data, tmp_path):
         export_llamafactory({2: stage_data[2]}, tmp_path, finetuning="qlora")
     with pytest.raises(InputError, match="not found"):
         export_llamafactory({2: tmp_path / "missing.json"}, tmp_path)
+
+
+def test_cli_export_prints_the_commands(stage_data, tmp_path, capsys):
+    from cellreasoner.cli import main
+    from cellreasoner.train import write_records
+
+    files = {s: write_records(stage_data[s], tmp_path / f"s{s}.json") for s in stage_data}
+    out = tmp_path / "lf"
+    assert main(["train", "export-llamafactory", "-o", str(out), "--stage1", str(files[1]),
+                 "--stage2", str(files[2]), "--stage3", str(files[3]), "--lr", "2=2e-4",
+                 "--epochs", "1=5"]) == 0
+    printed = capsys.readouterr().out
+    assert "llamafactory-cli train stage1_train.yaml" in printed
+    assert "llamafactory-cli export stage3_merge.yaml" in printed
+    assert yaml.safe_load((out / "stage2_train.yaml").read_text())["learning_rate"] == 2e-4
+    assert yaml.safe_load((out / "stage1_train.yaml").read_text())["num_train_epochs"] == 5.0
+    assert main(["train", "export-llamafactory", "-o", str(out), "--stage2", str(files[2]),
+                 "--lr", "two=1"]) == 2
+    assert "STAGE=VALUE" in capsys.readouterr().err

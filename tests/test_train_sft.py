@@ -200,3 +200,28 @@ def test_bad_inputs_are_clear(tiny, tmp_path):
                   tmp_path / "y", resume_from_checkpoint=True)
     with pytest.raises(InputError, match="stage must be"):
         TrainConfig(stage=4)
+
+
+def _summary(stdout: str) -> dict:
+    """The JSON summary line of `train run` (the trainer prints its own log dicts too)."""
+    return json.loads(next(line for line in stdout.splitlines() if line.startswith('{"')))
+
+
+def test_cli_run_and_resume(tiny, overfit_records, tmp_path, capsys):
+    from cellreasoner.cli import main
+    from cellreasoner.train import write_records
+
+    data = write_records(overfit_records, tmp_path / "knowledge.json")
+    out = tmp_path / "s2"
+    common = ["train", "run", "--stage", "2", "--model", str(tiny), "--data", str(data),
+              "-o", str(out), "--batch-size", "8", "--grad-accum", "1", "--save-steps", "2",
+              "--max-length", "512"]
+    assert main(common + ["--max-steps", "2"]) == 0
+    first = _summary(capsys.readouterr().out)
+    assert first["global_step"] == 2 and first["examples"] == 16
+    assert main(common + ["--max-steps", "4", "--resume"]) == 0
+    second = _summary(capsys.readouterr().out)
+    assert second["global_step"] == 4 and second["resumed_from"].endswith("checkpoint-2")
+    assert main(["train", "run", "--stage", "2", "--model", str(tmp_path / "none"), "--data",
+                 str(data), "-o", str(tmp_path / "x")]) == 2
+    assert "Cannot load a tokenizer" in capsys.readouterr().err
