@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
-from tiny_model import build_tiny_qwen2
+from tiny_model import build_tiny_qwen2, free_port, serve_transformers
 
 from cellreasoner.backends import get_backend
 from cellreasoner.backends.openai import (
@@ -37,12 +32,6 @@ GENES = ["CD74", "HLA-DRA", "MS4A1", "CD79A", "CD3D", "CD3E", "IL7R", "LTB", "LY
 SHORT = SamplingParams.for_mode(False, max_new_tokens=4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _prompts(k: int, reasoning: bool = False) -> list[Prompt]:
     instruction = INSTRUCTION_REASONING if reasoning else INSTRUCTION_DIRECT
     return [Prompt(instruction, ", ".join(GENES[i % 8:i % 8 + 5 + i % 3]), reasoning)
@@ -59,41 +48,9 @@ def tiny_model_dir(tmp_path_factory, gene_list_path) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, tiny_model_dir) -> str:
-    """`transformers serve` on a free local port (models load on demand by path)."""
-    port = _free_port()
-    home = tmp_path_factory.mktemp("serve_home")
-    (home / "hub").mkdir()
-    env = dict(os.environ, HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"),
-               HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    log = open(home / "serve.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", "127.0.0.1",
-         "--port", str(port), "--device", "cpu", "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited: {(home / 'serve.log').read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("transformers serve did not become ready within 120 s")
-            time.sleep(0.5)
-        yield f"{base}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    """`transformers serve` on a free local port; models load on demand by path."""
+    with serve_transformers(None, tmp_path_factory.mktemp("serve")) as (base_url, _log):
+        yield base_url
 
 
 @pytest.fixture
@@ -153,7 +110,7 @@ def test_agenerate_and_generate_inside_a_running_loop(backend):
 
 
 def test_server_down_fails_fast_with_a_clear_message():
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     down = OpenAIBackend(model="m", base_url=url, max_retries=5)
     started = time.monotonic()
     with pytest.raises(BackendError, match="Cannot reach the model server") as info:

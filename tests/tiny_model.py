@@ -6,14 +6,21 @@ vocabulary covers the ranked gene symbols, cell-type words and the CellReasoner 
 and a Qwen2.5-style chat template. Backend, server and training tests load it like any
 Hugging Face model folder::
 
-    from tiny_model import build_tiny_qwen2
+    from tiny_model import build_tiny_qwen2, serve_transformers
     path = build_tiny_qwen2(tmp_path / "tiny")
+    with serve_transformers(path, tmp_path / "serve") as (base_url, log):
+        ...  # an OpenAI-compatible server on 127.0.0.1
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 #: Chat special tokens, named as in Qwen2.5.
@@ -193,3 +200,76 @@ def build_tiny_qwen2(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_transformers(
+    model_dir: str | os.PathLike | None,
+    workdir: str | os.PathLike,
+    *,
+    log_level: str = "warning",
+    timeout: float = 120.0,
+) -> Iterator[tuple[str, Path]]:
+    """Run a real ``transformers serve`` (OpenAI-compatible) on 127.0.0.1 for a test.
+
+    Parameters
+    ----------
+    model_dir
+        Model preloaded for every request (``FORCE_MODEL``), or None: requests then name any
+        local folder in ``model`` and unknown names fail (as a multi-model server does).
+    workdir
+        Folder for the server's HF home (an empty, offline hub cache) and ``serve.log``.
+    log_level
+        Server log level (default ``"warning"``; ``"info"`` logs every request).
+    timeout
+        Seconds to wait for ``/health`` (default 120).
+
+    Yields
+    ------
+    tuple
+        ``(base_url ending in /v1, path of the server log)``; the server stops on exit.
+    """
+    import httpx
+
+    work = Path(workdir)
+    (work / "hub").mkdir(parents=True, exist_ok=True)
+    log = work / "serve.log"
+    port = free_port()
+    env = dict(os.environ, HF_HOME=str(work), HF_HUB_CACHE=str(work / "hub"),
+               HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve"]
+    if model_dir is not None:
+        cmd.append(str(model_dir))
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+            "--log-level", log_level]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited: {log.read_text()}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"transformers serve was not ready in {timeout:.0f} s")
+            time.sleep(0.5)
+        yield f"{base}/v1", log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
