@@ -108,6 +108,14 @@ def test_left_padding_keeps_greedy_answers_independent_of_batch(tiny_backend):
     assert len(set(alone.text.split())) > 1  # a real (non-degenerate) continuation
 
 
+def test_long_prompts_are_cut_as_upstream_does(tiny_model_dir):
+    short = TransformersBackend(model=str(tiny_model_dir), device="cpu", max_input_tokens=40)
+    prompts = [Prompt(INSTRUCTION_DIRECT, SENTENCES[2]), Prompt("Name it.", "CD3D")]
+    out = short.generate(prompts, SamplingParams.for_mode(False, max_new_tokens=2))
+    assert [g[0].meta["truncated"] for g in out] == [True, False]
+    assert out[0][0].meta["prompt_tokens"] == 40 and out[1][0].meta["prompt_tokens"] < 40
+
+
 def test_n_answers_per_prompt_and_seed(tiny_backend):
     prompts = [Prompt(INSTRUCTION_REASONING, s, True) for s in SENTENCES[:2]]
     sampling = SamplingParams.for_mode(True, max_new_tokens=8, n=3, seed=7)

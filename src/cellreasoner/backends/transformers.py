@@ -201,15 +201,14 @@ class TransformersBackend(Backend):
         kwargs = generate_kwargs(sampling, self.tokenizer.eos_token_id)
         if sampling.seed is not None:
             self._set_seed(sampling.seed)
-        encoded = self.tokenizer(
-            [self.prompt_text(p) for p in prompts],
-            truncation=True,
-            max_length=self.max_input_tokens,
-        )["input_ids"]
-        truncated = [len(ids) >= self.max_input_tokens for ids in encoded]
+        # upstream: tokenizer(..., truncation=True, max_length=8192), i.e. keep the first tokens
+        encoded = self.tokenizer([self.prompt_text(p) for p in prompts])["input_ids"]
+        truncated = [len(ids) > self.max_input_tokens for ids in encoded]
         if any(truncated):
-            logger.warning("%d prompt(s) were truncated to %d tokens (as upstream does).",
-                           sum(truncated), self.max_input_tokens)
+            encoded = [ids[:self.max_input_tokens] for ids in encoded]
+            logger.warning("%d prompt(s) were cut to their first %d tokens (as upstream does); "
+                           "their answers are unreliable.", sum(truncated),
+                           self.max_input_tokens)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         results: list[list[Generation] | None] = [None] * len(prompts)
         self.stats = {"batches": 0, "oom_splits": 0, "prompt_tokens": 0, "completion_tokens": 0}
