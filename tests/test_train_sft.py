@@ -114,6 +114,7 @@ def test_overfit_then_annotate_reproduces_labels(tiny, overfit_cells, overfit_re
     assert result.global_step < 200  # stopped at the target loss
     prov = json.loads((out / PROVENANCE_FILE).read_text())
     assert prov["stage"] == 2 and prov["n_trained"] == 16 and prov["config"]["finetuning"] == "full"
+    assert prov["max_sentence_genes"] == MAX_GENES
 
     adata = overfit_cells.copy()
     annotate(adata, "transformers", model=str(out), temperature=0, max_genes=MAX_GENES,
@@ -220,7 +221,9 @@ def test_cli_run_and_resume(tiny, overfit_records, tmp_path, capsys):
     first = _summary(capsys.readouterr().out)
     assert first["global_step"] == 2 and first["examples"] == 16
     assert main(common + ["--max-steps", "4", "--resume"]) == 0
-    second = _summary(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    second = _summary(printed)
+    assert f"--max-genes {MAX_GENES}" in printed
     assert second["global_step"] == 4 and second["resumed_from"].endswith("checkpoint-2")
     assert main(["train", "run", "--stage", "2", "--model", str(tmp_path / "none"), "--data",
                  str(data), "-o", str(tmp_path / "x")]) == 2

@@ -293,6 +293,12 @@ def _run_train(args: argparse.Namespace) -> int:
                "resumed_from": res.resumed_from}
     print(json.dumps(summary))
     if cfg.finetuning == "full" or cfg.merge:
+        from ..train.records import read_records
+        from ..train.sft import sentence_genes
+
+        n_genes = sentence_genes(read_records(args.data))
+        hint = f" --max-genes {n_genes}" if n_genes < 1000 else ""
         print(f"annotate with: cellreasoner annotate INPUT --backend transformers "
-              f"--model {res.output_dir} -o out.h5ad")
+              f"--model {res.output_dir}{hint} -o out.h5ad  (use the sentence settings the "
+              "training data was built with)")
     return 0

@@ -253,6 +253,11 @@ def _data_fingerprint(records: Sequence[dict]) -> str:
     return h.hexdigest()
 
 
+def sentence_genes(records: Sequence[dict]) -> int:
+    """The longest cell sentence (in genes) of the records: annotate with that ``max_genes``."""
+    return max((r["input"].count(", ") + 1 for r in records), default=0)
+
+
 def _use_bf16(config: TrainConfig) -> bool:
     if config.bf16 is not None:
         return config.bf16
@@ -373,35 +378,36 @@ def train_sft(
     output = trainer.train(resume_from_checkpoint=resume)
     history = list(trainer.state.log_history)
 
-    out.mkdir(parents=True, exist_ok=True)
-    trained = trainer.model
-    adapter_dir = None
-    if config.finetuning == "lora":
-        adapter_dir = out / ADAPTER_DIR
-        trained.save_pretrained(adapter_dir)
-        tokenizer.save_pretrained(adapter_dir)
-        if config.merge:
-            trained = trained.merge_and_unload()
-    if config.finetuning == "full" or config.merge:
-        trained.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    provenance = {
-        "stage": config.stage,
-        "stage_name": STAGES[config.stage],
-        "base_model": str(model),
-        "n_records": len(records),
-        "n_trained": len(columns["input_ids"]),
-        "n_dropped": dropped,
-        "data_sha256": _data_fingerprint(records),
-        "config": asdict(config) | {"learning_rate": config.lr,
-                                    "num_train_epochs": config.epochs},
-        "global_step": trainer.state.global_step,
-        "train_loss": float(output.training_loss),
-        "resumed_from": resume,
-        "log_history": history,
-        "versions": {"trl": trl.__version__, "transformers": transformers.__version__},
-    }
-    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, default=str))
+    adapter_dir = out / ADAPTER_DIR if config.finetuning == "lora" else None
+    if trainer.is_world_process_zero():  # one writer under multi-GPU launches
+        out.mkdir(parents=True, exist_ok=True)
+        trained = trainer.model
+        if adapter_dir is not None:
+            trained.save_pretrained(adapter_dir)
+            tokenizer.save_pretrained(adapter_dir)
+            if config.merge:
+                trained = trained.merge_and_unload()
+        if config.finetuning == "full" or config.merge:
+            trained.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+        provenance = {
+            "stage": config.stage,
+            "stage_name": STAGES[config.stage],
+            "base_model": str(model),
+            "n_records": len(records),
+            "n_trained": len(columns["input_ids"]),
+            "n_dropped": dropped,
+            "max_sentence_genes": sentence_genes(records),
+            "data_sha256": _data_fingerprint(records),
+            "config": asdict(config) | {"learning_rate": config.lr,
+                                        "num_train_epochs": config.epochs},
+            "global_step": trainer.state.global_step,
+            "train_loss": float(output.training_loss),
+            "resumed_from": resume,
+            "log_history": history,
+            "versions": {"trl": trl.__version__, "transformers": transformers.__version__},
+        }
+        (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, default=str))
     return TrainResult(
         output_dir=out, global_step=trainer.state.global_step,
         train_loss=float(output.training_loss), log_history=history,
