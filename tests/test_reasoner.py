@@ -153,6 +153,19 @@ def test_smoothing_uses_the_graph_and_checks_its_shape(reasoner, pbmc, pbmc_resu
         reasoner.annotate_matrix(pbmc["X"], pbmc["genes"], connectivities=sp.eye(5))
 
 
+def test_smoothing_keeps_a_confident_rare_cell(reasoner, pbmc, pbmc_result):
+    res = pbmc_result
+    b = int(np.flatnonzero((res.lineage == "B cell") & (res.confidence > 0.9))[0])
+    monos = np.flatnonzero(res.lineage == "monocyte")[:10]
+    sparse = int(np.flatnonzero(res.lineage == "monocyte")[10])
+    rows = [b] * 10 + [sparse] * 10
+    W = sp.csr_matrix((np.ones(20), (rows, list(monos) * 2)), shape=(700, 700))
+    W = W + W.T
+    sm = reasoner.annotate_matrix(pbmc["X"], pbmc["genes"], connectivities=W)
+    assert sm.lineage[b] == "B cell"  # strong own evidence is not overwritten
+    assert sm.lineage[sparse] == "monocyte"
+
+
 def test_clusters_annotate_groups(reasoner, pbmc, _pbmc68k_cached):
     res, keys = reasoner.annotate_groups(pbmc["X"], pbmc["genes"],
                                          _pbmc68k_cached.obs["louvain"])

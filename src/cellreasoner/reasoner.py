@@ -150,7 +150,11 @@ class Reasoner:
     negative_weight
         Weight of the negative-marker penalty (default 0.5).
     smoothing
-        Weight of the neighbours' scores when a kNN graph is given (default 0.5).
+        Largest weight of the neighbours' scores when a kNN graph is given (default 0.5).
+    strong_evidence
+        Lineage score at which a cell would keep its own evidence unsmoothed (default 1.2,
+        above the maximum score of 1, so a cell with full evidence still takes ~8% from its
+        neighbours); below it the neighbours' weight grows linearly up to ``smoothing``.
     """
 
     def __init__(
@@ -167,6 +171,7 @@ class Reasoner:
         doublet_ratio: float = 0.9,
         negative_weight: float = 0.5,
         smoothing: float = 0.5,
+        strong_evidence: float = 1.2,
     ) -> None:
         if isinstance(markers, MarkerDB):
             db = markers.restrict(tissue)
@@ -184,6 +189,7 @@ class Reasoner:
         self.doublet_ratio = float(doublet_ratio)
         self.negative_weight = float(negative_weight)
         self.smoothing = float(smoothing)
+        self.strong_evidence = float(strong_evidence)
 
         self.names = np.array(db.names, dtype=object)
         self.cl_ids = np.array([t.cl_id for t in db.types], dtype=object)
@@ -312,9 +318,14 @@ class Reasoner:
         S = 0.8 * evidence + 0.2 * coverage - self.negative_weight * neg
         return S.astype(np.float32)
 
-    @staticmethod
-    def smooth(S: np.ndarray, connectivities, alpha: float) -> np.ndarray:
-        """Mix each cell's scores with its neighbours' (row-normalised kNN graph)."""
+    def smooth(self, S: np.ndarray, connectivities, alpha: float) -> np.ndarray:
+        """Mix each cell's scores with its neighbours' (row-normalised kNN graph).
+
+        Sparse cells borrow most: the neighbours' weight is ``alpha`` for a cell without
+        lineage evidence and falls linearly towards 0 as its best lineage score approaches
+        ``self.strong_evidence`` (so a well-measured cell of a rare type keeps its own call
+        among neighbours of another type).
+        """
         W = sp.csr_matrix(connectivities, dtype=np.float32)
         if W.shape != (S.shape[0], S.shape[0]):
             raise InputError(f"connectivities has shape {W.shape}; expected a "
@@ -324,9 +335,10 @@ class Reasoner:
         has = deg > 0
         deg[~has] = 1.0
         neigh = sp.diags(1.0 / deg) @ W @ S
-        out = S.copy()
-        out[has] = (1 - alpha) * S[has] + alpha * neigh[has]
-        return out
+        own = S[:, self.is_root].max(axis=1)
+        a = alpha * np.clip(1.0 - own / self.strong_evidence, 0.0, 1.0)
+        a = np.where(has, a, 0.0).astype(np.float32)[:, None]
+        return (1 - a) * S + a * neigh
 
     # ------------------------------------------------------------------ decisions
     def decide(self, S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
