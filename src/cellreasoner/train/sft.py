@@ -258,6 +258,24 @@ def sentence_genes(records: Sequence[dict]) -> int:
     return max((r["input"].count(", ") + 1 for r in records), default=0)
 
 
+def _version_args(config_cls, config: TrainConfig) -> dict:
+    """Arguments whose names changed across transformers versions."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    out = {}
+    # transformers 5: warmup_steps < 1 is a ratio and warmup_ratio is gone
+    if "warmup_ratio" in names:
+        out["warmup_ratio"] = config.warmup_ratio
+    else:
+        out["warmup_steps"] = config.warmup_ratio
+    # transformers 5: gradient_checkpointing became activation_checkpointing (TRL's default on)
+    key = "activation_checkpointing" if "activation_checkpointing" in names \
+        else "gradient_checkpointing"
+    out[key] = config.gradient_checkpointing
+    return out
+
+
 def _use_bf16(config: TrainConfig) -> bool:
     if config.bf16 is not None:
         return config.bf16
@@ -350,7 +368,6 @@ def train_sft(
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        warmup_steps=config.warmup_ratio,  # < 1: a fraction of the steps
         lr_scheduler_type=config.lr_scheduler_type,
         weight_decay=config.weight_decay,
         save_strategy="steps",
@@ -360,13 +377,13 @@ def train_sft(
         seed=config.seed,
         data_seed=config.seed,
         bf16=bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
         max_length=None,  # over-long examples are already left out, never cut mid-answer
         completion_only_loss=True,
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        **_version_args(trl.SFTConfig, config),
         **config.extra,
     )
     trainer = trl.SFTTrainer(
