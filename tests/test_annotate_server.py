@@ -37,10 +37,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(model_dir: str | Path, workdir: Path, timeout: float = 120.0):
+def serve(model_dir: str | Path, workdir: Path, timeout: float = 120.0,
+          extra_args: tuple[str, ...] = ()):
     """Run `transformers serve` on 127.0.0.1 with its access log; yields ``(base_url, log)``.
 
-    ``model_dir`` is preloaded (``FORCE_MODEL``), so the first request does not pay the load.
+    ``model_dir`` is preloaded (``FORCE_MODEL``), so the first request does not pay the load;
+    ``extra_args`` are added to the command line (e.g. ``("--continuous-batching",)``).
     """
     port = free_port()
     (workdir / "hub").mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,7 @@ def serve(model_dir: str | Path, workdir: Path, timeout: float = 120.0):
         proc = subprocess.Popen(
             [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir),
              "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-             "--log-level", "info"],
+             "--log-level", "info", *extra_args],
             stdout=fh, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
