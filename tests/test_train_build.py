@@ -139,10 +139,22 @@ def test_reasoning_dedupes_and_honours_the_scorer(pbmc):
     res = build_reasoning(twice, "builtin", max_records=None, min_score=0.0)
     assert res.info["n_duplicates"] == len(direct)
     assert len({r["input"] for r in res.records}) == len(res.records)
-    none = build_reasoning(direct, "builtin", scorer=lambda truth, pred: 0.0)
+    assert res.info["n_prompts"] == len(direct)  # identical sentences asked once
+    none = build_reasoning(direct, "builtin", scorer=lambda truth, pred: 0.0, cache=False)
     assert none.records == [] and none.info["n_rejected"] == len(direct)
     with pytest.raises(InputError, match="direct-answer records"):
         build_reasoning(res.records, "builtin")
+
+
+def test_teacher_answers_are_cached_for_resume(pbmc, tmp_path):
+    direct = build_knowledge(pbmc, "bulk_labels", max_genes=200, test_size=0.0,
+                             max_per_label=2).records
+    db = tmp_path / "teacher.sqlite"
+    first = build_reasoning(direct, "builtin", cache=db)
+    again = build_reasoning(direct, "builtin", cache=db)
+    assert first.info["cache_hits"] == 0 and db.is_file()
+    assert again.info["cache_hits"] == again.info["n_prompts"] == len(direct)
+    assert again.records == first.records
 
 
 def test_fusion_mixes_both_modes(pbmc):

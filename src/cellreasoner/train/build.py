@@ -343,8 +343,9 @@ def build_reasoning(
     min_score: float = 1.0,
     answer: str = "truth",
     scorer: Callable[[str, str], float] | None = None,
+    cache: str | os.PathLike | bool | None = None,
     seed: int = 0,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> BuildResult:
     """Reasoning records by rejection sampling from a teacher.
 
@@ -376,16 +377,21 @@ def build_reasoning(
         keeping the training vocabulary consistent) or ``"teacher"`` (the teacher's own words).
     scorer
         ``(truth, prediction) -> score``; default :func:`cellreasoner.scoring.score_pair`.
+    cache
+        Teacher answers are cached as annotate caches them, so a killed run resumes without
+        asking again: a SQLite path, ``None``/``True`` for the default cache
+        (``$CELLREASONER_CACHE/annotations.sqlite``), ``False`` for none.
     seed
         Seed of the candidate draw (default 0).
     progress
-        Called with the number of prompts finished.
+        Called with the number of cells finished.
 
     Returns
     -------
     BuildResult
         ``records`` in reasoning mode and ``info`` (counts of generated, rejected, kept).
     """
+    from ..annotate import generate_cached
     from ..backends import get_backend
     from ..parsing import parse_response
 
@@ -403,13 +409,30 @@ def build_reasoning(
         by_label[source[i]["output"]].append(source[i])
     candidates = _round_robin(by_label, n_candidates)
     sampling = sampling or SamplingParams.for_mode(True)
-    prompts = [Prompt(INSTRUCTION_REASONING, r["input"], True) for r in candidates]
+    unique: dict[str, int] = {}
+    prompts: list[Prompt] = []
+    slot = []
+    for r in candidates:  # identical sentences are asked once
+        p = Prompt(INSTRUCTION_REASONING, r["input"], True)
+        if p.key() not in unique:
+            unique[p.key()] = len(prompts)
+            prompts.append(p)
+        slot.append(unique[p.key()])
 
     backend = get_backend(teacher, **(teacher_options or {}))
-    generations = backend.generate(prompts, sampling, progress)
-    if len(generations) != len(prompts):
-        raise InputError(f"The teacher returned {len(generations)} answers for {len(prompts)} "
-                         "prompts.")
+    gen_cache = None
+    if cache is not False:
+        from ..cache import GenerationCache, default_cache_path
+
+        path = default_cache_path() if cache in (None, True) else Path(cache)
+        gen_cache = GenerationCache(path, backend.name, backend.model, sampling)
+    try:
+        answers = generate_cached(backend, prompts, sampling, gen_cache, advance=progress)
+    finally:
+        cache_hits = gen_cache.hits if gen_cache is not None else 0
+        if gen_cache is not None:
+            gen_cache.close()
+    generations = [answers[i] for i in slot]
     counts = Counter()
     kept_by_label: dict[str, list[dict]] = defaultdict(list)
     seen: set[tuple[str, str]] = set()
@@ -449,6 +472,8 @@ def build_reasoning(
         "teacher": backend.describe(),
         "sampling": sampling.to_dict(),
         "n_candidates": len(candidates),
+        "n_prompts": len(prompts),
+        "cache_hits": cache_hits,
         "n_generated": counts["generated"],
         "n_no_reasoning": counts["no_reasoning"],
         "n_no_answer": counts["no_answer"],
