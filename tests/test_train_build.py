@@ -215,7 +215,7 @@ def test_cli_builds_the_three_datasets(pbmc, tmp_path, capsys):
     assert not {donor[r["cell_name"]] for r in train} & {"donor0", "donor1"}
     s = tmp_path / "scaffold.json"
     assert main(["train", "build-reasoning", str(k), "-o", str(s), "--max-records",
-                 "12"]) == 0
+                 "12", "--cache", str(tmp_path / "teacher.sqlite"), "--no-progress"]) == 0
     scaffold = read_records(s)
     assert 0 < len(scaffold) <= 12
     f = tmp_path / "fusion.json"

@@ -119,10 +119,16 @@ def _register_reasoning(actions) -> None:
                    help="answer after the reasoning: the ground truth (default) or the "
                    "teacher's words")
     p.add_argument("--seed", type=int, default=0, help="seed of the candidate draw")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache", help="SQLite cache of teacher answers (default: "
+                       "$CELLREASONER_CACHE/annotations.sqlite); a rerun resumes from it")
+    cache.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_reasoning)
 
 
 def _run_reasoning(args: argparse.Namespace) -> int:
+    from ..progress import progress_bar
     from ..prompts import SamplingParams
     from ..train.build import build_reasoning
     from ..train.records import write_records
@@ -133,18 +139,20 @@ def _run_reasoning(args: argparse.Namespace) -> int:
         opts["model"] = args.model
     sampling = SamplingParams.for_mode(True, n=args.n, temperature=args.temperature,
                                        top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    res = build_reasoning(
-        args.records, args.teacher, teacher_options=opts, sampling=sampling,
-        n_candidates=args.n_candidates, max_records=args.max_records,
-        max_per_label=args.max_per_label, min_score=args.min_score, answer=args.answer,
-        seed=args.seed,
-    )
+    with progress_bar("teacher", args.n_candidates,
+                      enabled=False if args.no_progress else None) as advance:
+        res = build_reasoning(
+            args.records, args.teacher, teacher_options=opts, sampling=sampling,
+            n_candidates=args.n_candidates, max_records=args.max_records,
+            max_per_label=args.max_per_label, min_score=args.min_score, answer=args.answer,
+            cache=False if args.no_cache else args.cache, seed=args.seed, progress=advance,
+        )
     write_records(res.records, args.output)
     i = res.info
     print(f"teacher answered {i['n_generated']} times for {i['n_candidates']} cells: "
           f"{i['n_accepted']} accepted, {i['n_rejected']} rejected by the scorer, "
           f"{i['n_no_reasoning'] + i['n_no_answer']} without reasoning/answer, "
-          f"{i['n_duplicates']} duplicates")
+          f"{i['n_duplicates']} duplicates ({i['cache_hits']} answers from the cache)")
     print(f"wrote {len(res.records)} reasoning records to {args.output}")
     return 0
 
