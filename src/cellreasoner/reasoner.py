@@ -123,6 +123,19 @@ def log_normalize(X: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matrix:
     return X
 
 
+def _top2(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row-wise (argmax, max, second argmax, second max); second is -inf with one column."""
+    rows = np.arange(A.shape[0])
+    i1 = A.argmax(axis=1)
+    v1 = A[rows, i1]
+    if A.shape[1] < 2:
+        return i1, v1, i1, np.full(A.shape[0], -np.inf, dtype=A.dtype)
+    B = A.copy()
+    B[rows, i1] = -np.inf
+    i2 = B.argmax(axis=1)
+    return i1, v1, i2, B[rows, i2]
+
+
 class Reasoner:
     """Annotate cells from marker evidence, hierarchically, with a reasoning trace.
 
@@ -350,14 +363,11 @@ class Reasoner:
         n = S.shape[0]
         roots = np.flatnonzero(self.is_root)
         R = S[:, roots]
-        order = np.argsort(-R, axis=1)
-        best = order[:, 0]
-        s1 = R[np.arange(n), best]
-        s2 = R[np.arange(n), order[:, 1]] if len(roots) > 1 else np.full(n, -1.0)
+        best, s1, second, s2 = _top2(R)
         root = roots[best]
         status = np.zeros(n, dtype=np.int8)
         status[s1 < self.min_score] = 1
-        related = (self._related_roots[best, order[:, 1]] if len(roots) > 1
+        related = (self._related_roots[best, second] if len(roots) > 1
                    else np.ones(n, dtype=bool))
         tie = ((status == 0) & (s2 >= self.strong_score) & ~related
                & ((s1 - s2 < self.tie_margin) | (s2 >= self.doublet_ratio * s1)))
@@ -375,10 +385,7 @@ class Reasoner:
             rows = np.flatnonzero(active)
             mask = self.child_mask[node[rows]]
             cand = np.where(mask, S[rows], -np.inf)
-            ordc = np.argsort(-cand, axis=1)
-            c1 = ordc[:, 0]
-            v1 = cand[np.arange(len(rows)), c1]
-            v2 = cand[np.arange(len(rows)), ordc[:, 1]] if S.shape[1] > 1 else -np.inf
+            c1, v1, _, v2 = _top2(cand)
             v2 = np.where(np.isfinite(v2), v2, 0.0)
             gap = v1 - v2
             ok = ((v1 >= self.min_child_score) & (gap >= self.child_margin)) | (
