@@ -515,11 +515,18 @@ class Reasoner:
             Ss.append(self.score(E, measured))
         E = sp.vstack(Es).tocsr() if len(Es) > 1 else Es[0]
         S = np.vstack(Ss)
+        own_node = None
         if connectivities is not None and self.smoothing > 0:
+            own_node = self.decide(S)[0]
             S = self.smooth(S, connectivities, self.smoothing)
         node, root, conf, status = self.decide(S)
         text = (self.traces(E, measured, node, root, conf, status, S, spelled) if reasoning
                 else [""] * len(node))
+        if reasoning and own_node is not None:
+            for i in np.flatnonzero(own_node != node):
+                own = self.names[own_node[i]] if own_node[i] >= 0 else UNKNOWN
+                text[i] += (f" (Own markers alone: {own}; the call uses the kNN neighbours' "
+                            "shared evidence.)")
         return self._result(node, root, conf, status, text, S)
 
     def annotate_groups(self, X, genes: Sequence[str], groups: Sequence,
