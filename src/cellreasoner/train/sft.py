@@ -203,17 +203,21 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int
                          "model (e.g. Qwen2.5-7B-Instruct).")
     suffix = _assistant_suffix(tokenizer)
     ids, masks, dropped = [], [], 0
-    for rec in records:
-        reasoning = rec["instruction"] == INSTRUCTION_REASONING
-        prompt_text = render_chat_text(tokenizer, Prompt(rec["instruction"], rec["input"],
-                                                         reasoning))
-        p_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(completion_text(rec, suffix), add_special_tokens=False)["input_ids"]
-        if len(p_ids) + len(c_ids) > max_length:
-            dropped += 1
-            continue
-        ids.append(p_ids + c_ids)
-        masks.append([0] * len(p_ids) + [1] * len(c_ids))
+    for start in range(0, len(records), 1024):  # batched: the fast tokenizer runs in parallel
+        chunk = records[start:start + 1024]
+        prompts = [render_chat_text(tokenizer, Prompt(r["instruction"], r["input"],
+                                                      r["instruction"] == INSTRUCTION_REASONING))
+                   for r in chunk]
+        # the prompt is tokenized exactly as the transformers backend tokenizes it
+        p_all = tokenizer(prompts)["input_ids"]
+        c_all = tokenizer([completion_text(r, suffix) for r in chunk],
+                          add_special_tokens=False)["input_ids"]
+        for p_ids, c_ids in zip(p_all, c_all, strict=True):
+            if len(p_ids) + len(c_ids) > max_length:
+                dropped += 1
+                continue
+            ids.append(list(p_ids) + list(c_ids))
+            masks.append([0] * len(p_ids) + [1] * len(c_ids))
     if dropped:
         log.warning("%d of %d records are longer than max_length=%d tokens and were left out "
                     "(raise max_length or build sentences with fewer genes).",
@@ -318,6 +322,7 @@ def train_sft(
     """
     config = config or TrainConfig()
     require("datasets", "train", "Training")
+    require("accelerate", "train", "Training")
     require("peft", "train", "LoRA training")
     trl = require("trl", "train", "Training")
     transformers = require("transformers", "train", "Training")
