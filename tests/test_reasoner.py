@@ -52,9 +52,9 @@ def test_real_pbmc_lineages(pbmc_result, pbmc):
         assert _lineage_fraction(pbmc_result, t, lab, ["T cell"]) >= 0.75, lab
     assert _lineage_fraction(pbmc_result, t, "CD56+ NK", ["NK cell"]) >= 0.6
     # fine subtypes are reached, with CL ids of the chosen node
-    assert "conventional dendritic cell type 2" in set(pbmc_result.label)
+    assert "cDC2 (CD1c-positive myeloid dendritic cell)" in set(pbmc_result.label)
     assert "naive CD8-positive T cell" in set(pbmc_result.label)
-    i = int(np.flatnonzero(pbmc_result.label == "conventional dendritic cell type 2")[0])
+    i = int(np.flatnonzero(pbmc_result.label == "cDC2 (CD1c-positive myeloid dendritic cell)")[0])
     assert pbmc_result.ontology_id[i] == "CL:0002399"
     assert pbmc_result.ontology_label[i] == "CD1c-positive myeloid dendritic cell"
 
