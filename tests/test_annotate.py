@@ -328,3 +328,26 @@ def test_tissue_changes_the_prompt_or_restricts_the_builtin(tiny_model, raw68k):
     assert not set(plain.table["prompt_key"]) & set(blood.table["prompt_key"])
     res = annotate(raw68k, tissue="blood", progress=False, copy=True)
     assert res.provenance["backend"] == "builtin" and res.provenance["tissue"] == "blood"
+
+
+def test_interrupt_in_process_keeps_every_finished_prompt(tiny_model, raw68k, tmp_path):
+    """Ctrl-C (KeyboardInterrupt) after the first 4 cells: those 4 answers are in the cache
+    (stored as they finish, at the latest when their backend call of ``batch_size`` prompts
+    returns) and a rerun generates only the other 8."""
+    sub = raw68k[:12].copy()
+    cache = tmp_path / "b.sqlite"
+    seen = []
+
+    def interrupt_after_first_call(cells: float) -> None:
+        seen.append(cells)
+        if sum(seen) >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        annotate(sub, "transformers", model=tiny_model, cache=cache, batch_size=4,
+                 progress=interrupt_after_first_call, copy=True, **TINY)
+    with sqlite3.connect(cache) as db:
+        assert db.execute("SELECT COUNT(*) FROM generations").fetchone()[0] == 4
+    res = annotate(sub, "transformers", model=tiny_model, cache=cache, batch_size=4,
+                   progress=False, copy=True, **TINY)
+    assert (res.provenance["cache_hits"], res.provenance["model_calls"]) == (4, 8)

@@ -485,6 +485,10 @@ def annotate(
     sampling = SamplingParams.for_mode(
         reasoning, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
         max_new_tokens=max_new_tokens, seed=seed, n=int(n))
+    if sampling.n > 1 and sampling.temperature < 0.1:
+        log.warning("n=%d self-consistency samples at temperature %s will be near-identical; "
+                    "pass a higher temperature (e.g. 0.6) for a meaningful agreement.",
+                    sampling.n, sampling.temperature)
     options = dict(backend_options or {})
     if model is not None:
         options["model"] = model
