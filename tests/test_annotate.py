@@ -223,6 +223,8 @@ def test_bad_input_errors(raw68k, pbmc68k):
         annotate(raw68k, n=0)
     with pytest.raises(InputError, match="not in obs"):
         annotate(raw68k, mode="cluster", by="no_such_column", cache=False, progress=False)
+    with pytest.raises(InputError, match="only apply to mode='cluster'"):
+        annotate(raw68k, markers={"0": ["LYZ"]}, cache=False, progress=False)
     with pytest.raises(InputError, match="key_added"):
         annotate(raw68k, key_added="bad key")
     with pytest.raises(InputError, match="Unknown backend"):
@@ -316,6 +318,9 @@ def test_cli_readme_main_job(tmp_path, capsys, monkeypatch):
     back = ad.read_h5ad(tmp_path / "out" / "pbmc68k.h5ad")
     assert back.uns["cellreasoner"]["backend"] == "builtin"
     assert back.obs["cellreasoner_label"].str.len().gt(0).all()
+    with pytest.raises(SystemExit):  # argparse rejects an unknown backend name
+        main(["annotate", "pbmc68k_reduced", "-o", "x.h5ad", "--backend", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 def test_tissue_changes_the_prompt_or_restricts_the_builtin(tiny_model, raw68k):

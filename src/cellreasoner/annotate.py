@@ -476,6 +476,9 @@ def annotate(
     if label_key is not None and label_key not in adata.obs:
         raise InputError(f"Label column '{label_key}' not in obs. Available columns: "
                          f"{', '.join(map(str, adata.obs.columns)) or 'none'}.")
+    if markers is not None and mode != "cluster":
+        raise InputError("markers (--markers) give the marker genes of each cluster and only "
+                         f"apply to mode='cluster', not mode='{mode}'.")
     if mode != "cell" and by not in (None, "leiden") and by not in adata.obs:
         raise InputError(
             f"Cluster column '{by}' not in obs. Available columns: "

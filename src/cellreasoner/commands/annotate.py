@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="output .h5ad (annotated AnnData); a .csv path writes only the table")
     p.add_argument("--csv", help="also write the upstream-layout result table here")
-    p.add_argument("--backend", default="builtin",
+    from ..backends import BACKENDS
+
+    p.add_argument("--backend", default="builtin", choices=sorted(BACKENDS),
                    help="builtin (default, no model needed), transformers, openai, vllm, gguf")
     p.add_argument("--model", help="model name, folder or file for the backend")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
@@ -49,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-genes", type=int, default=1000, help="genes per sentence (1000)")
     p.add_argument("--layer", help="layer to read instead of X")
     p.add_argument("--use-raw", action="store_true", help="read adata.raw")
+    p.add_argument("--assay", help="Seurat assay (default: the active assay)")
     p.add_argument("--label-column",
                    help="obs column with ground truth (the CSV 'labels' column)")
     cache = p.add_mutually_exclusive_group()
@@ -90,8 +93,13 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".h5ad", ".csv"):
         raise InputError(f"Output {out}: use a .h5ad (annotated AnnData) or .csv path.")
     cache = False if args.no_cache else args.cache
+    data = args.input
+    if args.assay:
+        from ..datasets import resolve_input
+
+        data = resolve_input(args.input, assay=args.assay)
     result = annotate(
-        args.input, args.backend, model=args.model, reasoning=args.reasoning, mode=args.mode,
+        data, args.backend, model=args.model, reasoning=args.reasoning, mode=args.mode,
         by=args.by, n=args.n, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
         seed=args.seed, gene_list=args.gene_list, max_genes=args.max_genes, layer=args.layer,
