@@ -236,3 +236,42 @@ def test_rate_limit_is_retried_after_the_servers_retry_after():
     assert limited.stats["retries"] == 1 and limited.stats["requests"] == 2
     first, second = _Overloaded.seen
     assert second - first >= 0.95  # waited for Retry-After, not the 0.01 s backoff
+
+
+class _RejectsOne(BaseHTTPRequestHandler):
+    """A real HTTP server that answers every cell except one whose sentence is 'BAD'."""
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(0.05)
+        if body["messages"][1]["content"] == "BAD":
+            status, payload = 400, {"error": {"message": "prompt rejected by policy"}}
+        else:
+            status, payload = 200, {"choices": [{"index": 0, "finish_reason": "stop",
+                                                 "message": {"content": "B cell"}}]}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        return
+
+
+def test_a_failing_prompt_stops_the_run_after_reporting_finished_ones():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _RejectsOne)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    prompts = [Prompt(INSTRUCTION_DIRECT, s) for s in ["CD79A", "MS4A1", "BAD", "CD19", "PAX5"]]
+    finished: list[int] = []
+    try:
+        serial = OpenAIBackend(model="m", base_url=f"http://127.0.0.1:{httpd.server_port}/v1",
+                               concurrency=1)
+        with pytest.raises(BackendError, match="HTTP 400.*prompt rejected by policy"):
+            serial.generate(prompts, SHORT, on_result=lambda i, gens: finished.append(i))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert finished == [0, 1]  # saved before the failure; nothing after it was asked
+    assert serial.stats["requests"] == 3 and serial.stats["retries"] == 0
