@@ -224,6 +224,12 @@ def test_cli_run_and_resume(tiny, overfit_records, tmp_path, capsys):
     printed = capsys.readouterr().out
     second = _summary(printed)
     assert f"--max-genes {MAX_GENES}" in printed
+    # starting fresh over an earlier run's checkpoints is refused (no silent mixing)
+    assert main(common + ["--max-steps", "2"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(common + ["--max-steps", "1", "--overwrite"]) == 0
+    assert _summary(capsys.readouterr().out)["global_step"] == 1
+    assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-1"]
     assert second["global_step"] == 4 and second["resumed_from"].endswith("checkpoint-2")
     assert main(["train", "run", "--stage", "2", "--model", str(tmp_path / "none"), "--data",
                  str(data), "-o", str(tmp_path / "x")]) == 2

@@ -278,6 +278,8 @@ def _register_run(actions) -> None:
                    help="LoRA: keep only the adapter (OUTDIR/adapter), no merged model")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint in OUTDIR (or the one given)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUTDIR that holds an earlier run's checkpoints")
     p.add_argument("--progress", action="store_true", help="show the trainer's progress bar")
     p.set_defaults(func=_run_train)
 
@@ -294,7 +296,8 @@ def _run_train(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing, merge=not args.no_merge,
     )
     res = train_sft(args.model, args.data, args.output, cfg,
-                    resume_from_checkpoint=args.resume, progress=args.progress)
+                    resume_from_checkpoint=args.resume, overwrite=args.overwrite,
+                    progress=args.progress)
     summary = {"output_dir": str(res.output_dir), "stage": args.stage,
                "global_step": res.global_step, "train_loss": round(res.train_loss, 6),
                "examples": res.n_examples, "dropped_too_long": res.n_dropped,

@@ -295,6 +295,7 @@ def train_sft(
     config: TrainConfig | None = None,
     *,
     resume_from_checkpoint: bool | str | None = None,
+    overwrite: bool = False,
     progress: bool = False,
 ) -> TrainResult:
     """Fine-tune a chat model on CellReasoner records (one stage).
@@ -313,6 +314,9 @@ def train_sft(
     resume_from_checkpoint
         ``True``: continue from the latest checkpoint in ``output_dir/checkpoints`` (an error
         when there is none); a path: from that checkpoint; default: start fresh.
+    overwrite
+        Starting fresh in a folder that holds checkpoints of an earlier run is an error unless
+        this is True, which deletes them first (default False).
     progress
         Show the trainer's progress bar (default False).
 
@@ -341,6 +345,14 @@ def train_sft(
         resume = str(resume_from_checkpoint)
         if not Path(resume).is_dir():
             raise InputError(f"Checkpoint folder not found: {resume}.")
+    elif _latest_checkpoint(ckpt_root) is not None:
+        if not overwrite:
+            raise InputError(f"{ckpt_root} holds checkpoints of an earlier run. Continue it with "
+                             "--resume (resume_from_checkpoint=True), or start over with "
+                             "--overwrite (overwrite=True) or another output folder.")
+        import shutil
+
+        shutil.rmtree(ckpt_root)
 
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(model))
