@@ -38,6 +38,15 @@ def test_prompt_texts_follow_upstream_rendering(tokenizer, upstream_prompts_dir)
     assert reasoning.count("</think>") == 1  # the instruction's tag, as upstream leaves it
 
 
+def test_a_model_without_chat_template_is_refused_clearly(gene_list_path):
+    from cellreasoner.resources import load_gene_list
+
+    base_model_tokenizer = build_tokenizer(load_gene_list(gene_list_path)[:50])
+    base_model_tokenizer.chat_template = None
+    with pytest.raises(InputError, match="Model 'base-lm' has no chat template"):
+        prompt_texts(base_model_tokenizer, [Prompt(INSTRUCTION_DIRECT, "CD3D")], "base-lm")
+
+
 def test_sampling_kwargs_follow_upstream_modes():
     assert sampling_kwargs(SamplingParams.for_mode(False)) == {
         "n": 1, "temperature": 0.01, "top_p": 0.01, "repetition_penalty": 1.1,

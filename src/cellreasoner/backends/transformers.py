@@ -40,6 +40,17 @@ def resolve_device(device: str, torch) -> str:
     return "cpu"
 
 
+def chat_text(tokenizer, prompt: Prompt, model: str) -> str:
+    """:func:`render_chat_text`, with a clear error for a model without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(
+            f"Model '{model}' has no chat template (tokenizer.chat_template is empty), so its "
+            "tokenizer cannot lay out CellReasoner's system/user messages. Use a chat "
+            "(instruct) model such as CellReasoner or Qwen2.5-Instruct."
+        )
+    return render_chat_text(tokenizer, prompt)
+
+
 def reject_greedy_n(sampling: SamplingParams) -> None:
     """Raise :class:`InputError` for ``n > 1`` with greedy decoding (identical answers)."""
     if sampling.n > 1 and sampling.temperature <= 0:
@@ -180,7 +191,7 @@ class TransformersBackend(Backend):
 
     def prompt_text(self, prompt: Prompt) -> str:
         """The exact model input for ``prompt`` (chat template, upstream ``<think>`` rules)."""
-        return render_chat_text(self.tokenizer, prompt)
+        return chat_text(self.tokenizer, prompt, self.model)
 
     def generate(
         self,

@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import InputError, require
-from ..prompts import Prompt, SamplingParams, render_chat_text
+from ..prompts import Prompt, SamplingParams
 from .base import Backend, Generation, ProgressCallback
-from .transformers import DEFAULT_MODEL, ResultCallback, reject_greedy_n
+from .transformers import DEFAULT_MODEL, ResultCallback, chat_text, reject_greedy_n
 
 _FEATURE = "The 'vllm' backend"
 
 
-def prompt_texts(tokenizer, prompts: Sequence[Prompt]) -> list[str]:
+def prompt_texts(tokenizer, prompts: Sequence[Prompt], model: str = "") -> list[str]:
     """Model inputs for ``prompts`` (chat template, upstream ``<think>`` rules)."""
-    return [render_chat_text(tokenizer, p) for p in prompts]
+    return [chat_text(tokenizer, p, model) for p in prompts]
 
 
 def sampling_kwargs(sampling: SamplingParams) -> dict:
@@ -99,7 +99,7 @@ class VLLMBackend(Backend):
 
     def prompt_text(self, prompt: Prompt) -> str:
         """The exact model input for ``prompt``."""
-        return render_chat_text(self.tokenizer, prompt)
+        return chat_text(self.tokenizer, prompt, self.model)
 
     def generate(
         self,
@@ -114,7 +114,7 @@ class VLLMBackend(Backend):
         ``progress(chunk length)`` once.
         """
         params = self._vllm.SamplingParams(**sampling_kwargs(sampling))
-        texts = prompt_texts(self.tokenizer, prompts)
+        texts = prompt_texts(self.tokenizer, prompts, self.model)
         results: list[list[Generation]] = []
         for start in range(0, len(texts), self.chunk_size):
             chunk = texts[start:start + self.chunk_size]
