@@ -70,7 +70,7 @@ def overfit_records(overfit_cells, gene_list_path):
 
 def _fast(**kw) -> TrainConfig:
     base = dict(batch_size=4, gradient_accumulation_steps=1, logging_steps=1, save_steps=1000,
-                warmup_ratio=0.0, max_length=512)
+                warmup_ratio=0.0, max_length=512, gradient_checkpointing=False)
     return TrainConfig(**(base | kw))
 
 
@@ -216,7 +216,7 @@ def test_cli_run_and_resume(tiny, overfit_records, tmp_path, capsys):
     out = tmp_path / "s2"
     common = ["train", "run", "--stage", "2", "--model", str(tiny), "--data", str(data),
               "-o", str(out), "--batch-size", "8", "--grad-accum", "1", "--save-steps", "2",
-              "--max-length", "512"]
+              "--max-length", "512", "--no-gradient-checkpointing"]
     assert main(common + ["--max-steps", "2"]) == 0
     first = _summary(capsys.readouterr().out)
     assert first["global_step"] == 2 and first["examples"] == 16

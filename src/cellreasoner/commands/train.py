@@ -215,7 +215,7 @@ def _register_export(actions) -> None:
                    help="base model (default Qwen/Qwen2.5-7B-Instruct)")
     p.add_argument("--finetuning", choices=["lora", "full"], default="lora")
     p.add_argument("--template", default="qwen", help="LLaMA-Factory template (default qwen)")
-    p.add_argument("--cutoff-len", type=int, default=4096, help="tokens per example (4096)")
+    p.add_argument("--cutoff-len", type=int, default=8192, help="tokens per example (8192)")
     p.add_argument("--lr", action="append", metavar="STAGE=LR",
                    help="learning rate of a stage (repeatable)")
     p.add_argument("--epochs", action="append", metavar="STAGE=N",
@@ -262,18 +262,18 @@ def _register_run(actions) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default per stage)")
     p.add_argument("--epochs", type=float, help="epochs (default 3/1/2 for stages 1/2/3)")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after N steps")
-    p.add_argument("--batch-size", type=int, default=4, help="per-device batch (default 4)")
-    p.add_argument("--grad-accum", type=int, default=4,
-                   help="gradient accumulation steps (default 4)")
-    p.add_argument("--max-length", type=int, default=4096,
-                   help="longest example in tokens; longer ones are left out (default 4096)")
+    p.add_argument("--batch-size", type=int, default=1, help="per-device batch (default 1)")
+    p.add_argument("--grad-accum", type=int, default=16,
+                   help="gradient accumulation steps (default 16)")
+    p.add_argument("--max-length", type=int, default=8192,
+                   help="longest example in tokens; longer ones are left out (default 8192)")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=32)
     p.add_argument("--lora-dropout", type=float, default=0.05)
     p.add_argument("--save-steps", type=int, default=200, help="checkpoint interval (200)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--gradient-checkpointing", action="store_true",
-                   help="save memory at the cost of compute")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                   default=True, help="recompute activations to save memory (default on)")
     p.add_argument("--no-merge", action="store_true",
                    help="LoRA: keep only the adapter (OUTDIR/adapter), no merged model")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",

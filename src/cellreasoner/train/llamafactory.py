@@ -122,7 +122,7 @@ def export_llamafactory(
     model: str = DEFAULT_BASE_MODEL,
     finetuning: str = "lora",
     template: str = "qwen",
-    cutoff_len: int = 4096,
+    cutoff_len: int = 8192,
     learning_rates: Mapping[int, float] | None = None,
     epochs: Mapping[int, float] | None = None,
     batch_size: int = 1,
@@ -151,7 +151,8 @@ def export_llamafactory(
     template
         LLaMA-Factory chat template (default ``"qwen"``, Qwen2.5's).
     cutoff_len
-        Token limit per example (default 4096: a 1,000-gene sentence plus a reasoning trace).
+        Token limit per example (default 8192, the upstream inference limit: a 1,000-gene
+        sentence is some 4,000-5,000 Qwen2.5 tokens, plus a reasoning trace).
     learning_rates, epochs
         Per-stage overrides; defaults as the native trainer (LoRA 1e-4/1e-4/5e-5, full
         1e-5/1e-5/5e-6; 3/1/2 epochs).

@@ -68,10 +68,11 @@ class TrainConfig:
     max_steps
         Stop after this many optimizer steps (default -1: run the epochs).
     batch_size, gradient_accumulation_steps
-        Per-device batch size (default 4) and accumulation (default 4).
+        Per-device batch size (default 1) and accumulation (default 16).
     max_length
-        Longest tokenized example (default 4096: a 1,000-gene sentence for Qwen2.5 plus a
-        reasoning trace); longer examples are left out with a warning.
+        Longest tokenized example (default 8192, the upstream inference limit: a 1,000-gene
+        sentence is some 4,000-5,000 Qwen2.5 tokens, plus a reasoning trace); longer examples
+        are left out with a warning.
     lora_r, lora_alpha, lora_dropout, lora_target
         LoRA rank (16), alpha (32), dropout (0.05) and target modules (``"all-linear"``).
     warmup_ratio, lr_scheduler_type, weight_decay
@@ -83,7 +84,8 @@ class TrainConfig:
     bf16
         bfloat16 training; default: when a CUDA GPU supports it.
     gradient_checkpointing
-        Trade compute for memory (default False).
+        Recompute activations to save memory (default True, needed for long sentences on a
+        7B model; turn off for small models).
     merge
         Merge the LoRA adapter into the weights and save a full model (default True).
     target_loss
@@ -98,9 +100,9 @@ class TrainConfig:
     learning_rate: float | None = None
     num_train_epochs: float | None = None
     max_steps: int = -1
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 4
-    max_length: int = 4096
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 16
+    max_length: int = 8192
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -113,7 +115,7 @@ class TrainConfig:
     logging_steps: int = 10
     seed: int = 42
     bf16: bool | None = None
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True
     merge: bool = True
     target_loss: float | None = None
     extra: dict = field(default_factory=dict)
