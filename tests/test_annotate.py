@@ -201,6 +201,8 @@ def test_outputs_csv_layout_h5ad_roundtrip_and_copy(tiny_model, raw68k, tmp_path
     out = res.adata
     assert set(_obs_columns("cr")) <= set(out.obs.columns)
     assert out.obs["cr_evidence_flag"].dtype == bool
+    assert isinstance(out.obs["cr_label"].dtype, pd.CategoricalDtype)
+    assert not isinstance(out.obs["cr_reasoning"].dtype, pd.CategoricalDtype)
     csv = res.to_csv(tmp_path / "res" / "cells.csv")
     table = pd.read_csv(csv, keep_default_na=False)
     assert list(table.columns[:3]) == ["cell_name", "response", "labels"]

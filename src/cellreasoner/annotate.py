@@ -34,6 +34,8 @@ MODES = ("cell", "cluster", "hybrid")
 FIELDS = ("label", "confidence", "ontology_id", "ontology_label", "reasoning", "response",
           "evidence_fraction", "evidence_flag", "cited_present", "cited_absent")
 CLUSTER_FIELDS = ("cluster_label", "cluster_agreement")
+#: Fields written as categorical ``obs`` columns (labels); the rest of the text stays text.
+CATEGORICAL_FIELDS = ("label", "ontology_id", "ontology_label", "cluster_label")
 #: Leading columns of the upstream CellReasoner result CSV.
 CSV_UPSTREAM = ("cell_name", "response", "labels")
 
@@ -116,7 +118,9 @@ class AnnotationResult:
                 values = values.astype(bool)
             elif f in ("confidence", "evidence_fraction", "cluster_agreement"):
                 values = values.astype(np.float64)
-            else:
+            elif f in CATEGORICAL_FIELDS:  # few distinct values: ready for sc.pl.* colouring
+                values = pd.Categorical(values.astype(str))
+            else:  # free text stays text
                 values = values.astype(str)
             adata.obs[f"{key}_{f}"] = values
         adata.uns[key] = _uns_safe(self.provenance)
@@ -594,7 +598,7 @@ def annotate(
     result = AnnotationResult(table=table, provenance=provenance, adata=adata,
                               key_added=key_added, truth=truth, clusters=clusters_df)
     result.to_adata()
-    log.info("annotated %s", result.summary_line())
+    log.debug("annotated %s", result.summary_line())
     return result
 
 

@@ -130,7 +130,8 @@ def write_h5ad_atomic(adata, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        adata.write_h5ad(tmp)
+        # labels are already categorical; free text (reasoning) must not become categories
+        adata.write_h5ad(tmp, convert_strings_to_categoricals=False)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
