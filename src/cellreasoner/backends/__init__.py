@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from ..errors import InputError
-from .base import Backend, Generation, ProgressCallback
+from .base import Backend, Generation, ProgressCallback, ResultCallback
 
 #: registry name -> "module:Class" (modules are imported lazily, heavy deps stay optional)
 BACKENDS: dict[str, str] = {
@@ -30,4 +30,6 @@ def get_backend(name: str | Backend = "builtin", **options) -> Backend:
     return cls(**options)
 
 
-__all__ = ["BACKENDS", "Backend", "Generation", "ProgressCallback", "get_backend"]
+__all__ = [
+    "BACKENDS", "Backend", "Generation", "ProgressCallback", "ResultCallback", "get_backend",
+]

@@ -26,6 +26,10 @@ class Generation:
     meta: dict = field(default_factory=dict)
 
 
+#: Called with a prompt's index and its generations as soon as they are finished (caching).
+ResultCallback = Callable[[int, list[Generation]], None]
+
+
 class Backend(ABC):
     """A model that answers CellReasoner prompts.
 
@@ -43,8 +47,13 @@ class Backend(ABC):
         prompts: Sequence[Prompt],
         sampling: SamplingParams,
         progress: ProgressCallback | None = None,
+        on_result: ResultCallback | None = None,
     ) -> list[list[Generation]]:
-        """Answer every prompt; returns ``sampling.n`` generations per prompt, in order."""
+        """Answer every prompt; returns ``sampling.n`` generations per prompt, in order.
+
+        ``on_result(index, generations)`` is called as each prompt finishes, so callers can
+        persist answers before the whole batch is done.
+        """
 
     def describe(self) -> dict:
         """Provenance for ``adata.uns['cellreasoner']``."""

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import InputError, require
 from ..prompts import Prompt, SamplingParams, render_chat_text
-from .base import Backend, Generation, ProgressCallback
-from .transformers import ResultCallback, reject_greedy_n
+from .base import Backend, Generation, ProgressCallback, ResultCallback
+from .transformers import reject_greedy_n
 
 _FEATURE = "The 'gguf' backend (llama.cpp)"
 #: Default context: upstream truncates prompts to 8192 tokens and allows 4096 new ones.

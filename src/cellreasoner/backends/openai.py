@@ -30,8 +30,7 @@ import httpx
 
 from ..errors import BackendError, InputError
 from ..prompts import Prompt, SamplingParams
-from .base import Backend, Generation, ProgressCallback
-from .transformers import ResultCallback
+from .base import Backend, Generation, ProgressCallback, ResultCallback
 
 logger = logging.getLogger(__name__)
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import BackendError, InputError, require
 from ..prompts import Prompt, SamplingParams, render_chat_text
-from .base import Backend, Generation, ProgressCallback
-
-#: Called with (prompt index, its generations) as soon as a prompt is answered.
-ResultCallback = Callable[[int, list[Generation]], None]
+from .base import Backend, Generation, ProgressCallback, ResultCallback
 
 logger = logging.getLogger(__name__)
 

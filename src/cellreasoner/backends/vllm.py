@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from ..errors import InputError, require
 from ..prompts import Prompt, SamplingParams
-from .base import Backend, Generation, ProgressCallback
-from .transformers import DEFAULT_MODEL, ResultCallback, chat_text, reject_greedy_n
+from .base import Backend, Generation, ProgressCallback, ResultCallback
+from .transformers import DEFAULT_MODEL, chat_text, reject_greedy_n
 
 _FEATURE = "The 'vllm' backend"
 
