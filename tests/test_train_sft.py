@@ -20,6 +20,7 @@ from cellreasoner.train import (  # noqa: E402
     build_fusion,
     build_knowledge,
     build_reasoning,
+    format_reasoning_output,
     train_sft,
 )
 from cellreasoner.train.sft import PROVENANCE_FILE, tokenize_records  # noqa: E402
@@ -27,6 +28,13 @@ from cellreasoner.train.sft import PROVENANCE_FILE, tokenize_records  # noqa: E4
 #: Four well-separated PBMC types, four cells each (the over-fit set).
 OVERFIT_LABELS = ["CD14+ Monocyte", "CD19+ B", "CD56+ NK", "CD8+ Cytotoxic T"]
 MAX_GENES = 16
+#: A marker named in each type's (short, label-determined) reasoning trace.
+TRACE_MARKER = {"CD14+ Monocyte": "CD14", "CD19+ B": "CD79A", "CD56+ NK": "GNLY",
+                "CD8+ Cytotoxic T": "CD8A"}
+
+
+def _trace(label: str) -> str:
+    return f"The cell expresses markers such as {TRACE_MARKER[label]}"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -102,27 +110,38 @@ def test_completion_mask_covers_only_the_answer(tiny):
 
 def test_overfit_then_annotate_reproduces_labels(tiny, overfit_cells, overfit_records,
                                                  gene_list_path, tmp_path):
-    """Full fine-tuning memorises 16 cells; annotate() with the saved folder gives their labels."""
+    """Full fine-tuning memorises 16 cells in both modes; annotate() with the folder gives them.
+
+    The fusion set holds each cell twice: a direct answer, and a short reasoning trace (naming a
+    marker of its type) before the answer. Greedy annotation must reproduce every label in
+    both modes and, in reasoning mode, the trace (prompt ends with ``<think> `` in training and
+    inference alike).
+    """
     from cellreasoner.annotate import annotate
 
+    reasoning = [dict(r, instruction=INSTRUCTION_REASONING,
+                      output=format_reasoning_output(_trace(r["output"]), r["output"]))
+                 for r in overfit_records]
     out = tmp_path / "overfit"
-    cfg = _fast(finetuning="full", learning_rate=3e-3, max_steps=200, logging_steps=4,
-                lr_scheduler_type="constant", target_loss=0.02)
-    result = train_sft(tiny, overfit_records, out, cfg)
+    cfg = _fast(stage=3, finetuning="full", learning_rate=3e-3, max_steps=240, logging_steps=8,
+                lr_scheduler_type="cosine", target_loss=0.005)
+    result = train_sft(tiny, overfit_records + reasoning, out, cfg)
     assert result.losses[0] > 2.0, result.losses  # it starts out knowing nothing
-    assert result.losses[-1] < 0.02, result.losses
-    assert result.global_step < 200  # stopped at the target loss
+    assert result.losses[-1] < 0.005, result.losses
+    assert result.global_step < 240  # stopped at the target loss
     prov = json.loads((out / PROVENANCE_FILE).read_text())
-    assert prov["stage"] == 2 and prov["n_trained"] == 16 and prov["config"]["finetuning"] == "full"
+    assert prov["stage"] == 3 and prov["n_trained"] == 32 and prov["config"]["finetuning"] == "full"
     assert prov["max_sentence_genes"] == MAX_GENES
 
-    adata = overfit_cells.copy()
-    annotate(adata, "transformers", model=str(out), temperature=0, max_genes=MAX_GENES,
-             max_new_tokens=16, gene_list=str(gene_list_path),
-             backend_options={"device": "cpu"}, cache=False, progress=False)
-    got = adata.obs["cellreasoner_label"].astype(str).tolist()
-    want = adata.obs["bulk_labels"].astype(str).tolist()
-    assert got == want
+    want = overfit_cells.obs["bulk_labels"].astype(str).tolist()
+    for mode in (False, True):
+        adata = overfit_cells.copy()
+        annotate(adata, "transformers", model=str(out), reasoning=mode, temperature=0,
+                 max_genes=MAX_GENES, max_new_tokens=32, gene_list=str(gene_list_path),
+                 backend_options={"device": "cpu"}, cache=False, progress=False)
+        assert adata.obs["cellreasoner_label"].astype(str).tolist() == want
+        traces = adata.obs["cellreasoner_reasoning"].astype(str).tolist()
+        assert traces == ([_trace(lab) for lab in want] if mode else [""] * len(want))
 
 
 def test_three_stages_chain_with_lora(tiny, pbmc_raw, gene_list_path, tmp_path):
