@@ -186,6 +186,11 @@ def test_records_files_round_trip_and_validation(pbmc, tmp_path):
                   tmp_path / "x.json")
     with pytest.raises(InputError, match="no </think>"):
         read_records(tmp_path / "x.json")
+    from cellreasoner.train import validate_records
+
+    lung = INSTRUCTION_DIRECT + " The cells come from lung tissue."
+    with pytest.raises(InputError, match="holds reasoning"):
+        validate_records([{"instruction": lung, "input": "CD3E", "output": "a </think> T"}])
     bad.write_text("[{")
     with pytest.raises(InputError, match="not valid JSON"):
         read_records(bad)

@@ -99,6 +99,11 @@ def test_completion_mask_covers_only_the_answer(tiny):
     assert tok.decode(ids[start:]) == "CD8A and GZMB are expressed </think> CD8+ Cytotoxic T" \
         "<|im_end|>\n"
     # an example longer than max_length is left out, never cut inside its answer
+    # annotate's tissue sentence after the instruction keeps the reasoning-mode rendering
+    lung = dict(rec, instruction=INSTRUCTION_REASONING + " The cells come from lung tissue.")
+    cols, _ = tokenize_records([lung], tok, max_length=512)
+    start = cols["completion_mask"][0].index(1)
+    assert tok.decode(cols["input_ids"][0][:start]).endswith("<think> ")
     short = dict(rec, input="CD3E")
     kept, dropped = tokenize_records([rec, short], tok, max_length=len(ids) - 1)
     assert dropped == 1 and len(kept["input_ids"]) == 1

@@ -32,8 +32,14 @@ def format_reasoning_output(reasoning: str, answer: str) -> str:
 
 
 def is_reasoning_record(record: dict) -> bool:
-    """Whether a record is in reasoning mode (reasoning instruction)."""
-    return record.get("instruction") == INSTRUCTION_REASONING
+    """Whether a record is in reasoning mode (the reasoning instruction, possibly followed by
+    annotate's tissue sentence)."""
+    return str(record.get("instruction", "")).startswith(INSTRUCTION_REASONING)
+
+
+def is_direct_record(record: dict) -> bool:
+    """Whether a record uses the direct-answer instruction (possibly with a tissue sentence)."""
+    return str(record.get("instruction", "")).startswith(INSTRUCTION_DIRECT)
 
 
 def validate_records(records: Sequence[dict], source: str = "records") -> list[dict]:
@@ -55,7 +61,7 @@ def validate_records(records: Sequence[dict], source: str = "records") -> list[d
             raise InputError(f"{source}: record {i} ({rec.get('cell_name', 'no cell_name')}) has "
                              f"no text in field(s) {', '.join(missing)}; every record needs "
                              f"{', '.join(REQUIRED_FIELDS)}.")
-        if rec["instruction"] not in (INSTRUCTION_DIRECT, INSTRUCTION_REASONING):
+        if not (is_direct_record(rec) or is_reasoning_record(rec)):
             # custom instructions are allowed (other tasks), the mode checks are then skipped
             out.append(rec)
             continue

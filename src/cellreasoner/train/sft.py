@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, require
-from ..prompts import INSTRUCTION_REASONING, Prompt, render_chat_text
-from .records import THINK_OPEN, load_records
+from ..prompts import Prompt, render_chat_text
+from .records import THINK_OPEN, is_reasoning_record, load_records
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def _assistant_suffix(tokenizer) -> str:
 def completion_text(record: dict, suffix: str) -> str:
     """The trained part of a record: the answer (after the prompt's ``<think> ``) + ``suffix``."""
     output = record["output"]
-    if record["instruction"] == INSTRUCTION_REASONING:
+    if is_reasoning_record(record):
         stripped = output.lstrip()
         if stripped.startswith(THINK_OPEN):
             output = stripped[len(THINK_OPEN):].lstrip()
@@ -208,7 +208,7 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int
     for start in range(0, len(records), 1024):  # batched: the fast tokenizer runs in parallel
         chunk = records[start:start + 1024]
         prompts = [render_chat_text(tokenizer, Prompt(r["instruction"], r["input"],
-                                                      r["instruction"] == INSTRUCTION_REASONING))
+                                                      is_reasoning_record(r)))
                    for r in chunk]
         # the prompt is tokenized exactly as the transformers backend tokenizes it
         p_all = tokenizer(prompts)["input_ids"]
