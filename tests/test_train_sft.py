@@ -227,6 +227,16 @@ def test_bad_inputs_are_clear(tiny, tmp_path):
         TrainConfig(stage=4)
 
 
+def test_stage_data_mismatch_is_warned(overfit_records, caplog):
+    from cellreasoner.train.sft import _check_stage_data
+
+    _check_stage_data(2, overfit_records)
+    assert not caplog.records
+    _check_stage_data(1, overfit_records)
+    _check_stage_data(3, overfit_records)
+    assert ["no reasoning records" in caplog.text, "only one mode" in caplog.text] == [True, True]
+
+
 def _summary(stdout: str) -> dict:
     """The JSON summary line of `train run` (the trainer prints its own log dicts too)."""
     return json.loads(next(line for line in stdout.splitlines() if line.startswith('{"')))
@@ -241,9 +251,11 @@ def test_cli_run_and_resume(tiny, overfit_records, tmp_path, capsys):
     common = ["train", "run", "--stage", "2", "--model", str(tiny), "--data", str(data),
               "-o", str(out), "--batch-size", "8", "--grad-accum", "1", "--save-steps", "2",
               "--max-length", "512", "--no-gradient-checkpointing"]
-    assert main(common + ["--max-steps", "2"]) == 0
+    held = write_records(overfit_records[:4], tmp_path / "heldout.json")
+    assert main(common + ["--max-steps", "2", "--eval-data", str(held)]) == 0
     first = _summary(capsys.readouterr().out)
     assert first["global_step"] == 2 and first["examples"] == 16
+    assert first["eval_loss"] > 0  # the held-out loss of the final model is reported
     assert main(common + ["--max-steps", "4", "--resume"]) == 0
     printed = capsys.readouterr().out
     second = _summary(printed)

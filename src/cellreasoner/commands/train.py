@@ -257,6 +257,7 @@ def _register_run(actions) -> None:
     p.add_argument("--model", required=True,
                    help="base model folder/hub id (stages 2-3: the previous stage's OUTDIR)")
     p.add_argument("--data", required=True, help="records (.json or .jsonl)")
+    p.add_argument("--eval-data", help="held-out records: loss at each checkpoint and the end")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--finetuning", choices=["lora", "full"], default="lora")
     p.add_argument("--lr", type=float, help="learning rate (default per stage)")
@@ -296,12 +297,15 @@ def _run_train(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing, merge=not args.no_merge,
     )
     res = train_sft(args.model, args.data, args.output, cfg,
-                    resume_from_checkpoint=args.resume, overwrite=args.overwrite,
+                    resume_from_checkpoint=args.resume, eval_data=args.eval_data,
+                    overwrite=args.overwrite,
                     progress=args.progress)
     summary = {"output_dir": str(res.output_dir), "stage": args.stage,
                "global_step": res.global_step, "train_loss": round(res.train_loss, 6),
                "examples": res.n_examples, "dropped_too_long": res.n_dropped,
                "resumed_from": res.resumed_from}
+    if res.eval_losses:
+        summary["eval_loss"] = round(res.eval_losses[-1], 6)
     print(json.dumps(summary))
     if cfg.finetuning == "full" or cfg.merge:
         from ..train.records import read_records

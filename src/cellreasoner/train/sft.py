@@ -160,6 +160,11 @@ class TrainResult:
         """The logged training losses, in order."""
         return [float(h["loss"]) for h in self.log_history if "loss" in h]
 
+    @property
+    def eval_losses(self) -> list[float]:
+        """The held-out losses (with ``eval_data``), in order; the last is the final model's."""
+        return [float(h["eval_loss"]) for h in self.log_history if "eval_loss" in h]
+
 
 # --- tokenization -----------------------------------------------------------------------
 def _assistant_suffix(tokenizer) -> str:
@@ -282,6 +287,17 @@ def _version_args(config_cls, config: TrainConfig) -> dict:
     return out
 
 
+def _check_stage_data(stage: int, records: Sequence[dict]) -> None:
+    """Warn when a stage's data lacks the mode the stage teaches."""
+    n_reasoning = sum(is_reasoning_record(r) for r in records)
+    if stage == 1 and n_reasoning == 0:
+        log.warning("Stage 1 (reasoning scaffold) data holds no reasoning records; build them "
+                    "with build_reasoning.")
+    if stage == 3 and n_reasoning in (0, len(records)):
+        log.warning("Stage 3 (reasoning-mode fusion) data holds only one mode; build it with "
+                    "build_fusion so the model keeps both.")
+
+
 def _use_bf16(config: TrainConfig) -> bool:
     if config.bf16 is not None:
         return config.bf16
@@ -297,6 +313,7 @@ def train_sft(
     config: TrainConfig | None = None,
     *,
     resume_from_checkpoint: bool | str | None = None,
+    eval_data: str | os.PathLike | Sequence[dict] | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> TrainResult:
@@ -316,6 +333,9 @@ def train_sft(
     resume_from_checkpoint
         ``True``: continue from the latest checkpoint in ``output_dir/checkpoints`` (an error
         when there is none); a path: from that checkpoint; default: start fresh.
+    eval_data
+        Held-out records (e.g. ``build_knowledge``'s test split): their loss is computed at
+        every checkpoint and at the end (default None: no evaluation).
     overwrite
         Starting fresh in a folder that holds checkpoints of an earlier run is an error unless
         this is True, which deletes them first (default False).
@@ -335,6 +355,7 @@ def train_sft(
     from datasets import Dataset
 
     records = load_records(data)
+    _check_stage_data(config.stage, records)
     out = Path(output_dir)
     ckpt_root = out / CHECKPOINT_DIR
     resume: str | None = None
@@ -365,13 +386,20 @@ def train_sft(
         tokenizer.pad_token = tokenizer.eos_token
     columns, dropped = tokenize_records(records, tokenizer, config.max_length)
     dataset = Dataset.from_dict(columns)
+    eval_dataset = None
+    if eval_data is not None:
+        eval_columns, _ = tokenize_records(load_records(eval_data), tokenizer, config.max_length)
+        eval_dataset = Dataset.from_dict(eval_columns)
 
     bf16 = _use_bf16(config)
     import torch
 
-    model_obj = transformers.AutoModelForCausalLM.from_pretrained(
-        str(model), dtype=torch.bfloat16 if bf16 else torch.float32
-    )
+    try:
+        model_obj = transformers.AutoModelForCausalLM.from_pretrained(
+            str(model), dtype=torch.bfloat16 if bf16 else torch.float32
+        )
+    except OSError as exc:
+        raise InputError(f"Cannot load the model weights from '{model}' ({exc}).") from None
     peft_config = None
     if config.finetuning == "lora":
         from peft import LoraConfig
@@ -392,6 +420,9 @@ def train_sft(
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if eval_dataset is not None else "no",
+        eval_steps=config.save_steps,
+        per_device_eval_batch_size=config.batch_size,
         logging_steps=config.logging_steps,
         seed=config.seed,
         data_seed=config.seed,
@@ -406,12 +437,15 @@ def train_sft(
         **config.extra,
     )
     trainer = trl.SFTTrainer(
-        model=model_obj, args=args, train_dataset=dataset, processing_class=tokenizer,
+        model=model_obj, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+        processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[_target_loss_callback(transformers, config.target_loss)]
         if config.target_loss is not None else None,
     )
     output = trainer.train(resume_from_checkpoint=resume)
+    if eval_dataset is not None:
+        trainer.evaluate()  # the final model's held-out loss, logged into the history
     history = list(trainer.state.log_history)
 
     adapter_dir = out / ADAPTER_DIR if config.finetuning == "lora" else None
