@@ -7,7 +7,10 @@ rendered with the model's own chat template. The prompt part is rendered by
 the model is trained on are the tokens it sees when it annotates (in reasoning mode the prompt
 ends with ``"<think> "`` and the completion continues from there). The loss covers only the
 completion (answer + end-of-turn token): the dataset is handed to TRL pre-tokenized with a
-``completion_mask`` and ``completion_only_loss=True``.
+``completion_mask`` and ``completion_only_loss=True``. (TRL's own conversational
+prompt-completion path would render the prompt without the ``"<think> "`` that reasoning-mode
+inference appends, and re-split tokens at the prompt/answer boundary; pre-tokenizing keeps
+training and annotation token-identical.)
 
 Output folder layout (``output_dir``)::
 
