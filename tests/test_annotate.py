@@ -153,7 +153,7 @@ def test_cluster_mode_with_marker_file(tiny_model, raw68k, tmp_path):
     pd.DataFrame(rows, columns=["cluster", "gene"]).to_csv(path, index=False)
     assert read_markers(path)[groups[0]] == ["NOT_A_GENE", "LYZ", "CD3E", "MS4A1"]
     res = annotate(raw68k, "transformers", model=tiny_model, mode="cluster", by="bulk_labels",
-                   markers=path, cache=False, progress=False, **TINY)
+                   cluster_markers=path, cache=False, progress=False, **TINY)
     pos = {g: i for i, g in enumerate(
         Path(__import__("os").environ["CELLREASONER_GENE_LIST"]).read_text().split())}
     expected = ", ".join(sorted(["LYZ", "CD3E", "MS4A1"], key=pos.__getitem__))
@@ -164,7 +164,7 @@ def test_cluster_mode_with_marker_file(tiny_model, raw68k, tmp_path):
     partial.write_text(json.dumps({groups[0]: ["LYZ"]}))
     with pytest.raises(InputError, match="no entry for cluster"):
         annotate(raw68k, "transformers", model=tiny_model, mode="cluster", by="bulk_labels",
-                 markers=partial, cache=False, progress=False, **TINY)
+                 cluster_markers=partial, cache=False, progress=False, **TINY)
 
 
 def test_hybrid_mode_cluster_majority(tiny_model, raw68k):
@@ -226,7 +226,7 @@ def test_bad_input_errors(raw68k, pbmc68k):
     with pytest.raises(InputError, match="not in obs"):
         annotate(raw68k, mode="cluster", by="no_such_column", cache=False, progress=False)
     with pytest.raises(InputError, match="only apply to mode='cluster'"):
-        annotate(raw68k, markers={"0": ["LYZ"]}, cache=False, progress=False)
+        annotate(raw68k, cluster_markers={"0": ["LYZ"]}, cache=False, progress=False)
     with pytest.raises(InputError, match="key_added"):
         annotate(raw68k, key_added="bad key")
     with pytest.raises(InputError, match="Unknown backend"):
@@ -358,3 +358,29 @@ def test_interrupt_in_process_keeps_every_finished_prompt(tiny_model, raw68k, tm
     res = annotate(sub, "transformers", model=tiny_model, cache=cache, batch_size=4,
                    progress=False, copy=True, **TINY)
     assert (res.provenance["cache_hits"], res.provenance["model_calls"]) == (4, 8)
+
+
+def test_builtin_default_needs_no_download(raw68k, monkeypatch, tmp_path):
+    """No gene list on this machine and no network: the default backend still annotates."""
+    monkeypatch.delenv("CELLREASONER_GENE_LIST", raising=False)
+    monkeypatch.setenv("CELLREASONER_CACHE", str(tmp_path / "empty-cache"))
+    res = annotate(raw68k, progress=False)
+    assert raw68k.obs["cellreasoner_label"].str.len().gt(0).all()
+    assert "custom" in res.provenance["gene_list"]  # the data's own genes
+    assert not (tmp_path / "empty-cache" / "ranked_hvg.list").exists()
+
+
+def test_cli_markers_is_the_builtin_knowledge_file(raw68k, tmp_path, capsys):
+    """--markers feeds the builtin's knowledge base; --cluster-markers is for cluster mode."""
+    path = tmp_path / "in.h5ad"
+    raw68k.write_h5ad(path)
+    kb = tmp_path / "kb.tsv"
+    kb.write_text("name\tcl_id\tparent\ttissues\tpositive\tnegative\n"
+                  "my B cell\tCL:0000236\tnot-a-parent\tblood\tMS4A1:3\t\n")
+    rc = main(["annotate", str(path), "-o", str(tmp_path / "o.h5ad"), "--markers", str(kb)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "kb.tsv" in err  # the builtin read (and refused) the user's file
+    rc = main(["annotate", str(path), "-o", str(tmp_path / "o.h5ad"), "--backend", "openai",
+               "--markers", str(kb)])
+    assert rc == 2
+    assert "--cluster-markers" in capsys.readouterr().err

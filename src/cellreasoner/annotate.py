@@ -377,7 +377,7 @@ def annotate(
     layer: str | None = None,
     use_raw: bool = False,
     label_key: str | None = None,
-    markers: str | os.PathLike | dict | None = None,
+    cluster_markers: str | os.PathLike | dict | None = None,
     n_markers: int = 100,
     marker_order: str = "ranked",
     tissue: str | None = None,
@@ -423,7 +423,7 @@ def annotate(
         Expression to read (default ``X``; raw counts or log-normalised).
     label_key
         ``obs`` column with ground truth, written as the CSV ``labels`` column.
-    markers
+    cluster_markers
         Cluster mode: a marker file (see :func:`cellreasoner.clusters.read_markers`) or a
         ``{cluster: [genes]}`` dict used instead of the computed markers.
     n_markers
@@ -473,6 +473,13 @@ def annotate(
     adata, from_path = _load_input(adata)
     if copy and not from_path:
         adata = adata.copy()
+    builtin = backend == "builtin"
+    if builtin and gene_list is None:
+        # the no-download default: the published list only if it is already here, else the
+        # data's own genes (the marker reasoner reads expression, not the ranked sentence)
+        from .resources import local_gene_list_path
+
+        gene_list = local_gene_list_path() or [str(g) for g in _symbols(adata, use_raw)]
     genes = _gene_vocab(gene_list)
     from .io import validate_for_annotation
 
@@ -480,8 +487,9 @@ def annotate(
     if label_key is not None and label_key not in adata.obs:
         raise InputError(f"Label column '{label_key}' not in obs. Available columns: "
                          f"{', '.join(map(str, adata.obs.columns)) or 'none'}.")
-    if markers is not None and mode != "cluster":
-        raise InputError("markers (--markers) give the marker genes of each cluster and only "
+    if cluster_markers is not None and mode != "cluster":
+        raise InputError("cluster_markers (--cluster-markers) give the marker genes of each "
+                         "cluster and only "
                          f"apply to mode='cluster', not mode='{mode}'.")
     if mode != "cell" and by not in (None, "leiden") and by not in adata.obs:
         raise InputError(
@@ -499,7 +507,6 @@ def annotate(
     options = dict(backend_options or {})
     if model is not None:
         options["model"] = model
-    builtin = backend == "builtin"
     if builtin:  # the marker reasoner takes the tissue and the sentences' gene list itself
         if tissue:
             options.setdefault("tissue", tissue)
@@ -552,7 +559,7 @@ def annotate(
                 advance, stats)
         else:
             answers, cell_answer, unique_prompts, clusters_df = _run_clusters(
-                be, source, groups, genes, markers, n_markers, marker_order, instruction,
+                be, source, groups, genes, cluster_markers, n_markers, marker_order, instruction,
                 reasoning, sampling, gen_cache, batch_size, advance, stats)
 
     vocabulary = list(dict.fromkeys([*genes, *map(str, source.var_names)]))
@@ -600,6 +607,15 @@ def annotate(
     result.to_adata()
     log.debug("annotated %s", result.summary_line())
     return result
+
+
+def _symbols(adata, use_raw: bool):
+    """Gene symbols of the matrix annotate will read."""
+    if use_raw and adata.raw is not None:
+        return adata.raw.var_names
+    from .io import gene_symbols
+
+    return gene_symbols(adata).symbols
 
 
 def _gene_list_name(gene_list, genes: list[str]) -> str:
@@ -672,7 +688,8 @@ def _run_clusters(be, source, groups, genes, markers, n_markers, marker_order, i
     if empty:
         raise InputError(
             f"Cluster(s) {', '.join(empty[:5])} have no marker gene in the gene list (too few "
-            "cells or no positive marker); merge them, pass --markers, or use --mode cell.")
+            "cells or no positive marker); merge them, pass --cluster-markers, or use --mode "
+            "cell.")
     sizes = groups.value_counts()
     prompts = [Prompt(instruction, ", ".join(marker_map[c]), reasoning) for c in names]
     # identical cluster sentences are generated once too

@@ -61,6 +61,16 @@ def ranked_gene_list_path(path: str | os.PathLike | None = None) -> Path:
     return _fetch(RANKED_HVG_URL, RANKED_HVG_SHA256, "ranked_hvg.list", "the ranked gene list")
 
 
+def local_gene_list_path() -> Path | None:
+    """The ranked list if it is already on this machine (``$CELLREASONER_GENE_LIST`` or the
+    cache), else ``None``; never downloads."""
+    env = os.environ.get(GENE_LIST_ENV)
+    if env and Path(env).expanduser().is_file():
+        return Path(env).expanduser()
+    cached = cache_dir() / "ranked_hvg.list"
+    return cached if cached.is_file() else None
+
+
 def load_gene_list(path: str | os.PathLike | None = None) -> list[str]:
     """Read a gene list (one symbol per line, upstream ``line.strip()`` semantics)."""
     p = ranked_gene_list_path(path)

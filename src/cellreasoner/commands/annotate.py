@@ -58,8 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     cache.add_argument("--cache", help="SQLite cache file (default: "
                        "$CELLREASONER_CACHE/annotations.sqlite)")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
-    p.add_argument("--markers", help="cluster mode: marker file (JSON {cluster: [genes]} or a "
-                   "CSV/TSV with cluster and gene columns, e.g. Seurat FindAllMarkers)")
+    p.add_argument("--markers", help="builtin backend: your own marker knowledge-base file "
+                   "(same TSV columns as the shipped one), merged into the built-in one")
+    p.add_argument("--cluster-markers", help="cluster mode: marker file (JSON "
+                   "{cluster: [genes]} or a CSV/TSV with cluster and gene columns, e.g. "
+                   "Seurat FindAllMarkers)")
     p.add_argument("--n-markers", type=int, default=100,
                    help="markers per cluster sentence (default 100)")
     p.add_argument("--tissue", help="tissue name added to the instruction (changes the prompt)")
@@ -82,6 +85,13 @@ def backend_options(args: argparse.Namespace) -> dict:
         opts["api_key_env"] = args.api_key_env
     if args.concurrency is not None:
         opts["concurrency"] = args.concurrency
+    if getattr(args, "markers", None):
+        if args.backend != "builtin":
+            from ..errors import InputError
+
+            raise InputError("--markers adds marker knowledge to the builtin backend; for "
+                             "cluster marker genes use --cluster-markers.")
+        opts["markers"] = args.markers
     return opts
 
 
@@ -103,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         by=args.by, n=args.n, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
         seed=args.seed, gene_list=args.gene_list, max_genes=args.max_genes, layer=args.layer,
-        use_raw=args.use_raw, label_key=args.label_column, markers=args.markers,
+        use_raw=args.use_raw, label_key=args.label_column, cluster_markers=args.cluster_markers,
         n_markers=args.n_markers, tissue=args.tissue, key_added=args.key_added, cache=cache,
         batch_size=args.batch_size, backend_options=backend_options(args),
         progress=not args.no_progress,
