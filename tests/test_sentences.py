@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from cellreasoner.errors import InputError
 from cellreasoner.prepare import prepare
 from cellreasoner.resources import load_gene_list
-from cellreasoner.sentences import CellSentences, build_sentences, iter_parquet
+from cellreasoner.sentences import CellSentences, build_sentences, iter_parquet, read_compact
 
 RECORD_FIELDS = ("cell_name", "instruction", "input", "output")
 
@@ -59,10 +59,17 @@ def test_pbmc_demo_rds_matches_upstream(tmp_path, pbmc_demo_rds, upstream_prompt
     assert out.read_bytes() == (upstream_prompts_dir / fname).read_bytes()
 
 
-def test_chunking_does_not_change_sentences(pbmc68k_raw, ranked_genes):
+def test_chunking_does_not_change_sentences(pbmc68k_raw, ranked_genes, monkeypatch):
+    import cellreasoner.sentences as sentences
+
     whole = build_sentences(pbmc68k_raw, ranked_genes, chunk_size=10_000)
     chunked = build_sentences(pbmc68k_raw, ranked_genes, chunk_size=7)
     assert list(whole.iter_sentences()) == list(chunked.iter_sentences())
+    # row blocks selected on parallel threads give the same sentences
+    monkeypatch.setattr(sentences, "_PARALLEL_MIN_ROWS", 1)
+    monkeypatch.setattr(sentences.os, "cpu_count", lambda: 3)
+    parallel = build_sentences(pbmc68k_raw, ranked_genes, chunk_size=500)
+    assert list(parallel.iter_sentences()) == list(whole.iter_sentences())
 
 
 def test_ranked_order_and_truncation(pbmc68k_raw, ranked_genes):
@@ -107,6 +114,10 @@ def test_compact_roundtrips_through_parquet_and_jsonl(tmp_path, pbmc68k_raw, ran
     assert list(back.iter_sentences()) == list(cs.iter_sentences())
     assert list(back.labels) == list(cs.labels)
     assert sum(len(p) for p in iter_parquet(tmp_path / "c.parquet", batch_size=64)) == 700
+    cs.to_arrow(tmp_path / "c.arrow")
+    arrow = read_compact(tmp_path / "c.arrow")
+    assert list(arrow.iter_sentences()) == list(cs.iter_sentences())
+    assert list(arrow.cell_names) == list(cs.cell_names)
     cs.to_jsonl(tmp_path / "c.jsonl", reasoning=True)
     lines = (tmp_path / "c.jsonl").read_text().splitlines()
     assert len(lines) == 700

@@ -18,6 +18,7 @@ from .sentences import (
     CellSentences,
     iter_sentence_chunks,
     prefetch,
+    write_arrow,
     write_jsonl,
     write_parquet,
     write_upstream_json,
@@ -26,7 +27,7 @@ from .sentences import (
 log = logging.getLogger(__name__)
 
 #: Output formats by file suffix.
-FORMATS = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+FORMATS = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".arrow": "arrow"}
 
 
 @dataclass
@@ -167,8 +168,9 @@ def prepare(
     data
         AnnData or a path (``.h5ad``, Seurat ``.rds``, 10x ``.h5``/directory, CSV/TSV).
     output
-        ``.json`` (upstream CellReasoner list, byte-identical), ``.jsonl`` or ``.parquet``
-        (compact form). ``None`` (default): return the sentences in memory instead.
+        ``.json`` (upstream CellReasoner list, byte-identical), ``.jsonl``, or the compact
+        form as ``.arrow`` (Arrow IPC, fastest) or ``.parquet`` (smallest).
+        ``None`` (default): return the sentences in memory instead.
     gene_list
         Genes and their order: a list, a path, or ``None`` for the published ranked list.
     order
@@ -223,12 +225,14 @@ def prepare(
         if fmt is None:
             raise InputError(
                 f"Output {out}: unknown format '{out.suffix}'. Use .json (upstream "
-                "CellReasoner), .jsonl or .parquet (compact)."
+                "CellReasoner), .jsonl, or the compact .arrow / .parquet."
             )
         if fmt == "json":
             write_upstream_json(chunks, out, reasoning=reasoning)
         elif fmt == "jsonl":
             write_jsonl(chunks, out, reasoning=reasoning)
+        elif fmt == "arrow":
+            write_arrow(chunks, out)
         else:
             write_parquet(chunks, out)
         summary.output = str(out)

@@ -173,10 +173,14 @@ class CellSentences:
         """The compact form: ``cell_name``, ``genes`` (list<uint16>), ``label``."""
         return write_parquet([self], path)
 
+    def to_arrow(self, path: str | os.PathLike) -> Path:
+        """The compact form as an Arrow IPC file (fastest to write and to read)."""
+        return write_arrow([self], path)
+
     @classmethod
     def read_parquet(cls, path: str | os.PathLike) -> CellSentences:
-        """Load a compact file written by :meth:`to_parquet` / ``cellreasoner prepare``."""
-        return cls.concat(list(iter_parquet(path)))
+        """Load a compact file (``.parquet`` or ``.arrow``) written by ``prepare``."""
+        return read_compact(path)
 
 
 # --- building -------------------------------------------------------------------------------
@@ -212,15 +216,48 @@ def _truncate(rows: np.ndarray, n_rows: int, max_genes: int) -> tuple[np.ndarray
     return keep, indptr
 
 
+_POOL = None
+#: Below this many cells a chunk is selected on one thread.
+_PARALLEL_MIN_ROWS = 2048
+
+
+def _thread_pool():
+    """A process-wide pool for the GIL-free kernels (one thread per core, at most 8)."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                   thread_name_prefix="cellreasoner-kernel")
+    return _POOL
+
+
 def _select_ranked(chunk: sp.csr_matrix, col_pos: np.ndarray, n_vocab: int, max_genes: int,
                    dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, vocabulary positions of non-zero genes in vocabulary order (compiled kernel)."""
+    """Per row, vocabulary positions of non-zero genes in vocabulary order (compiled kernel).
+
+    Large chunks are split into row blocks selected in parallel (the kernel releases the GIL).
+    """
     from ._kernels import ranked_rows
 
     sink_pos = np.where(col_pos < 0, n_vocab, col_pos).astype(np.int32)
-    indptr, pos = ranked_rows(chunk.indptr, chunk.indices, chunk.data, sink_pos, n_vocab,
-                              max_genes)
-    return indptr, pos.astype(dtype)
+    n = chunk.shape[0]
+    workers = min(8, os.cpu_count() or 1)
+    if workers == 1 or n < _PARALLEL_MIN_ROWS:
+        indptr, pos = ranked_rows(chunk.indptr, chunk.indices, chunk.data, sink_pos, n_vocab,
+                                  max_genes)
+        return indptr, pos.astype(dtype)
+    bounds = np.linspace(0, n, workers + 1).astype(np.int64)
+    futures = [
+        _thread_pool().submit(ranked_rows, chunk.indptr[a : b + 1], chunk.indices, chunk.data,
+                              sink_pos, n_vocab, max_genes)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    results = [f.result() for f in futures]
+    offsets = np.cumsum([0] + [len(r[1]) for r in results[:-1]])
+    indptr = np.concatenate([np.zeros(1, np.int64)]
+                            + [r[0][1:] + o for r, o in zip(results, offsets, strict=True)])
+    return indptr, np.concatenate([r[1] for r in results]).astype(dtype)
 
 
 def _select_expression(chunk: sp.csr_matrix, col_pos: np.ndarray, max_genes: int,
@@ -469,6 +506,48 @@ def _arrow_table(part: CellSentences):
     return pa.table(cols)
 
 
+def _schema_metadata(part: CellSentences) -> dict[bytes, bytes]:
+    return {
+        b"cellreasoner.genes": json.dumps(list(map(str, part.genes))).encode(),
+        b"cellreasoner.order": part.order.encode(),
+        b"cellreasoner.max_genes": str(part.max_genes).encode(),
+    }
+
+
+def write_arrow(parts: Iterable[CellSentences], path: str | os.PathLike,
+                compression: str | None = "lz4") -> Path:
+    """Stream chunks to the compact Arrow IPC form (fastest; vocabulary in the metadata).
+
+    Same columns as :func:`write_parquet`; ``compression``: ``"lz4"`` (default),
+    ``"zstd"`` or ``None``.
+    """
+    import pyarrow.ipc as ipc
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    try:
+        for part in parts:
+            table = _arrow_table(part)
+            if writer is None:
+                table = table.replace_schema_metadata(_schema_metadata(part))
+                writer = ipc.new_file(tmp, table.schema,
+                                      options=ipc.IpcWriteOptions(compression=compression))
+                schema_meta = table.schema.metadata
+            writer.write_table(table.replace_schema_metadata(schema_meta))
+        if writer is None:
+            raise InputError("No cells to write.")
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, path)
+    return path
+
+
 def write_parquet(parts: Iterable[CellSentences], path: str | os.PathLike) -> Path:
     """Stream chunks to the compact Parquet form (vocabulary kept in the file metadata)."""
     import pyarrow.parquet as pq
@@ -481,12 +560,7 @@ def write_parquet(parts: Iterable[CellSentences], path: str | os.PathLike) -> Pa
         for part in parts:
             table = _arrow_table(part)
             if writer is None:
-                meta = {
-                    b"cellreasoner.genes": json.dumps(list(map(str, part.genes))).encode(),
-                    b"cellreasoner.order": part.order.encode(),
-                    b"cellreasoner.max_genes": str(part.max_genes).encode(),
-                }
-                table = table.replace_schema_metadata(meta)
+                table = table.replace_schema_metadata(_schema_metadata(part))
                 writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
             writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
         if writer is None:
@@ -501,6 +575,26 @@ def write_parquet(parts: Iterable[CellSentences], path: str | os.PathLike) -> Pa
     return path
 
 
+def _parts_from_batches(batches, meta: dict, path: Path) -> Iterator[CellSentences]:
+    if b"cellreasoner.genes" not in meta:
+        raise InputError(f"{path} has no cellreasoner vocabulary; write it with prepare.")
+    genes = np.asarray(json.loads(meta[b"cellreasoner.genes"]), dtype=object)
+    order = meta.get(b"cellreasoner.order", b"ranked").decode()
+    max_genes = int(meta.get(b"cellreasoner.max_genes", b"1000"))
+    for batch in batches:
+        lists = batch.column("genes")
+        offsets = lists.offsets.to_numpy().astype(np.int64)
+        values = lists.values.to_numpy()
+        labels = None
+        if "label" in batch.schema.names:
+            labels = np.asarray(batch.column("label").to_pylist(), dtype=object)
+        yield CellSentences(
+            genes=genes, indptr=offsets - offsets[0], indices=values[offsets[0] : offsets[-1]],
+            cell_names=np.asarray(batch.column("cell_name").to_pylist(), dtype=object),
+            labels=labels, order=order, max_genes=max_genes,
+        )
+
+
 def iter_parquet(path: str | os.PathLike, batch_size: int = 65536) -> Iterator[CellSentences]:
     """Read a compact Parquet file back in chunks."""
     import pyarrow.parquet as pq
@@ -510,22 +604,26 @@ def iter_parquet(path: str | os.PathLike, batch_size: int = 65536) -> Iterator[C
         pf = pq.ParquetFile(path)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path} is not a cellreasoner Parquet file ({exc}).") from None
-    meta = pf.schema_arrow.metadata or {}
-    if b"cellreasoner.genes" not in meta:
-        raise InputError(f"{path} has no cellreasoner vocabulary; write it with prepare.")
-    genes = np.asarray(json.loads(meta[b"cellreasoner.genes"]), dtype=object)
-    order = meta.get(b"cellreasoner.order", b"ranked").decode()
-    max_genes = int(meta.get(b"cellreasoner.max_genes", b"1000"))
-    for batch in pf.iter_batches(batch_size=batch_size):
-        lists = batch.column("genes")
-        offsets = lists.offsets.to_numpy().astype(np.int64)
-        values = lists.values.to_numpy()
-        indptr = offsets - offsets[0]
-        labels = None
-        if "label" in batch.schema.names:
-            labels = np.asarray(batch.column("label").to_pylist(), dtype=object)
-        yield CellSentences(
-            genes=genes, indptr=indptr, indices=values[offsets[0] : offsets[-1]],
-            cell_names=np.asarray(batch.column("cell_name").to_pylist(), dtype=object),
-            labels=labels, order=order, max_genes=max_genes,
-        )
+    yield from _parts_from_batches(pf.iter_batches(batch_size=batch_size),
+                                   pf.schema_arrow.metadata or {}, path)
+
+
+def iter_arrow(path: str | os.PathLike) -> Iterator[CellSentences]:
+    """Read a compact Arrow IPC file back, one written chunk at a time (memory-mapped)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    path = Path(path)
+    try:
+        reader = ipc.open_file(pa.memory_map(str(path), "r"))
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{path} is not a cellreasoner Arrow file ({exc}).") from None
+    batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+    yield from _parts_from_batches(batches, reader.schema.metadata or {}, path)
+
+
+def read_compact(path: str | os.PathLike) -> CellSentences:
+    """Load a compact ``.parquet`` or ``.arrow`` file written by ``cellreasoner prepare``."""
+    path = Path(path)
+    parts = iter_arrow(path) if path.suffix.lower() == ".arrow" else iter_parquet(path)
+    return CellSentences.concat(list(parts))

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help=".h5ad, Seurat .rds, 10x .h5 / matrix directory, CSV/TSV, or "
                    "the demo names pbmc68k_reduced / pbmc_demo")
     p.add_argument("-o", "--output", required=True,
-                   help="output file: .json (upstream), .jsonl or .parquet (compact)")
+                   help="output file: .json (upstream), .jsonl, or compact .arrow / .parquet")
     p.add_argument("--gene-list", help="ranked gene list file (default: the published list, "
                    "downloaded once with a pinned hash)")
     p.add_argument("--order", choices=["ranked", "expression"], default="ranked",
