@@ -1,16 +1,13 @@
 """annotate() against a REAL OpenAI-compatible server (`transformers serve`, tiny Qwen2).
 
 Requests are counted from the server's own access log, so "the model was not asked again" is
-checked on the server side, not inferred from our counters. The server is started here rather
-than with the fixture of ``test_backend_openai.py`` because these tests need its access log
-(``--log-level info``).
+checked on the server side, not inferred from our counters. The server is started with
+``tiny_model.serve_transformers`` at log level info, which writes that access log.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
-import httpx
 import pandas as pd
 import pytest
+from tiny_model import free_port
 
 from cellreasoner.annotate import annotate
 from cellreasoner.cli import main
@@ -30,53 +27,15 @@ from cellreasoner.errors import BackendError
 POST = '"POST /v1/chat/completions HTTP/1.1" 200'
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve(model_dir: str | Path, workdir: Path, timeout: float = 120.0,
           extra_args: tuple[str, ...] = ()):
-    """Run `transformers serve` on 127.0.0.1 with its access log; yields ``(base_url, log)``.
+    """`transformers serve` with its access log on (``--log-level info``)."""
+    from tiny_model import serve_transformers
 
-    ``model_dir`` is preloaded (``FORCE_MODEL``), so the first request does not pay the load;
-    ``extra_args`` are added to the command line (e.g. ``("--continuous-batching",)``).
-    """
-    port = free_port()
-    (workdir / "hub").mkdir(parents=True, exist_ok=True)
-    log = workdir / "serve.log"
-    env = dict(os.environ, HF_HOME=str(workdir), HF_HUB_CACHE=str(workdir / "hub"),
-               HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir),
-             "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-             "--log-level", "info", *extra_args],
-            stdout=fh, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited: {log.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("transformers serve did not become ready in time")
-            time.sleep(0.5)
-        yield f"{base}/v1", log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve_transformers(model_dir, workdir, log_level="info", timeout=timeout,
+                            extra_args=extra_args) as served:
+        yield served
 
 
 def requests_served(log: Path) -> int:

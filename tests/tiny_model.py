@@ -216,6 +216,7 @@ def serve_transformers(
     *,
     log_level: str = "warning",
     timeout: float = 120.0,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[tuple[str, Path]]:
     """Run a real ``transformers serve`` (OpenAI-compatible) on 127.0.0.1 for a test.
 
@@ -230,6 +231,8 @@ def serve_transformers(
         Server log level (default ``"warning"``; ``"info"`` logs every request).
     timeout
         Seconds to wait for ``/health`` (default 120).
+    extra_args
+        More server flags (e.g. ``("--continuous-batching",)``).
 
     Yields
     ------
@@ -248,7 +251,7 @@ def serve_transformers(
     if model_dir is not None:
         cmd.append(str(model_dir))
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-            "--log-level", log_level]
+            "--log-level", log_level, *extra_args]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
