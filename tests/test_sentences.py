@@ -138,7 +138,7 @@ def test_prepare_writes_atomically_and_reports(tmp_path, pbmc68k_raw, ranked_gen
     out = tmp_path / "x.parquet"
     result, summary = prepare(pbmc68k_raw, out, gene_list=ranked_genes)
     assert result is None and out.exists()
-    assert not (tmp_path / "x.parquet.tmp").exists()
+    assert sorted(tmp_path.iterdir()) == [out]  # no temporary file left behind
     assert summary.n_cells == 700
     assert summary.n_genes_matched == len(set(ranked_genes) & set(pbmc68k_raw.var_names))
     assert summary.expression == "log-normalised"
@@ -149,7 +149,7 @@ def test_negative_values_name_the_problem(pbmc68k, ranked_genes, tmp_path):
     # pbmc68k_reduced's X is scaled (has negatives): a classic wrong-layer mistake
     with pytest.raises(InputError, match="negative values"):
         prepare(pbmc68k, tmp_path / "x.json", gene_list=ranked_genes)
-    assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.json.tmp").exists()
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a partial file
 
 
 def test_nan_values_are_refused(pbmc68k_raw, ranked_genes):

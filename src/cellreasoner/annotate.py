@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_path
 from .backends import Backend, Generation, get_backend
 from .cache import GenerationCache, default_cache_path
 from .errors import BackendError, InputError
@@ -139,15 +140,9 @@ class AnnotationResult:
         if "cluster_label" in self.table:
             for f in CLUSTER_FIELDS:
                 df[f] = self.table[f].to_numpy()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return Path(path)
 
 
 def _uns_safe(obj):

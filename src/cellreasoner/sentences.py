@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from .atomic import atomic_path
 from .errors import InputError
 from .matrix import DEFAULT_CHUNK, MatrixSource
 from .prompts import Prompt, instruction_for
@@ -427,27 +428,6 @@ def build_sentences(adata_or_source, gene_list: Sequence[str] | None = None, *,
 
 
 # --- writers (streaming, atomic) ------------------------------------------------------------
-class _AtomicFile:
-    """Write to ``path.tmp`` then rename, so a killed run never leaves a half file."""
-
-    def __init__(self, path: str | os.PathLike, mode: str = "wb"):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.mode = mode
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.tmp, self.mode, buffering=1 << 20)
-        return self.fh
-
-    def __exit__(self, exc_type, *rest):
-        self.fh.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
 def _json_record_block(part: CellSentences, instruction_json: bytes, with_output: bool,
                        first: bool) -> tuple[bytes, bool]:
     """The indent=4 JSON bytes of a chunk's records (``json.dump(list, indent=4)`` layout)."""
@@ -475,7 +455,7 @@ def write_upstream_json(parts: Iterable[CellSentences], path: str | os.PathLike,
     """Stream chunks to the upstream CellReasoner JSON (a list of records, indent=4)."""
     instruction_json = json.dumps(instruction_for(reasoning)).encode()
     first = True
-    with _AtomicFile(path, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
         for part in parts:
             with_output = part.labels is not None if include_output is None else include_output
             text, first = _json_record_block(part, instruction_json, with_output, first)
@@ -487,7 +467,7 @@ def write_upstream_json(parts: Iterable[CellSentences], path: str | os.PathLike,
 def write_jsonl(parts: Iterable[CellSentences], path: str | os.PathLike, *,
                 reasoning: bool = False) -> Path:
     """Stream chunks to JSON Lines, one upstream record per line."""
-    with _AtomicFile(path, "w") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", buffering=1 << 20) as fh:
         for part in parts:
             fh.write("".join(json.dumps(r) + "\n" for r in part.records(reasoning)))
     return Path(path)
@@ -514,6 +494,26 @@ def _schema_metadata(part: CellSentences) -> dict[bytes, bytes]:
     }
 
 
+def _write_tables(parts: Iterable[CellSentences], path: str | os.PathLike, open_writer) -> Path:
+    """Stream chunks as Arrow tables through ``open_writer(tmp_path, schema)``, atomically."""
+    with atomic_path(path) as tmp:
+        writer = None
+        try:
+            for part in parts:
+                table = _arrow_table(part)
+                if writer is None:
+                    table = table.replace_schema_metadata(_schema_metadata(part))
+                    schema = table.schema
+                    writer = open_writer(tmp, schema)
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+            if writer is None:
+                raise InputError("No cells to write.")
+        finally:
+            if writer is not None:
+                writer.close()
+    return Path(path)
+
+
 def write_arrow(parts: Iterable[CellSentences], path: str | os.PathLike,
                 compression: str | None = "lz4") -> Path:
     """Stream chunks to the compact Arrow IPC form (fastest; vocabulary in the metadata).
@@ -523,56 +523,17 @@ def write_arrow(parts: Iterable[CellSentences], path: str | os.PathLike,
     """
     import pyarrow.ipc as ipc
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    try:
-        for part in parts:
-            table = _arrow_table(part)
-            if writer is None:
-                table = table.replace_schema_metadata(_schema_metadata(part))
-                writer = ipc.new_file(tmp, table.schema,
-                                      options=ipc.IpcWriteOptions(compression=compression))
-                schema_meta = table.schema.metadata
-            writer.write_table(table.replace_schema_metadata(schema_meta))
-        if writer is None:
-            raise InputError("No cells to write.")
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(tmp, path)
-    return path
+    options = ipc.IpcWriteOptions(compression=compression)
+    return _write_tables(parts, path, lambda tmp, schema: ipc.new_file(tmp, schema,
+                                                                       options=options))
 
 
 def write_parquet(parts: Iterable[CellSentences], path: str | os.PathLike) -> Path:
     """Stream chunks to the compact Parquet form (vocabulary kept in the file metadata)."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    try:
-        for part in parts:
-            table = _arrow_table(part)
-            if writer is None:
-                table = table.replace_schema_metadata(_schema_metadata(part))
-                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-            writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
-        if writer is None:
-            raise InputError("No cells to write.")
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(tmp, path)
-    return path
+    return _write_tables(parts, path,
+                         lambda tmp, schema: pq.ParquetWriter(tmp, schema, compression="zstd"))
 
 
 def _parts_from_batches(batches, meta: dict, path: Path) -> Iterator[CellSentences]:

@@ -136,13 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
 def write_h5ad_atomic(adata, path: str | os.PathLike) -> Path:
     """``adata.write_h5ad`` to a temporary file, then rename (no half-written output)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         # labels are already categorical; free text (reasoning) must not become categories
         adata.write_h5ad(tmp, convert_strings_to_categoricals=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import atomic_path
 from ..errors import InputError
 from .records import load_records, write_records
 from .sft import DEFAULT_EPOCHS, DEFAULT_LR, FINETUNING, STAGES
@@ -246,9 +247,8 @@ def export_llamafactory(
         export.stages.append(entry)
         current = entry.result_model
 
-    tmp = info_path.with_name(info_path.name + ".tmp")
-    tmp.write_text(json.dumps(dataset_info, indent=2))
-    os.replace(tmp, info_path)
+    with atomic_path(info_path) as tmp:
+        tmp.write_text(json.dumps(dataset_info, indent=2))
     (root / "run.sh").write_text(
         "#!/usr/bin/env bash\n# CellReasoner training with LLaMA-Factory "
         "(pip install llamafactory)\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n"

@@ -99,21 +99,16 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 def write_records(records: Iterable[dict], path: str | os.PathLike) -> Path:
     """Write records atomically: JSON list (``indent=4``, as upstream) or ``.jsonl``."""
+    from ..atomic import atomic_path
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
     records = list(records)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            if p.suffix == ".jsonl":
-                for rec in records:
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            else:
-                json.dump(records, fh, indent=4, ensure_ascii=False)
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(p) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        if p.suffix == ".jsonl":
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        else:
+            json.dump(records, fh, indent=4, ensure_ascii=False)
     return p
 
 
