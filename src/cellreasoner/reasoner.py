@@ -21,6 +21,10 @@ from .errors import InputError
 from .markers import ALIASES, MarkerDB, load_markers
 
 UNKNOWN = "Unknown"
+#: Weight units of expressed negative markers at which the penalty is full.
+NEG_SATURATION = 8.0
+#: Distinct measured positive markers needed for full evidence.
+MIN_MARKERS = 3.0
 
 
 @dataclass
@@ -305,9 +309,17 @@ class Reasoner:
         return sp.csr_matrix(E), measured, spelled
 
     # ------------------------------------------------------------------ scoring
-    def _denominators(self, W: np.ndarray) -> np.ndarray:
-        # few available markers cannot give full evidence; long lists are not diluted
-        return np.clip(W, 4.0, 8.0)
+    def _denominators(self, W: np.ndarray, n: np.ndarray) -> np.ndarray:
+        # few available markers cannot give full evidence; long lists are not diluted. Full
+        # evidence also needs MIN_MARKERS distinct markers: one or two heavy markers (often
+        # co-regulated, like C1QA/C1QB) score at most n / MIN_MARKERS of full.
+        per_marker = W / np.maximum(n, 1.0)
+        return np.maximum(np.clip(W, 4.0, 8.0), per_marker * MIN_MARKERS)
+
+    def _neg_denominators(self, W: np.ndarray) -> np.ndarray:
+        # a strongly expressed negative marker is contradictory evidence however many other
+        # negatives the type lists: the penalty saturates after NEG_SATURATION weight units
+        return np.clip(W, 2.0, NEG_SATURATION)
 
     def score(self, E: sp.csr_matrix, measured: np.ndarray | sp.spmatrix) -> np.ndarray:
         """Cells x types evidence scores from a cells x markers evidence matrix.
@@ -317,15 +329,17 @@ class Reasoner:
         """
         if isinstance(measured, np.ndarray) and measured.ndim == 1:
             w_avail = self.P[:, measured].sum(axis=1)[None, :]
-            wn = np.maximum(self.N[:, measured].sum(axis=1), 2.0)[None, :]
+            n_avail = (self.P[:, measured] > 0).sum(axis=1)[None, :]
+            wn = self._neg_denominators(self.N[:, measured].sum(axis=1))[None, :]
         else:
             A = sp.csr_matrix(measured, dtype=np.float32)
             w_avail = np.asarray(A @ self.P.T)
-            wn = np.maximum(np.asarray(A @ self.N.T), 2.0)
+            n_avail = np.asarray(A @ (self.P.T > 0).astype(np.float32))
+            wn = self._neg_denominators(np.asarray(A @ self.N.T))
         hits = np.asarray(E @ self.P.T)
         # evidence saturates after ~8 weight units of markers; the coverage term (fraction
         # of all available markers seen) breaks ties between saturated lineages
-        evidence = np.minimum(hits / self._denominators(w_avail), 1.0)
+        evidence = np.minimum(hits / self._denominators(w_avail, n_avail), 1.0)
         coverage = hits / np.maximum(w_avail, 4.0)
         neg = np.minimum(np.asarray(E @ self.N.T) / wn, 1.0)
         S = 0.8 * evidence + 0.2 * coverage - self.negative_weight * neg
