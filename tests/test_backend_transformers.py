@@ -182,3 +182,10 @@ def test_real_pretrained_gguf_chat_model_answers(pbmc68k, gene_list_path):
     texts = [g[0].text for g in out]
     assert all(len(t.split()) >= 2 for t in texts), texts
     assert all(g[0].meta["completion_tokens"] > 0 for g in out)
+    # the whole path: real generated text parses into a label (direct) / a reasoning trace
+    from cellreasoner.parsing import parse_response
+
+    direct = parse_response(texts[0])
+    assert direct.complete and direct.label.strip() and len(direct.label) <= len(texts[0])
+    thought = parse_response(texts[1])
+    assert thought.label.strip() or thought.reasoning.strip()
