@@ -384,3 +384,17 @@ def test_cli_markers_is_the_builtin_knowledge_file(raw68k, tmp_path, capsys):
                "--markers", str(kb)])
     assert rc == 2
     assert "--cluster-markers" in capsys.readouterr().err
+
+
+def test_cellxgene_export_uses_the_schema_column(raw68k, tmp_path, capsys):
+    res = annotate(raw68k, progress=False)
+    res.to_cellxgene()
+    ids = raw68k.obs["cell_type_ontology_term_id"].astype(str)
+    mapped = raw68k.obs["cellreasoner_ontology_id"].astype(str).str.startswith("CL:")
+    assert (ids[mapped] == raw68k.obs["cellreasoner_ontology_id"].astype(str)[mapped]).all()
+    assert (ids[~mapped] == "unknown").all()
+    path = tmp_path / "in.h5ad"
+    raw68k.write_h5ad(path)
+    assert main(["annotate", str(path), "-o", str(tmp_path / "o.h5ad"), "--cellxgene"]) == 0
+    back = ad.read_h5ad(tmp_path / "o.h5ad")
+    assert back.obs["cell_type_ontology_term_id"].astype(str).str.match(r"CL:\d{7}|unknown").all()

@@ -127,6 +127,20 @@ class AnnotationResult:
         adata.uns[key] = _uns_safe(self.provenance)
         return adata
 
+    def to_cellxgene(self, adata=None, unknown: str = "unknown"):
+        """Write ``obs["cell_type_ontology_term_id"]`` as the CELLxGENE schema names it.
+
+        Cells whose label did not map to a Cell Ontology term get ``unknown`` (the schema's
+        value for an unknown cell type). Returns the AnnData.
+        """
+        adata = self.adata if adata is None else adata
+        if adata is None:
+            raise InputError("No AnnData to write into: pass one to to_cellxgene(adata).")
+        ids = self.table["ontology_id"].astype(str).to_numpy()
+        ids = np.where(np.char.startswith(ids.astype(str), "CL:"), ids, unknown)
+        adata.obs["cell_type_ontology_term_id"] = pd.Categorical(ids)
+        return adata
+
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write the upstream CellReasoner result layout (``cell_name``, ``response``,
         ``labels`` when ground truth exists), then the other fields; atomic."""

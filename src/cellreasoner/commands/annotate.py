@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="markers per cluster sentence (default 100)")
     p.add_argument("--tissue", help="tissue name added to the instruction (changes the prompt)")
     p.add_argument("--key-added", default="cellreasoner", help="obs column prefix")
+    p.add_argument("--cellxgene", action="store_true",
+                   help="also write obs['cell_type_ontology_term_id'] (CELLxGENE schema; "
+                   "'unknown' where no CL term)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -119,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     written = []
+    if args.cellxgene:
+        result.to_cellxgene()
     if out.suffix.lower() == ".csv":
         written.append(result.to_csv(out))
     else:
