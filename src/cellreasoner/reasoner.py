@@ -339,8 +339,9 @@ class Reasoner:
         hits = np.asarray(E @ self.P.T)
         # evidence saturates after ~8 weight units of markers; the coverage term (fraction
         # of all available markers seen) breaks ties between saturated lineages
-        evidence = np.minimum(hits / self._denominators(w_avail, n_avail), 1.0)
-        coverage = hits / np.maximum(w_avail, 4.0)
+        den = self._denominators(w_avail, n_avail)
+        evidence = np.minimum(hits / den, 1.0)
+        coverage = hits / np.maximum(w_avail, den)
         neg = np.minimum(np.asarray(E @ self.N.T) / wn, 1.0)
         S = 0.8 * evidence + 0.2 * coverage - self.negative_weight * neg
         return S.astype(np.float32)
