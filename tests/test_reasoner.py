@@ -272,3 +272,58 @@ def test_every_type_is_reachable_from_its_own_markers():
         if not ok and not (t.name.startswith("cycling") and label == db.parent_of(t.name)):
             missed.append((t.name, label))
     assert not missed
+
+
+def _has(pbmc, gene: str) -> np.ndarray:
+    j = pbmc["genes"].index(gene)
+    return np.asarray(pbmc["X"][:, j].todense()).ravel() > 0
+
+
+def test_nk_and_t_split_on_lineage_genes_not_on_shared_cytotoxic_ones(reasoner, pbmc,
+                                                                       pbmc_result):
+    """Cytotoxic genes (NKG7, GNLY, PRF1, GZMB) are shared by NK and CD8 T cells; CD3 chains
+    decide for T, FCER1G/TYROBP/SPON2 for NK."""
+    res = reasoner.annotate_sentences([
+        "NKG7, GNLY, PRF1, GZMB, CTSW, FCER1G, TYROBP, SPON2",
+        "CD3D, CD3E, NKG7, GNLY, PRF1, GZMB, GZMH, CCL5, CST7",
+    ])
+    assert list(res.lineage) == ["NK cell", "T cell"]
+    assert "CD8-positive T cell" in load_markers().lineage(res.label[1])
+    # real cytotoxic lymphocytes, grouped by their own genes (not by the sorted labels)
+    cyto = np.isin(pbmc["truth"], ["CD8+ Cytotoxic T", "CD56+ NK"])
+    cd3 = _has(pbmc, "CD3D") & _has(pbmc, "CD3E")
+    nk_only = _has(pbmc, "FCER1G") | _has(pbmc, "TYROBP")
+    t_like = cyto & cd3 & ~nk_only
+    nk_like = cyto & ~cd3 & ~_has(pbmc, "CD3G") & _has(pbmc, "FCER1G")
+    assert t_like.sum() >= 20 and nk_like.sum() >= 10
+    assert (pbmc_result.lineage[t_like] == "T cell").mean() >= 0.95
+    assert (pbmc_result.lineage[nk_like] == "NK cell").mean() >= 0.85
+
+
+def test_dendritic_cells_without_monocyte_genes_are_not_monocytes(reasoner, pbmc,
+                                                                  pbmc_result):
+    """LYZ, CST3, MNDA, S100A9 and the shared phagocyte genes do not make a monocyte; FCN1 and
+    S100A8 do, and IRF8/ID2 with class II point to a dendritic cell."""
+    res = reasoner.annotate_sentences([
+        "LYZ, CST3, HLA-DRA, HLA-DQA1, HLA-DQB1, HLA-DPB1, IRF8, ID2, MNDA, S100A9, AIF1, CTSS",
+        "FCN1, S100A8, S100A9, LYZ, CST3, HLA-DRA, AIF1, CTSS",
+    ])
+    assert list(res.lineage) == ["dendritic cell", "monocyte"]
+    dc = ((pbmc["truth"] == "Dendritic") & ~_has(pbmc, "FCN1") & ~_has(pbmc, "S100A8")
+          & ~_has(pbmc, "FCGR3A"))
+    assert dc.sum() >= 50
+    assert (pbmc_result.lineage[dc] == "dendritic cell").mean() >= 0.9
+
+
+def test_two_markers_cannot_give_full_evidence(reasoner):
+    """One or two heavy (often co-regulated) markers score at most 2/3 of full evidence, so
+    C1QA/C1QB in a CD16 monocyte do not outweigh its monocyte programme."""
+    res = reasoner.annotate_sentences([
+        "C1QA, C1QB",
+        "C1QA, C1QB, CD68, CD163, MRC1",
+        "FCGR3A, LST1, HES4, RHOC, LYZ, MNDA, CST3, C1QA, C1QB",
+    ])
+    mac = reasoner.db.index("macrophage")
+    assert res.scores[0, mac] < 0.7 < res.scores[1, mac]
+    assert res.lineage[2] == "monocyte"
+    assert res.label[2] == "non-classical monocyte"
