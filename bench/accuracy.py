@@ -14,7 +14,8 @@ Rows: the reasoner per cell, per cell with kNN smoothing, per cluster (all tissu
 restricted to ``tissue="blood"``); SingleR trained on a stratified half of the same dataset and
 evaluated on the other half (mean over ``--seeds`` splits; the reasoner's score on the same
 held-out halves is printed beside it, since its knowledge base never sees the labels).
-Then a confidence-calibration table and the reasoner's speed in cells/s.
+Then the builtin's most frequent answers per ground-truth label (to tell label noise from
+reasoning errors), a confidence-calibration table and the reasoner's speed in cells/s.
 """
 
 from __future__ import annotations
@@ -93,6 +94,17 @@ def reasoner_predictions(ds: dict, tissue: str | None) -> dict[str, np.ndarray]:
     return out
 
 
+def confusion(truth: list[str], pred: np.ndarray, scorer: PairScorer, top: int = 4
+              ) -> pd.DataFrame:
+    """The ``top`` most frequent predictions per ground-truth label, with their score."""
+    s = scorer.score_many(truth, list(pred))
+    df = pd.DataFrame({"truth": truth, "prediction": pred, "score": s})
+    out = (df.groupby(["truth", "prediction"]).agg(cells=("score", "size"),
+                                                   score=("score", "first"))
+           .reset_index().sort_values(["truth", "cells"], ascending=[True, False]))
+    return out.groupby("truth").head(top).set_index(["truth", "prediction"])
+
+
 def stratified_half(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     train = []
@@ -159,6 +171,7 @@ def main() -> None:
     datasets = [load_demo(args.shared), load_pbmc68k()]
     rows = []
     per_label = {}
+    confusions = {}
     for ds in datasets:
         truth = list(ds["truth"])
         by_label = pd.DataFrame({"truth": truth})
@@ -167,6 +180,8 @@ def main() -> None:
                 s = scorer.score_many(truth, list(pred))
                 if tissue is None:
                     by_label[f"builtin {method}"] = s
+                    if method == "per cell":
+                        confusions[ds["name"]] = confusion(truth, pred, scorer)
                 rows.append({"dataset": ds["name"],
                              "method": f"builtin {method}" + (f" [tissue={tissue}]" if tissue
                                                               else ""),
@@ -199,6 +214,9 @@ def main() -> None:
     print(table.to_string(index=False, formatters=fmt))
     for name, tab in per_label.items():
         print(f"\n== Mean score per ground-truth label: {name} ==")
+        print(tab.to_string(float_format="{:.2f}".format))
+    for name, tab in confusions.items():
+        print(f"\n== Builtin per cell: most frequent answers per ground-truth label: {name} ==")
         print(tab.to_string(float_format="{:.2f}".format))
     print("\n== Calibration on pbmc68k_reduced (per cell, all tissues) ==")
     print(calibration(datasets[1], scorer).to_string(float_format="{:.3f}".format))
