@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from cellreasoner import evidence as _ev
 from cellreasoner.errors import InputError
 from cellreasoner.evidence import check_evidence, check_evidence_many, cited_genes
 from cellreasoner.resources import load_gene_list
@@ -147,3 +148,131 @@ def test_check_evidence_many_over_demo_cells(vocab, demo_cells):
     assert frame.loc["none", "n_cited"] == 0
     with pytest.raises(InputError, match="one sentence per reasoning"):
         check_evidence_many(["a"], [], vocab)
+
+
+# --- the fast path gives exactly the straightforward implementation's results ---------------
+
+
+@pytest.fixture
+def builtin_cells(pbmc68k, gene_list_path):
+    """Real builtin traces and sentences of pbmc68k_reduced, as annotate() produces them."""
+    from cellreasoner.reasoner import Reasoner
+    from cellreasoner.sentences import build_sentences
+
+    raw = pbmc68k.raw.to_adata()
+    var_names = [str(g) for g in raw.var_names]
+    genes = load_gene_list(gene_list_path)
+    traces = Reasoner().annotate_matrix(raw.X, var_names).reasoning
+    sents = build_sentences(raw, genes)
+    vocabulary = list(dict.fromkeys([*genes, *var_names]))
+    return traces, sents, vocabulary
+
+
+def _copies(texts, n):
+    """``n`` tiles of ``texts``, each string a new object (as per-cell strings are)."""
+    return [t[:1] + t[1:] if t else t for _ in range(n) for t in texts]
+
+
+def test_fast_many_equals_reference_on_builtin_traces(builtin_cells):
+    traces, sents, vocabulary = builtin_cells
+    n = len(traces)
+    assert n == 700 and sum(bool(t) for t in traces) > 600
+    reasonings = _copies(traces, 3)
+    strings = _copies([sents.sentence(i) for i in range(n)], 3)
+    ref = _ev._reference_check_evidence_many(reasonings, strings, vocabulary)
+    assert ref["n_cited"].sum() > 5 * n and ref["absent"].str.len().gt(0).any()
+    pd.testing.assert_frame_equal(check_evidence_many(reasonings, strings, vocabulary), ref)
+    # the same cells given as gene lists, sets and tuples (no join / re-split)
+    lists = [sents.cell_genes(i) for _ in range(3) for i in range(n)]
+    pd.testing.assert_frame_equal(check_evidence_many(reasonings, lists, vocabulary), ref)
+    sets = [frozenset(g) for g in lists]
+    pd.testing.assert_frame_equal(check_evidence_many(reasonings, sets, tuple(vocabulary)), ref)
+    # default vocabulary (ranked gene list + sentence genes), custom thresholds, an index
+    idx = [f"c{i}" for i in range(len(strings))]
+    ref = _ev._reference_check_evidence_many(reasonings, strings, index=idx, min_cited=3,
+                                             threshold=0.9)
+    got = check_evidence_many(reasonings, strings, index=idx, min_cited=3, threshold=0.9)
+    pd.testing.assert_frame_equal(got, ref)
+
+
+def test_fast_single_equals_reference_on_builtin_traces(builtin_cells):
+    traces, sents, vocabulary = builtin_cells
+    for i in range(0, len(traces), 7):
+        s = sents.sentence(i)
+        assert check_evidence(traces[i], s, vocabulary) == \
+            _ev._reference_check_evidence(traces[i], s, vocabulary)
+        assert check_evidence(traces[i], sents.cell_genes(i)) == \
+            _ev._reference_check_evidence(traces[i], s)
+
+
+#: LLM-style traces: negations in every form, lists, clauses, CD names, abbreviations, noise.
+LLM_TRACES = [
+    "The cell expresses CD3E, CD3D and CD8A/CD8B together with GZMK and CCL5, so it is a CD8 T "
+    "cell rather than a CD4 T cell. HLA-DR is low and MS4A1 is absent.",
+    "There is no CD3E, CD3D, CD8A or CD4 in this cell; NKG7 and GNLY are high, so NK cell.",
+    "CD3E, CD3D and CD4 are absent; GNLY is high. CD14-negative, FCGR3A+ and LYZ-.",
+    "No CD14 here, but CD27 is clearly expressed. S100A8 is not detected while CD8A is absent",
+    "Lack of MS4A1 and absence of CD79A argue against B cells; negative for CD19.\n\nIL7R, "
+    "CCR7 and SELL point to naive T cells although LEF1 is missing.",
+    "GC B cells express AICDA. TH cells need CD4. ALB, APOA1 and GC are hepatocyte genes.",
+    "AC012345.1 is up. LTB too. CD16+ and CD56 bright; CD45 present, HLA-DR+ and CD11c-.",
+    "<think>Markers: LYZ, S100A9, CST3 (high); CD3E—absent; FCER1A present; PPBP? no.</think>",
+    "The SET of markers is ALL T-like, and IT is NOT clear; CD8 devoid of expression? CD8B "
+    "seems completely absent, neither CD79B nor CD19 is expressed.",
+    "Not only CD3E but also CD2 is expressed; without CCR7, free of SELL, excludes KLRB1.",
+    "NKG7−, GZMB high, PRF1 elevated; CD160 isn't present, KLRD1 null, FOO1 and BAR2 up.",
+    "", "   ", "nan", "Just words, no genes at all.",
+]
+
+
+def test_fast_path_equals_reference_on_llm_traces(vocab, demo_cells):
+    sentences = [s for _, s in demo_cells]
+    odd = ["CD3E ,CD8A\tGNLY,, NKG7 ,FOO1", " LYZ,S100A9 ,CST3\n", "MS4A1, CD79A,  CD19"]
+    cells = sentences[: len(LLM_TRACES)] + odd
+    traces = (LLM_TRACES * 2)[: len(cells)]
+    extra = ["FOO1"]  # a symbol known only from a sentence (vocabulary layer of the cells)
+    for vocabulary in (vocab, vocab + extra, None):
+        for min_cited, threshold in ((2, 0.5), (1, 0.99), (0, 1.5)):
+            kw = {"min_cited": min_cited, "threshold": threshold}
+            ref = _ev._reference_check_evidence_many(traces + [None, float("nan")],
+                                                     cells + cells[:2], vocabulary, **kw)
+            got = check_evidence_many(traces + [None, float("nan")], cells + cells[:2],
+                                      vocabulary, **kw)
+            pd.testing.assert_frame_equal(got, ref)
+            for t, s in zip(traces, cells, strict=True):
+                assert check_evidence(t, s, vocabulary, **kw) == \
+                    _ev._reference_check_evidence(t, s, vocabulary, **kw), (t, s)
+    ev = check_evidence(LLM_TRACES[10], "NKG7, FOO1", vocab)
+    assert "FOO1" in ev.cited and "FOO1" in ev.present  # known through the cell's sentence
+    assert "FOO1" not in check_evidence(LLM_TRACES[10], "NKG7", vocab).cited
+
+
+def test_fast_path_odd_gene_collections(vocab):
+    import numpy as np
+
+    trace = "CD3E and GNLY are high, no CD14; 5 and 7 too."
+    cells = [[" CD3E ", "GNLY"], np.array(["CD3E", "NKG7"]), ("CD14", 5), iter(["GNLY", "7"]),
+             {"CD3E", "CD14"}, ["CD3E", ["nested"]]]
+    traces = [trace] * len(cells)
+    ref = _ev._reference_check_evidence_many(traces, [list(c) if not isinstance(c, set) else c
+                                                      for c in cells[:3]] + [["GNLY", "7"]]
+                                             + cells[4:], vocab)
+    got = check_evidence_many(traces, cells, vocab)
+    pd.testing.assert_frame_equal(got, ref)
+    assert got["present"].iat[0] == "CD3E, GNLY"  # stripped like the reference
+    assert check_evidence_many([], [], vocab).equals(_ev._reference_check_evidence_many([], [],
+                                                                                        vocab))
+
+
+def test_caches_follow_changed_inputs(vocab):
+    trace = "QQQ1 and GNLY are high, CD3E absent."
+    words = list(vocab)
+    before = check_evidence(trace, "GNLY", words)
+    assert "QQQ1" not in before.cited
+    words.append("QQQ1")  # the same list object, changed: the compiled vocabulary is renewed
+    after = check_evidence(trace, "GNLY", words)
+    assert after == _ev._reference_check_evidence(trace, "GNLY", words)
+    assert after.cited[0] == "QQQ1" and after.unsupported == ("QQQ1",)
+    # the same trace under other flagging settings is judged afresh
+    assert check_evidence(trace, "GNLY", words, min_cited=1, threshold=0.9).flagged
+    assert not check_evidence(trace, "GNLY", words).flagged
