@@ -3,9 +3,12 @@
 Every cell is scored against every knowledge-base type at once (a sparse cells x markers
 matrix times a dense markers x types weight matrix), then a vectorised walk down the lineage
 tree picks the lineage root and, level by level, the best-supported child. A type's score is
-the weighted fraction of its available positive markers that the cell expresses minus a
-penalty for expressed negative markers. The walk stops at the deepest level whose evidence is
-clear, and abstains ("Unknown") when no lineage is supported or two lineages tie.
+the weighted fraction of its available positive markers that the cell expresses (full
+evidence needs at least :data:`MIN_MARKERS` distinct markers) minus a penalty for expressed
+negative markers (saturating at :data:`NEG_SATURATION` weight units, so a long negative list
+does not dilute a strongly expressed contradicting marker). The walk stops at the deepest
+level whose evidence is clear, and abstains ("Unknown") when no lineage is supported or two
+lineages tie.
 """
 
 from __future__ import annotations
