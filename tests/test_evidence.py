@@ -276,3 +276,25 @@ def test_caches_follow_changed_inputs(vocab):
     # the same trace under other flagging settings is judged afresh
     assert check_evidence(trace, "GNLY", words, min_cited=1, threshold=0.9).flagged
     assert not check_evidence(trace, "GNLY", words).flagged
+
+
+def test_fast_clause_splitter_and_word_window_match_the_originals(builtin_cells):
+    import random
+    import re
+
+    # the original clause pattern, written out: the fast one must split every text the same
+    original = re.compile(r"[.;:!?](?=\s|$)|\n+|\bbut\b|\bwhereas\b|\bwhile\b|\bhowever\b|"
+                          r"\balthough\b", re.I)
+    assert _ev._CLAUSE.pattern == original.pattern
+    rng = random.Random(0)
+    pieces = ["but", "BUT", "But", "whereas", "While", "however", "ALTHOUGH", "butter", "abut",
+              "whilst", ".", ";", ":", "!", "?", " ", "\n", "\t", "\u00a0", "CD3E", "x", "-",
+              "_but", "but_", "9", "ſ", "\u212a", "I", "ı", "although.", "e.g.", "3.5"]
+    texts = [*builtin_cells[0], *LLM_TRACES]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+              for _ in range(3000)]
+    for text in texts:
+        assert _ev._CLAUSE_FAST.split(text) == original.split(text), text
+        for cut in range(0, len(text) + 1, 7):  # the negation window's last words
+            before = text[:cut]
+            assert before.rsplit(None, 6)[-6:] == before.split()[-6:]

@@ -9,6 +9,7 @@ absent gene. A trace is *flagged* when it leans on genes the cell does not expre
 from __future__ import annotations
 
 import functools
+import gc
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ _ABBREV_CONTEXT: dict[str, frozenset[str]] = {
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _CLAUSE = re.compile(r"[.;:!?](?=\s|$)|\n+|\bbut\b|\bwhereas\b|\bwhile\b|\bhowever\b|"
                      r"\balthough\b", re.I)
+#: :data:`_CLAUSE` with its alternatives grouped behind a first-character lookahead: the same
+#: splits (none of the words has another case-insensitive first letter), about 5x faster.
+_CLAUSE_FAST = re.compile(r"(?=[.;:!?\nbBwWhHaA])(?:[.;:!?](?=\s|$)|\n+|"
+                          r"\b(?:but|whereas|while|however|although)\b)", re.I)
 _PRE_NEG = re.compile(
     r"(?:\bno\b|\bnot\b|\bnor\b|\bneither\b|\bwithout\b|\black(?:s|ing)?\b(?:\s+of)?|"
     r"\babsen(?:ce|t)\b(?:\s+of)?|\bnegative\s+for\b|\bloss\s+of\b|\bmissing\b|"
@@ -191,7 +196,7 @@ def _clause_mentions(clause: str, vocab: _Vocab) -> list[tuple[str, tuple[str, .
 def _mentions_memo(text: str, vocab: _Layered, clauses: dict[str, list]) -> list:
     """:func:`_mentions` with each distinct clause parsed once (``clauses``: clause -> list)."""
     out: list[tuple[str, tuple[str, ...], bool]] = []
-    for clause in _CLAUSE.split(text):
+    for clause in _CLAUSE_FAST.split(text):
         got = clauses.get(clause)
         if got is None:
             got = clauses[clause] = _clause_mentions(clause, vocab)
@@ -201,8 +206,8 @@ def _mentions_memo(text: str, vocab: _Layered, clauses: dict[str, list]) -> list
 
 def _negated_before(before: str) -> bool:
     """A negation cue among the last few tokens before a gene (lists: "no CD3E, CD3D or X")."""
-    words = before.split()
-    window = " ".join(words[-_MAX_PRE_TOKENS:])
+    # the last words without splitting the whole prefix (same as before.split()[-n:])
+    window = " ".join(before.rsplit(None, _MAX_PRE_TOKENS)[-_MAX_PRE_TOKENS:])
     cues = list(_PRE_NEG.finditer(window))
     if not cues:
         return False
@@ -381,7 +386,7 @@ class _Layered:
 class _Parsed:
     """The cell-independent part of a trace's check: what it cites and how."""
 
-    __slots__ = ("cited", "genes", "negated", "flat", "verdicts")
+    __slots__ = ("cited", "genes", "negated", "flat", "verdicts", "rows")
 
     def __init__(self, mentions: list[tuple[str, tuple[str, ...], bool]]):
         status: dict[str, list] = {}  # name -> [genes, any_positive_mention, any_negated]
@@ -393,6 +398,7 @@ class _Parsed:
         self.negated = tuple(n for n in self.cited if status[n][2] and not status[n][1])
         self.flat = tuple(dict.fromkeys(g for gs in self.genes for g in gs))
         self.verdicts: dict[tuple, Evidence] = {}
+        self.rows: dict[tuple[bool, ...], tuple] = {}  # check_evidence_many's output rows
 
     def verdict(self, hits: tuple[bool, ...], min_cited: int, threshold: float) -> Evidence:
         """The evidence for a cell whose genes contain ``flat[i]`` where ``hits[i]``."""
@@ -536,6 +542,7 @@ def _reference_check_evidence(
     return _check(reasoning, expressed, vocab, min_cited, threshold)
 
 
+_COLLECTIONS = frozenset({list, tuple, set, frozenset})
 _COLUMNS = ("cited", "present", "absent", "negated", "n_cited", "fraction_present", "flagged")
 
 
@@ -570,7 +577,25 @@ def check_evidence_many(
     import pandas as pd
 
     _check_inputs(reasonings, sentences)
-    # distinct sentences -> the cell's gene set (by text, or by object for collections)
+    # the loops create many small acyclic objects: cyclic GC passes over the caller's (large)
+    # heap would cost more than the check itself, so the collector pauses meanwhile
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        out = _many_rows(reasonings, sentences, vocabulary, min_cited, threshold)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    idx = list(index) if index is not None else None
+    if not out:
+        return pd.DataFrame([], index=idx)
+    columns = dict(zip(_COLUMNS, map(list, zip(*out, strict=True)), strict=True))
+    return pd.DataFrame(columns, index=idx)
+
+
+def _many_rows(reasonings: Sequence, sentences: Sequence, vocabulary: Iterable[str] | None,
+               min_cited: int, threshold: float) -> list[tuple]:
+    """The output rows of :func:`check_evidence_many`, one tuple per cell."""
     # each distinct sentence -> its symbols (list or set of clean str), split once
     by_text: dict[str, Collection[str]] = {}
     by_id: dict[int, tuple] = {}  # id -> (object kept alive, its symbols)
@@ -583,7 +608,7 @@ def check_evidence_many(
         else:
             hit = by_id.get(id(s))
             if hit is None or hit[0] is not s:
-                syms = s if isinstance(s, list | tuple | set | frozenset) else list(s)
+                syms = s if type(s) in _COLLECTIONS else list(s)
                 hit = by_id[id(s)] = (s, syms)
             got = hit[1]
         cell_genes.append(got)
@@ -603,7 +628,10 @@ def check_evidence_many(
     clauses: dict[str, list] = {}
     parsed_of: list[_Parsed] = []
     for r in reasonings:
-        text = "" if r is None or (isinstance(r, float) and r != r) else str(r)
+        if type(r) is str:
+            text = r
+        else:
+            text = "" if r is None or (isinstance(r, float) and r != r) else str(r)
         parsed = parses.get(text)
         if parsed is None:
             parsed = parses[text] = _Parsed(_mentions_memo(text, layered, clauses))
@@ -611,27 +639,25 @@ def check_evidence_many(
     # per cell only the genes some trace cites are looked up
     needed = set().union(*(p.flat for p in parses.values()))
     cited_in: dict[int, set[str]] = {}
-    rows: dict[tuple[int, tuple[bool, ...]], tuple] = {}
     out: list[tuple] = []
+    append = out.append
     for parsed, genes in zip(parsed_of, cell_genes, strict=True):
-        hits: tuple[bool, ...] = ()
-        if parsed.flat:
+        flat = parsed.flat
+        if flat:
             got = cited_in.get(id(genes))
             if got is None:
                 got = cited_in[id(genes)] = needed.intersection(genes)
-            hits = tuple(map(got.__contains__, parsed.flat))
-        row = rows.get((id(parsed), hits))
+            hits = tuple(map(got.__contains__, flat))
+        else:
+            hits = ()
+        row = parsed.rows.get(hits)  # parses are this call's own: rows need no settings key
         if row is None:
             ev = parsed.verdict(hits, min_cited, threshold)
-            row = rows[(id(parsed), hits)] = (
+            row = parsed.rows[hits] = (
                 ", ".join(ev.cited), ", ".join(ev.present), ", ".join(ev.absent),
                 ", ".join(ev.negated), len(ev.cited), ev.fraction_present, ev.flagged)
-        out.append(row)
-    idx = list(index) if index is not None else None
-    if not out:
-        return pd.DataFrame([], index=idx)
-    columns = dict(zip(_COLUMNS, map(list, zip(*out, strict=True)), strict=True))
-    return pd.DataFrame(columns, index=idx)
+        append(row)
+    return out
 
 
 def _reference_check_evidence_many(
