@@ -293,11 +293,15 @@ def _default_vocab(extra: Iterable[str]) -> _Vocab:
 # * the vocabulary is compiled once per distinct vocabulary (LRU by content, with an identity
 #   fast path for the same list object) and never copied per call: the cells' own genes are a
 #   second layer consulted only for tokens the base vocabulary lacks;
-# * a trace is parsed once per distinct text (builtin traces repeat a lot);
+# * a trace is parsed once per distinct text (builtin traces repeat a lot), and within a call
+#   each distinct clause once (negation never crosses clauses), with a faster but equivalent
+#   clause splitter;
 # * a cell sentence is split once per distinct text, canonical ``"A, B, C"`` sentences with C
-#   string operations instead of a per-gene strip;
-# * per cell only the trace's cited genes are looked up in the cell's genes, and the verdict
-#   is memoised per (trace, which cited genes are present).
+#   string operations instead of a per-gene strip; gene collections are used as given when
+#   their symbols are clean ``str`` (checked once on the union of all cells' symbols);
+# * per cell only the genes some trace cites are looked up (one C-level set intersection),
+#   and the verdict is memoised per (trace, which cited genes are present);
+# * ``check_evidence_many`` pauses the cyclic GC while it builds its many small objects.
 
 _VOCAB_BY_ID: dict[int, tuple[object, object, _Vocab]] = {}
 _VOCAB_BY_CONTENT: dict[object, _Vocab] = {}
@@ -310,7 +314,7 @@ def _remember(cache: dict, key: object, value: object, size: int) -> None:
     """Insert into a small dict used as a FIFO cache (oldest entries dropped past ``size``)."""
     if len(cache) >= size:
         for old in list(cache)[: max(1, size // 4)]:
-            del cache[old]
+            cache.pop(old, None)  # another thread may have dropped it already
     cache[key] = value
 
 
