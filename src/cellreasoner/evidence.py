@@ -602,27 +602,40 @@ def _many_rows(reasonings: Sequence, sentences: Sequence, vocabulary: Iterable[s
     """The output rows of :func:`check_evidence_many`, one tuple per cell."""
     # each distinct sentence -> its symbols (list or set of clean str), split once
     by_text: dict[str, Collection[str]] = {}
-    by_id: dict[int, tuple] = {}  # id -> (object kept alive, its symbols)
+    by_content: dict[tuple, Collection[str]] = {}  # lists/tuples of equal symbols
+    by_id: dict[int, tuple] = {}  # other collections: id -> (object kept alive, symbols)
+    given: dict[int, Collection[str]] = {}  # every distinct collection of symbols, by id
     cell_genes: list[Collection[str]] = []
     for s in sentences:
         if isinstance(s, str):
             got = by_text.get(s)
             if got is None:
                 got = by_text[s] = _text_symbols(s)
+        elif type(s) is list or type(s) is tuple:
+            try:
+                key = tuple(s)
+                got = by_content.get(key)
+            except TypeError:  # unhashable symbols
+                key, got = None, None
+            if got is None:
+                got = given[id(s)] = s
+                if key is not None:
+                    by_content[key] = s
         else:
             hit = by_id.get(id(s))
             if hit is None or hit[0] is not s:
                 syms = s if type(s) in _COLLECTIONS else list(s)
                 hit = by_id[id(s)] = (s, syms)
+                given[id(syms)] = syms
             got = hit[1]
         cell_genes.append(got)
     try:
-        union = set().union(*by_text.values(), *(h[1] for h in by_id.values()))
-        clean = not by_id or _clean(union)
+        union = set().union(*by_text.values(), *given.values())
+        clean = not given or _clean(union)
     except TypeError:  # unhashable symbols
         clean = False
     if not clean:  # symbols needing str()/strip(): convert collections like the reference
-        fixed = {id(h[1]): _sentence_set(h[1]) for h in by_id.values()}
+        fixed = {k: _sentence_set(v) for k, v in given.items()}
         cell_genes = [fixed.get(id(x), x) for x in cell_genes]
         union = set().union(*by_text.values(), *fixed.values())
     base = _base_vocab(vocabulary) if vocabulary is not None else _default_base()
