@@ -390,7 +390,7 @@ class _Layered:
 class _Parsed:
     """The cell-independent part of a trace's check: what it cites and how."""
 
-    __slots__ = ("cited", "genes", "negated", "flat", "verdicts", "rows")
+    __slots__ = ("cited", "genes", "negated", "flat", "simple", "verdicts", "rows")
 
     def __init__(self, mentions: list[tuple[str, tuple[str, ...], bool]]):
         status: dict[str, list] = {}  # name -> [genes, any_positive_mention, any_negated]
@@ -401,6 +401,8 @@ class _Parsed:
         self.genes = tuple(status[n][0] for n in self.cited)
         self.negated = tuple(n for n in self.cited if status[n][2] and not status[n][1])
         self.flat = tuple(dict.fromkeys(g for gs in self.genes for g in gs))
+        self.simple = len(self.flat) == len(self.cited) and all(len(gs) == 1
+                                                                for gs in self.genes)
         self.verdicts: dict[tuple, Evidence] = {}
         self.rows: dict[tuple[bool, ...], tuple] = {}  # check_evidence_many's output rows
 
@@ -409,20 +411,26 @@ class _Parsed:
         key = (hits, min_cited, threshold)
         ev = self.verdicts.get(key)
         if ev is None:
-            on = {g for g, h in zip(self.flat, hits, strict=True) if h}
-            cited, negated = self.cited, self.negated
-            mask = [not on.isdisjoint(gs) for gs in self.genes]
-            present = tuple(n for n, m in zip(cited, mask, strict=True) if m)
-            absent = tuple(n for n, m in zip(cited, mask, strict=True) if not m)
-            unsupported = tuple(n for n in absent if n not in negated)
-            contradicted = tuple(n for n in present if n in negated)
-            consistent = len(cited) - len(unsupported) - len(contradicted)
-            frac = consistent / len(cited) if cited else 1.0
-            flagged = len(cited) >= min_cited and frac < threshold
-            ev = Evidence(cited, present, absent, negated, unsupported, contradicted, frac,
-                          flagged)
-            self.verdicts[key] = ev
+            ev = self.verdicts[key] = Evidence(*self.fields(hits, min_cited, threshold))
         return ev
+
+    def fields(self, hits: tuple[bool, ...], min_cited: int, threshold: float) -> tuple:
+        """:class:`Evidence`'s fields for a cell whose genes contain ``flat[i]`` where
+        ``hits[i]``."""
+        cited, negated = self.cited, self.negated
+        if self.simple:  # one own gene per cited name: the hits are the mask
+            mask = hits
+        else:
+            on = {g for g, h in zip(self.flat, hits, strict=True) if h}
+            mask = tuple(not on.isdisjoint(gs) for gs in self.genes)
+        present = tuple(n for n, m in zip(cited, mask, strict=True) if m)
+        absent = tuple(n for n, m in zip(cited, mask, strict=True) if not m)
+        unsupported = tuple(n for n in absent if n not in negated)
+        contradicted = tuple(n for n in present if n in negated)
+        consistent = len(cited) - len(unsupported) - len(contradicted)
+        frac = consistent / len(cited) if cited else 1.0
+        flagged = len(cited) >= min_cited and frac < threshold
+        return cited, present, absent, negated, unsupported, contradicted, frac, flagged
 
 
 def _parse_shared(text: str, base: _Vocab, extra: frozenset[str] | set[str]) -> _Parsed:
@@ -669,10 +677,10 @@ def _many_rows(reasonings: Sequence, sentences: Sequence, vocabulary: Iterable[s
             hits = ()
         row = parsed.rows.get(hits)  # parses are this call's own: rows need no settings key
         if row is None:
-            ev = parsed.verdict(hits, min_cited, threshold)
-            row = parsed.rows[hits] = (
-                ", ".join(ev.cited), ", ".join(ev.present), ", ".join(ev.absent),
-                ", ".join(ev.negated), len(ev.cited), ev.fraction_present, ev.flagged)
+            cited, present, absent, negated, _, _, frac, flagged = parsed.fields(
+                hits, min_cited, threshold)
+            row = parsed.rows[hits] = (", ".join(cited), ", ".join(present), ", ".join(absent),
+                                       ", ".join(negated), len(cited), frac, flagged)
         append(row)
     return out
 
