@@ -756,7 +756,7 @@ def _cell_table(adata, sentences, answers: list[_Answer], cell_answer: np.ndarra
     n = len(cell_answer)
     pair_of: dict[tuple[int, str], int] = {}
     pair_reasoning: list[str] = []
-    pair_sentence: list[str] = []
+    pair_sentence: list[list[str]] = []
     cell_pair = np.full(n, -1, dtype=np.int64)
     for i in range(n):
         u = int(cell_answer[i])
@@ -768,20 +768,22 @@ def _cell_table(adata, sentences, answers: list[_Answer], cell_answer: np.ndarra
         if key not in pair_of:
             pair_of[key] = len(pair_reasoning)
             pair_reasoning.append(answers[u].reasoning)
-            pair_sentence.append(sentence or sentences.sentence(i))
+            pair_sentence.append(sentences.cell_genes(i))
         cell_pair[i] = pair_of[key]
-    ev = None
+    ev_n: list = []
     if pair_reasoning:
         ev = check_evidence_many(pair_reasoning, pair_sentence, vocabulary=vocabulary)
+        ev_n, ev_frac, ev_flag, ev_present, ev_absent = (
+            ev[c].tolist() for c in ("n_cited", "fraction_present", "flagged", "present",
+                                     "absent"))
     ontology = [a.ontology if a.ontology is not None else mapper(a.label) for a in answers]
     cols: dict[str, list] = {f: [None] * n for f in FIELDS}
     for i in range(n):
         a = answers[cell_answer[i]]
         oid, olabel = ontology[cell_answer[i]]
         k = cell_pair[i]
-        if k >= 0 and ev is not None and ev["n_cited"].iat[k] > 0:
-            evidence = (float(ev["fraction_present"].iat[k]), bool(ev["flagged"].iat[k]),
-                        ev["present"].iat[k], ev["absent"].iat[k])
+        if k >= 0 and ev_n and ev_n[k] > 0:
+            evidence = (float(ev_frac[k]), bool(ev_flag[k]), ev_present[k], ev_absent[k])
         else:  # nothing cited: no evidence to judge
             evidence = (math.nan, False, "", "")
         row = (a.label, a.confidence, oid, olabel, a.reasoning, a.response, *evidence)
