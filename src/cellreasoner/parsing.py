@@ -9,6 +9,7 @@ filler ("The cell type is", "**Final answer:**", quotes, a final period); it is 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -102,6 +103,7 @@ def _balanced_strip(label: str) -> str:
             return label
 
 
+@functools.lru_cache(maxsize=65536)  # answers repeat a lot across cells
 def clean_label(answer: str) -> str:
     """Reduce an answer text to the bare label.
 
