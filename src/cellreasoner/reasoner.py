@@ -89,25 +89,30 @@ PRECURSORS = frozenset({"CL:0008001", "CL:0011115"})
 
 
 def _cl_info(ids: Sequence[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
-    """CL names and the :data:`RELATED_GROUPS` each id falls in (empty when unavailable)."""
-    ids = set(ids)
-    try:
-        from cellxgene_ontology_guide.ontology_parser import OntologyParser
+    """CL names and the :data:`RELATED_GROUPS` each id falls in.
 
-        parser = OntologyParser()
-        labels = {i: parser.get_term_label(i) for i in ids}
-        groups = {}
-        for i in ids:
+    An id the installed Cell Ontology does not know (e.g. from a user marker file) gets an
+    empty name and no group.
+    """
+    from cellxgene_ontology_guide.ontology_parser import OntologyParser
+
+    parser = OntologyParser()
+    labels: dict[str, str] = {}
+    groups: dict[str, set[str]] = {}
+    for i in set(ids):
+        try:
+            labels[i] = parser.get_term_label(i)
             anc = {i} | set(parser.get_term_ancestors(i))
-            g = anc & set(RELATED_GROUPS)
-            if B_LINEAGE in anc:  # B cells and T/NK cells are not states of one another
-                g = (g - {"CL:0000542"}) | {B_LINEAGE}
-            if anc & PRECURSORS:  # progenitors co-express the programmes they give rise to
-                g = set(RELATED_GROUPS) | {B_LINEAGE}
-            groups[i] = g
-        return labels, groups
-    except Exception:  # the ontology package is optional at run time; labels are cosmetic
-        return {i: "" for i in ids}, {i: set() for i in ids}
+        except KeyError:
+            labels[i], groups[i] = "", set()
+            continue
+        g = anc & set(RELATED_GROUPS)
+        if B_LINEAGE in anc:  # B cells and T/NK cells are not states of one another
+            g = (g - {"CL:0000542"}) | {B_LINEAGE}
+        if anc & PRECURSORS:  # progenitors co-express the programmes they give rise to
+            g = set(RELATED_GROUPS) | {B_LINEAGE}
+        groups[i] = g
+    return labels, groups
 
 
 def looks_like_counts(X: sp.spmatrix | np.ndarray) -> bool:
