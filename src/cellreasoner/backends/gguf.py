@@ -101,8 +101,8 @@ class GGUFBackend(Backend):
 
     Parameters
     ----------
-    model_path
-        Path of the ``.gguf`` file.
+    model
+        Path of the ``.gguf`` file (``model_path`` is accepted as an alias).
     n_ctx
         Context length in tokens (default 12288: 8192 prompt + 4096 answer, as upstream).
     n_threads
@@ -119,14 +119,18 @@ class GGUFBackend(Backend):
 
     def __init__(
         self,
-        model_path: str | os.PathLike,
+        model: str | os.PathLike | None = None,
         n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         chat_template: str | None = None,
         llama_kwargs: dict | None = None,
+        model_path: str | os.PathLike | None = None,
     ) -> None:
-        path = check_gguf_file(model_path)
+        if (model is None) == (model_path is None):
+            raise InputError("The gguf backend needs the .gguf file: pass model=PATH "
+                             "(CLI: --backend gguf --model PATH).")
+        path = check_gguf_file(model if model is not None else model_path)
         llama_cpp = require("llama_cpp", "gguf", _FEATURE)
         self.model = str(path)
         self._llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
