@@ -263,3 +263,17 @@ def test_end_to_end_with_the_builtin_annotator(pbmc68k, tmp_path):
     first = next(i for i, c in enumerate(cited) if c)
     position = data["columns"]["cell"].index(clus.obs_names[first])
     assert data["columns"]["present"][position] == [g.strip() for g in cited.iloc[first].split(",")]
+
+
+def test_runs_of_the_same_model_are_named_by_mode_and_file(tmp_path):
+    import cellreasoner as cr
+
+    for name, mode in (("percell", "cell"), ("clusters", "cluster")):
+        adata = cr.datasets.pbmc68k_reduced()
+        cr.annotate(adata, mode=mode, by="louvain", progress=False)
+        adata.write_h5ad(tmp_path / f"{name}.h5ad")
+    ev = cr.evaluate([tmp_path / "percell.h5ad", tmp_path / "clusters.h5ad"],
+                     truth="bulk_labels")
+    names = list(ev.summary["run"])
+    assert len(set(names)) == 2
+    assert names[0].endswith("/ percell") and "/ cluster / clusters" in names[1]

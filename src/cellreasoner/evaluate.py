@@ -387,6 +387,16 @@ class EvaluationResult:
         return out
 
 
+def _distinct_name(name: str, prov: dict[str, Any], table: ResultTable) -> str:
+    """``name`` qualified by the run's mode (when not per cell) and its file stem."""
+    parts = [name]
+    if prov.get("mode") and prov.get("mode") != "cell":
+        parts.append(str(prov["mode"]))
+    if table.stem:
+        parts.append(str(table.stem))
+    return " / ".join(parts)
+
+
 def _unique_names(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
@@ -490,6 +500,9 @@ def evaluate(
         run_names = [str(n) for n in given_names]
     else:
         run_names = [r[2] for r in runs]
+        if len(set(run_names)) < len(run_names):  # same model twice: tell runs by mode/file
+            run_names = [_distinct_name(name, prov, table)
+                         for (table, _, name, prov) in runs]
     run_names = _unique_names(run_names)
 
     # truth: first table having the column
