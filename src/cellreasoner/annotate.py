@@ -493,18 +493,16 @@ def annotate(
     from .io import validate_for_annotation
 
     validate_for_annotation(adata, layer="raw" if use_raw else layer, genes=genes)
-    if label_key is not None and label_key not in adata.obs:
-        raise InputError(f"Label column '{label_key}' not in obs. Available columns: "
-                         f"{', '.join(map(str, adata.obs.columns)) or 'none'}.")
+    from .io import check_obs_column
+
+    if label_key is not None:
+        check_obs_column(adata, label_key)
     if cluster_markers is not None and mode != "cluster":
         raise InputError("cluster_markers (--cluster-markers) give the marker genes of each "
                          "cluster and only "
                          f"apply to mode='cluster', not mode='{mode}'.")
-    if mode != "cell" and by not in (None, "leiden") and by not in adata.obs:
-        raise InputError(
-            f"Cluster column '{by}' not in obs. Available columns: "
-            f"{', '.join(map(str, adata.obs.columns)) or 'none'}; or pass by='leiden' to "
-            "compute clusters.")
+    if mode != "cell" and by not in (None, "leiden"):
+        check_obs_column(adata, by, "Cluster", "Or pass by='leiden' to compute clusters.")
     source = from_anndata(adata, layer=layer, use_raw=use_raw)
     sampling = SamplingParams.for_mode(
         reasoning, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,

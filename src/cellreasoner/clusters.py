@@ -53,11 +53,9 @@ def resolve_groups(adata, by: str | None, source: MatrixSource | None = None,
             )
         return col.astype(str), key
     if key != "leiden":
-        raise InputError(
-            f"Cluster column '{key}' not in obs. Available columns: "
-            f"{', '.join(map(str, adata.obs.columns)) or 'none'}; or pass --by leiden to "
-            "compute clusters."
-        )
+        from .io import check_obs_column
+
+        check_obs_column(adata, key, "Cluster", "Or pass --by leiden to compute clusters.")
     adata.obs["leiden"] = compute_leiden(adata, source, resolution=resolution)
     return adata.obs["leiden"].astype(str), "leiden"
 

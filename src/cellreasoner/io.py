@@ -1230,6 +1230,18 @@ def validate_for_annotation(
     return summary
 
 
+def check_obs_column(adata: AnnData, key: str, what: str = "Label", hint: str = "") -> None:
+    """Raise an :class:`InputError` listing ``obs``'s columns unless ``key`` is one of them.
+
+    ``what`` names the column's role in the message (``"Label"``, ``"Cluster"``, ...);
+    ``hint`` is appended (e.g. how to do without the column).
+    """
+    if key not in adata.obs:
+        columns = ", ".join(map(str, adata.obs.columns)) or "none"
+        raise InputError(f"{what} column '{key}' not in obs. Available columns: {columns}."
+                         + (f" {hint}" if hint else ""))
+
+
 def check_gene_overlap(
     adata: AnnData,
     genes: Sequence[str] | None = None,

@@ -129,11 +129,9 @@ def open_source(data, *, layer: str | None = None, use_raw: bool = False,
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
     labels = None
     if label_key is not None:
-        if label_key not in adata.obs:
-            raise InputError(
-                f"{name}: label column '{label_key}' not in obs. Available columns: "
-                f"{', '.join(map(str, adata.obs.columns)) or 'none'}."
-            )
+        from .io import check_obs_column
+
+        check_obs_column(adata, label_key, f"{name}: label")
         labels = adata.obs[label_key].to_numpy()
     if len(set(source.obs_names)) != len(source.obs_names):
         from collections import Counter

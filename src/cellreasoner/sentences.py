@@ -414,11 +414,9 @@ def build_sentences(adata_or_source, gene_list: Sequence[str] | None = None, *,
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
         labels = None
         if label_key is not None:
-            if label_key not in adata.obs:
-                raise InputError(
-                    f"Label column '{label_key}' not in obs. Available columns: "
-                    f"{', '.join(map(str, adata.obs.columns)) or 'none'}."
-                )
+            from .io import check_obs_column
+
+            check_obs_column(adata, label_key)
             labels = adata.obs[label_key].to_numpy()
     parts = list(iter_sentence_chunks(source, gene_list, order=order, max_genes=max_genes,
                                       labels=labels, chunk_size=chunk_size, progress=progress))

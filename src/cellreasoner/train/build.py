@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io import check_obs_column
 from ..prompts import INSTRUCTION_DIRECT, INSTRUCTION_REASONING, Prompt, SamplingParams
 from .records import (
     format_reasoning_output,
@@ -88,9 +89,7 @@ def _load_adata(data):
 
 
 def _labels(adata, label_key: str) -> np.ndarray:
-    if label_key not in adata.obs:
-        raise InputError(f"Label column '{label_key}' not in obs. Available columns: "
-                         f"{', '.join(map(str, adata.obs.columns)) or 'none'}.")
+    check_obs_column(adata, label_key)
     col = adata.obs[label_key]
     out = np.empty(len(col), dtype=object)
     for i, v in enumerate(col.tolist()):
@@ -252,9 +251,7 @@ def build_knowledge(
 
     held: list[str] = []
     if split_key is not None:
-        if split_key not in adata.obs:
-            raise InputError(f"Split column '{split_key}' not in obs. Available columns: "
-                             f"{', '.join(map(str, adata.obs.columns))}.")
+        check_obs_column(adata, split_key, "Split")
         groups = adata.obs[split_key].astype(str).to_numpy()
         test_mask, held = _group_split(groups, keep, holdout, test_size, rng)
     else:
