@@ -637,9 +637,8 @@ def _gene_list_name(gene_list, genes: list[str]) -> str:
 
 def _run_matrix(be, adata, source, stats: _Stats):
     """Builtin path: the backend reads expression directly (one answer per cell, no prompts)."""
-    import scipy.sparse as sp
 
-    X = sp.vstack(list(source.iter_chunks())).tocsr()
+    X = source.to_csr()
     conn = adata.obsp.get("connectivities", None)
     gens = be.annotate_matrix(X, list(map(str, source.var_names)), connectivities=conn)
     if len(gens) != adata.n_obs:

@@ -72,7 +72,7 @@ def compute_leiden(adata, source: MatrixSource | None = None, resolution: float 
     else:
         if source is None:
             raise InputError("Computing Leiden clusters needs an expression matrix.")
-        X = sp.vstack(list(source.iter_chunks())).tocsr().astype(np.float32)
+        X = source.to_csr().astype(np.float32)
         tmp = ad.AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.copy()))
         n_comps = max(2, min(50, X.shape[0] - 1, X.shape[1] - 1))
         sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)

@@ -29,10 +29,18 @@ class MatrixSource:
     obs_names: np.ndarray
     _chunks: object  # callable(chunk_size) -> iterator of csr chunks
     description: str = ""
+    _csr: sp.csr_matrix | None = None  # the whole matrix, when it already is CSR in memory
 
     def iter_chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[sp.csr_matrix]:
         """CSR row blocks of at most ``chunk_size`` cells, in order."""
         yield from self._chunks(chunk_size)
+
+    def to_csr(self) -> sp.csr_matrix:
+        """The whole matrix as CSR: the in-memory object itself when it is one (no copy),
+        else the chunks stacked."""
+        if self._csr is not None:
+            return self._csr
+        return sp.vstack(list(self.iter_chunks())).tocsr()
 
 
 def _as_csr(block) -> sp.csr_matrix:
@@ -80,6 +88,7 @@ def from_anndata(adata, layer: str | None = None, use_raw: bool = False) -> Matr
         obs_names=np.asarray(adata.obs_names).astype(str),
         _chunks=lambda cs: _iter_matrix(X, n_obs, cs),
         description=where,
+        _csr=X if isinstance(X, sp.csr_matrix) else None,
     )
 
 
