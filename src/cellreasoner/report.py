@@ -158,10 +158,8 @@ def _evidence_from_expression(
     """
     if not any(reasoning[i] for i in keep):
         return None
-    try:
-        from .evidence import check_evidence_many
-    except ImportError:
-        return None
+    from .evidence import check_evidence_many
+
     adata = table.adata
     if adata is None and table.source.lower().endswith(".h5ad"):
         import anndata
