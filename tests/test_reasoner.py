@@ -327,3 +327,14 @@ def test_two_markers_cannot_give_full_evidence(reasoner):
     assert res.scores[0, mac] < 0.7 < res.scores[1, mac]
     assert res.lineage[2] == "monocyte"
     assert res.label[2] == "non-classical monocyte"
+
+
+def test_antibody_secreting_cells_split_by_mhc_class_ii(reasoner):
+    """Blood plasmablasts keep HLA-DR (and CD19); mature plasma cells lose it and gain CD138."""
+    asc = "TNFRSF17, MZB1, JCHAIN, XBP1, PRDM1, DERL3, TXNDC5, FKBP11, CD38, CD27"
+    out = reasoner.annotate_sentences([
+        f"{asc}, HLA-DRA, HLA-DRB1, CD74, CD19",
+        f"{asc}, SDC1, IGHG1, IGHA1",
+    ])
+    assert list(out.label) == ["plasmablast", "plasma cell"]
+    assert "HLA-DRA" in out.reasoning[0] and "no HLA-DRA" in out.reasoning[1]
