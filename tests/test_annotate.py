@@ -313,13 +313,20 @@ def test_seurat_file_path_input(pbmc_demo_rds):
 def test_cli_readme_main_job(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = main(["annotate", "pbmc68k_reduced", "-o", "out/pbmc68k.h5ad", "--csv",
-               "out/pbmc68k.csv", "--label-column", "bulk_labels"])
+               "out/pbmc68k.csv", "--label-column", "bulk_labels", "--report",
+               "out/pbmc68k.html"])
     assert rc == 0
     err = capsys.readouterr().err
-    assert "700 cells" in err and "wrote out/pbmc68k.h5ad, out/pbmc68k.csv" in err
+    assert "700 cells" in err
+    assert "wrote out/pbmc68k.h5ad, out/pbmc68k.csv, out/pbmc68k.html" in err
     back = ad.read_h5ad(tmp_path / "out" / "pbmc68k.h5ad")
     assert back.uns["cellreasoner"]["backend"] == "builtin"
     assert back.obs["cellreasoner_label"].str.len().gt(0).all()
+    html = (tmp_path / "out" / "pbmc68k.html").read_text()
+    assert "bulk_labels" in html and back.obs["cellreasoner_label"].iloc[0] in html
+    assert main(["annotate", "pbmc68k_reduced", "-o", "x.h5ad", "--report", "r.pdf"]) == 2
+    assert "use an .html path" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5ad").exists()  # refused before annotating
     with pytest.raises(SystemExit):  # argparse rejects an unknown backend name
         main(["annotate", "pbmc68k_reduced", "-o", "x.h5ad", "--backend", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err

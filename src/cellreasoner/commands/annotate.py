@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="output .h5ad (annotated AnnData); a .csv path writes only the table")
     p.add_argument("--csv", help="also write the upstream-layout result table here")
+    p.add_argument("--report", metavar="HTML", help="also write the offline HTML report here "
+                   "(with metrics when --label-column is given)")
     from ..backends import BACKENDS
 
     p.add_argument("--backend", default="builtin", choices=sorted(BACKENDS),
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in (".h5ad", ".csv"):
         raise InputError(f"Output {out}: use a .h5ad (annotated AnnData) or .csv path.")
+    if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"--report {args.report}: use an .html path.")
     cache = False if args.no_cache else args.cache
     data = args.input
     if args.assay:
@@ -130,6 +134,17 @@ def run(args: argparse.Namespace) -> int:
         written.append(write_h5ad_atomic(result.adata, out))
     if args.csv:
         written.append(result.to_csv(args.csv))
+    if args.report:
+        import logging
+
+        from ..report import write_report
+
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+        obs = result.adata.obs
+        groupby = args.by if args.by in obs.columns else (
+            "leiden" if args.mode != "cell" and "leiden" in obs.columns else None)
+        written.append(write_report(result.adata, args.report, truth=args.label_column,
+                                    pred=f"{args.key_added}_label", groupby=groupby))
     # plain lines (no wrapping): scripts and logs parse the summary
     print(result.summary_line(), file=sys.stderr)
     labels = result.table["label"].value_counts()
