@@ -338,3 +338,31 @@ def test_antibody_secreting_cells_split_by_mhc_class_ii(reasoner):
     ])
     assert list(out.label) == ["plasmablast", "plasma cell"]
     assert "HLA-DRA" in out.reasoning[0] and "no HLA-DRA" in out.reasoning[1]
+
+
+def test_neighbours_take_the_subtype_step_only_when_own_markers_cannot(reasoner):
+    """A T cell with no subtype reads borrows the subtype from its kNN neighbours; a T cell
+    whose own CD4 reads decide keeps CD4 among CD8 neighbours."""
+    genes = ["CD3E", "CD3D", "CD3G", "CD2", "CD8A", "CD8B", "GZMK", "CCL5", "NKG7", "CD4",
+             "CD40LG", "IL7R", "MAL", "TRAT1"]
+    g = {name: j for j, name in enumerate(genes)}
+    rows = [["CD3E", "CD3D", "CD3G", "CD8A", "CD8B", "GZMK", "CCL5", "NKG7"]] * 5 + [
+        ["CD3E", "CD3D", "CD3G", "CD2"],                                  # no subtype reads
+        ["CD3E", "CD3D", "CD3G", "CD4", "CD40LG", "IL7R", "MAL", "TRAT1"],  # clear CD4
+    ]
+    X = np.zeros((len(rows), len(genes)), dtype=np.float32)
+    for i, expressed in enumerate(rows):
+        X[i, [g[e] for e in expressed]] = 2.5
+    W = sp.lil_matrix((7, 7), dtype=np.float32)
+    for i in range(5):
+        for j in (5, 6):
+            W[i, j] = W[j, i] = 1.0
+    alone = reasoner.annotate_matrix(sp.csr_matrix(X), genes)
+    assert alone.label[5] == "T cell" and alone.lineage[:5].tolist() == ["T cell"] * 5
+    assert "CD4" in alone.label[6]
+    graph = reasoner.annotate_matrix(sp.csr_matrix(X), genes, connectivities=W.tocsr())
+    cd8 = set(reasoner.names[np.flatnonzero(reasoner.parent == reasoner.db.index(
+        "CD8-positive T cell"))]) | {"CD8-positive T cell"}
+    assert graph.label[5] in cd8
+    assert "Own markers alone: T cell;" in graph.reasoning[5]
+    assert "CD4" in graph.label[6] and "Own markers alone" not in graph.reasoning[6]

@@ -8,7 +8,9 @@ evidence needs at least :data:`MIN_MARKERS` distinct markers) minus a penalty fo
 negative markers (saturating at :data:`NEG_SATURATION` weight units, so a long negative list
 does not dilute a strongly expressed contradicting marker). The walk stops at the deepest
 level whose evidence is clear, and abstains ("Unknown") when no lineage is supported or two
-lineages tie.
+lineages tie. With a kNN graph, sparse cells borrow their neighbours' evidence: at the lineage
+level in proportion to how weak their own is, and at a subtype step only when their own markers
+cannot take it.
 """
 
 from __future__ import annotations
@@ -175,7 +177,8 @@ class Reasoner:
     negative_weight
         Weight of the negative-marker penalty (default 0.5).
     smoothing
-        Largest weight of the neighbours' scores when a kNN graph is given (default 0.5).
+        Largest weight of the neighbours' scores when a kNN graph is given (default 0.5);
+        also their weight in a subtype step that the cell's own markers cannot take.
     strong_evidence
         Lineage score at which a cell would keep its own evidence unsmoothed (default 1.2,
         above the maximum score of 1, so a cell with full evidence still takes ~8% from its
@@ -354,6 +357,15 @@ class Reasoner:
         S = 0.8 * evidence + 0.2 * coverage - self.negative_weight * neg
         return S.astype(np.float32)
 
+    @staticmethod
+    def neighbour_mean(S: np.ndarray, W: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """Each cell's neighbours' mean scores (row-normalised ``W @ S``) and which cells have
+        neighbours at all."""
+        deg = np.asarray(W.sum(axis=1)).ravel()
+        has = deg > 0
+        deg[~has] = 1.0
+        return np.asarray(sp.diags(1.0 / deg) @ W @ S, dtype=np.float32), has
+
     def smooth(self, S: np.ndarray, connectivities, alpha: float) -> np.ndarray:
         """Mix each cell's scores with its neighbours' (row-normalised kNN graph).
 
@@ -367,21 +379,34 @@ class Reasoner:
             raise InputError(f"connectivities has shape {W.shape}; expected a "
                              f"{S.shape[0]} x {S.shape[0]} cell graph (adata.obsp"
                              "['connectivities']).")
-        deg = np.asarray(W.sum(axis=1)).ravel()
-        has = deg > 0
-        deg[~has] = 1.0
-        neigh = sp.diags(1.0 / deg) @ W @ S
+        neigh, has = self.neighbour_mean(S, W)
         own = S[:, self.is_root].max(axis=1)
         a = alpha * np.clip(1.0 - own / self.strong_evidence, 0.0, 1.0)
         a = np.where(has, a, 0.0).astype(np.float32)[:, None]
         return (1 - a) * S + a * neigh
 
     # ------------------------------------------------------------------ decisions
-    def decide(self, S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _child_step(self, cand: np.ndarray, mask: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(best child, accepted, child sharpness) for candidate child scores."""
+        c1, v1, _, v2 = _top2(cand)
+        v2 = np.where(np.isfinite(v2), v2, 0.0)
+        gap = v1 - v2
+        ok = ((v1 >= self.min_child_score) & (gap >= self.child_margin)) | (
+            (v1 >= 0.6 * self.min_child_score) & (gap >= 2 * self.child_margin + 0.05))
+        zc = np.where(mask, np.exp(12.0 * (cand - v1[:, None])), 0.0)
+        return c1, ok, 1.0 / zc.sum(axis=1)
+
+    def decide(self, S: np.ndarray, neighbours: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Walk the tree: returns (node, root, confidence, status) per cell.
 
         ``node`` is a type index or -1 (abstain); ``status`` is 0 (ok), 1 (no evidence),
-        2 (contradictory lineages).
+        2 (contradictory lineages). With ``neighbours`` (the kNN neighbours' mean scores, see
+        :meth:`neighbour_mean`), a cell whose own markers cannot choose between the subtypes
+        of its node (a T cell with no CD4, CD8 or other subtype reads) takes the step on its
+        scores mixed with its neighbours' (weight ``smoothing``); a cell whose own markers
+        decide is never overruled at the subtype level.
         """
         n = S.shape[0]
         roots = np.flatnonzero(self.is_root)
@@ -408,13 +433,14 @@ class Reasoner:
             rows = np.flatnonzero(active)
             mask = self.child_mask[node[rows]]
             cand = np.where(mask, S[rows], -np.inf)
-            c1, v1, _, v2 = _top2(cand)
-            v2 = np.where(np.isfinite(v2), v2, 0.0)
-            gap = v1 - v2
-            ok = ((v1 >= self.min_child_score) & (gap >= self.child_margin)) | (
-                (v1 >= 0.6 * self.min_child_score) & (gap >= 2 * self.child_margin + 0.05))
-            zc = np.where(mask, np.exp(12.0 * (cand - v1[:, None])), 0.0)
-            pc = 1.0 / zc.sum(axis=1)
+            c1, ok, pc = self._child_step(cand, mask)
+            if neighbours is not None and not ok.all():
+                stuck = np.flatnonzero(~ok)
+                a = self.smoothing
+                mixed = (1 - a) * S[rows[stuck]] + a * neighbours[rows[stuck]]
+                c2, ok2, pc2 = self._child_step(np.where(mask[stuck], mixed, -np.inf),
+                                                mask[stuck])
+                c1[stuck], ok[stuck], pc[stuck] = c2, ok2, pc2
             acc = rows[ok]
             node[acc] = c1[ok]
             conf[acc] *= 0.5 + 0.5 * pc[ok]
@@ -538,11 +564,14 @@ class Reasoner:
             Ss.append(self.score(E, measured))
         E = sp.vstack(Es).tocsr() if len(Es) > 1 else Es[0]
         S = np.vstack(Ss)
-        own_node = None
+        own_node, neighbours = None, None
         if connectivities is not None and self.smoothing > 0:
             own_node = self.decide(S)[0]
             S = self.smooth(S, connectivities, self.smoothing)
-        node, root, conf, status = self.decide(S)
+            neighbours, has = self.neighbour_mean(
+                S, sp.csr_matrix(connectivities, dtype=np.float32))
+            neighbours[~has] = S[~has]
+        node, root, conf, status = self.decide(S, neighbours)
         text = (self.traces(E, measured, node, root, conf, status, S, spelled) if reasoning
                 else [""] * len(node))
         if reasoning and own_node is not None:
