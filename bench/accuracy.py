@@ -13,7 +13,8 @@ ground truth with the automatic hierarchical scorer :func:`cellreasoner.scoring.
 Rows: the reasoner per cell, per cell with kNN smoothing, per cluster (all tissues, and
 restricted to ``tissue="blood"``); SingleR trained on a stratified half of the same dataset and
 evaluated on the other half (mean over ``--seeds`` splits; the reasoner's score on the same
-held-out halves is printed beside it, since its knowledge base never sees the labels).
+held-out halves is printed beside it, since its knowledge base never sees the labels, and the
+paired per-cell difference with a bootstrap interval).
 Then the builtin's most frequent answers per ground-truth label (to tell label noise from
 reasoning errors); a label audit (cells whose own expression contradicts their label by fixed
 canonical-marker rules, see :func:`label_audit`) with SingleR and the builtin scored on the
@@ -236,6 +237,7 @@ def main() -> None:
     confusions = {}
     audits: dict[str, pd.Series] = {}
     audit_rows: list[dict] = []
+    paired: list[dict] = []
     for ds in datasets:
         truth = list(ds["truth"])
         by_label = pd.DataFrame({"truth": truth})
@@ -288,12 +290,24 @@ def main() -> None:
                               ("label contradicted by own markers", ~ok)))
         by_label["SingleR (held-out)"] = np.where(singler_n > 0, singler_sum /
                                                   np.maximum(singler_n, 1), np.nan)
+        # paired per cell: the builtin + kNN minus SingleR's mean over the splits that held
+        # the cell out; 95% bootstrap interval over cells (fixed seed)
+        seen = singler_n > 0
+        diff = knn_scores[seen] - singler_sum[seen] / singler_n[seen]
+        rng = np.random.default_rng(0)
+        boot = [rng.choice(diff, len(diff)).mean() for _ in range(2000)]
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        paired.append({"dataset": ds["name"], "cells": int(seen.sum()),
+                       "builtin + kNN minus SingleR": float(diff.mean()),
+                       "95% CI low": float(lo), "95% CI high": float(hi)})
         per_label[ds["name"]] = by_label.groupby("truth").agg(
             cells=("truth", "size"), **{c: (c, "mean") for c in by_label.columns[1:]})
     table = pd.DataFrame(rows)
     fmt = {c: "{:.3f}".format for c in ["mean", *LEVELS.values()]}
     print("\n== Hierarchical score (mean) and 4-level distribution ==")
     print(table.to_string(index=False, formatters=fmt))
+    print("\nPaired per cell (each held-out cell once):")
+    print(pd.DataFrame(paired).to_string(index=False, float_format="{:+.3f}".format))
     for name, tab in per_label.items():
         print(f"\n== Mean score per ground-truth label: {name} ==")
         print(tab.to_string(float_format="{:.2f}".format))
