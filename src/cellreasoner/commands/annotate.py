@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "Seurat FindAllMarkers)")
     p.add_argument("--n-markers", type=int, default=100,
                    help="markers per cluster sentence (default 100)")
-    p.add_argument("--tissue", help="tissue name added to the instruction (changes the prompt)")
+    p.add_argument("--tissue", help="builtin: restrict the knowledge base to this tissue's "
+                   "cell types (e.g. blood); LLM backends: tissue name added to the instruction")
     p.add_argument("--key-added", default="cellreasoner", help="obs column prefix")
     p.add_argument("--cellxgene", action="store_true",
                    help="also write obs['cell_type_ontology_term_id'] (CELLxGENE schema; "
