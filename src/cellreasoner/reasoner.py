@@ -374,6 +374,12 @@ class Reasoner:
         ``self.strong_evidence`` (so a well-measured cell of a rare type keeps its own call
         among neighbours of another type).
         """
+        return self._smooth_with_neighbours(S, connectivities, alpha)[0]
+
+    def _smooth_with_neighbours(self, S: np.ndarray, connectivities, alpha: float
+                                ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`smooth`'s mixed scores and the neighbours' mean scores (a cell without
+        neighbours gets its own)."""
         W = sp.csr_matrix(connectivities, dtype=np.float32)
         if W.shape != (S.shape[0], S.shape[0]):
             raise InputError(f"connectivities has shape {W.shape}; expected a "
@@ -383,7 +389,8 @@ class Reasoner:
         own = S[:, self.is_root].max(axis=1)
         a = alpha * np.clip(1.0 - own / self.strong_evidence, 0.0, 1.0)
         a = np.where(has, a, 0.0).astype(np.float32)[:, None]
-        return (1 - a) * S + a * neigh
+        neigh[~has] = S[~has]
+        return (1 - a) * S + a * neigh, neigh
 
     # ------------------------------------------------------------------ decisions
     def _child_step(self, cand: np.ndarray, mask: np.ndarray
@@ -567,10 +574,7 @@ class Reasoner:
         own_node, neighbours = None, None
         if connectivities is not None and self.smoothing > 0:
             own_node = self.decide(S)[0]
-            S = self.smooth(S, connectivities, self.smoothing)
-            neighbours, has = self.neighbour_mean(
-                S, sp.csr_matrix(connectivities, dtype=np.float32))
-            neighbours[~has] = S[~has]
+            S, neighbours = self._smooth_with_neighbours(S, connectivities, self.smoothing)
         node, root, conf, status = self.decide(S, neighbours)
         text = (self.traces(E, measured, node, root, conf, status, S, spelled) if reasoning
                 else [""] * len(node))
