@@ -322,8 +322,10 @@ def test_cli_readme_main_job(tmp_path, capsys, monkeypatch):
     back = ad.read_h5ad(tmp_path / "out" / "pbmc68k.h5ad")
     assert back.uns["cellreasoner"]["backend"] == "builtin"
     assert back.obs["cellreasoner_label"].str.len().gt(0).all()
+    assert back.uns["cellreasoner"]["input"] == "pbmc68k_reduced"
     html = (tmp_path / "out" / "pbmc68k.html").read_text()
     assert "bulk_labels" in html and back.obs["cellreasoner_label"].iloc[0] in html
+    assert "pbmc68k_reduced" in html  # the report names its input
     assert main(["annotate", "pbmc68k_reduced", "-o", "x.h5ad", "--report", "r.pdf"]) == 2
     assert "use an .html path" in capsys.readouterr().err
     assert not (tmp_path / "x.h5ad").exists()  # refused before annotating

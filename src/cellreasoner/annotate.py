@@ -479,6 +479,7 @@ def annotate(
         raise InputError(f"batch_size must be at least 1, not {batch_size}.")
     if not key_added or not str(key_added).isidentifier():
         raise InputError(f"key_added must be a simple name like 'cellreasoner', not {key_added!r}.")
+    input_name = str(adata) if isinstance(adata, str | os.PathLike) else ""
     adata, from_path = _load_input(adata)
     if copy and not from_path:
         adata = adata.copy()
@@ -596,6 +597,8 @@ def annotate(
         "cache": str(cache_path) if cache_path else "",
         "layer": "raw" if use_raw else (layer or "X"),
     }
+    if input_name:
+        provenance["input"] = input_name
     if tissue:
         provenance["tissue"] = tissue
     if mode in ("cluster", "hybrid"):

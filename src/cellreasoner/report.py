@@ -45,7 +45,7 @@ _PROVENANCE_SKIP = frozenset({"clusters", "cache"})
 
 #: Provenance fields shown first in the summary, in this order.
 _PROVENANCE_ORDER = (
-    "model", "backend", "mode", "reasoning", "n_cells", "unique_prompts", "model_calls",
+    "input", "model", "backend", "mode", "reasoning", "n_cells", "unique_prompts", "model_calls",
     "cache_hits", "seconds", "version", "gene_list", "sampling",
 )
 
