@@ -365,4 +365,26 @@ def test_neighbours_take_the_subtype_step_only_when_own_markers_cannot(reasoner)
         "CD8-positive T cell"))]) | {"CD8-positive T cell"}
     assert graph.label[5] in cd8
     assert "Own markers alone: T cell;" in graph.reasoning[5]
+    assert "→ CD8-positive T cell (from the kNN neighbours)" in graph.reasoning[5]
+    assert graph.confidence[5] < graph.confidence[:5].min()  # a borrowed step costs confidence
     assert "CD4" in graph.label[6] and "Own markers alone" not in graph.reasoning[6]
+    assert "kNN neighbours" not in graph.reasoning[6]
+    assert "from the kNN neighbours" not in alone.reasoning[5]
+
+
+def test_neighbours_never_overrule_a_weak_but_decisive_own_subtype(reasoner):
+    """A T cell with weak lineage evidence (so lineage smoothing mixes in a lot) but a decisive
+    own CD4 marker keeps CD4 among CD8 neighbours."""
+    genes = ["CD3E", "CD3D", "CD3G", "CD8A", "CD8B", "GZMK", "CCL5", "NKG7", "CD40LG"]
+    X = np.zeros((6, len(genes)), dtype=np.float32)
+    X[:5, :8] = 2.5
+    X[5, [0, 8]] = 2.5  # CD3E and CD40LG only
+    W = sp.lil_matrix((6, 6), dtype=np.float32)
+    for i in range(5):
+        W[i, 5] = W[5, i] = 1.0
+    alone = reasoner.annotate_matrix(sp.csr_matrix(X), genes)
+    assert alone.label[5] == "CD4-positive T cell"
+    graph = reasoner.annotate_matrix(sp.csr_matrix(X), genes, connectivities=W.tocsr())
+    assert graph.label[5] == "CD4-positive T cell"
+    with pytest.raises(InputError, match="between 0"):
+        Reasoner(reasoner.db, smoothing=1.5)

@@ -177,8 +177,9 @@ class Reasoner:
     negative_weight
         Weight of the negative-marker penalty (default 0.5).
     smoothing
-        Largest weight of the neighbours' scores when a kNN graph is given (default 0.5);
-        also their weight in a subtype step that the cell's own markers cannot take.
+        Largest weight of the neighbours' scores when a kNN graph is given (default 0.5,
+        between 0 and 1); also their weight in a subtype step that the cell's own markers
+        cannot take (a step its own markers can take is never overruled).
     strong_evidence
         Lineage score at which a cell would keep its own evidence unsmoothed (default 1.2,
         above the maximum score of 1, so a cell with full evidence still takes ~8% from its
@@ -217,6 +218,9 @@ class Reasoner:
         self.doublet_ratio = float(doublet_ratio)
         self.negative_weight = float(negative_weight)
         self.smoothing = float(smoothing)
+        if not 0.0 <= self.smoothing <= 1.0:
+            raise InputError(f"smoothing={smoothing}: the neighbours' weight must be between 0 "
+                             "(no smoothing) and 1.")
         self.strong_evidence = float(strong_evidence)
 
         self.names = np.array(db.names, dtype=object)
@@ -359,8 +363,8 @@ class Reasoner:
 
     @staticmethod
     def neighbour_mean(S: np.ndarray, W: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """Each cell's neighbours' mean scores (row-normalised ``W @ S``) and which cells have
-        neighbours at all."""
+        """Each cell's neighbours' mean scores (row-normalised ``W @ S``; all-zero rows for
+        cells without neighbours) and which cells have neighbours at all."""
         deg = np.asarray(W.sum(axis=1)).ravel()
         has = deg > 0
         deg[~has] = 1.0
@@ -404,16 +408,27 @@ class Reasoner:
         zc = np.where(mask, np.exp(12.0 * (cand - v1[:, None])), 0.0)
         return c1, ok, 1.0 / zc.sum(axis=1)
 
-    def decide(self, S: np.ndarray, neighbours: np.ndarray | None = None
+    def decide(self, S: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Walk the tree: returns (node, root, confidence, status) per cell.
 
         ``node`` is a type index or -1 (abstain); ``status`` is 0 (ok), 1 (no evidence),
-        2 (contradictory lineages). With ``neighbours`` (the kNN neighbours' mean scores, see
-        :meth:`neighbour_mean`), a cell whose own markers cannot choose between the subtypes
-        of its node (a T cell with no CD4, CD8 or other subtype reads) takes the step on its
-        scores mixed with its neighbours' (weight ``smoothing``); a cell whose own markers
-        decide is never overruled at the subtype level.
+        2 (contradictory lineages).
+        """
+        return self._walk(S)[:4]
+
+    def _walk(self, S: np.ndarray, neighbours: np.ndarray | None = None,
+              own: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`decide`, plus per cell a bit mask of the subtype steps (bit d for the step
+        to depth d + 1) that were taken on the neighbours' evidence.
+
+        The lineage is chosen on ``S`` (smoothed scores when a graph is used). With
+        ``neighbours`` (the kNN neighbours' mean scores) and ``own`` (the cell's unsmoothed
+        scores), every subtype step is first tried on the cell's own scores; only a step its
+        own markers cannot take (a T cell with no CD4, CD8 or other subtype reads) is taken on
+        its own scores mixed with its neighbours' (weight ``smoothing``), with a confidence
+        discount. A subtype the cell's own markers decide is never overruled.
         """
         n = S.shape[0]
         roots = np.flatnonzero(self.is_root)
@@ -433,21 +448,24 @@ class Reasoner:
         strength = 1.0 / (1.0 + np.exp(-(s1 - 0.3) / 0.06))
         conf = p_root * strength
         node = np.where(status == 0, root, -1)
+        borrowed = np.zeros(n, dtype=np.uint8)
+        use_neighbours = neighbours is not None and self.smoothing > 0
+        steps = S if own is None or not use_neighbours else own
+        a = self.smoothing
         active = (status == 0) & self.has_children[np.maximum(node, 0)]
-        for _ in range(8):  # tree depth bound
+        for depth in range(8):  # tree depth bound
             if not active.any():
                 break
             rows = np.flatnonzero(active)
             mask = self.child_mask[node[rows]]
-            cand = np.where(mask, S[rows], -np.inf)
-            c1, ok, pc = self._child_step(cand, mask)
-            if neighbours is not None and not ok.all():
+            c1, ok, pc = self._child_step(np.where(mask, steps[rows], -np.inf), mask)
+            if use_neighbours and not ok.all():
                 stuck = np.flatnonzero(~ok)
-                a = self.smoothing
-                mixed = (1 - a) * S[rows[stuck]] + a * neighbours[rows[stuck]]
+                mixed = (1 - a) * steps[rows[stuck]] + a * neighbours[rows[stuck]]
                 c2, ok2, pc2 = self._child_step(np.where(mask[stuck], mixed, -np.inf),
                                                 mask[stuck])
-                c1[stuck], ok[stuck], pc[stuck] = c2, ok2, pc2
+                c1[stuck], ok[stuck], pc[stuck] = c2, ok2, (1 - a) * pc2
+                borrowed[rows[stuck[ok2]]] |= np.uint8(1 << depth)
             acc = rows[ok]
             node[acc] = c1[ok]
             conf[acc] *= 0.5 + 0.5 * pc[ok]
@@ -455,7 +473,7 @@ class Reasoner:
             active[acc] = self.has_children[node[acc]]
         conf = np.where(status == 0, conf, np.minimum(conf, 0.2) * (status == 2) +
                         (status == 1) * strength * 0.5)
-        return node, root, np.clip(conf, 0.0, 1.0).astype(np.float32), status
+        return node, root, np.clip(conf, 0.0, 1.0).astype(np.float32), status, borrowed
 
     # ------------------------------------------------------------------ traces
     def _cite(self, t: int, present: dict[int, float], measured, names: Sequence[str],
@@ -472,12 +490,14 @@ class Reasoner:
 
     def traces(self, E: sp.csr_matrix, measured, node: np.ndarray, root: np.ndarray,
                conf: np.ndarray, status: np.ndarray, S: np.ndarray,
-               names: Sequence[str] | None = None) -> list[str]:
+               names: Sequence[str] | None = None,
+               borrowed: np.ndarray | None = None) -> list[str]:
         """One marker-by-marker reasoning text per cell.
 
         Genes are cited as ``names`` spells them (default: the knowledge-base symbols); a gene
         is cited as present only when the cell expresses it and negated ("no X") only when it
-        is measured and not expressed.
+        is measured and not expressed. A subtype step taken on the kNN neighbours' evidence
+        (``borrowed``, see :meth:`_walk`) says so: "→ X (from the kNN neighbours)".
         """
         names = list(self.genes) if names is None else names
         E = sp.csr_matrix(E)
@@ -517,8 +537,11 @@ class Reasoner:
             while t >= 0:
                 path.append(t)
                 t = self.parent[t]
-            for t in reversed(path):
-                steps.append(f"{self._cite(t, present, meas, names)} → {self.names[t]}")
+            bits = int(borrowed[i]) if borrowed is not None else 0
+            for depth, t in enumerate(reversed(path)):
+                via = (" (from the kNN neighbours)" if depth and bits >> (depth - 1) & 1
+                       else "")
+                steps.append(f"{self._cite(t, present, meas, names)} → {self.names[t]}{via}")
             leaf = node[i]
             out.append("; ".join(steps) + f". Final: {self.names[leaf]} ({self.cl_ids[leaf]}), "
                        f"confidence {conf[i]:.2f}.")
@@ -574,10 +597,13 @@ class Reasoner:
         own_node, neighbours = None, None
         if connectivities is not None and self.smoothing > 0:
             own_node = self.decide(S)[0]
-            S, neighbours = self._smooth_with_neighbours(S, connectivities, self.smoothing)
-        node, root, conf, status = self.decide(S, neighbours)
-        text = (self.traces(E, measured, node, root, conf, status, S, spelled) if reasoning
-                else [""] * len(node))
+            own = S
+            S, neighbours = self._smooth_with_neighbours(own, connectivities, self.smoothing)
+            node, root, conf, status, borrowed = self._walk(S, neighbours, own)
+        else:
+            node, root, conf, status, borrowed = self._walk(S)
+        text = (self.traces(E, measured, node, root, conf, status, S, spelled, borrowed)
+                if reasoning else [""] * len(node))
         if reasoning and own_node is not None:
             for i in np.flatnonzero(own_node != node):
                 own = self.names[own_node[i]] if own_node[i] >= 0 else UNKNOWN
