@@ -407,3 +407,12 @@ def test_cellxgene_export_uses_the_schema_column(raw68k, tmp_path, capsys):
     assert main(["annotate", str(path), "-o", str(tmp_path / "o.h5ad"), "--cellxgene"]) == 0
     back = ad.read_h5ad(tmp_path / "o.h5ad")
     assert back.obs["cell_type_ontology_term_id"].astype(str).str.match(r"CL:\d{7}|unknown").all()
+
+
+def test_cli_assay_keeps_the_input_name(pbmc_demo_rds, tmp_path, capsys):
+    out = tmp_path / "demo.h5ad"
+    rc = main(["annotate", str(pbmc_demo_rds), "-o", str(out), "--assay", "RNA", "--report",
+               str(tmp_path / "demo.html"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert ad.read_h5ad(out).uns["cellreasoner"]["input"] == str(pbmc_demo_rds)
+    assert str(pbmc_demo_rds) in (tmp_path / "demo.html").read_text()

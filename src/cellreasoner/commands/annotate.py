@@ -126,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, backend_options=backend_options(args),
         progress=not args.no_progress,
     )
+    if args.assay:  # the file was read here, so annotate() saw an AnnData, not its name
+        result.provenance["input"] = args.input
+        result.adata.uns[args.key_added]["input"] = args.input
     written = []
     if args.cellxgene:
         result.to_cellxgene()
