@@ -594,12 +594,13 @@ class Reasoner:
             Ss.append(self.score(E, measured))
         E = sp.vstack(Es).tocsr() if len(Es) > 1 else Es[0]
         S = np.vstack(Ss)
-        own_node, neighbours = None, None
+        own_node = None
         if connectivities is not None and self.smoothing > 0:
             own_node = self.decide(S)[0]
-            own = S
-            S, neighbours = self._smooth_with_neighbours(own, connectivities, self.smoothing)
-            node, root, conf, status, borrowed = self._walk(S, neighbours, own)
+            own_scores = S
+            S, neighbours = self._smooth_with_neighbours(own_scores, connectivities,
+                                                         self.smoothing)
+            node, root, conf, status, borrowed = self._walk(S, neighbours, own_scores)
         else:
             node, root, conf, status, borrowed = self._walk(S)
         text = (self.traces(E, measured, node, root, conf, status, S, spelled, borrowed)
