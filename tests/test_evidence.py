@@ -118,6 +118,39 @@ def test_field_aliases(vocab):
     assert ev.fraction == ev.fraction_present == 0.5 and ev.flag == ev.flagged
 
 
+def test_conclusions_are_not_evidence(vocab):
+    """A gene symbol inside the cell type concluded ("→ CD4-positive T cell", "Final: ...",
+    "Answer: ...") is not a claim that the cell expresses it; the evidence before it is."""
+    trace = ("CD3E, CD3D present, no CD8A → CD4-positive T cell; IL7R present → naive "
+             "CD4-positive T cell. Final: naive CD4-positive T cell (CL:0000895), confidence "
+             "0.90. (Own markers alone: CD8-positive T cell; the call uses the neighbours.)")
+    ev = check_evidence(trace, "CD3E, CD3D, IL7R", vocab)
+    assert ev.cited == ("CD3E", "CD3D", "CD8A", "IL7R")
+    assert ev.fraction_present == 1.0 and not ev.flagged
+    ev = check_evidence("Answer: CD14+ monocyte. Final answer: CD14 monocyte", "LYZ", vocab)
+    assert ev.cited == ()
+    # evidence written after the conclusion, in its own clause, still counts
+    ev = check_evidence("Final: B cell. MS4A1 and CD68 are expressed.", "MS4A1", vocab)
+    assert ev.cited == ("MS4A1", "CD68") and ev.unsupported == ("CD68",)
+
+
+def test_builtin_traces_are_fully_supported(pbmc68k, gene_list_path):
+    """Every builtin trace, with and without kNN smoothing, cites only what the cell shows."""
+    from cellreasoner.reasoner import Reasoner
+
+    raw = pbmc68k.raw.to_adata()
+    genes = [str(g) for g in raw.var_names]
+    r = Reasoner()
+    sentences = [", ".join(g for g, v in zip(genes, row, strict=True) if v > 0)
+                 for row in raw.X.toarray()]
+    vocabulary = list(dict.fromkeys([*load_gene_list(gene_list_path), *genes]))
+    for graph in (None, pbmc68k.obsp["connectivities"]):
+        traces = r.annotate_matrix(raw.X, genes, connectivities=graph).reasoning
+        ev = check_evidence_many(traces, sentences, vocabulary)
+        assert (ev["fraction_present"] == 1.0).all(), ev[ev["fraction_present"] < 1].head()
+    assert any("from the kNN neighbours" in t for t in traces)
+
+
 def test_default_vocabulary_is_the_ranked_gene_list():
     ev = check_evidence("GNLY and NKG7 are high, CD3E is absent.", ["GNLY", "NKG7"])
     assert ev.cited == ("GNLY", "NKG7", "CD3E") and ev.negated == ("CD3E",)
@@ -221,6 +254,8 @@ LLM_TRACES = [
     "seems completely absent, neither CD79B nor CD19 is expressed.",
     "Not only CD3E but also CD2 is expressed; without CCR7, free of SELL, excludes KLRB1.",
     "NKG7−, GZMB high, PRF1 elevated; CD160 isn't present, KLRD1 null, FOO1 and BAR2 up.",
+    "CD3E, CD8A present -> CD8 T cell; no CD4 => not CD4. Final answer: CD8-positive T cell.",
+    "Answer: CD4+ T cell. GNLY ⇒ NK-like; (Own markers alone: CD16+ monocyte; MS4A1 absent)",
     "", "   ", "nan", "Just words, no genes at all.",
 ]
 

@@ -143,20 +143,36 @@ class _Vocab:
 _LIST_SEP = re.compile(r"^[\s,/&]*(?:(?:and|or|nor|as\s+well\s+as)[\s,]*)?$", re.I)
 
 
+#: Clause heads after which the next clause names the conclusion (a cell type), not evidence:
+#: "Final: CD8-positive T cell", "Answer: CD4+ T cells", "Own markers alone: CD4-positive ...".
+_CONCLUSION_HEAD = re.compile(r"(?:^|\W)(?:final(?:\s+answer)?|answer|own\s+markers\s+alone)"
+                              r"\W*$", re.I)
+#: An arrow ends the evidence part of a clause: "CD3E, CD8A present → CD8-positive T cell".
+_ARROW = re.compile(r"→|->|=>|⇒")
+
+
 def _mentions(text: str, vocab: _Vocab) -> list[tuple[str, tuple[str, ...], bool]]:
     """(cited name, genes, negated) for every gene mention in ``text``.
 
     Negation spreads along a list: "no CD3E, CD3D or CD2" and "CD3E, CD3D and CD2 are absent"
-    negate all three genes.
+    negate all three genes. Conclusions are not evidence: a gene symbol inside a cell-type
+    name after an arrow ("→ CD4-positive T cell") or after "Final:" / "Answer:" is not a
+    mention.
     """
     out: list[tuple[str, tuple[str, ...], bool]] = []
+    conclusion = False
     for clause in _CLAUSE.split(text):
-        out.extend(_clause_mentions(clause, vocab))
+        if not conclusion:
+            out.extend(_clause_mentions(clause, vocab))
+        conclusion = bool(_CONCLUSION_HEAD.search(clause))
     return out
 
 
 def _clause_mentions(clause: str, vocab: _Vocab) -> list[tuple[str, tuple[str, ...], bool]]:
     """:func:`_mentions` of one clause (negation never crosses a clause boundary)."""
+    arrow = _ARROW.search(clause)
+    if arrow:  # what follows the arrow is the conclusion
+        clause = clause[:arrow.start()]
     found: list[list] = []  # [start, end, name, genes, pre_neg, post_neg]
     for m in _TOKEN.finditer(clause):
         tok = m.group(0)
@@ -196,11 +212,14 @@ def _clause_mentions(clause: str, vocab: _Vocab) -> list[tuple[str, tuple[str, .
 def _mentions_memo(text: str, vocab: _Layered, clauses: dict[str, list]) -> list:
     """:func:`_mentions` with each distinct clause parsed once (``clauses``: clause -> list)."""
     out: list[tuple[str, tuple[str, ...], bool]] = []
+    conclusion = False
     for clause in _CLAUSE_FAST.split(text):
-        got = clauses.get(clause)
-        if got is None:
-            got = clauses[clause] = _clause_mentions(clause, vocab)
-        out.extend(got)
+        if not conclusion:
+            got = clauses.get(clause)
+            if got is None:
+                got = clauses[clause] = _clause_mentions(clause, vocab)
+            out.extend(got)
+        conclusion = bool(_CONCLUSION_HEAD.search(clause))
     return out
 
 
