@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import gc
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 #: Common CD names that are not HGNC symbols -> their genes (a mention is supported when any of
@@ -160,12 +160,18 @@ def _mentions(text: str, vocab: _Vocab) -> list[tuple[str, tuple[str, ...], bool
     mention.
     """
     out: list[tuple[str, tuple[str, ...], bool]] = []
-    conclusion = False
-    for clause in _CLAUSE.split(text):
-        if not conclusion:
-            out.extend(_clause_mentions(clause, vocab))
-        conclusion = bool(_CONCLUSION_HEAD.search(clause))
+    for clause in _evidence_clauses(_CLAUSE.split(text)):
+        out.extend(_clause_mentions(clause, vocab))
     return out
+
+
+def _evidence_clauses(clauses: Iterable[str]) -> Iterator[str]:
+    """The clauses that can hold evidence: all but those right after a conclusion head."""
+    conclusion = False
+    for clause in clauses:
+        if not conclusion:
+            yield clause
+        conclusion = bool(_CONCLUSION_HEAD.search(clause))
 
 
 def _clause_mentions(clause: str, vocab: _Vocab) -> list[tuple[str, tuple[str, ...], bool]]:
@@ -212,14 +218,11 @@ def _clause_mentions(clause: str, vocab: _Vocab) -> list[tuple[str, tuple[str, .
 def _mentions_memo(text: str, vocab: _Layered, clauses: dict[str, list]) -> list:
     """:func:`_mentions` with each distinct clause parsed once (``clauses``: clause -> list)."""
     out: list[tuple[str, tuple[str, ...], bool]] = []
-    conclusion = False
-    for clause in _CLAUSE_FAST.split(text):
-        if not conclusion:
-            got = clauses.get(clause)
-            if got is None:
-                got = clauses[clause] = _clause_mentions(clause, vocab)
-            out.extend(got)
-        conclusion = bool(_CONCLUSION_HEAD.search(clause))
+    for clause in _evidence_clauses(_CLAUSE_FAST.split(text)):
+        got = clauses.get(clause)
+        if got is None:
+            got = clauses[clause] = _clause_mentions(clause, vocab)
+        out.extend(got)
     return out
 
 
