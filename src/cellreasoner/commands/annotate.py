@@ -144,11 +144,9 @@ def run(args: argparse.Namespace) -> int:
         from ..report import write_report
 
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
-        obs = result.adata.obs
-        groupby = args.by if args.by in obs.columns else (
-            "leiden" if args.mode != "cell" and "leiden" in obs.columns else None)
+        # cluster / hybrid runs: the report browses the clusters recorded in the provenance
         written.append(write_report(result.adata, args.report, truth=args.label_column,
-                                    pred=f"{args.key_added}_label", groupby=groupby))
+                                    pred=f"{args.key_added}_label"))
     # plain lines (no wrapping): scripts and logs parse the summary
     print(result.summary_line(), file=sys.stderr)
     labels = result.table["label"].value_counts()
