@@ -244,10 +244,13 @@ def test_cli_annotate_h5ad_and_csv(tiny_model, raw68k, tmp_path, capsys):
     rc = main(["annotate", str(src), "-o", str(out), "--csv", str(csv), "--backend",
                "transformers", "--model", tiny_model, "--mode", "cluster", "--by",
                "bulk_labels", "--max-new-tokens", "3", "--temperature", "1", "--label-column",
-               "bulk_labels", "--cache", str(tmp_path / "c.sqlite"), "--no-progress"])
+               "bulk_labels", "--cache", str(tmp_path / "c.sqlite"), "--no-progress",
+               "--report", str(tmp_path / "out" / "report.html")])
     assert rc == 0
     err = capsys.readouterr().err
     assert "700 cells, 10 unique prompts, 10 model calls, 0 cache hits" in err
+    # the report of a cluster run browses the clusters the run annotated
+    assert '"groupby":"bulk_labels"' in (tmp_path / "out" / "report.html").read_text()
     back = ad.read_h5ad(out)
     assert set(_obs_columns(clusters=True)) <= set(back.obs.columns)
     assert back.uns["cellreasoner"]["mode"] == "cluster"
