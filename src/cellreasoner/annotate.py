@@ -491,11 +491,9 @@ def annotate(
 
         gene_list = local_gene_list_path() or [str(g) for g in _symbols(adata, use_raw)]
     genes = _gene_vocab(gene_list)
-    from .io import validate_for_annotation
+    from .io import check_obs_column, validate_for_annotation
 
     validate_for_annotation(adata, layer="raw" if use_raw else layer, genes=genes)
-    from .io import check_obs_column
-
     if label_key is not None:
         check_obs_column(adata, label_key)
     if cluster_markers is not None and mode != "cluster":
@@ -640,7 +638,6 @@ def _gene_list_name(gene_list, genes: list[str]) -> str:
 
 def _run_matrix(be, adata, source, stats: _Stats):
     """Builtin path: the backend reads expression directly (one answer per cell, no prompts)."""
-
     X = source.to_csr()
     conn = adata.obsp.get("connectivities", None)
     gens = be.annotate_matrix(X, list(map(str, source.var_names)), connectivities=conn)

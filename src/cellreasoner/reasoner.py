@@ -596,7 +596,8 @@ class Reasoner:
         S = np.vstack(Ss)
         own_node = None
         if connectivities is not None and self.smoothing > 0:
-            own_node = self.decide(S)[0]
+            if reasoning:  # the trace notes where the neighbours changed the call
+                own_node = self.decide(S)[0]
             own_scores = S
             S, neighbours = self._smooth_with_neighbours(own_scores, connectivities,
                                                          self.smoothing)
@@ -605,7 +606,7 @@ class Reasoner:
             node, root, conf, status, borrowed = self._walk(S)
         text = (self.traces(E, measured, node, root, conf, status, S, spelled, borrowed)
                 if reasoning else [""] * len(node))
-        if reasoning and own_node is not None:
+        if own_node is not None:
             for i in np.flatnonzero(own_node != node):
                 own = self.names[own_node[i]] if own_node[i] >= 0 else UNKNOWN
                 text[i] += (f" (Own markers alone: {own}; the call uses the kNN neighbours' "
