@@ -10,11 +10,12 @@ Seurat tutorial labels) and ``scanpy.datasets.pbmc68k_reduced()`` (``.raw``, lab
 ground truth with the automatic hierarchical scorer :func:`cellreasoner.scoring.score_pair`
 (1 subtype / 0.5 major / 0.25 partial / 0 incorrect).
 
-Rows: the reasoner per cell, per cell with kNN smoothing, per cluster (all tissues, and
-restricted to ``tissue="blood"``); SingleR trained on a stratified half of the same dataset and
-evaluated on the other half (mean over ``--seeds`` splits; the reasoner's score on the same
-held-out halves is printed beside it, since its knowledge base never sees the labels, and the
-paired per-cell difference with a bootstrap interval).
+Rows: the reasoner per cell, per cell with kNN smoothing, the same without the self-training
+refinement of dropout steps (on by default, see :mod:`cellreasoner.refine`), per cluster (all
+tissues, and restricted to ``tissue="blood"``); SingleR trained on a stratified half of the
+same dataset and evaluated on the other half (mean over ``--seeds`` splits; the reasoner's
+score on the same held-out halves is printed beside it, since its knowledge base never sees the
+labels, and the paired per-cell difference with a bootstrap interval).
 Then the builtin's most frequent answers per ground-truth label (to tell label noise from
 reasoning errors); a label audit (cells whose own expression contradicts their label by fixed
 canonical-marker rules, see :func:`label_audit`) with SingleR and the builtin scored on the
@@ -93,6 +94,8 @@ def reasoner_predictions(ds: dict, tissue: str | None) -> dict[str, np.ndarray]:
     out = {}
     out["per cell"] = r.annotate_matrix(ds["X"], ds["genes"], reasoning=False).label
     out["per cell + kNN smoothing"] = r.annotate_matrix(
+        ds["X"], ds["genes"], connectivities=ds["connectivities"], reasoning=False).label
+    out["per cell + kNN, no refinement"] = Reasoner(tissue=tissue, refine=False).annotate_matrix(
         ds["X"], ds["genes"], connectivities=ds["connectivities"], reasoning=False).label
     res, keys = r.annotate_groups(ds["X"], ds["genes"], ds["clusters"], reasoning=False)
     lut = dict(zip(keys, res.label, strict=True))

@@ -123,7 +123,7 @@ def test_conclusions_are_not_evidence(vocab):
     "Answer: ...") is not a claim that the cell expresses it; the evidence before it is."""
     trace = ("CD3E, CD3D present, no CD8A → CD4-positive T cell; IL7R present → naive "
              "CD4-positive T cell. Final: naive CD4-positive T cell (CL:0000895), confidence "
-             "0.90. (Own markers alone: CD8-positive T cell; the call uses the neighbours.)")
+             "0.90. (Own expression alone: CD8-positive T cell; the call uses the neighbours.)")
     ev = check_evidence(trace, "CD3E, CD3D, IL7R", vocab)
     assert ev.cited == ("CD3E", "CD3D", "CD8A", "IL7R")
     assert ev.fraction_present == 1.0 and not ev.flagged

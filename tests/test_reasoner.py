@@ -149,7 +149,7 @@ def test_smoothing_uses_the_graph_and_checks_its_shape(reasoner, pbmc, pbmc_resu
     sm = reasoner.annotate_matrix(pbmc["X"], pbmc["genes"], connectivities=pbmc["conn"])
     changed = np.flatnonzero(sm.label != pbmc_result.label)
     assert len(changed) > 0
-    assert all(f"Own markers alone: {pbmc_result.label[i]};" in sm.reasoning[i]
+    assert all(f"Own expression alone: {pbmc_result.label[i]};" in sm.reasoning[i]
                for i in changed)
     assert (sm.label == UNKNOWN).sum() <= (pbmc_result.label == UNKNOWN).sum()
     with pytest.raises(InputError, match="connectivities has shape"):
@@ -364,10 +364,10 @@ def test_neighbours_take_the_subtype_step_only_when_own_markers_cannot(reasoner)
     cd8 = set(reasoner.names[np.flatnonzero(reasoner.parent == reasoner.db.index(
         "CD8-positive T cell"))]) | {"CD8-positive T cell"}
     assert graph.label[5] in cd8
-    assert "Own markers alone: T cell;" in graph.reasoning[5]
+    assert "Own expression alone: T cell;" in graph.reasoning[5]
     assert "→ CD8-positive T cell (from the kNN neighbours)" in graph.reasoning[5]
     assert graph.confidence[5] < graph.confidence[:5].min()  # a borrowed step costs confidence
-    assert "CD4" in graph.label[6] and "Own markers alone" not in graph.reasoning[6]
+    assert "CD4" in graph.label[6] and "Own expression alone" not in graph.reasoning[6]
     assert "kNN neighbours" not in graph.reasoning[6]
     assert "from the kNN neighbours" not in alone.reasoning[5]
 
@@ -388,3 +388,79 @@ def test_neighbours_never_overrule_a_weak_but_decisive_own_subtype(reasoner):
     assert graph.label[5] == "CD4-positive T cell"
     with pytest.raises(InputError, match="between 0"):
         Reasoner(reasoner.db, smoothing=1.5)
+
+
+def _t_cells_with_dropout(n_cd8_decisive: int = 40, seed: int = 0):
+    """Counts for T cells: decisive CD4 (CD4, CD40LG) and CD8 (CD8A, CD8B) cells, each with a
+    subtype programme of non-marker genes; CD8 cells whose CD8A/CD8B dropped out (soft CD4
+    markers only) and CD4 cells with no subtype marker at all."""
+    rng = np.random.default_rng(seed)
+    cd3 = ["CD3E", "CD3D", "CD3G", "CD2"]
+    decisive = ["CD8A", "CD8B", "CD4", "CD40LG"]
+    soft = ["IL7R", "LDHB", "LTB"]
+    prog8 = [f"PROG8X{i}" for i in range(6)]
+    prog4 = [f"PROG4X{i}" for i in range(6)]
+    house = [f"HOUSEX{i}" for i in range(30)]
+    genes = cd3 + decisive + soft + prog8 + prog4 + house
+    col = {g: j for j, g in enumerate(genes)}
+    groups = ([("cd4", ["CD4", "CD40LG"], prog4)] * 40
+              + [("cd8", ["CD8A", "CD8B"], prog8)] * n_cd8_decisive
+              + [("cd8 dropout", soft, prog8)] * 12
+              + [("cd4 no marker", [], prog4)] * 6)
+    X = np.zeros((len(groups), len(genes)), dtype=np.float32)
+    for i, (_, markers, prog) in enumerate(groups):
+        X[i, [col[h] for h in house]] = rng.poisson(6, len(house))
+        X[i, [col[g] for g in cd3 + markers]] = rng.poisson(4, len(cd3) + len(markers)) + 1
+        X[i, [col[g] for g in prog]] = rng.poisson(5, len(prog)) + 1
+    kind = np.array([k for k, _, _ in groups])
+    return sp.csr_matrix(X), genes, kind
+
+
+def _subtree(reasoner, name):
+    """A type and all its descendants."""
+    out, frontier = {reasoner.db.index(name)}, [reasoner.db.index(name)]
+    while frontier:
+        kids = np.flatnonzero(np.isin(reasoner.parent, frontier)).tolist()
+        frontier = [k for k in kids if k not in out]
+        out.update(frontier)
+    return set(reasoner.names[sorted(out)])
+
+
+def test_refinement_takes_dropout_steps_from_the_datasets_decisive_cells(reasoner):
+    """CD8 T cells whose CD8A/CD8B dropped out are split from CD4 by a classifier trained on
+    the same dataset's decisive cells (no labels); decisive steps and lineages never change."""
+    X, genes, kind = _t_cells_with_dropout()
+    plain = Reasoner(refine=False).annotate_matrix(X, genes)
+    refined = reasoner.annotate_matrix(X, genes)
+    traces = np.array(refined.reasoning, dtype=object)
+    cd4, cd8 = _subtree(reasoner, "CD4-positive T cell"), _subtree(reasoner, "CD8-positive T cell")
+    drop = kind == "cd8 dropout"
+    assert not any(label in cd8 for label in plain.label[drop])  # soft markers say CD4
+    assert all(label in cd8 for label in refined.label[drop])
+    assert all("→ CD8-positive T cell (by a classifier trained on this dataset's cells with "
+               "decisive markers)" in t for t in traces[drop])
+    bare = kind == "cd4 no marker"
+    assert all(label not in cd4 for label in plain.label[bare])
+    assert all(label in cd4 for label in refined.label[bare])
+    decisive = np.isin(kind, ["cd4", "cd8"])
+    assert (refined.label[decisive] == plain.label[decisive]).all()
+    assert not any("classifier" in t for t in traces[decisive])
+    assert (refined.lineage == plain.lineage).all() and set(plain.lineage) == {"T cell"}
+
+
+def test_refinement_needs_enough_decisive_cells_per_subtype(reasoner):
+    X, genes, kind = _t_cells_with_dropout(n_cd8_decisive=reasoner.refine_min_cells - 1)
+    plain = Reasoner(refine=False).annotate_matrix(X, genes)
+    refined = reasoner.annotate_matrix(X, genes)
+    assert (refined.label == plain.label).all()
+    assert not any("classifier" in t for t in refined.reasoning)
+
+
+def test_refinement_classifier_never_sees_the_decisive_markers(reasoner):
+    X, genes, _ = _t_cells_with_dropout()
+    excluded = reasoner._decisive_columns(genes)(reasoner.db.index("T cell"))
+    assert {genes[j] for j in excluded} == {"CD8A", "CD8B", "CD4", "CD40LG"}
+    with pytest.raises(InputError, match="refine_threshold"):
+        Reasoner(refine_threshold=0.3)
+    with pytest.raises(InputError, match="refine_min_cells"):
+        Reasoner(refine_min_cells=1)

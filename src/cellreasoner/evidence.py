@@ -144,8 +144,9 @@ _LIST_SEP = re.compile(r"^[\s,/&]*(?:(?:and|or|nor|as\s+well\s+as)[\s,]*)?$", re
 
 
 #: Clause heads after which the next clause names the conclusion (a cell type), not evidence:
-#: "Final: CD8-positive T cell", "Answer: CD4+ T cells", "Own markers alone: CD4-positive ...".
-_CONCLUSION_HEAD = re.compile(r"(?:^|\W)(?:final(?:\s+answer)?|answer|own\s+markers\s+alone)"
+#: "Final: CD8-positive T cell", "Answer: CD4+ T cells", "Own expression alone: CD4-positive ...".
+_CONCLUSION_HEAD = re.compile(r"(?:^|\W)(?:final(?:\s+answer)?|answer|"
+                              r"own\s+(?:markers|expression)\s+alone)"
                               r"\W*$", re.I)
 #: An arrow ends the evidence part of a clause: "CD3E, CD8A present → CD8-positive T cell".
 _ARROW = re.compile(r"→|->|=>|⇒")

@@ -16,7 +16,7 @@ cannot take it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +24,13 @@ import scipy.sparse as sp
 
 from .errors import InputError
 from .markers import ALIASES, MarkerDB, load_markers
+from .refine import (
+    HardSteps,
+    StepClassifier,
+    decisive_matrix,
+    decisive_steps,
+    train_step_classifiers,
+)
 
 UNKNOWN = "Unknown"
 #: Weight units of expressed negative markers at which the penalty is full.
@@ -184,6 +191,14 @@ class Reasoner:
         Lineage score at which a cell would keep its own evidence unsmoothed (default 1.2,
         above the maximum score of 1, so a cell with full evidence still takes ~8% from its
         neighbours); below it the neighbours' weight grows linearly up to ``smoothing``.
+    refine
+        Self-training refinement in :meth:`annotate_matrix` (default ``True``): a subtype
+        step without a decisive marker (dropout) is taken by a classifier trained on the same
+        dataset's cells whose step rests on one (see :mod:`cellreasoner.refine`).
+    refine_threshold
+        Probability the classifier needs to take a step (default 0.75, 3:1 odds).
+    refine_min_cells
+        Decisive cells each subtype needs before a classifier is trained (default 10).
     """
 
     def __init__(
@@ -201,6 +216,9 @@ class Reasoner:
         negative_weight: float = 0.5,
         smoothing: float = 0.5,
         strong_evidence: float = 1.2,
+        refine: bool = True,
+        refine_threshold: float = 0.75,
+        refine_min_cells: int = 10,
     ) -> None:
         if isinstance(markers, MarkerDB):
             db = markers.restrict(tissue)
@@ -222,6 +240,15 @@ class Reasoner:
             raise InputError(f"smoothing={smoothing}: the neighbours' weight must be between 0 "
                              "(no smoothing) and 1.")
         self.strong_evidence = float(strong_evidence)
+        self.refine = bool(refine)
+        self.refine_threshold = float(refine_threshold)
+        if not 0.5 <= self.refine_threshold <= 1.0:
+            raise InputError(f"refine_threshold={refine_threshold}: the probability a "
+                             "classifier needs to take a step must be between 0.5 and 1.")
+        self.refine_min_cells = int(refine_min_cells)
+        if self.refine_min_cells < 2:
+            raise InputError(f"refine_min_cells={refine_min_cells}: a classifier needs at "
+                             "least 2 training cells per subtype.")
 
         self.names = np.array(db.names, dtype=object)
         self.cl_ids = np.array([t.cl_id for t in db.types], dtype=object)
@@ -253,6 +280,7 @@ class Reasoner:
         self._neg_sorted = [list(np.argsort(-self.N[t], kind="stable")[: int((self.N[t] > 0)
                                                                               .sum())])
                             for t in range(T)]
+        self._decisive = decisive_matrix(self.P)
         self._cl_label, groups = _cl_info(list(self.cl_ids))
         roots = np.flatnonzero(self.is_root)
         self._related_roots = np.array(
@@ -418,10 +446,15 @@ class Reasoner:
         return self._walk(S)[:4]
 
     def _walk(self, S: np.ndarray, neighbours: np.ndarray | None = None,
-              own: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`decide`, plus per cell a bit mask of the subtype steps (bit d for the step
-        to depth d + 1) that were taken on the neighbours' evidence.
+              own: np.ndarray | None = None, *, present: sp.csr_matrix | None = None,
+              hard: HardSteps | None = None,
+              classifiers: dict[int, StepClassifier] | None = None,
+              expression: Callable[[np.ndarray], sp.csr_matrix] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                         np.ndarray]:
+        """:meth:`decide`, plus per cell two bit masks of the subtype steps (bit d for the
+        step to depth d + 1): those taken on the neighbours' evidence and those taken by a
+        self-trained classifier.
 
         The lineage is chosen on ``S`` (smoothed scores when a graph is used). With
         ``neighbours`` (the kNN neighbours' mean scores) and ``own`` (the cell's unsmoothed
@@ -429,6 +462,11 @@ class Reasoner:
         own markers cannot take (a T cell with no CD4, CD8 or other subtype reads) is taken on
         its own scores mixed with its neighbours' (weight ``smoothing``), with a confidence
         discount. A subtype the cell's own markers decide is never overruled.
+
+        With ``present`` (the cells x markers evidence), every step that rests on a decisive
+        marker is recorded in ``hard``; with ``classifiers`` (see :mod:`cellreasoner.refine`)
+        and ``expression`` (rows -> log-normalised expression), a step that does not is taken
+        by its parent's classifier when that is at least ``refine_threshold`` sure.
         """
         n = S.shape[0]
         roots = np.flatnonzero(self.is_root)
@@ -449,6 +487,7 @@ class Reasoner:
         conf = p_root * strength
         node = np.where(status == 0, root, -1)
         borrowed = np.zeros(n, dtype=np.uint8)
+        refined = np.zeros(n, dtype=np.uint8)
         use_neighbours = neighbours is not None and self.smoothing > 0
         steps = S if own is None or not use_neighbours else own
         a = self.smoothing
@@ -466,6 +505,9 @@ class Reasoner:
                                                 mask[stuck])
                 c1[stuck], ok[stuck], pc[stuck] = c2, ok2, (1 - a) * pc2
                 borrowed[rows[stuck[ok2]]] |= np.uint8(1 << depth)
+            if present is not None:
+                c1, ok, pc = self._refine_step(depth, rows, node[rows], c1, ok, pc, present,
+                                               hard, classifiers, expression, refined)
             acc = rows[ok]
             node[acc] = c1[ok]
             conf[acc] *= 0.5 + 0.5 * pc[ok]
@@ -473,7 +515,35 @@ class Reasoner:
             active[acc] = self.has_children[node[acc]]
         conf = np.where(status == 0, conf, np.minimum(conf, 0.2) * (status == 2) +
                         (status == 1) * strength * 0.5)
-        return node, root, np.clip(conf, 0.0, 1.0).astype(np.float32), status, borrowed
+        return (node, root, np.clip(conf, 0.0, 1.0).astype(np.float32), status, borrowed,
+                refined)
+
+    def _refine_step(self, depth: int, rows: np.ndarray, parents: np.ndarray,
+                     c1: np.ndarray, ok: np.ndarray, pc: np.ndarray, present: sp.csr_matrix,
+                     hard: HardSteps | None,
+                     classifiers: dict[int, StepClassifier] | None,
+                     expression: Callable[[np.ndarray], sp.csr_matrix] | None,
+                     refined: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Record the decisive steps of one depth; hand the others to the classifiers."""
+        decisive = ok & decisive_steps(present[rows], self._decisive, self.child_mask,
+                                       parents, c1)
+        if hard is not None and decisive.any():
+            hard.add(rows[decisive], parents[decisive], c1[decisive])
+        if not classifiers or expression is None:
+            return c1, ok, pc
+        c1, ok, pc = c1.copy(), ok.copy(), pc.copy()
+        for p in np.unique(parents[~decisive]):
+            clf = classifiers.get(int(p))
+            if clf is None:
+                continue
+            sel = np.flatnonzero(~decisive & (parents == p))
+            child, prob = clf.predict(expression(rows[sel]))
+            # a confident classifier that agrees with the markers leaves their call alone
+            go = (prob >= self.refine_threshold) & (~ok[sel] | (child != c1[sel]))
+            sel, child, prob = sel[go], child[go], prob[go]
+            c1[sel], ok[sel], pc[sel] = child, True, prob
+            refined[rows[sel]] |= np.uint8(1 << depth)
+        return c1, ok, pc
 
     # ------------------------------------------------------------------ traces
     def _cite(self, t: int, present: dict[int, float], measured, names: Sequence[str],
@@ -491,13 +561,15 @@ class Reasoner:
     def traces(self, E: sp.csr_matrix, measured, node: np.ndarray, root: np.ndarray,
                conf: np.ndarray, status: np.ndarray, S: np.ndarray,
                names: Sequence[str] | None = None,
-               borrowed: np.ndarray | None = None) -> list[str]:
+               borrowed: np.ndarray | None = None,
+               refined: np.ndarray | None = None) -> list[str]:
         """One marker-by-marker reasoning text per cell.
 
         Genes are cited as ``names`` spells them (default: the knowledge-base symbols); a gene
         is cited as present only when the cell expresses it and negated ("no X") only when it
         is measured and not expressed. A subtype step taken on the kNN neighbours' evidence
-        (``borrowed``, see :meth:`_walk`) says so: "→ X (from the kNN neighbours)".
+        (``borrowed``, see :meth:`_walk`) says so: "→ X (from the kNN neighbours)", and so
+        does one taken by the self-trained classifier (``refined``).
         """
         names = list(self.genes) if names is None else names
         E = sp.csr_matrix(E)
@@ -538,9 +610,14 @@ class Reasoner:
                 path.append(t)
                 t = self.parent[t]
             bits = int(borrowed[i]) if borrowed is not None else 0
+            learnt = int(refined[i]) if refined is not None else 0
             for depth, t in enumerate(reversed(path)):
-                via = (" (from the kNN neighbours)" if depth and bits >> (depth - 1) & 1
-                       else "")
+                via = ""
+                if depth and learnt >> (depth - 1) & 1:
+                    via = (" (by a classifier trained on this dataset's cells with decisive "
+                           "markers)")
+                elif depth and bits >> (depth - 1) & 1:
+                    via = " (from the kNN neighbours)"
                 steps.append(f"{self._cite(t, present, meas, names)} → {self.names[t]}{via}")
             leaf = node[i]
             out.append("; ".join(steps) + f". Final: {self.names[leaf]} ({self.cl_ids[leaf]}), "
@@ -594,24 +671,62 @@ class Reasoner:
             Ss.append(self.score(E, measured))
         E = sp.vstack(Es).tocsr() if len(Es) > 1 else Es[0]
         S = np.vstack(Ss)
+        refine: dict = {}
+        if self.refine:
+            expression = self._expression_rows(X)
+            hard = HardSteps()
+            self._walk(S, present=E, hard=hard)  # pass one: the cells with decisive steps
+            refine = {"present": E, "expression": expression,
+                      "classifiers": train_step_classifiers(
+                          hard, expression, len(genes), self._decisive_columns(genes),
+                          min_cells=self.refine_min_cells)}
         own_node = None
         if connectivities is not None and self.smoothing > 0:
             if reasoning:  # the trace notes where the neighbours changed the call
-                own_node = self.decide(S)[0]
+                own_node = self._walk(S, **refine)[0]
             own_scores = S
             S, neighbours = self._smooth_with_neighbours(own_scores, connectivities,
                                                          self.smoothing)
-            node, root, conf, status, borrowed = self._walk(S, neighbours, own_scores)
+            node, root, conf, status, borrowed, refined = self._walk(S, neighbours, own_scores,
+                                                                     **refine)
         else:
-            node, root, conf, status, borrowed = self._walk(S)
-        text = (self.traces(E, measured, node, root, conf, status, S, spelled, borrowed)
+            node, root, conf, status, borrowed, refined = self._walk(S, **refine)
+        text = (self.traces(E, measured, node, root, conf, status, S, spelled, borrowed,
+                            refined)
                 if reasoning else [""] * len(node))
         if own_node is not None:
             for i in np.flatnonzero(own_node != node):
                 own = self.names[own_node[i]] if own_node[i] >= 0 else UNKNOWN
-                text[i] += (f" (Own markers alone: {own}; the call uses the kNN neighbours' "
-                            "shared evidence.)")
+                text[i] += (f" (Own expression alone: {own}; the call uses the kNN "
+                            "neighbours' shared evidence.)")
         return self._result(node, root, conf, status, text, S)
+
+    @staticmethod
+    def _expression_rows(X) -> Callable[[np.ndarray], sp.csr_matrix]:
+        """rows -> those cells' log-normalised expression over all genes."""
+        X = sp.csr_matrix(X)
+        counts = looks_like_counts(X)
+
+        def rows_of(rows: np.ndarray) -> sp.csr_matrix:
+            sub = X[np.asarray(rows)]
+            return log_normalize(sub) if counts else sp.csr_matrix(sub, dtype=np.float32)
+
+        return rows_of
+
+    def _decisive_columns(self, genes: Sequence[str]) -> Callable[[int], np.ndarray]:
+        """parent -> data columns of its children's decisive markers (left out of the
+        refinement classifier's features)."""
+        cols, idx, _ = self._gene_columns(genes)
+        column = np.full(len(self.genes), -1, dtype=np.int64)
+        column[idx] = cols
+
+        def excluded(parent: int) -> np.ndarray:
+            kids = np.flatnonzero(self.child_mask[parent])
+            markers = np.unique(self._decisive[kids].indices)
+            c = column[markers]
+            return c[c >= 0]
+
+        return excluded
 
     def annotate_groups(self, X, genes: Sequence[str], groups: Sequence,
                         *, reasoning: bool = True) -> tuple[ReasonerResult, list]:

@@ -120,6 +120,8 @@ class BuiltinBackend(Backend):
             "knowledge_base": self.reasoner.db.version,
             "cell_types": len(self.reasoner.db),
             "tissue": self.tissue,
+            "smoothing": self.reasoner.smoothing,
+            "refine": self.reasoner.refine,
         }
 
 

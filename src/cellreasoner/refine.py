@@ -1,0 +1,148 @@
+"""Self-training refinement of subtype steps that the marker evidence cannot decide.
+
+Marker genes drop out: a CD8 T cell whose CD8A and CD8B reads were not captured can only be
+split from CD4 T cells on soft markers shared by both. Following Garnett (Pliner et al. 2019,
+Nat Methods) and SCINA-style semi-supervised typing, the cells of the *same dataset* whose
+subtype step rests on a decisive marker (one of the chosen child's heaviest markers, weight
+>= 2, and none of its siblings') become training cells for a classifier over the rest of the
+transcriptome; the decisive markers themselves are left out of its features, so it learns what
+else tells the subtypes apart. Steps without a decisive marker (a soft call, a borrowed kNN
+call, or no call) are then taken by that classifier when it is confident. No labels are used,
+and the lineage is never changed: only the step below a node the markers reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+#: A marker of at least this weight is decisive for its type.
+DECISIVE_WEIGHT = 2.0
+
+
+@dataclass
+class StepClassifier:
+    """A classifier for the children of one knowledge-base type."""
+
+    parent: int
+    children: np.ndarray
+    features: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    def predict(self, X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """(child, probability) per row of a log-normalised cells x genes matrix."""
+        z = np.asarray(X[:, self.features] @ self.coef.T) + self.intercept
+        if len(self.children) == 2 and z.shape[1] == 1:  # binary: one logit
+            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            proba = np.column_stack([1.0 - p1, p1])
+        else:
+            z -= z.max(axis=1, keepdims=True)
+            proba = np.exp(z)
+            proba /= proba.sum(axis=1, keepdims=True)
+        j = proba.argmax(axis=1)
+        return self.children[j], proba[np.arange(len(j)), j]
+
+
+@dataclass
+class HardSteps:
+    """Training records of pass one: (cell, parent, child) of every decisive step."""
+
+    cells: list[np.ndarray] = field(default_factory=list)
+    parents: list[np.ndarray] = field(default_factory=list)
+    children: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, cells: np.ndarray, parents: np.ndarray, children: np.ndarray) -> None:
+        self.cells.append(cells)
+        self.parents.append(parents)
+        self.children.append(children)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.cells:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, z
+        return (np.concatenate(self.cells), np.concatenate(self.parents),
+                np.concatenate(self.children))
+
+
+def decisive_matrix(P: np.ndarray) -> sp.csr_matrix:
+    """Types x markers indicator of each type's decisive markers (weight >= 2)."""
+    return sp.csr_matrix((P >= DECISIVE_WEIGHT).astype(np.float32))
+
+
+def decisive_steps(present: sp.csr_matrix, D: sp.csr_matrix, child_mask: np.ndarray,
+                   parents: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Whether each step ``parents[k] -> chosen[k]`` rests on a decisive marker.
+
+    ``present`` holds the stepping cells' expressed markers (cells x markers, > 0 where
+    expressed). A step is decisive when the cell expresses a decisive marker of the chosen
+    child and none of a sibling's.
+    """
+    if len(chosen) == 0:
+        return np.zeros(0, dtype=bool)
+    H = ((present > 0).astype(np.float32) @ D.T).toarray()  # cells x types decisive hits
+    rows = np.arange(len(chosen))
+    own = H[rows, chosen]
+    siblings = (H * child_mask[parents]).sum(axis=1) - own
+    return (own > 0) & (siblings == 0)
+
+
+def train_step_classifiers(
+    hard: HardSteps,
+    expression: Callable[[np.ndarray], sp.csr_matrix],
+    n_genes: int,
+    excluded: Callable[[int], np.ndarray],
+    *,
+    min_cells: int = 10,
+    max_cells: int = 2000,
+    C: float = 1.0,
+    seed: int = 0,
+) -> dict[int, StepClassifier]:
+    """One logistic-regression classifier per parent type with at least two children that
+    have ``min_cells`` decisive cells each (at most ``max_cells`` per child are sampled).
+
+    ``expression(rows)`` returns those cells' log-normalised expression (all genes);
+    ``excluded(parent)`` the data columns of the children's decisive markers, which are left
+    out of the features.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    cells, parents, children = hard.arrays()
+    rng = np.random.default_rng(seed)
+    out: dict[int, StepClassifier] = {}
+    for p in np.unique(parents):
+        sel = parents == p
+        kids, counts = np.unique(children[sel], return_counts=True)
+        kids = kids[counts >= min_cells]
+        if len(kids) < 2:
+            continue
+        rows, y = [], []
+        for c in kids:
+            idx = np.unique(cells[sel & (children == c)])
+            if len(idx) > max_cells:
+                idx = rng.choice(idx, max_cells, replace=False)
+            rows.append(idx)
+            y.append(np.full(len(idx), c))
+        rows_all, y_all = np.concatenate(rows), np.concatenate(y)
+        X = expression(rows_all)
+        keep = np.ones(n_genes, dtype=bool)
+        keep[excluded(int(p))] = False
+        # genes detected in at least 1% of the training cells (at least two cells)
+        detected = np.asarray((X > 0).sum(axis=0)).ravel()
+        keep &= detected >= max(2, int(0.01 * len(rows_all)))
+        features = np.flatnonzero(keep)
+        if len(features) == 0:
+            continue
+        model = LogisticRegression(C=C, class_weight="balanced", max_iter=1000)
+        model.fit(X[:, features], y_all)
+        out[int(p)] = StepClassifier(int(p), np.asarray(model.classes_), features,
+                                     model.coef_.astype(np.float32),
+                                     model.intercept_.astype(np.float32))
+    return out
+
+
+__all__ = ["DECISIVE_WEIGHT", "HardSteps", "StepClassifier", "decisive_matrix",
+           "decisive_steps", "train_step_classifiers"]
