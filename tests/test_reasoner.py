@@ -398,15 +398,17 @@ def _t_cells_with_dropout(n_cd8_decisive: int = 40, seed: int = 0):
     cd3 = ["CD3E", "CD3D", "CD3G", "CD2"]
     decisive = ["CD8A", "CD8B", "CD4", "CD40LG"]
     soft = ["IL7R", "LDHB", "LTB"]
+    mait_soft = ["NCR3", "RORC", "IL23R"]  # MAIT markers of weight 1 only
     prog8 = [f"PROG8X{i}" for i in range(6)]
     prog4 = [f"PROG4X{i}" for i in range(6)]
     house = [f"HOUSEX{i}" for i in range(30)]
-    genes = cd3 + decisive + soft + prog8 + prog4 + house
+    genes = cd3 + decisive + soft + mait_soft + prog8 + prog4 + house
     col = {g: j for j, g in enumerate(genes)}
     groups = ([("cd4", ["CD4", "CD40LG"], prog4)] * 40
               + [("cd8", ["CD8A", "CD8B"], prog8)] * n_cd8_decisive
               + [("cd8 dropout", soft, prog8)] * 12
-              + [("cd4 no marker", [], prog4)] * 6)
+              + [("cd4 no marker", [], prog4)] * 6
+              + [("mait soft", mait_soft, prog8)] * 4)
     X = np.zeros((len(groups), len(genes)), dtype=np.float32)
     for i, (_, markers, prog) in enumerate(groups):
         X[i, [col[h] for h in house]] = rng.poisson(6, len(house))
@@ -444,6 +446,12 @@ def test_refinement_takes_dropout_steps_from_the_datasets_decisive_cells(reasone
     assert all(label in cd4 for label in refined.label[bare])
     decisive = np.isin(kind, ["cd4", "cd8"])
     assert (refined.label[decisive] == plain.label[decisive]).all()
+    # a step the classifier takes is less sure than one a decisive marker takes
+    assert refined.confidence[bare].max() < refined.confidence[kind == "cd4"].min()
+    # it never overrules a soft call to a subtype it was not trained on (no decisive MAIT cells)
+    mait = kind == "mait soft"
+    assert set(plain.label[mait]) == {"mucosal-associated invariant T cell"}
+    assert (refined.label[mait] == plain.label[mait]).all()
     assert not any("classifier" in t for t in traces[decisive])
     assert (refined.lineage == plain.lineage).all() and set(plain.lineage) == {"T cell"}
 

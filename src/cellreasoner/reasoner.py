@@ -10,7 +10,8 @@ does not dilute a strongly expressed contradicting marker). The walk stops at th
 level whose evidence is clear, and abstains ("Unknown") when no lineage is supported or two
 lineages tie. With a kNN graph, sparse cells borrow their neighbours' evidence: at the lineage
 level in proportion to how weak their own is, and at a subtype step only when their own markers
-cannot take it.
+cannot take it. A subtype step with no decisive marker (dropout) is taken by a classifier
+trained on the same dataset's decisive cells (:mod:`cellreasoner.refine`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ UNKNOWN = "Unknown"
 NEG_SATURATION = 8.0
 #: Distinct measured positive markers needed for full evidence.
 MIN_MARKERS = 3.0
+#: Cells a refinement classifier reads at a time (bounds memory on large datasets).
+REFINE_BLOCK = 20_000
 
 
 @dataclass
@@ -186,7 +189,7 @@ class Reasoner:
     smoothing
         Largest weight of the neighbours' scores when a kNN graph is given (default 0.5,
         between 0 and 1); also their weight in a subtype step that the cell's own markers
-        cannot take (a step its own markers can take is never overruled).
+        cannot take (a step its own markers can take is never overruled by them).
     strong_evidence
         Lineage score at which a cell would keep its own evidence unsmoothed (default 1.2,
         above the maximum score of 1, so a cell with full evidence still takes ~8% from its
@@ -242,9 +245,10 @@ class Reasoner:
         self.strong_evidence = float(strong_evidence)
         self.refine = bool(refine)
         self.refine_threshold = float(refine_threshold)
-        if not 0.5 <= self.refine_threshold <= 1.0:
+        if not 0.5 <= self.refine_threshold < 1.0:
             raise InputError(f"refine_threshold={refine_threshold}: the probability a "
-                             "classifier needs to take a step must be between 0.5 and 1.")
+                             "classifier needs to take a step must be at least 0.5 and below "
+                             "1 (refine=False turns the refinement off).")
         self.refine_min_cells = int(refine_min_cells)
         if self.refine_min_cells < 2:
             raise InputError(f"refine_min_cells={refine_min_cells}: a classifier needs at "
@@ -461,7 +465,7 @@ class Reasoner:
         scores), every subtype step is first tried on the cell's own scores; only a step its
         own markers cannot take (a T cell with no CD4, CD8 or other subtype reads) is taken on
         its own scores mixed with its neighbours' (weight ``smoothing``), with a confidence
-        discount. A subtype the cell's own markers decide is never overruled.
+        discount. A subtype the cell's own markers decide is never overruled by the neighbours.
 
         With ``present`` (the cells x markers evidence), every step that rests on a decisive
         marker is recorded in ``hard``; with ``classifiers`` (see :mod:`cellreasoner.refine`)
@@ -524,25 +528,40 @@ class Reasoner:
                      classifiers: dict[int, StepClassifier] | None,
                      expression: Callable[[np.ndarray], sp.csr_matrix] | None,
                      refined: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Record the decisive steps of one depth; hand the others to the classifiers."""
-        decisive = ok & decisive_steps(present[rows], self._decisive, self.child_mask,
-                                       parents, c1)
+        """Record the decisive steps of one depth; hand the others to the classifiers.
+
+        A classifier fills in a missing step, or overrules a soft marker call only when that
+        call is one of the subtypes it was trained on (it knows nothing of the others). Its
+        step counts half as sure as its probability in the confidence.
+        """
+        if hard is None and not classifiers:
+            return c1, ok, pc
+        if hard is None:  # only steps under a parent with a classifier need checking
+            candidates = np.isin(parents, list(classifiers))
+        else:
+            candidates = np.ones(len(rows), dtype=bool)
+        decisive = np.zeros(len(rows), dtype=bool)
+        idx = np.flatnonzero(candidates)
+        decisive[idx] = ok[idx] & decisive_steps(present[rows[idx]], self._decisive,
+                                                 self.child_mask, parents[idx], c1[idx])
         if hard is not None and decisive.any():
             hard.add(rows[decisive], parents[decisive], c1[decisive])
         if not classifiers or expression is None:
             return c1, ok, pc
         c1, ok, pc = c1.copy(), ok.copy(), pc.copy()
-        for p in np.unique(parents[~decisive]):
+        for p in np.unique(parents[candidates & ~decisive]):
             clf = classifiers.get(int(p))
             if clf is None:
                 continue
-            sel = np.flatnonzero(~decisive & (parents == p))
-            child, prob = clf.predict(expression(rows[sel]))
-            # a confident classifier that agrees with the markers leaves their call alone
-            go = (prob >= self.refine_threshold) & (~ok[sel] | (child != c1[sel]))
-            sel, child, prob = sel[go], child[go], prob[go]
-            c1[sel], ok[sel], pc[sel] = child, True, prob
-            refined[rows[sel]] |= np.uint8(1 << depth)
+            open_ = ~decisive & (parents == p) & (~ok | np.isin(c1, clf.children))
+            for block in np.array_split(np.flatnonzero(open_),
+                                        max(1, -(-int(open_.sum()) // REFINE_BLOCK))):
+                child, prob = clf.predict(expression(rows[block]))
+                # a confident classifier that agrees with the markers leaves their call alone
+                go = (prob >= self.refine_threshold) & (~ok[block] | (child != c1[block]))
+                sel = block[go]
+                c1[sel], ok[sel], pc[sel] = child[go], True, 0.5 * prob[go]
+                refined[rows[sel]] |= np.uint8(1 << depth)
         return c1, ok, pc
 
     # ------------------------------------------------------------------ traces

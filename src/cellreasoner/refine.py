@@ -3,12 +3,13 @@
 Marker genes drop out: a CD8 T cell whose CD8A and CD8B reads were not captured can only be
 split from CD4 T cells on soft markers shared by both. Following Garnett (Pliner et al. 2019,
 Nat Methods) and SCINA-style semi-supervised typing, the cells of the *same dataset* whose
-subtype step rests on a decisive marker (one of the chosen child's heaviest markers, weight
->= 2, and none of its siblings') become training cells for a classifier over the rest of the
+subtype step rests on a decisive marker (a marker of the chosen child with weight >= 2, and
+none of its siblings') become training cells for a classifier over the rest of the
 transcriptome; the decisive markers themselves are left out of its features, so it learns what
-else tells the subtypes apart. Steps without a decisive marker (a soft call, a borrowed kNN
-call, or no call) are then taken by that classifier when it is confident. No labels are used,
-and the lineage is never changed: only the step below a node the markers reached.
+else tells the subtypes apart. Steps without a decisive marker (a soft call to a subtype the
+classifier knows, a borrowed kNN call, or no call) are then taken by that classifier when it is
+confident, and the walk goes on from there. No labels are used, the lineage is never changed,
+and neither is a step that rests on a decisive marker.
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ class StepClassifier:
 
     def predict(self, X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """(child, probability) per row of a log-normalised cells x genes matrix."""
-        z = np.asarray(X[:, self.features] @ self.coef.T) + self.intercept
+        from scipy.special import expit, softmax
+
+        z = np.asarray(X[:, self.features] @ self.coef.T, dtype=np.float64) + self.intercept
         if len(self.children) == 2 and z.shape[1] == 1:  # binary: one logit
-            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            p1 = expit(z[:, 0])
             proba = np.column_stack([1.0 - p1, p1])
         else:
-            z -= z.max(axis=1, keepdims=True)
-            proba = np.exp(z)
-            proba /= proba.sum(axis=1, keepdims=True)
+            proba = softmax(z, axis=1)
         j = proba.argmax(axis=1)
         return self.children[j], proba[np.arange(len(j)), j]
 
@@ -74,20 +75,21 @@ def decisive_matrix(P: np.ndarray) -> sp.csr_matrix:
 
 
 def decisive_steps(present: sp.csr_matrix, D: sp.csr_matrix, child_mask: np.ndarray,
-                   parents: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+                   parents: np.ndarray, chosen: np.ndarray, block: int = 20_000) -> np.ndarray:
     """Whether each step ``parents[k] -> chosen[k]`` rests on a decisive marker.
 
     ``present`` holds the stepping cells' expressed markers (cells x markers, > 0 where
     expressed). A step is decisive when the cell expresses a decisive marker of the chosen
     child and none of a sibling's.
     """
-    if len(chosen) == 0:
-        return np.zeros(0, dtype=bool)
-    H = ((present > 0).astype(np.float32) @ D.T).toarray()  # cells x types decisive hits
-    rows = np.arange(len(chosen))
-    own = H[rows, chosen]
-    siblings = (H * child_mask[parents]).sum(axis=1) - own
-    return (own > 0) & (siblings == 0)
+    out = np.zeros(len(chosen), dtype=bool)
+    for lo in range(0, len(chosen), block):  # bounded dense cells x types blocks
+        hi = min(lo + block, len(chosen))
+        H = ((present[lo:hi] > 0).astype(np.float32) @ D.T).toarray()  # decisive hits
+        own = H[np.arange(hi - lo), chosen[lo:hi]]
+        siblings = (H * child_mask[parents[lo:hi]]).sum(axis=1) - own
+        out[lo:hi] = (own > 0) & (siblings == 0)
+    return out
 
 
 def train_step_classifiers(
