@@ -27,7 +27,7 @@ from .errors import InputError
 from .markers import ALIASES, MarkerDB, load_markers
 from .refine import (
     HardSteps,
-    StepClassifier,
+    StepRefiner,
     decisive_matrix,
     decisive_steps,
     train_step_classifiers,
@@ -38,8 +38,6 @@ UNKNOWN = "Unknown"
 NEG_SATURATION = 8.0
 #: Distinct measured positive markers needed for full evidence.
 MIN_MARKERS = 3.0
-#: Cells a refinement classifier reads at a time (bounds memory on large datasets).
-REFINE_BLOCK = 20_000
 
 
 @dataclass
@@ -451,9 +449,7 @@ class Reasoner:
 
     def _walk(self, S: np.ndarray, neighbours: np.ndarray | None = None,
               own: np.ndarray | None = None, *, present: sp.csr_matrix | None = None,
-              hard: HardSteps | None = None,
-              classifiers: dict[int, StepClassifier] | None = None,
-              expression: Callable[[np.ndarray], sp.csr_matrix] | None = None,
+              hard: HardSteps | None = None, refiner: StepRefiner | None = None,
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                          np.ndarray]:
         """:meth:`decide`, plus per cell two bit masks of the subtype steps (bit d for the
@@ -468,9 +464,9 @@ class Reasoner:
         discount. A subtype the cell's own markers decide is never overruled by the neighbours.
 
         With ``present`` (the cells x markers evidence), every step that rests on a decisive
-        marker is recorded in ``hard``; with ``classifiers`` (see :mod:`cellreasoner.refine`)
-        and ``expression`` (rows -> log-normalised expression), a step that does not is taken
-        by its parent's classifier when that is at least ``refine_threshold`` sure.
+        marker is recorded in ``hard``; with a ``refiner`` (see :mod:`cellreasoner.refine`), a
+        step that does not is taken by its parent's classifier when that is at least
+        ``refine_threshold`` sure.
         """
         n = S.shape[0]
         roots = np.flatnonzero(self.is_root)
@@ -511,7 +507,7 @@ class Reasoner:
                 borrowed[rows[stuck[ok2]]] |= np.uint8(1 << depth)
             if present is not None:
                 c1, ok, pc = self._refine_step(depth, rows, node[rows], c1, ok, pc, present,
-                                               hard, classifiers, expression, refined)
+                                               hard, refiner, refined)
             acc = rows[ok]
             node[acc] = c1[ok]
             conf[acc] *= 0.5 + 0.5 * pc[ok]
@@ -524,9 +520,7 @@ class Reasoner:
 
     def _refine_step(self, depth: int, rows: np.ndarray, parents: np.ndarray,
                      c1: np.ndarray, ok: np.ndarray, pc: np.ndarray, present: sp.csr_matrix,
-                     hard: HardSteps | None,
-                     classifiers: dict[int, StepClassifier] | None,
-                     expression: Callable[[np.ndarray], sp.csr_matrix] | None,
+                     hard: HardSteps | None, refiner: StepRefiner | None,
                      refined: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Record the decisive steps of one depth; hand the others to the classifiers.
 
@@ -534,34 +528,32 @@ class Reasoner:
         call is one of the subtypes it was trained on (it knows nothing of the others). Its
         step counts half as sure as its probability in the confidence.
         """
-        if hard is None and not classifiers:
+        if hard is None and not refiner:
             return c1, ok, pc
         if hard is None:  # only steps under a parent with a classifier need checking
-            candidates = np.isin(parents, list(classifiers))
+            candidates = np.isin(parents, list(refiner.classifiers))
         else:
             candidates = np.ones(len(rows), dtype=bool)
         decisive = np.zeros(len(rows), dtype=bool)
-        idx = np.flatnonzero(candidates)
-        decisive[idx] = ok[idx] & decisive_steps(present[rows[idx]], self._decisive,
-                                                 self.child_mask, parents[idx], c1[idx])
+        idx = np.flatnonzero(candidates & ok)
+        decisive[idx] = decisive_steps(present[rows[idx]], self._decisive, self.child_mask,
+                                       parents[idx], c1[idx])
         if hard is not None and decisive.any():
             hard.add(rows[decisive], parents[decisive], c1[decisive])
-        if not classifiers or expression is None:
+        if not refiner:
             return c1, ok, pc
         c1, ok, pc = c1.copy(), ok.copy(), pc.copy()
         for p in np.unique(parents[candidates & ~decisive]):
-            clf = classifiers.get(int(p))
+            clf = refiner.classifiers.get(int(p))
             if clf is None:
                 continue
-            open_ = ~decisive & (parents == p) & (~ok | np.isin(c1, clf.children))
-            for block in np.array_split(np.flatnonzero(open_),
-                                        max(1, -(-int(open_.sum()) // REFINE_BLOCK))):
-                child, prob = clf.predict(expression(rows[block]))
-                # a confident classifier that agrees with the markers leaves their call alone
-                go = (prob >= self.refine_threshold) & (~ok[block] | (child != c1[block]))
-                sel = block[go]
-                c1[sel], ok[sel], pc[sel] = child[go], True, 0.5 * prob[go]
-                refined[rows[sel]] |= np.uint8(1 << depth)
+            sel = np.flatnonzero(~decisive & (parents == p) & (~ok | np.isin(c1, clf.children)))
+            child, prob = refiner.predict(int(p), rows[sel])
+            # a confident classifier that agrees with the markers leaves their call alone
+            go = (prob >= self.refine_threshold) & (~ok[sel] | (child != c1[sel]))
+            sel = sel[go]
+            c1[sel], ok[sel], pc[sel] = child[go], True, 0.5 * prob[go]
+            refined[rows[sel]] |= np.uint8(1 << depth)
         return c1, ok, pc
 
     # ------------------------------------------------------------------ traces
@@ -695,10 +687,11 @@ class Reasoner:
             expression = self._expression_rows(X)
             hard = HardSteps()
             self._walk(S, present=E, hard=hard)  # pass one: the cells with decisive steps
-            refine = {"present": E, "expression": expression,
-                      "classifiers": train_step_classifiers(
-                          hard, expression, len(genes), self._decisive_columns(genes),
-                          min_cells=self.refine_min_cells)}
+            classifiers = train_step_classifiers(hard, expression, len(genes),
+                                                 self._decisive_columns(genes),
+                                                 min_cells=self.refine_min_cells)
+            refine = {"present": E,
+                      "refiner": StepRefiner(classifiers, expression, X.shape[0])}
         own_node = None
         if connectivities is not None and self.smoothing > 0:
             if reasoning:  # the trace notes where the neighbours changed the call

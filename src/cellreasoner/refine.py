@@ -22,13 +22,14 @@ import scipy.sparse as sp
 
 #: A marker of at least this weight is decisive for its type.
 DECISIVE_WEIGHT = 2.0
+#: Cells handled at a time in dense or per-cell work (bounds memory on large datasets).
+BLOCK = 20_000
 
 
 @dataclass
 class StepClassifier:
     """A classifier for the children of one knowledge-base type."""
 
-    parent: int
     children: np.ndarray
     features: np.ndarray
     coef: np.ndarray
@@ -69,13 +70,42 @@ class HardSteps:
                 np.concatenate(self.children))
 
 
+class StepRefiner:
+    """Trained step classifiers, with their answers memoised per (parent, cell): the walks of
+    one annotation (with and without the kNN neighbours) ask about the same cells."""
+
+    def __init__(self, classifiers: dict[int, StepClassifier],
+                 expression: Callable[[np.ndarray], sp.csr_matrix], n_cells: int) -> None:
+        self.classifiers = classifiers
+        self.expression = expression
+        self.n_cells = n_cells
+        self._memo: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.classifiers)
+
+    def predict(self, parent: int, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(child, probability) of ``parent``'s classifier for each of ``cells``."""
+        if parent not in self._memo:
+            self._memo[parent] = (np.full(self.n_cells, -1, dtype=np.int64),
+                                  np.zeros(self.n_cells, dtype=np.float64),
+                                  np.zeros(self.n_cells, dtype=bool))
+        child, prob, done = self._memo[parent]
+        todo = np.unique(cells[~done[cells]])
+        for lo in range(0, len(todo), BLOCK):
+            block = todo[lo:lo + BLOCK]
+            child[block], prob[block] = self.classifiers[parent].predict(self.expression(block))
+            done[block] = True
+        return child[cells], prob[cells]
+
+
 def decisive_matrix(P: np.ndarray) -> sp.csr_matrix:
     """Types x markers indicator of each type's decisive markers (weight >= 2)."""
     return sp.csr_matrix((P >= DECISIVE_WEIGHT).astype(np.float32))
 
 
 def decisive_steps(present: sp.csr_matrix, D: sp.csr_matrix, child_mask: np.ndarray,
-                   parents: np.ndarray, chosen: np.ndarray, block: int = 20_000) -> np.ndarray:
+                   parents: np.ndarray, chosen: np.ndarray, block: int = BLOCK) -> np.ndarray:
     """Whether each step ``parents[k] -> chosen[k]`` rests on a decisive marker.
 
     ``present`` holds the stepping cells' expressed markers (cells x markers, > 0 where
@@ -140,11 +170,11 @@ def train_step_classifiers(
             continue
         model = LogisticRegression(C=C, class_weight="balanced", max_iter=1000)
         model.fit(X[:, features], y_all)
-        out[int(p)] = StepClassifier(int(p), np.asarray(model.classes_), features,
+        out[int(p)] = StepClassifier(np.asarray(model.classes_), features,
                                      model.coef_.astype(np.float32),
                                      model.intercept_.astype(np.float32))
     return out
 
 
-__all__ = ["DECISIVE_WEIGHT", "HardSteps", "StepClassifier", "decisive_matrix",
-           "decisive_steps", "train_step_classifiers"]
+__all__ = ["BLOCK", "DECISIVE_WEIGHT", "HardSteps", "StepClassifier", "StepRefiner",
+           "decisive_matrix", "decisive_steps", "train_step_classifiers"]
