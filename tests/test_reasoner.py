@@ -468,6 +468,14 @@ def test_refinement_classifier_never_sees_the_decisive_markers(reasoner):
     X, genes, _ = _t_cells_with_dropout()
     excluded = reasoner._decisive_columns(genes)(reasoner.db.index("T cell"))
     assert {genes[j] for j in excluded} == {"CD8A", "CD8B", "CD4", "CD40LG"}
+    # a duplicated column of a decisive marker is left out too, as is an older alias
+    twice = [*genes, "CD8A"]
+    assert list(reasoner._decisive_columns(twice)(reasoner.db.index("T cell"))).count(
+        len(genes)) == 1
+    # SELENOP (older symbol SEPP1) is decisive for LYVE1+ FOLR2+ resident macrophages
+    spelled = [*genes, "SEPP1", "SELENOP"]
+    cols = reasoner._decisive_columns(spelled)(reasoner.db.index("macrophage"))
+    assert {len(genes), len(genes) + 1} <= set(cols.tolist())
     with pytest.raises(InputError, match="refine_threshold"):
         Reasoner(refine_threshold=0.3)
     with pytest.raises(InputError, match="refine_min_cells"):

@@ -727,16 +727,19 @@ class Reasoner:
 
     def _decisive_columns(self, genes: Sequence[str]) -> Callable[[int], np.ndarray]:
         """parent -> data columns of its children's decisive markers (left out of the
-        refinement classifier's features)."""
-        cols, idx, _ = self._gene_columns(genes)
-        column = np.full(len(self.genes), -1, dtype=np.int64)
-        column[idx] = cols
+        refinement classifier's features): every column spelling one, duplicates and older
+        aliases included."""
+        columns: dict[str, list[int]] = {}
+        for j, g in enumerate(genes):
+            columns.setdefault(str(g), []).append(j)
 
         def excluded(parent: int) -> np.ndarray:
             kids = np.flatnonzero(self.child_mask[parent])
-            markers = np.unique(self._decisive[kids].indices)
-            c = column[markers]
-            return c[c >= 0]
+            out: list[int] = []
+            for m in np.unique(self._decisive[kids].indices):
+                for name in (self.genes[m], *ALIASES.get(self.genes[m], ())):
+                    out.extend(columns.get(name, ()))
+            return np.asarray(sorted(out), dtype=np.int64)
 
         return excluded
 
