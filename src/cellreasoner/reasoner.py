@@ -715,13 +715,15 @@ class Reasoner:
 
     @staticmethod
     def _expression_rows(X) -> Callable[[np.ndarray], sp.csr_matrix]:
-        """rows -> those cells' log-normalised expression over all genes."""
-        X = sp.csr_matrix(X)
+        """rows -> those cells' log-normalised expression over all genes (only the asked
+        rows are converted: a dense matrix is never copied whole)."""
+        if sp.issparse(X):
+            X = X.tocsr()
         counts = looks_like_counts(X)
 
         def rows_of(rows: np.ndarray) -> sp.csr_matrix:
-            sub = X[np.asarray(rows)]
-            return log_normalize(sub) if counts else sp.csr_matrix(sub, dtype=np.float32)
+            sub = sp.csr_matrix(X[np.asarray(rows)], dtype=np.float32)
+            return log_normalize(sub) if counts else sub
 
         return rows_of
 
