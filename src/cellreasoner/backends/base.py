@@ -1,14 +1,33 @@
-"""The one protocol every annotation backend implements."""
+"""The one protocol every annotation backend implements.
+
+A backend declares what it needs and what it returns in :class:`Capabilities`; the annotation
+engine reads those flags and never looks at a backend's name or probes its methods:
+
+- ``reads="prompts"`` backends (language models) answer CellReasoner prompts in
+  :meth:`Backend.generate`;
+- ``reads="matrix"`` backends (the built-in marker reasoner) read each cell's expression and
+  stream :class:`CellAnswers` blocks from :meth:`Backend.annotate_matrix`; they answer prompts
+  too (cluster mode asks one prompt per cluster).
+
+Before a run the engine calls :meth:`Backend.configure` with the run's :class:`RunContext`
+(gene list, sentence length, tissue), whether the backend was given by name or as an object.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
 
 from ..prompts import Prompt, SamplingParams
 
-#: Called with the number of prompts just finished, for progress bars.
+if TYPE_CHECKING:
+    from ..matrix import MatrixSource
+
+#: Called with the number of prompts (or cells) just finished, for progress bars.
 ProgressCallback = Callable[[int], None]
 
 
@@ -30,16 +49,93 @@ class Generation:
 ResultCallback = Callable[[int, list[Generation]], None]
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend needs from a run and what its answers carry.
+
+    Attributes
+    ----------
+    reads
+        ``"prompts"``: answers cell-sentence prompts (:meth:`Backend.generate`);
+        ``"matrix"``: reads expression itself (:meth:`Backend.annotate_matrix`) in cell and
+        hybrid mode, and answers prompts in cluster mode.
+    tissue
+        Uses the run's tissue itself (the builtin restricts its knowledge base); otherwise the
+        tissue is named in the prompt's instruction.
+    confidence
+        Answers carry their own confidence (``meta["confidence"]``).
+    ontology
+        Answers carry Cell Ontology terms (``meta["ontology_id"]``, ``["ontology_label"]``).
+    evidence
+        Matrix answers carry their own evidence check (the backend knows which genes it cited).
+    """
+
+    reads: Literal["prompts", "matrix"] = "prompts"
+    tissue: bool = False
+    confidence: bool = False
+    ontology: bool = False
+    evidence: bool = False
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the engine tells a backend about the run before it starts.
+
+    Attributes
+    ----------
+    gene_list
+        The ranked vocabulary the cell sentences are built from.
+    max_genes
+        Genes per cell sentence.
+    tissue
+        The run's tissue, or ``None``.
+    reasoning
+        Whether reasoning traces are asked for.
+    """
+
+    gene_list: tuple[str, ...]
+    max_genes: int = 1000
+    tissue: str | None = None
+    reasoning: bool = False
+
+
+@dataclass
+class CellAnswers:
+    """Answers of a matrix backend for a block of consecutive cells, one array per field.
+
+    Text arrays are ``object`` arrays of ``str``; ``evidence_fraction`` is NaN where the
+    reasoning cites no gene; ``cited_present``/``cited_absent`` are ``", "``-joined symbols.
+    """
+
+    label: np.ndarray
+    confidence: np.ndarray
+    ontology_id: np.ndarray
+    ontology_label: np.ndarray
+    reasoning: np.ndarray
+    evidence_fraction: np.ndarray
+    evidence_flag: np.ndarray
+    cited_present: np.ndarray
+    cited_absent: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
 class Backend(ABC):
     """A model that answers CellReasoner prompts.
 
-    Subclasses set ``name`` (the registry name) and ``model`` (what is loaded/served) and
-    implement :meth:`generate`. Heavy libraries are imported in ``__init__``, never at module
-    import, through :func:`cellreasoner.errors.require`.
+    Subclasses set ``name`` (the registry name), ``model`` (what is loaded/served) and
+    ``capabilities``, and implement :meth:`generate` (and :meth:`annotate_matrix` when
+    ``capabilities.reads == "matrix"``). Heavy libraries are imported in ``__init__``, never at
+    module import, through :func:`cellreasoner.errors.require`.
     """
 
     name: str = "base"
     model: str = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def configure(self, context: RunContext) -> None:  # noqa: B027 - optional hook
+        """Take the run's settings (called by the engine before any answer is asked for)."""
 
     @abstractmethod
     def generate(
@@ -51,9 +147,26 @@ class Backend(ABC):
     ) -> list[list[Generation]]:
         """Answer every prompt; returns ``sampling.n`` generations per prompt, in order.
 
-        ``on_result(index, generations)`` is called as each prompt finishes, so callers can
-        persist answers before the whole batch is done.
+        ``on_result(index, generations)`` is called as each prompt finishes (or at least once
+        per prompt before returning), so callers can persist answers before the whole batch is
+        done; ``progress(k)`` as ``k`` more prompts finish.
         """
+
+    def annotate_matrix(
+        self,
+        source: MatrixSource,
+        *,
+        connectivities=None,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[CellAnswers]:
+        """Answer every cell of ``source`` from its expression, block by block, in order.
+
+        Only backends whose ``capabilities.reads == "matrix"`` implement it; the engine never
+        calls it on the others. ``connectivities`` is the cells x cells kNN graph
+        (``adata.obsp["connectivities"]``) or ``None``; ``progress(k)`` is called as ``k`` more
+        cells are answered.
+        """
+        raise NotImplementedError(f"backend '{self.name}' does not read expression matrices")
 
     def describe(self) -> dict:
         """Provenance for ``adata.uns['cellreasoner']``."""
