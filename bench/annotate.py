@@ -51,7 +51,7 @@ def prompt_work(tokenizer) -> list[dict]:
     """Unique prompts, model calls and prompt tokens per mode on pbmc68k_reduced."""
     import anndata as ad
 
-    from cellreasoner.clusters import rank_markers
+    from cellreasoner.annotation.clusters import rank_markers
     from cellreasoner.datasets import pbmc68k_reduced
     from cellreasoner.matrix import from_anndata
     from cellreasoner.prompts import Prompt, instruction_for
@@ -100,7 +100,7 @@ def throughput(n_cells: int, max_new_tokens: int, model_dir: str, workdir: Path)
     continuous batching), at concurrency 1 and 8, without cache and from the cache."""
     from test_annotate_server import requests_served, serve
 
-    from cellreasoner.annotate import annotate
+    from cellreasoner.annotation import annotate
     from cellreasoner.datasets import pbmc68k_reduced
 
     data = pbmc68k_reduced()[:n_cells].copy()
@@ -145,7 +145,7 @@ def builtin_scale(copies: int) -> list[dict]:
     (reasoning traces, ontology mapping, evidence check and write-back included)."""
     import anndata as ad
 
-    from cellreasoner.annotate import annotate
+    from cellreasoner.annotation import annotate
     from cellreasoner.datasets import pbmc68k_reduced
 
     base = pbmc68k_reduced()

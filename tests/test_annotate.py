@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellreasoner.annotate import FIELDS, annotate
+from cellreasoner.annotation import FIELDS, annotate
+from cellreasoner.annotation.clusters import rank_markers, read_markers
 from cellreasoner.cli import main
-from cellreasoner.clusters import rank_markers, read_markers
 from cellreasoner.errors import InputError
 from cellreasoner.matrix import from_anndata
 from cellreasoner.parsing import normalize_label

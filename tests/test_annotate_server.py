@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from tiny_model import free_port
 
-from cellreasoner.annotate import annotate
+from cellreasoner.annotation import annotate
 from cellreasoner.cli import main
 from cellreasoner.errors import BackendError
 

@@ -123,7 +123,7 @@ def test_real_gguf_generation_through_llama_cpp(llama, smollm_template):
 
 
 def test_annotate_with_the_gguf_backend(smollm_gguf, pbmc68k):
-    from cellreasoner.annotate import annotate
+    from cellreasoner.annotation import annotate
 
     cells = pbmc68k.raw.to_adata()[:3].copy()
     res = annotate(cells, "gguf", model=str(smollm_gguf), max_genes=40, max_new_tokens=12,

@@ -11,8 +11,8 @@ import textwrap
 
 import pytest
 
+from cellreasoner.annotation.cache import GenerationCache, sampling_key
 from cellreasoner.backends import Generation
-from cellreasoner.cache import GenerationCache, sampling_key
 from cellreasoner.errors import InputError
 from cellreasoner.prompts import SamplingParams
 
@@ -57,7 +57,7 @@ def test_each_put_is_durable_across_a_killed_process(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
         from cellreasoner.backends import Generation
-        from cellreasoner.cache import GenerationCache
+        from cellreasoner.annotation.cache import GenerationCache
         from cellreasoner.prompts import SamplingParams
         c = GenerationCache({str(path)!r}, "b", "m", SamplingParams())
         for i in range(50):

@@ -233,7 +233,7 @@ def test_hierarchical_macro_f1_credits_more_specific_terms():
 
 def test_end_to_end_with_the_builtin_annotator(pbmc68k, tmp_path):
     """Real annotate() output (h5ad and CSV) evaluated side by side, then reported."""
-    from cellreasoner.annotate import annotate
+    from cellreasoner.annotation import annotate
 
     cell = pbmc68k.copy()
     res = annotate(cell, "builtin", reasoning=True, use_raw=True, label_key="bulk_labels",

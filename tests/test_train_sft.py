@@ -122,7 +122,7 @@ def test_overfit_then_annotate_reproduces_labels(tiny, overfit_cells, overfit_re
     both modes and, in reasoning mode, the trace (prompt ends with ``<think> `` in training and
     inference alike).
     """
-    from cellreasoner.annotate import annotate
+    from cellreasoner.annotation import annotate
 
     reasoning = [dict(r, instruction=INSTRUCTION_REASONING,
                       output=format_reasoning_output(_trace(r["output"]), r["output"]))

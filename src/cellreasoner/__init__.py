@@ -18,8 +18,8 @@ from __future__ import annotations
 # Functions named like their modules are imported eagerly: importing a submodule binds its name
 # on the package, so a lazy attribute would turn into the module once anything imported it.
 from ._lazy import lazy_getattr
-from .annotate import AnnotationResult as AnnotationResult
-from .annotate import annotate as annotate
+from .annotation import AnnotationResult as AnnotationResult
+from .annotation import annotate as annotate
 from .evaluate import evaluate as evaluate
 from .prepare import prepare as prepare
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._lazy import lazy_getattr
 
 _EXPORTS = {
-    "annotate": "cellreasoner.annotate:annotate",
+    "annotate": "cellreasoner.annotation:annotate",
     "score": "cellreasoner.evaluate:score_adata",
     "evaluate": "cellreasoner.evaluate:evaluate",
 }

@@ -5,7 +5,15 @@ from __future__ import annotations
 import importlib
 
 from ..errors import InputError
-from .base import Backend, Generation, ProgressCallback, ResultCallback
+from .base import (
+    Backend,
+    Capabilities,
+    CellAnswers,
+    Generation,
+    ProgressCallback,
+    ResultCallback,
+    RunContext,
+)
 
 #: registry name -> "module:Class" (modules are imported lazily, heavy deps stay optional)
 BACKENDS: dict[str, str] = {
@@ -31,5 +39,6 @@ def get_backend(name: str | Backend = "builtin", **options) -> Backend:
 
 
 __all__ = [
-    "BACKENDS", "Backend", "Generation", "ProgressCallback", "ResultCallback", "get_backend",
+    "BACKENDS", "Backend", "Capabilities", "CellAnswers", "Generation", "ProgressCallback",
+    "ResultCallback", "RunContext", "get_backend",
 ]

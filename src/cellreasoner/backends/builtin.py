@@ -9,7 +9,7 @@ from ..errors import InputError
 from ..markers import MarkerDB
 from ..prompts import Prompt, SamplingParams
 from ..reasoner import Reasoner, ReasonerResult
-from .base import Backend, Generation, ProgressCallback
+from .base import Backend, Capabilities, CellAnswers, Generation, ProgressCallback, RunContext
 
 #: Sentences answered per progress tick.
 CHUNK = 10_000
@@ -62,6 +62,7 @@ class BuiltinBackend(Backend):
         max_genes: int = 1000,
         **options,
     ) -> None:
+        self._markers, self._options = markers, options
         self.reasoner = Reasoner(markers, tissue, **options)
         self.model = self.reasoner.model
         self.tissue = tissue
@@ -90,6 +91,7 @@ class BuiltinBackend(Backend):
         prompts: Sequence[Prompt],
         sampling: SamplingParams,
         progress: ProgressCallback | None = None,
+        on_result=None,
     ) -> list[list[Generation]]:
         """Answer each prompt's cell sentence; deterministic, so the ``n`` samples agree."""
         out: list[list[Generation]] = []
@@ -99,19 +101,53 @@ class BuiltinBackend(Backend):
             res = self.reasoner.annotate_sentences(
                 [p.sentence for p in chunk], gene_list=self._gene_list,
                 max_genes=self.max_genes)
-            out.extend([g] * n for g in _generations(res))
+            for g in _generations(res):
+                out.append([g] * n)
+                if on_result is not None:
+                    on_result(len(out) - 1, out[-1])
             if progress is not None:
                 progress(len(chunk))
         return out
 
-    def annotate_matrix(self, X, genes: Sequence[str], connectivities=None) -> list[Generation]:
-        """Per-cell answers from expression (counts or log-normalised), one per row of ``X``.
+    capabilities = Capabilities(reads="matrix", tissue=True, confidence=True, ontology=True,
+                                evidence=True)
 
-        ``connectivities`` (``adata.obsp["connectivities"]``) smooths evidence over the kNN
-        graph; default ``None``.
-        """
+    def configure(self, context: RunContext) -> None:
+        if self._gene_list is None:
+            self._gene_list = list(context.gene_list)
+        self.max_genes = context.max_genes
+        if context.tissue and self.tissue is None:
+            self.reasoner = Reasoner(self._markers, context.tissue, **self._options)
+            self.tissue = context.tissue
+
+    def annotate_matrix(self, source, *, connectivities=None, progress=None):
+        """TEMPORARY adapter (replaced by the streaming reasoner)."""
+        import numpy as np
+
+        from ..evidence import check_evidence_many
+        from ..sentences import build_sentences
+
+        X = source.to_csr()
+        genes = list(map(str, source.var_names))
         res = self.reasoner.annotate_matrix(X, genes, connectivities=connectivities)
-        return _generations(res)
+        sentences = build_sentences(source, self._gene_list, max_genes=self.max_genes)
+        vocab = list(dict.fromkeys([*self._gene_list, *genes]))
+        reasoning = [str(r).strip() for r in res.reasoning]
+        ev = check_evidence_many(reasoning, [sentences.cell_genes(i) for i in range(len(res))],
+                                 vocabulary=vocab)
+        cited = ev["n_cited"].to_numpy() > 0
+        if progress is not None:
+            progress(len(res))
+        yield CellAnswers(
+            label=np.asarray(res.label, dtype=object),
+            confidence=np.asarray(res.confidence, dtype=np.float64),
+            ontology_id=np.asarray([str(x or "") for x in res.ontology_id], dtype=object),
+            ontology_label=np.asarray([str(x or "") for x in res.ontology_label], dtype=object),
+            reasoning=np.asarray(res.reasoning, dtype=object),
+            evidence_fraction=np.where(cited, ev["fraction_present"].to_numpy(float), np.nan),
+            evidence_flag=np.where(cited, ev["flagged"].to_numpy(bool), False),
+            cited_present=np.where(cited, ev["present"].to_numpy(object), ""),
+            cited_absent=np.where(cited, ev["absent"].to_numpy(object), ""))
 
     def describe(self) -> dict:
         return {

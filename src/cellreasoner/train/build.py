@@ -388,7 +388,7 @@ def build_reasoning(
     BuildResult
         ``records`` in reasoning mode and ``info`` (counts of generated, rejected, kept).
     """
-    from ..annotate import generate_cached
+    from ..annotation import generate_cached
     from ..backends import get_backend
     from ..parsing import parse_response
 
@@ -419,7 +419,7 @@ def build_reasoning(
     backend = get_backend(teacher, **(teacher_options or {}))
     gen_cache = None
     if cache is not False:
-        from ..cache import GenerationCache, default_cache_path
+        from ..annotation.cache import GenerationCache, default_cache_path
 
         path = default_cache_path() if cache in (None, True) else Path(cache)
         gen_cache = GenerationCache(path, backend.name, backend.model, sampling)

@@ -1,6 +1,6 @@
 """Command-line interface: a thin layer over the Python API.
 
-Each subcommand lives in ``cellreasoner/commands/<name>.py`` and exposes
+Each subcommand lives in ``cellreasoner/cli/<name>.py`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed args).
 """
 
@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from .errors import CellReasonerError
+from ..errors import CellReasonerError
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = ("prepare", "annotate", "evaluate", "report", "train")
@@ -19,7 +19,7 @@ COMMANDS = ("prepare", "annotate", "evaluate", "report", "train")
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (subcommands registered by their modules)."""
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="cellreasoner",
@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"cellreasoner.commands.{name}")
+            module = importlib.import_module(f"cellreasoner.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"cellreasoner.commands.{name}":
+            if exc.name != f"cellreasoner.cli.{name}":
                 raise
             continue
         module.register(sub)

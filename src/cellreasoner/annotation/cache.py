@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .backends.base import Generation
-from .errors import InputError
-from .prompts import SamplingParams
+from ..backends.base import Generation
+from ..errors import InputError
+from ..prompts import SamplingParams
 
 #: File name of the default cache under :func:`cellreasoner.resources.cache_dir`.
 DEFAULT_CACHE_NAME = "annotations.sqlite"
@@ -53,7 +53,7 @@ def sampling_key(sampling: SamplingParams) -> str:
 
 def default_cache_path() -> Path:
     """``<cache_dir>/annotations.sqlite`` (``$CELLREASONER_CACHE`` or the platform cache)."""
-    from .resources import cache_dir
+    from ..resources import cache_dir
 
     return cache_dir() / DEFAULT_CACHE_NAME
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import InputError
-from .matrix import MatrixSource
+from ..errors import InputError
+from ..matrix import MatrixSource
 
 #: Default number of marker genes per cluster sentence.
 DEFAULT_N_MARKERS = 100
@@ -53,7 +53,7 @@ def resolve_groups(adata, by: str | None, source: MatrixSource | None = None,
             )
         return col.astype(str), key
     if key != "leiden":
-        from .io import check_obs_column
+        from ..io import check_obs_column
 
         check_obs_column(adata, key, "Cluster", "Or pass --by leiden to compute clusters.")
     adata.obs["leiden"] = compute_leiden(adata, source, resolution=resolution)
@@ -211,7 +211,7 @@ def majority_by_group(labels: Sequence[str], groups: pd.Series) -> tuple[np.ndar
 
     Labels are compared case- and space-insensitively; ties go to the label seen first.
     """
-    from .parsing import majority_label
+    from ..parsing import majority_label
 
     labels = np.asarray(labels, dtype=object)
     codes, _ = pd.factorize(groups.to_numpy())
@@ -223,3 +223,59 @@ def majority_by_group(labels: Sequence[str], groups: pd.Series) -> tuple[np.ndar
         maj[idx] = label
         agree[idx] = frac
     return maj, agree
+
+
+def run_cluster_prompts(be, source: MatrixSource, groups: pd.Series, genes: Sequence[str],
+                        markers, n_markers: int, marker_order: str, instruction: str,
+                        reasoning: bool, sampling, gen_cache, batch_size: int, advance,
+                        stats) -> tuple[list, np.ndarray, int, pd.DataFrame]:
+    """One prompt per cluster from its markers; the answer is broadcast to the cluster."""
+    from ..prompts import Prompt
+    from .engine import generate_cached, vote
+
+    names = sorted(groups.unique().tolist(), key=str)
+    if markers is None:
+        marker_map = rank_markers(source, groups, genes, n_markers=n_markers, order=marker_order)
+    else:
+        given = read_markers(markers) if isinstance(markers, str | os.PathLike) else {
+            str(k): list(v) for k, v in dict(markers).items()}
+        missing = [c for c in names if c not in given]
+        if missing:
+            raise InputError(
+                f"The marker list has no entry for cluster(s) {', '.join(missing[:5])} "
+                f"(it has {', '.join(list(given)[:5])}). Cluster names must match the --by "
+                "column's values.")
+        marker_map = {c: order_markers(given[c], genes, n_markers, marker_order) for c in names}
+    empty = [c for c in names if not marker_map.get(c)]
+    if empty:
+        raise InputError(
+            f"Cluster(s) {', '.join(empty[:5])} have no marker gene in the gene list (too few "
+            "cells or no positive marker); merge them, pass --cluster-markers, or use --mode "
+            "cell.")
+    sizes = groups.value_counts()
+    prompts = [Prompt(instruction, ", ".join(marker_map[c]), reasoning) for c in names]
+    # identical cluster sentences are generated once too
+    uniq: dict[str, int] = {}
+    for p in prompts:
+        uniq.setdefault(p.key(), len(uniq))
+    order = list(dict.fromkeys(p.key() for p in prompts))
+    by_key = {p.key(): p for p in prompts}
+    weights = {k: 0 for k in order}
+    for c, p in zip(names, prompts, strict=True):
+        weights[p.key()] += int(sizes[c])
+    gens = generate_cached(be, [by_key[k] for k in order], sampling, gen_cache,
+                           batch_size=batch_size, weights=[weights[k] for k in order],
+                           advance=advance, stats=stats)
+    unique_answers = [vote(g) for g in gens]
+    cluster_answers = [unique_answers[uniq[p.key()]] for p in prompts]
+    index = {c: i for i, c in enumerate(names)}
+    cell_answer = np.array([index[c] for c in groups.to_numpy()], dtype=np.int64)
+    clusters_df = pd.DataFrame({
+        "label": [a.label for a in cluster_answers],
+        "confidence": [a.confidence for a in cluster_answers],
+        "n_cells": [int(sizes[c]) for c in names],
+        "markers": [", ".join(marker_map[c]) for c in names],
+        "prompt_key": [p.key() for p in prompts],
+        "response": [a.response for a in cluster_answers],
+    }, index=pd.Index(names, name="cluster"))
+    return cluster_answers, cell_answer, len(order), clusters_df

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help=".h5ad, Seurat .rds, 10x .h5 / matrix directory, CSV/TSV, or "
                    "the demo names pbmc68k_reduced / pbmc_demo")
     p.add_argument("-o", "--output", required=True,
-                   help="output .h5ad (annotated AnnData); a .csv path writes only the table")
+                   help="output .h5ad (annotated AnnData); a .csv or .parquet path writes only "
+                   "the per-cell table (no matrix copy: the fastest output at atlas scale)")
     p.add_argument("--csv", help="also write the upstream-layout result table here")
     p.add_argument("--report", metavar="HTML", help="also write the offline HTML report here "
                    "(with metrics when --label-column is given)")
@@ -92,50 +93,33 @@ def backend_options(args: argparse.Namespace) -> dict:
     if args.concurrency is not None:
         opts["concurrency"] = args.concurrency
     if getattr(args, "markers", None):
-        if args.backend != "builtin":
-            from ..errors import InputError
-
-            raise InputError("--markers adds marker knowledge to the builtin backend; for "
-                             "cluster marker genes use --cluster-markers.")
         opts["markers"] = args.markers
     return opts
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..annotate import annotate
+    from ..annotation import annotate
+    from ..annotation.output import SUFFIXES
     from ..errors import InputError
 
     out = Path(args.output)
-    if out.suffix.lower() not in (".h5ad", ".csv"):
-        raise InputError(f"Output {out}: use a .h5ad (annotated AnnData) or .csv path.")
+    if out.suffix.lower() not in SUFFIXES:
+        raise InputError(f"Output {out}: use a .h5ad (annotated AnnData), .csv or .parquet "
+                         "path.")
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--report {args.report}: use an .html path.")
-    cache = False if args.no_cache else args.cache
-    data = args.input
-    if args.assay:
-        from ..datasets import resolve_input
-
-        data = resolve_input(args.input, assay=args.assay)
     result = annotate(
-        data, args.backend, model=args.model, reasoning=args.reasoning, mode=args.mode,
+        args.input, args.backend, model=args.model, reasoning=args.reasoning, mode=args.mode,
         by=args.by, n=args.n, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
         seed=args.seed, gene_list=args.gene_list, max_genes=args.max_genes, layer=args.layer,
-        use_raw=args.use_raw, label_key=args.label_column, cluster_markers=args.cluster_markers,
-        n_markers=args.n_markers, tissue=args.tissue, key_added=args.key_added, cache=cache,
+        use_raw=args.use_raw, assay=args.assay, label_key=args.label_column,
+        cluster_markers=args.cluster_markers, n_markers=args.n_markers, tissue=args.tissue,
+        key_added=args.key_added, cache=False if args.no_cache else args.cache,
         batch_size=args.batch_size, backend_options=backend_options(args),
         progress=not args.no_progress,
     )
-    if args.assay:  # the file was read here, so annotate() saw an AnnData, not its name
-        result.provenance["input"] = args.input
-        result.adata.uns[args.key_added]["input"] = args.input
-    written = []
-    if args.cellxgene:
-        result.to_cellxgene()
-    if out.suffix.lower() == ".csv":
-        written.append(result.to_csv(out))
-    else:
-        written.append(write_h5ad_atomic(result.adata, out))
+    written = [result.write(out, cellxgene=args.cellxgene)]
     if args.csv:
         written.append(result.to_csv(args.csv))
     if args.report:
@@ -154,13 +138,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"labels: {top}" + (" ..." if len(labels) > 5 else ""), file=sys.stderr)
     print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return 0
-
-
-def write_h5ad_atomic(adata, path: str | os.PathLike) -> Path:
-    """``adata.write_h5ad`` to a temporary file, then rename (no half-written output)."""
-    from ..atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        # labels are already categorical; free text (reasoning) must not become categories
-        adata.write_h5ad(tmp, convert_strings_to_categoricals=False)
-    return Path(path)

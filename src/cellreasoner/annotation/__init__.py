@@ -1,0 +1,456 @@
+"""``cellreasoner.annotation``: AnnData in, cell-type labels with reasoning out.
+
+:func:`annotate` is orchestration only; each stage lives in its own module:
+
+- :mod:`.engine`: identical prompts generated once, answers cached (a killed run resumes where
+  it stopped), self-consistency samples voted;
+- :mod:`.clusters`: groups, cluster marker sentences, cluster majorities;
+- :mod:`.table`: the per-cell table (answers, Cell Ontology terms, evidence);
+- :mod:`.result`: :class:`AnnotationResult`, which writes itself back (:mod:`.output`).
+
+Backends declare what they read (:class:`~cellreasoner.backends.Capabilities`): a matrix
+backend (the built-in reasoner) streams answers for chunks of cells straight from the
+expression matrix, so an ``.h5ad`` path is annotated with memory bounded by the chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..backends import Backend, RunContext, get_backend
+from ..errors import BackendError, InputError
+from ..prompts import SamplingParams, instruction_for
+from .cache import GenerationCache, default_cache_path
+from .engine import Stats, generate_cached, vote
+from .result import (
+    CATEGORICAL_FIELDS,
+    CLUSTER_FIELDS,
+    CSV_UPSTREAM,
+    FIELDS,
+    AnnotationResult,
+    uns_safe,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = ("cell", "cluster", "hybrid")
+
+__all__ = [
+    "CATEGORICAL_FIELDS", "CLUSTER_FIELDS", "CSV_UPSTREAM", "FIELDS", "MODES",
+    "AnnotationResult", "annotate", "generate_cached", "vote",
+]
+
+
+def annotate(
+    adata,
+    backend: str | Backend = "builtin",
+    *,
+    model: str | None = None,
+    reasoning: bool = False,
+    mode: str = "cell",
+    by: str | None = None,
+    n: int = 1,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
+    max_new_tokens: int | None = None,
+    seed: int | None = None,
+    gene_list: Sequence[str] | str | os.PathLike | None = None,
+    max_genes: int = 1000,
+    layer: str | None = None,
+    use_raw: bool = False,
+    assay: str | None = None,
+    label_key: str | None = None,
+    cluster_markers: str | os.PathLike | dict | None = None,
+    n_markers: int = 100,
+    marker_order: str = "ranked",
+    tissue: str | None = None,
+    key_added: str = "cellreasoner",
+    cache: str | os.PathLike | bool | None = None,
+    batch_size: int = 256,
+    backend_options: dict | None = None,
+    copy: bool = False,
+    progress: bool | Callable[[float], None] = True,
+) -> AnnotationResult:
+    """Annotate every cell of ``adata`` with a cell type, confidence and reasoning.
+
+    Parameters
+    ----------
+    adata
+        AnnData, or a path read with :func:`cellreasoner.io.read`, or a demo name
+        (``"pbmc68k_reduced"``, ``"pbmc_demo"``).
+    backend
+        Registry name (``"builtin"`` default, ``"transformers"``, ``"openai"``, ``"vllm"``,
+        ``"gguf"``) or a ready :class:`~cellreasoner.backends.Backend`.
+    model
+        Model name/path for the backend (default: the backend's default).
+    reasoning
+        Ask for ``<think>`` reasoning (upstream reasoning instruction; default False).
+    mode
+        ``"cell"`` (default): one answer per cell (identical prompts generated once);
+        ``"cluster"``: one prompt per cluster from its top markers, label broadcast to its
+        cells; ``"hybrid"``: per-cell answers plus each cluster's majority and agreement.
+    by
+        ``obs`` column with clusters for cluster/hybrid mode; ``None``/``"leiden"`` uses
+        ``obs["leiden"]`` or computes it with scanpy.
+    n
+        Self-consistency samples per prompt (default 1): the majority label wins and the
+        agreement fraction is the confidence.
+    temperature, top_p, repetition_penalty, max_new_tokens, seed
+        Sampling overrides (default: upstream 0.01/0.01 direct, 0.6/0.4 reasoning; 1.1; 4096;
+        seed 1234).
+    gene_list
+        Ranked vocabulary: a list, a path, or ``None`` for the published list.
+    max_genes
+        Genes per cell sentence (default 1000, as upstream).
+    layer, use_raw
+        Expression to read (default ``X``; raw counts or log-normalised).
+    assay
+        Seurat ``.rds`` input: the assay to read (default: the active assay).
+    label_key
+        ``obs`` column with ground truth, written as the CSV ``labels`` column.
+    cluster_markers
+        Cluster mode: a marker file (see :func:`cellreasoner.clusters.read_markers`) or a
+        ``{cluster: [genes]}`` dict used instead of the computed markers.
+    n_markers
+        Markers per cluster sentence (default 100).
+    marker_order
+        ``"ranked"`` (default; gene-list order, as in training) or ``"score"``.
+    tissue
+        Optional tissue (default none). Model backends: a sentence naming it is appended to the
+        instruction (the prompt then differs from upstream's); builtin: restricts its
+        knowledge base to the tissue.
+    key_added
+        Prefix of the ``obs`` columns and the ``uns`` key (default ``"cellreasoner"``).
+    cache
+        ``None`` (default): ``<cache_dir>/annotations.sqlite``; a path; or ``False`` (off).
+    batch_size
+        Prompts per backend call (default 256); finished calls are cached even when a later
+        one fails, so this bounds the work a crash can lose for backends without per-prompt
+        callbacks.
+    backend_options
+        Extra keyword arguments for the backend constructor (``base_url``, ``concurrency``...).
+    copy
+        Annotate a copy and leave ``adata`` untouched (default False: write into ``adata``).
+    progress
+        Show a progress bar on a terminal (default True), or a callback ``advance(cells)``.
+
+    Returns
+    -------
+    AnnotationResult
+        ``result.adata`` holds the ``obs`` columns ``{key_added}_label``, ``_confidence``,
+        ``_ontology_id``, ``_ontology_label``, ``_reasoning``, ``_response``,
+        ``_evidence_fraction``, ``_evidence_flag``, ``_cited_present``, ``_cited_absent``
+        (+ ``_cluster_label``, ``_cluster_agreement``) and ``uns[key_added]`` provenance.
+    """
+    from .. import __version__
+    from ..progress import progress_bar
+
+    t0 = time.perf_counter()
+    _check_options(mode, n, batch_size, key_added, cluster_markers)
+    adata, input_name, streamed = _load(adata, use_raw=use_raw, assay=assay)
+    if copy and not input_name:
+        adata = adata.copy()
+    be, own_backend = _backend(backend, model, backend_options)
+    caps = be.capabilities
+    use_matrix = caps.reads == "matrix" and mode in ("cell", "hybrid")
+    gene_list = _default_gene_list(gene_list, caps.reads, adata, use_raw)
+    genes = _gene_vocab(gene_list)
+    _validate(adata, layer, use_raw, genes, label_key, mode, by)
+    source = _source(adata, input_name if streamed else "", layer, use_raw)
+    sampling = SamplingParams.for_mode(
+        reasoning, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+        max_new_tokens=max_new_tokens, seed=seed, n=int(n))
+    if sampling.n > 1 and sampling.temperature < 0.1:
+        log.warning("n=%d self-consistency samples at temperature %s will be near-identical; "
+                    "pass a higher temperature (e.g. 0.6) for a meaningful agreement.",
+                    sampling.n, sampling.temperature)
+    run = _Run(be=be, adata=adata, source=source, genes=genes, sampling=sampling,
+               reasoning=reasoning, mode=mode, max_genes=int(max_genes), batch_size=batch_size,
+               instruction=_instruction(reasoning, None if caps.tissue else tissue),
+               use_matrix=use_matrix)
+    be.configure(RunContext(tuple(genes), int(max_genes), tissue, bool(reasoning)))
+    cache_path: Path | None = None
+    if cache is not False and not use_matrix:
+        cache_path = default_cache_path() if cache in (None, True) else Path(cache)
+    with ExitStack() as stack:
+        if own_backend:
+            stack.callback(be.close)
+        if cache_path is not None:
+            run.cache = GenerationCache(cache_path, be.name, be.model, sampling)
+            stack.callback(run.cache.close)
+        run.advance = progress if callable(progress) else stack.enter_context(progress_bar(
+            f"annotating ({be.name})", total=adata.n_obs, unit="cells",
+            enabled=None if progress else False))
+        describe = uns_safe(be.describe())
+        if mode in ("cluster", "hybrid"):
+            from .clusters import resolve_groups
+
+            run.groups, run.by_key = resolve_groups(adata, by, source)
+        table, clusters_df, unique_prompts = _answer(run, cluster_markers, n_markers,
+                                                     marker_order)
+    provenance = {
+        **describe,
+        "backend": be.name, "model": be.model or describe.get("model", ""), "mode": mode,
+        "reasoning": bool(reasoning), "n_samples": 1 if use_matrix else int(n),
+        "sampling": uns_safe(sampling.to_dict()) if not use_matrix else {},
+        "n_cells": int(adata.n_obs), "unique_prompts": int(unique_prompts),
+        "model_calls": int(run.stats.model_calls), "generations": int(run.stats.generations),
+        "cache_hits": int(run.stats.cache_hits),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "version": __version__, "gene_list": _gene_list_name(gene_list, genes),
+        "max_genes": int(max_genes), "key_added": key_added,
+        "cache": str(cache_path) if cache_path else "",
+        "layer": "raw" if use_raw else (layer or "X"),
+    }
+    _add_run_details(provenance, input_name, tissue, run, clusters_df)
+    truth = None
+    if label_key is not None:
+        truth = adata.obs[label_key].astype(object).where(adata.obs[label_key].notna(), "")
+        truth = truth.astype(str)
+        truth.index = table.index
+    result = AnnotationResult(table=table, provenance=provenance, adata=adata,
+                              key_added=key_added, truth=truth, clusters=clusters_df)
+    result.to_adata()
+    log.debug("annotated %s", result.summary_line())
+    return result
+
+
+# --- the steps of a run ----------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What the answering step needs, gathered once."""
+
+    be: Backend
+    adata: object
+    source: object
+    genes: list[str]
+    sampling: SamplingParams
+    reasoning: bool
+    mode: str
+    max_genes: int
+    batch_size: int
+    instruction: str
+    use_matrix: bool
+    cache: GenerationCache | None = None
+    advance: Callable[[float], None] | None = None
+    groups: pd.Series | None = None
+    by_key: str | None = None
+
+    def __post_init__(self) -> None:
+        self.stats = Stats()
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Symbols the evidence check recognises: the gene list, then the data's genes."""
+        return list(dict.fromkeys([*self.genes, *map(str, self.source.var_names)]))
+
+
+def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_markers) -> None:
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, not '{mode}'.")
+    if int(n) < 1:
+        raise InputError(f"n (self-consistency samples) must be at least 1, not {n}.")
+    if int(batch_size) < 1:
+        raise InputError(f"batch_size must be at least 1, not {batch_size}.")
+    if not key_added or not str(key_added).isidentifier():
+        raise InputError(f"key_added must be a simple name like 'cellreasoner', not {key_added!r}.")
+    if cluster_markers is not None and mode != "cluster":
+        raise InputError("cluster_markers (--cluster-markers) give the marker genes of each "
+                         "cluster and only "
+                         f"apply to mode='cluster', not mode='{mode}'.")
+
+
+def _load(data, *, use_raw: bool, assay: str | None):
+    """(AnnData, input name or "", streamed): an ``.h5ad`` path is opened ``backed="r"``
+    and its matrix streamed from HDF5; other paths and demo names are read into memory."""
+    if isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad" \
+            and Path(data).is_file() and not use_raw:
+        from ..io import read
+
+        return read(Path(data), backed="r"), str(data), True
+    if isinstance(data, str | os.PathLike):
+        from ..datasets import resolve_input
+
+        got = resolve_input(data, assay=assay)
+        if isinstance(got, str | os.PathLike):
+            from ..io import read
+
+            p = Path(got)
+            if not p.exists():
+                raise InputError(f"Input not found: {p}. Pass an .h5ad, Seurat .rds, 10x "
+                                 "folder/.h5 or CSV file, or pbmc68k_reduced / pbmc_demo.")
+            return read(p), str(data), False
+        return got, str(data), False
+    if not hasattr(data, "obs") or not hasattr(data, "n_obs"):
+        raise InputError(f"annotate() needs an AnnData or a file path, not {type(data).__name__}.")
+    return data, "", False
+
+
+def _source(adata, streamed_path: str, layer: str | None, use_raw: bool):
+    """The chunked matrix source annotate reads."""
+    from ..matrix import from_anndata, from_h5ad
+
+    if streamed_path:
+        source = from_h5ad(streamed_path, layer=layer)
+        source.var_names = np.asarray(adata.var_names).astype(str)  # symbols, as read()
+        return source
+    return from_anndata(adata, layer=layer, use_raw=use_raw)
+
+
+def _backend(backend, model: str | None, backend_options: dict | None) -> tuple[Backend, bool]:
+    """(the backend, whether this run made it and must close it)."""
+    options = dict(backend_options or {})
+    if model is not None:
+        options["model"] = model
+    if isinstance(backend, Backend):
+        if options:
+            raise InputError("model/backend_options only apply to a backend given by name.")
+        return backend, False
+    try:
+        return get_backend(backend, **options), True
+    except TypeError as exc:  # an option the backend's constructor does not take
+        hint = (" markers is the builtin backend's knowledge-base file; for the marker genes "
+                "of each cluster pass cluster_markers (--cluster-markers)."
+                if "markers" in options else "")
+        raise InputError(f"Backend '{backend}' does not accept the option(s) "
+                         f"{', '.join(sorted(options))}: {exc}.{hint}") from exc
+
+
+def _default_gene_list(gene_list, reads: str, adata, use_raw: bool):
+    """A matrix backend needs no published list: the local copy if any, else the data's
+    own genes (the no-download default); prompt backends get the published list."""
+    if gene_list is not None or reads != "matrix":
+        return gene_list
+    from ..resources import local_gene_list_path
+
+    return local_gene_list_path() or [str(g) for g in _symbols(adata, use_raw)]
+
+
+def _validate(adata, layer, use_raw: bool, genes, label_key, mode: str, by) -> None:
+    from ..io import check_obs_column, validate_for_annotation
+
+    validate_for_annotation(adata, layer="raw" if use_raw else layer, genes=genes)
+    if label_key is not None:
+        check_obs_column(adata, label_key)
+    if mode != "cell" and by not in (None, "leiden"):
+        check_obs_column(adata, by, "Cluster", "Or pass by='leiden' to compute clusters.")
+
+
+def _answer(run: _Run, cluster_markers, n_markers: int,
+            marker_order: str) -> tuple[pd.DataFrame, pd.DataFrame | None, int]:
+    """(per-cell table, cluster table or None, number of unique prompts)."""
+    from ..sentences import build_sentences
+    from .table import matrix_table, prompt_table
+
+    obs_names = run.source.obs_names
+    clusters_df = None
+    if run.use_matrix:
+        blocks = _matrix_answers(run)
+        table = matrix_table(blocks, obs_names)
+        unique = len(table)
+    else:
+        from .engine import run_cell_prompts
+
+        sentences = build_sentences(run.source, run.genes, max_genes=run.max_genes)
+        if run.mode == "cluster":
+            from .clusters import run_cluster_prompts
+
+            answers, cell_answer, unique, clusters_df = run_cluster_prompts(
+                run.be, run.source, run.groups, run.genes, cluster_markers, n_markers,
+                marker_order, run.instruction, run.reasoning, run.sampling, run.cache,
+                run.batch_size, run.advance, run.stats)
+            keys = clusters_df["prompt_key"].to_numpy()[cell_answer]
+        else:
+            answers, cell_answer, unique_keys = run_cell_prompts(
+                run.be, sentences, run.instruction, run.reasoning, run.sampling, run.cache,
+                run.batch_size, run.advance, run.stats)
+            unique = len(unique_keys)
+            keys = np.asarray(unique_keys, dtype=object)[cell_answer]
+        table = prompt_table(answers, cell_answer, keys, obs_names, sentences,
+                             run.mode == "cluster", run.vocabulary)
+    if run.mode == "cluster":
+        table["cluster_label"] = table["label"].to_numpy()
+        table["cluster_agreement"] = table["confidence"].to_numpy()
+    elif run.mode == "hybrid":
+        from .clusters import majority_by_group
+
+        table["cluster_label"], table["cluster_agreement"] = majority_by_group(
+            table["label"].tolist(), run.groups)
+    return table, clusters_df, unique
+
+
+def _matrix_answers(run: _Run) -> list:
+    """A matrix backend's answer blocks for every cell, in order."""
+    adata, be = run.adata, run.be
+    conn = adata.obsp.get("connectivities", None)
+    blocks = list(be.annotate_matrix(run.source, connectivities=conn, progress=run.advance))
+    n = sum(len(b) for b in blocks)
+    if n != adata.n_obs:
+        raise BackendError(f"Backend '{be.name}' returned {n} answers for "
+                           f"{adata.n_obs} cells.")
+    run.stats.model_calls += n
+    run.stats.generations += n
+    return blocks
+
+
+def _add_run_details(provenance: dict, input_name: str, tissue, run: _Run,
+                     clusters_df: pd.DataFrame | None) -> None:
+    if input_name:
+        provenance["input"] = input_name
+    if tissue:
+        provenance["tissue"] = tissue
+    if run.mode in ("cluster", "hybrid"):
+        provenance["by"] = run.by_key
+    if clusters_df is not None:
+        # column lists, not a dict keyed by cluster name: names may hold "/" (h5ad paths)
+        cl = clusters_df.drop(columns=["response"]).reset_index()
+        provenance["clusters"] = {c: cl[c].tolist() for c in cl.columns}
+
+
+# --- small pieces ----------------------------------------------------------------------------
+def _gene_vocab(gene_list) -> list[str]:
+    from ..resources import load_gene_list
+
+    if gene_list is None or isinstance(gene_list, str | os.PathLike):
+        return load_gene_list(gene_list)
+    genes = [str(g) for g in gene_list]
+    if not genes:
+        raise InputError("gene_list is empty.")
+    return genes
+
+
+def _instruction(reasoning: bool, tissue: str | None) -> str:
+    """The upstream instruction; with ``tissue`` a sentence naming it is appended."""
+    text = instruction_for(reasoning)
+    if tissue:
+        text += f" The cells come from {tissue.strip()} tissue."
+    return text
+
+
+def _symbols(adata, use_raw: bool):
+    """Gene symbols of the matrix annotate will read."""
+    if use_raw and adata.raw is not None:
+        return adata.raw.var_names
+    from ..io import gene_symbols
+
+    return gene_symbols(adata).symbols
+
+
+def _gene_list_name(gene_list, genes: list[str]) -> str:
+    if gene_list is None:
+        from ..resources import ranked_gene_list_path
+
+        return f"{ranked_gene_list_path()} ({len(genes)} genes)"
+    if isinstance(gene_list, str | os.PathLike):
+        return f"{gene_list} ({len(genes)} genes)"
+    return f"custom ({len(genes)} genes)"

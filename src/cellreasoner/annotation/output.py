@@ -1,0 +1,94 @@
+"""Write-back: the annotated AnnData (``.h5ad``) or the per-cell table alone (CSV, Parquet).
+
+Every output is written to a temporary file in the target's folder and renamed into place, so a
+killed run never leaves a half-written file. An AnnData opened ``backed="r"`` (a streamed
+``.h5ad`` input) is written without loading its matrix: the input file is copied as it is
+(X, layers, ``.raw``, ``obsm``/``obsp`` stay byte for byte) and only ``obs``, ``var`` and ``uns``
+are rewritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ..atomic import atomic_path
+from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .result import AnnotationResult
+
+#: Output suffixes :func:`write_result` knows.
+SUFFIXES = (".h5ad", ".csv", ".parquet")
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """``frame`` as CSV (no index), atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """``frame`` as Parquet (no index), atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def write_h5ad(adata, path: str | os.PathLike) -> Path:
+    """``adata`` as ``.h5ad``, atomically; a backed AnnData without reading its matrix."""
+    with atomic_path(path) as tmp:
+        if getattr(adata, "isbacked", False):
+            _write_backed(adata, Path(tmp))
+        else:
+            # labels are already categorical; free text (reasoning) must not become categories
+            adata.write_h5ad(tmp, convert_strings_to_categoricals=False)
+    return Path(path)
+
+
+def _write_backed(adata, tmp: Path) -> None:
+    """Copy the backing file, then replace its ``obs``, ``var`` and ``uns``."""
+    import h5py
+    from anndata.io import write_elem
+
+    source = Path(adata.filename)
+    if source.resolve() == tmp.resolve():  # pragma: no cover - atomic_path never does this
+        raise InputError(f"{source}: cannot write a backed AnnData onto its own file.")
+    shutil.copyfile(source, tmp)
+    with h5py.File(tmp, "r+") as f:
+        for key, value in (("obs", adata.obs), ("var", adata.var), ("uns", dict(adata.uns))):
+            if key in f:
+                del f[key]
+            write_elem(f, key, value)
+
+
+def write_result(result: AnnotationResult, path: str | os.PathLike, *,
+                 cellxgene: bool = False) -> Path:
+    """Write ``result`` where ``path``'s suffix says (see :data:`SUFFIXES`).
+
+    ``.h5ad``: the annotated AnnData (with ``cellxgene``, also
+    ``obs["cell_type_ontology_term_id"]``); ``.csv`` / ``.parquet``: the per-cell table in the
+    upstream CellReasoner layout, without the matrix.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"Output {p}: use a .h5ad (annotated AnnData), .csv or .parquet path.")
+    if cellxgene and result.adata is not None:
+        result.to_cellxgene()
+    if suffix == ".csv":
+        return result.to_csv(p)
+    if suffix == ".parquet":
+        return result.to_parquet(p)
+    if result.adata is None:
+        raise InputError(f"Output {p}: this result holds no AnnData; write .csv or .parquet.")
+    return write_h5ad(result.adata, p)
