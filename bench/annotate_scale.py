@@ -1,0 +1,189 @@
+"""Benchmark: ``cellreasoner annotate`` at atlas scale, and side by side with CellTypist.
+
+Run from the project root (``pip install celltypist`` for the comparison; ../shared gives the
+real gene list, else synthetic names are used)::
+
+    python bench/annotate_scale.py [--cells 100000 300000 1000000] [--workdir DIR]
+                                   [--skip-celltypist]
+
+Data: synthetic *realistic* cells (``tests/synthetic.py``: 18,000 genes, ~1,500 non-zeros per
+cell, log1p CP10k CSR, ten textbook immune programmes), written to ``.h5ad`` chunk by chunk.
+Every figure is one whole process, timed with ``/usr/bin/time`` (wall seconds, peak RSS):
+
+- bare read of X: stream every CSR chunk of X from the file (``cellreasoner.matrix.from_h5ad``);
+- write of X: copy the file (what writing the annotated ``.h5ad`` costs for the matrix);
+- annotate to ``.h5ad`` / to ``.parquet`` (obs-only): ``cellreasoner annotate IN -o OUT
+  --no-progress``, the built-in reasoner with its defaults;
+- the pipeline's own work: cells / (annotate to .h5ad - read - write) seconds.
+
+CellTypist (Dominguez Conde et al. 2022) is the peer users pick for speed: a model is trained on
+pbmc68k_reduced (``celltypist.train``, all 765 genes), then ``celltypist.annotate`` runs on the
+same file in its own process (predictions written to CSV) — on pbmc68k_reduced tiled to 100,000
+cells and on the 100,000-cell synthetic set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    line = " | ".join(c.ljust(widths[c]) for c in columns)
+    sep = "-|-".join("-" * widths[c] for c in columns)
+    body = [" | ".join(str(r[c]).rjust(widths[c]) for c in columns) for r in rows]
+    return "\n".join([line, sep, *body])
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of one process."""
+    out = subprocess.run(["/usr/bin/time", "-f", "TIMED %e %M", *cmd], capture_output=True,
+                         text=True, env=env)
+    last = [ln for ln in out.stderr.splitlines() if ln.startswith("TIMED ")]
+    if out.returncode != 0 or not last:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
+    _, secs, kib = last[-1].split()
+    return float(secs), float(kib) / 1024
+
+
+def py(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def read_x(path: Path) -> list[str]:
+    return py(f"""
+        from cellreasoner.matrix import from_h5ad
+        n = sum(c.nnz for c in from_h5ad({str(path)!r}).iter_chunks())
+        assert n > 0
+    """)
+
+
+def copy_file(src: Path, dst: Path) -> list[str]:
+    return py(f"import shutil; shutil.copyfile({str(src)!r}, {str(dst)!r})")
+
+
+def annotate(src: Path, dst: Path) -> list[str]:
+    return [sys.executable, "-m", "cellreasoner.cli", "annotate", str(src), "-o", str(dst),
+            "--no-progress"]
+
+
+def celltypist_annotate(src: Path, model: Path, dst: Path) -> list[str]:
+    return py(f"""
+        import celltypist
+        pred = celltypist.annotate({str(src)!r}, model={str(model)!r})
+        pred.predicted_labels.to_csv({str(dst)!r})
+    """)
+
+
+def synthetic_file(workdir: Path, n: int) -> Path:
+    import synthetic
+
+    path = workdir / f"synthetic_{n}.h5ad"
+    if not path.exists():
+        print(f"writing {path} ...", file=sys.stderr)
+        tmp = path.with_suffix(".tmp.h5ad")
+        synthetic.write_h5ad(tmp, n)
+        tmp.rename(path)
+    return path
+
+
+def pbmc68k_tiled(workdir: Path, n: int) -> Path:
+    import anndata as ad
+    import scanpy as sc
+
+    path = workdir / f"pbmc68k_tiled_{n}.h5ad"
+    if not path.exists():
+        base = sc.datasets.pbmc68k_reduced()
+        raw = base.raw.to_adata()
+        reps = -(-n // raw.n_obs)
+        tiled = ad.concat([raw] * reps, index_unique="-")[:n].copy()
+        tiled.write_h5ad(path)
+    return path
+
+
+def celltypist_model(workdir: Path) -> Path:
+    path = workdir / "celltypist_pbmc68k.pkl"
+    if not path.exists():
+        import celltypist
+        import scanpy as sc
+
+        base = sc.datasets.pbmc68k_reduced()
+        raw = base.raw.to_adata()
+        raw.obs["bulk_labels"] = base.obs["bulk_labels"].astype(str).to_numpy()
+        model = celltypist.train(raw, labels="bulk_labels", feature_selection=False, n_jobs=2)
+        model.write(str(path))
+    return path
+
+
+def scale_rows(workdir: Path, sizes: list[int]) -> list[dict]:
+    rows = []
+    for n in sizes:
+        src = synthetic_file(workdir, n)
+        read_s, read_m = timed(read_x(src))
+        write_s, _ = timed(copy_file(src, workdir / "copy.h5ad"))
+        (workdir / "copy.h5ad").unlink()
+        h5_s, h5_m = timed(annotate(src, workdir / "out.h5ad"))
+        (workdir / "out.h5ad").unlink()
+        pq_s, pq_m = timed(annotate(src, workdir / "out.parquet"))
+        own = h5_s - read_s - write_s
+        rows.append({
+            "cells": f"{n:,}", "read X s": f"{read_s:.1f}", "write X s": f"{write_s:.1f}",
+            "-> .h5ad s": f"{h5_s:.1f}", ".h5ad cells/s": f"{n / h5_s:,.0f}",
+            ".h5ad peak MiB": f"{h5_m:,.0f}", "-> .parquet s": f"{pq_s:.1f}",
+            ".parquet cells/s": f"{n / pq_s:,.0f}", ".parquet peak MiB": f"{pq_m:,.0f}",
+            "own cells/s": f"{n / own:,.0f}" if own > 0 else "inf",
+            "read peak MiB": f"{read_m:,.0f}",
+        })
+    return rows
+
+
+def celltypist_rows(workdir: Path, n: int) -> list[dict]:
+    model = celltypist_model(workdir)
+    rows = []
+    for name, src in (("pbmc68k tiled", pbmc68k_tiled(workdir, n)),
+                      ("synthetic 18k genes", synthetic_file(workdir, n))):
+        cr_s, cr_m = timed(annotate(src, workdir / "cr.parquet"))
+        ct_s, ct_m = timed(celltypist_annotate(src, model, workdir / "ct.csv"))
+        rows.append({"data": f"{name} ({n:,})", "cellreasoner s": f"{cr_s:.1f}",
+                     "cellreasoner peak MiB": f"{cr_m:,.0f}", "CellTypist s": f"{ct_s:.1f}",
+                     "CellTypist peak MiB": f"{ct_m:,.0f}",
+                     "speed-up": f"{ct_s / cr_s:.2f}x",
+                     "memory ratio": f"{cr_m / ct_m:.2f}"})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    ap.add_argument("--workdir", type=Path, help="where the data files go (kept for reruns)")
+    ap.add_argument("--skip-celltypist", action="store_true")
+    args = ap.parse_args()
+    shared = ROOT.parent / "shared" / "data" / "ranked_hvg.list"
+    if "CELLREASONER_GENE_LIST" not in os.environ and shared.is_file():
+        os.environ["CELLREASONER_GENE_LIST"] = str(shared)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        print("## annotate at scale (builtin, whole process; this machine)\n")
+        print(_table(scale_rows(workdir, args.cells),
+                     ["cells", "read X s", "write X s", "-> .h5ad s", ".h5ad cells/s",
+                      ".h5ad peak MiB", "-> .parquet s", ".parquet cells/s",
+                      ".parquet peak MiB", "own cells/s", "read peak MiB"]))
+        if not args.skip_celltypist:
+            print("\n## side by side with CellTypist (whole process, obs-only outputs)\n")
+            print(_table(celltypist_rows(workdir, min(args.cells)),
+                         ["data", "cellreasoner s", "cellreasoner peak MiB", "CellTypist s",
+                          "CellTypist peak MiB", "speed-up", "memory ratio"]))
+
+
+if __name__ == "__main__":
+    main()
