@@ -218,3 +218,18 @@ def test_ensembl_var_names_use_the_symbol_column(pbmc68k_raw, ranked_genes):
     pbmc68k_raw.var_names = [f"ENSG{i:011d}" for i in range(pbmc68k_raw.n_vars)]
     assert list(build_sentences(pbmc68k_raw, ranked_genes).iter_sentences()) == expected
 
+
+def test_prepare_names_stay_the_function():
+    """``prepare`` is a function and a submodule's name: importing the module rebinds neither."""
+    import importlib
+
+    import cellreasoner as cr
+    import cellreasoner.sentences
+    import cellreasoner.sentences.prepare  # noqa: F401
+
+    module = importlib.import_module("cellreasoner.sentences.prepare")
+    for fn in (cr.prepare, cr.pp.prepare, cellreasoner.sentences.prepare):
+        assert callable(fn) and fn.__module__ == "cellreasoner.sentences.prepare"
+        assert fn is module.prepare
+    assert cr.pp.sentences is cr.build_sentences is cellreasoner.sentences.build_sentences
+    assert cr.CellSentences is cellreasoner.sentences.CellSentences
