@@ -138,6 +138,25 @@ def open_source(data, *, layer: str | None = None, use_raw: bool = False,
     return source, labels, name
 
 
+def _write_output(chunks: Iterator[CellSentences], out: Path, reasoning: bool) -> Path:
+    """Stream ``chunks`` to ``out`` in the format its suffix names."""
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise InputError(
+            f"Output {out}: unknown format '{out.suffix}'. Use .json (upstream "
+            "CellReasoner), .jsonl, or the compact .arrow / .parquet."
+        )
+    if fmt == "json":
+        write_upstream_json(chunks, out, reasoning=reasoning)
+    elif fmt == "jsonl":
+        write_jsonl(chunks, out, reasoning=reasoning)
+    elif fmt == "arrow":
+        write_arrow(chunks, out)
+    else:
+        write_parquet(chunks, out)
+    return out
+
+
 def prepare(
     data,
     output: str | os.PathLike | None = None,
@@ -212,22 +231,7 @@ def prepare(
             raise InputError(f"{name}: the data has no cells.")
         result = CellSentences.concat(parts)
     else:
-        out = Path(output)
-        fmt = FORMATS.get(out.suffix.lower())
-        if fmt is None:
-            raise InputError(
-                f"Output {out}: unknown format '{out.suffix}'. Use .json (upstream "
-                "CellReasoner), .jsonl, or the compact .arrow / .parquet."
-            )
-        if fmt == "json":
-            write_upstream_json(chunks, out, reasoning=reasoning)
-        elif fmt == "jsonl":
-            write_jsonl(chunks, out, reasoning=reasoning)
-        elif fmt == "arrow":
-            write_arrow(chunks, out)
-        else:
-            write_parquet(chunks, out)
-        summary.output = str(out)
+        summary.output = str(_write_output(chunks, Path(output), reasoning))
     summary.seconds = time.perf_counter() - t0
     log.info("prepared %s", summary.line())
     return result, summary
