@@ -78,7 +78,7 @@ def _child(task: str, path: str, out: str, gene_list: str) -> None:
     import resource
 
     from cellreasoner.matrix import from_h5ad
-    from cellreasoner.prepare import prepare
+    from cellreasoner.sentences.prepare import prepare
 
     t0 = time.perf_counter()  # after imports: the figures measure the work, not startup
     if task == "read":

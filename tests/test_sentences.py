@@ -9,9 +9,9 @@ import pytest
 import scipy.sparse as sp
 
 from cellreasoner.errors import InputError
-from cellreasoner.prepare import prepare
 from cellreasoner.resources import load_gene_list
 from cellreasoner.sentences import CellSentences, build_sentences, iter_parquet, read_compact
+from cellreasoner.sentences.prepare import prepare
 
 RECORD_FIELDS = ("cell_name", "instruction", "input", "output")
 
@@ -60,7 +60,7 @@ def test_pbmc_demo_rds_matches_upstream(tmp_path, pbmc_demo_rds, upstream_prompt
 
 
 def test_chunking_does_not_change_sentences(pbmc68k_raw, ranked_genes, monkeypatch):
-    import cellreasoner.sentences as sentences
+    import cellreasoner.sentences.core as sentences
 
     whole = build_sentences(pbmc68k_raw, ranked_genes, chunk_size=10_000)
     chunked = build_sentences(pbmc68k_raw, ranked_genes, chunk_size=7)
@@ -217,3 +217,19 @@ def test_ensembl_var_names_use_the_symbol_column(pbmc68k_raw, ranked_genes):
     pbmc68k_raw.var["feature_name"] = pbmc68k_raw.var_names.astype(str)
     pbmc68k_raw.var_names = [f"ENSG{i:011d}" for i in range(pbmc68k_raw.n_vars)]
     assert list(build_sentences(pbmc68k_raw, ranked_genes).iter_sentences()) == expected
+
+
+def test_prepare_names_stay_the_function():
+    """``prepare`` is a function and a submodule's name: importing the module rebinds neither."""
+    import importlib
+
+    import cellreasoner as cr
+    import cellreasoner.sentences
+    import cellreasoner.sentences.prepare  # noqa: F401
+
+    module = importlib.import_module("cellreasoner.sentences.prepare")
+    for fn in (cr.prepare, cr.pp.prepare, cellreasoner.sentences.prepare):
+        assert callable(fn) and fn.__module__ == "cellreasoner.sentences.prepare"
+        assert fn is module.prepare
+    assert cr.pp.sentences is cr.build_sentences is cellreasoner.sentences.build_sentences
+    assert cr.CellSentences is cellreasoner.sentences.CellSentences

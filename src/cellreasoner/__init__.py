@@ -21,7 +21,7 @@ from ._lazy import lazy_getattr
 from .annotation import AnnotationResult as AnnotationResult
 from .annotation import annotate as annotate
 from .evaluate import evaluate as evaluate
-from .prepare import prepare as prepare
+from .sentences.prepare import prepare as prepare
 
 __version__ = "0.1.0"
 

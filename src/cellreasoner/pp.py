@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._lazy import lazy_getattr
 
 _EXPORTS = {
-    "prepare": "cellreasoner.prepare:prepare",
+    "prepare": "cellreasoner.sentences.prepare:prepare",
     "sentences": "cellreasoner.sentences:build_sentences",
 }
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..datasets import resolve_input
-    from ..prepare import prepare
     from ..progress import progress_bar
+    from ..sentences.prepare import prepare
 
     console = Console(stderr=True)
     data = resolve_input(args.input, assay=args.assay)

@@ -11,18 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .matrix import DEFAULT_CHUNK, MatrixSource, from_anndata, from_h5ad
-from .sentences import (
-    DEFAULT_MAX_GENES,
-    CellSentences,
-    iter_sentence_chunks,
-    prefetch,
-    write_arrow,
-    write_jsonl,
-    write_parquet,
-    write_upstream_json,
-)
+from ..errors import InputError
+from ..matrix import DEFAULT_CHUNK, MatrixSource, from_anndata, from_h5ad
+from .core import DEFAULT_MAX_GENES, CellSentences, iter_sentence_chunks, prefetch
+from .formats import write_arrow, write_jsonl, write_parquet, write_upstream_json
+
+__all__ = ["FORMATS", "PrepareSummary", "open_source", "prepare"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +107,7 @@ def open_source(data, *, layer: str | None = None, use_raw: bool = False,
     other formats go through :func:`cellreasoner.io.read`.
     """
     if isinstance(data, str | os.PathLike):
-        from . import io
+        from .. import io
 
         path = Path(data)
         name = str(path)
@@ -129,7 +123,7 @@ def open_source(data, *, layer: str | None = None, use_raw: bool = False,
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
     labels = None
     if label_key is not None:
-        from .io import check_obs_column
+        from ..io import check_obs_column
 
         check_obs_column(adata, label_key, f"{name}: label")
         labels = adata.obs[label_key].to_numpy()
@@ -142,6 +136,25 @@ def open_source(data, *, layer: str | None = None, use_raw: bool = False,
             "(adata.obs_names_make_unique())."
         )
     return source, labels, name
+
+
+def _write_output(chunks: Iterator[CellSentences], out: Path, reasoning: bool) -> Path:
+    """Stream ``chunks`` to ``out`` in the format its suffix names."""
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise InputError(
+            f"Output {out}: unknown format '{out.suffix}'. Use .json (upstream "
+            "CellReasoner), .jsonl, or the compact .arrow / .parquet."
+        )
+    if fmt == "json":
+        write_upstream_json(chunks, out, reasoning=reasoning)
+    elif fmt == "jsonl":
+        write_jsonl(chunks, out, reasoning=reasoning)
+    elif fmt == "arrow":
+        write_arrow(chunks, out)
+    else:
+        write_parquet(chunks, out)
+    return out
 
 
 def prepare(
@@ -191,7 +204,7 @@ def prepare(
     The in-memory :class:`~cellreasoner.sentences.CellSentences` (``None`` when streaming to
     ``output``) and a :class:`PrepareSummary`.
     """
-    from .resources import load_gene_list
+    from ..resources import load_gene_list
 
     t0 = time.perf_counter()
     if gene_list is None and order == "expression":
@@ -218,22 +231,7 @@ def prepare(
             raise InputError(f"{name}: the data has no cells.")
         result = CellSentences.concat(parts)
     else:
-        out = Path(output)
-        fmt = FORMATS.get(out.suffix.lower())
-        if fmt is None:
-            raise InputError(
-                f"Output {out}: unknown format '{out.suffix}'. Use .json (upstream "
-                "CellReasoner), .jsonl, or the compact .arrow / .parquet."
-            )
-        if fmt == "json":
-            write_upstream_json(chunks, out, reasoning=reasoning)
-        elif fmt == "jsonl":
-            write_jsonl(chunks, out, reasoning=reasoning)
-        elif fmt == "arrow":
-            write_arrow(chunks, out)
-        else:
-            write_parquet(chunks, out)
-        summary.output = str(out)
+        summary.output = str(_write_output(chunks, Path(output), reasoning))
     summary.seconds = time.perf_counter() - t0
     log.info("prepared %s", summary.line())
     return result, summary
