@@ -34,12 +34,10 @@ def _frame(columns: dict[str, np.ndarray], samples: np.ndarray, prompt_keys: np.
 
 def _distinct(values: np.ndarray, func) -> np.ndarray:
     """``func`` applied once per distinct value of an object array (labels repeat a lot)."""
-    if len(values) == 0:
-        return values.astype(object)
-    uniq, inverse = np.unique(values.astype(object), return_inverse=True)
+    codes, uniq = pd.factorize(values.astype(object, copy=False), use_na_sentinel=False)
     mapped = np.empty(len(uniq), dtype=object)
     mapped[:] = [func(u) for u in uniq]
-    return mapped[inverse]
+    return mapped[codes]
 
 
 def matrix_table(blocks: Sequence[CellAnswers], obs_names) -> pd.DataFrame:
