@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import resources as _ir
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 #: Terms too generic to count as an answer (the CL roots above any lineage).
 UNINFORMATIVE = frozenset({
@@ -222,7 +222,7 @@ class CellOntology:
 @functools.lru_cache(maxsize=1)
 def get_ontology() -> CellOntology:
     """The process-wide :class:`CellOntology` (index cached on disk after the first build)."""
-    from .resources import cache_dir
+    from ..resources import cache_dir
 
     version = _cl_version()
     path = Path(cache_dir()) / f"cl_index_{version}_v{_INDEX_FORMAT}.pkl"
