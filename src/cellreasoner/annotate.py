@@ -308,24 +308,6 @@ def vote(generations: Sequence[Generation]) -> _Answer:
                    ontology=ontology)
 
 
-# --- evidence and ontology -------------------------------------------------------------------
-class _OntologyMapper:
-    """``map_label`` with a per-label memo (labels repeat across cells)."""
-
-    def __init__(self):
-        from .ontology import map_label
-
-        self._map = map_label
-        self._memo: dict[str, tuple[str, str]] = {}
-
-    def __call__(self, label: str) -> tuple[str, str]:
-        if label not in self._memo:
-            m = self._map(label) if label else None
-            ok = m is not None and getattr(m, "id", None)
-            self._memo[label] = (str(m.id), str(m.label)) if ok else ("", "")
-        return self._memo[label]
-
-
 # --- inputs ------------------------------------------------------------------------------------
 def _load_input(data):
     """AnnData, a path, or a demo name (``pbmc68k_reduced``, ``pbmc_demo``) -> AnnData."""
@@ -748,8 +730,8 @@ def _cell_table(adata, sentences, answers: list[_Answer], cell_answer: np.ndarra
     one evidence check.
     """
     from .evidence import check_evidence_many
+    from .ontology import ground_labels
 
-    mapper = _OntologyMapper()
     n = len(cell_answer)
     pair_of: dict[tuple[int, str], int] = {}
     pair_reasoning: list[str] = []
@@ -773,7 +755,10 @@ def _cell_table(adata, sentences, answers: list[_Answer], cell_answer: np.ndarra
         ev_n, ev_frac, ev_flag, ev_present, ev_absent = (
             ev[c].tolist() for c in ("n_cited", "fraction_present", "flagged", "present",
                                      "absent"))
-    ontology = [a.ontology if a.ontology is not None else mapper(a.label) for a in answers]
+    # answers the backend did not ground: one map_label lookup per distinct label
+    grounded = zip(*ground_labels([a.label for a in answers if a.ontology is None]),
+                   strict=True)
+    ontology = [a.ontology if a.ontology is not None else next(grounded) for a in answers]
     cols: dict[str, list] = {f: [None] * n for f in FIELDS}
     for i in range(n):
         a = answers[cell_answer[i]]
