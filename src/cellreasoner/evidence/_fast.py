@@ -288,7 +288,7 @@ def _check(reasoning: str, expressed: frozenset[str], vocab: _Vocab, min_cited: 
 
 @functools.lru_cache(maxsize=4)
 def _gene_list_set(path: str, mtime: float) -> frozenset[str]:
-    from .resources import load_gene_list
+    from ..resources import load_gene_list
 
     del mtime  # part of the cache key only: an edited list is read again
     return frozenset(load_gene_list(path))
@@ -296,7 +296,7 @@ def _gene_list_set(path: str, mtime: float) -> frozenset[str]:
 
 def _default_genes() -> frozenset[str]:
     """The ranked gene list as a set (read once per process, again when the file changes)."""
-    from .resources import ranked_gene_list_path
+    from ..resources import ranked_gene_list_path
 
     path = ranked_gene_list_path()
     return _gene_list_set(str(path), path.stat().st_mtime)
@@ -582,7 +582,7 @@ _COLUMNS = ("cited", "present", "absent", "negated", "n_cited", "fraction_presen
 
 
 def _check_inputs(reasonings: Sequence, sentences: Sequence) -> None:
-    from .errors import InputError
+    from ..errors import InputError
 
     if len(reasonings) != len(sentences):
         raise InputError(f"check_evidence_many needs one sentence per reasoning "
