@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .errors import InputError
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
@@ -218,7 +220,7 @@ def extract_answer(text: str, *, style: Literal["grounding", "label"] = "groundi
     if style == "label":
         _, answer, complete = split_reasoning(text)
         return clean_label(answer) if complete else ""
-    raise ValueError(f"extract_answer: style must be 'grounding' or 'label', not {style!r}")
+    raise InputError(f"extract_answer: style must be 'grounding' or 'label', not {style!r}")
 
 
 def parse_response(text: str, reasoning: str | None = None) -> ParsedResponse:
