@@ -18,15 +18,16 @@ Rows:
   sentences), the regime of real data where most cells differ;
 * ``check_evidence`` called per cell (2,000 calls, vocabulary list given each time).
 
-"before" is ``cellreasoner.evidence._reference_check_evidence[_many]`` (one full check per
-trace, vocabulary rebuilt per call), "after" the public functions; every row also checks the
-two give identical results. Times are the best of ``--repeats`` runs.
+"before" is ``reference_check_evidence[_many]`` of ``tests/evidence_reference.py`` (one full
+check per trace, vocabulary rebuilt per call), "after" the public functions; every row also
+checks the two give identical results. Times are the best of ``--repeats`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def main() -> None:
 
     import pandas as pd
 
+    sys.path.insert(0, str(ROOT / "tests"))  # the reference implementation lives there
+    import evidence_reference as ref_ev
+
     from cellreasoner import evidence as ev
     from cellreasoner.datasets import pbmc68k_reduced
     from cellreasoner.reasoner import Reasoner
@@ -99,7 +103,7 @@ def main() -> None:
              ("many, gene lists, x1", 1, True)]
     for label, copies, as_lists in cases:
         r, s = inputs(copies, as_lists)
-        t_ref, ref = best(lambda r=r, s=s: ev._reference_check_evidence_many(r, s, vocabulary),
+        t_ref, ref = best(lambda r=r, s=s: ref_ev.reference_check_evidence_many(r, s, vocabulary),
                           args.repeats)
         t_new, new = best(lambda r=r, s=s: ev.check_evidence_many(r, s, vocabulary),
                           args.repeats)
@@ -112,7 +116,7 @@ def main() -> None:
     k = min(args.single, n0)
     r, s = inputs(-(-k // n0), False)
     r, s = r[:k], s[:k]
-    t_ref, ref = best(lambda: [ev._reference_check_evidence(a, b, vocabulary)
+    t_ref, ref = best(lambda: [ref_ev.reference_check_evidence(a, b, vocabulary)
                                for a, b in zip(r, s, strict=True)], args.repeats)
     t_new, new = best(lambda: [ev.check_evidence(a, b, vocabulary)
                                for a, b in zip(r, s, strict=True)], args.repeats)

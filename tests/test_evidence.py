@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+import evidence_reference as _ref
 import pandas as pd
 import pytest
 
-from cellreasoner import evidence as _ev
 from cellreasoner.errors import InputError
-from cellreasoner.evidence import check_evidence, check_evidence_many, cited_genes
+from cellreasoner.evidence import _core, check_evidence, check_evidence_many, cited_genes
 from cellreasoner.resources import load_gene_list
 
 
@@ -212,7 +212,7 @@ def test_fast_many_equals_reference_on_builtin_traces(builtin_cells):
     assert n == 700 and sum(bool(t) for t in traces) > 600
     reasonings = _copies(traces, 3)
     strings = _copies([sents.sentence(i) for i in range(n)], 3)
-    ref = _ev._reference_check_evidence_many(reasonings, strings, vocabulary)
+    ref = _ref.reference_check_evidence_many(reasonings, strings, vocabulary)
     assert ref["n_cited"].sum() > 5 * n and ref["absent"].str.len().gt(0).any()
     pd.testing.assert_frame_equal(check_evidence_many(reasonings, strings, vocabulary), ref)
     # the same cells given as gene lists, sets and tuples (no join / re-split)
@@ -222,7 +222,7 @@ def test_fast_many_equals_reference_on_builtin_traces(builtin_cells):
     pd.testing.assert_frame_equal(check_evidence_many(reasonings, sets, tuple(vocabulary)), ref)
     # default vocabulary (ranked gene list + sentence genes), custom thresholds, an index
     idx = [f"c{i}" for i in range(len(strings))]
-    ref = _ev._reference_check_evidence_many(reasonings, strings, index=idx, min_cited=3,
+    ref = _ref.reference_check_evidence_many(reasonings, strings, index=idx, min_cited=3,
                                              threshold=0.9)
     got = check_evidence_many(reasonings, strings, index=idx, min_cited=3, threshold=0.9)
     pd.testing.assert_frame_equal(got, ref)
@@ -233,9 +233,9 @@ def test_fast_single_equals_reference_on_builtin_traces(builtin_cells):
     for i in range(0, len(traces), 7):
         s = sents.sentence(i)
         assert check_evidence(traces[i], s, vocabulary) == \
-            _ev._reference_check_evidence(traces[i], s, vocabulary)
+            _ref.reference_check_evidence(traces[i], s, vocabulary)
         assert check_evidence(traces[i], sents.cell_genes(i)) == \
-            _ev._reference_check_evidence(traces[i], s)
+            _ref.reference_check_evidence(traces[i], s)
 
 
 #: LLM-style traces: negations in every form, lists, clauses, CD names, abbreviations, noise.
@@ -269,14 +269,14 @@ def test_fast_path_equals_reference_on_llm_traces(vocab, demo_cells):
     for vocabulary in (vocab, vocab + extra, None):
         for min_cited, threshold in ((2, 0.5), (1, 0.99), (0, 1.5)):
             kw = {"min_cited": min_cited, "threshold": threshold}
-            ref = _ev._reference_check_evidence_many(traces + [None, float("nan")],
+            ref = _ref.reference_check_evidence_many(traces + [None, float("nan")],
                                                      cells + cells[:2], vocabulary, **kw)
             got = check_evidence_many(traces + [None, float("nan")], cells + cells[:2],
                                       vocabulary, **kw)
             pd.testing.assert_frame_equal(got, ref)
             for t, s in zip(traces, cells, strict=True):
                 assert check_evidence(t, s, vocabulary, **kw) == \
-                    _ev._reference_check_evidence(t, s, vocabulary, **kw), (t, s)
+                    _ref.reference_check_evidence(t, s, vocabulary, **kw), (t, s)
     ev = check_evidence(LLM_TRACES[10], "NKG7, FOO1", vocab)
     assert "FOO1" in ev.cited and "FOO1" in ev.present  # known through the cell's sentence
     assert "FOO1" not in check_evidence(LLM_TRACES[10], "NKG7", vocab).cited
@@ -289,13 +289,13 @@ def test_fast_path_odd_gene_collections(vocab):
     cells = [[" CD3E ", "GNLY"], np.array(["CD3E", "NKG7"]), ("CD14", 5), iter(["GNLY", "7"]),
              {"CD3E", "CD14"}, ["CD3E", ["nested"]]]
     traces = [trace] * len(cells)
-    ref = _ev._reference_check_evidence_many(traces, [list(c) if not isinstance(c, set) else c
+    ref = _ref.reference_check_evidence_many(traces, [list(c) if not isinstance(c, set) else c
                                                       for c in cells[:3]] + [["GNLY", "7"]]
                                              + cells[4:], vocab)
     got = check_evidence_many(traces, cells, vocab)
     pd.testing.assert_frame_equal(got, ref)
     assert got["present"].iat[0] == "CD3E, GNLY"  # stripped like the reference
-    assert check_evidence_many([], [], vocab).equals(_ev._reference_check_evidence_many([], [],
+    assert check_evidence_many([], [], vocab).equals(_ref.reference_check_evidence_many([], [],
                                                                                         vocab))
 
 
@@ -306,7 +306,7 @@ def test_caches_follow_changed_inputs(vocab):
     assert "QQQ1" not in before.cited
     words.append("QQQ1")  # the same list object, changed: the compiled vocabulary is renewed
     after = check_evidence(trace, "GNLY", words)
-    assert after == _ev._reference_check_evidence(trace, "GNLY", words)
+    assert after == _ref.reference_check_evidence(trace, "GNLY", words)
     assert after.cited[0] == "QQQ1" and after.unsupported == ("QQQ1",)
     # the same trace under other flagging settings is judged afresh
     assert check_evidence(trace, "GNLY", words, min_cited=1, threshold=0.9).flagged
@@ -320,7 +320,7 @@ def test_fast_clause_splitter_and_word_window_match_the_originals(builtin_cells)
     # the original clause pattern, written out: the fast one must split every text the same
     original = re.compile(r"[.;:!?](?=\s|$)|\n+|\bbut\b|\bwhereas\b|\bwhile\b|\bhowever\b|"
                           r"\balthough\b", re.I)
-    assert _ev._CLAUSE.pattern == original.pattern
+    assert _core._CLAUSE.pattern == original.pattern
     rng = random.Random(0)
     pieces = ["but", "BUT", "But", "whereas", "While", "however", "ALTHOUGH", "butter", "abut",
               "whilst", ".", ";", ":", "!", "?", " ", "\n", "\t", "\u00a0", "CD3E", "x", "-",
@@ -329,7 +329,7 @@ def test_fast_clause_splitter_and_word_window_match_the_originals(builtin_cells)
     texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
               for _ in range(3000)]
     for text in texts:
-        assert _ev._CLAUSE_FAST.split(text) == original.split(text), text
+        assert _core._CLAUSE_FAST.split(text) == original.split(text), text
         for cut in range(0, len(text) + 1, 7):  # the negation window's last words
             before = text[:cut]
             assert before.rsplit(None, 6)[-6:] == before.split()[-6:]

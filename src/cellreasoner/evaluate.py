@@ -214,29 +214,12 @@ def _score(scorer: Any, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return uscores[codes]
 
 
-class _OntologyCache:
-    """Memoised ``map_label`` (label text -> CL id, or :data:`UNMAPPED`)."""
+def _ground_ids(texts: np.ndarray) -> np.ndarray:
+    """CL id of every text (``map_label``, memoised), :data:`UNMAPPED` where there is none."""
+    from .ontology import ground_labels
 
-    def __init__(self) -> None:
-        self._ids: dict[str, str] = {}
-        self._labels: dict[str, str] = {}
-
-    def __call__(self, texts: np.ndarray) -> np.ndarray:
-        from .ontology import map_label
-
-        out = np.empty(len(texts), dtype=object)
-        for i, text in enumerate(texts):
-            if text not in self._ids:
-                match = map_label(text) if text else None
-                cl_id = getattr(match, "id", None) if match is not None else None
-                self._ids[text] = cl_id or UNMAPPED
-                self._labels[text] = (getattr(match, "label", "") or "") if cl_id else ""
-            out[i] = self._ids[text]
-        return out
-
-    def label_of(self, text: str) -> str:
-        """CL label of a text already mapped (``""`` when unmapped)."""
-        return self._labels.get(text, "")
+    ids, _ = ground_labels(texts)
+    return np.where(ids == "", UNMAPPED, ids).astype(object)
 
 
 def macro_f1(truth: Sequence[str], pred: Sequence[str]) -> float:
@@ -555,8 +538,7 @@ def evaluate(
 
     level_names = _level_names()
     scorer = _scorer(pair_table)
-    ontology = _OntologyCache()
-    truth_cl = ontology(truth_text)
+    truth_cl = _ground_ids(truth_text)
 
     summaries, per_label_rows, per_cell_frames = [], [], []
     provenance: dict[str, dict[str, Any]] = {}
@@ -564,7 +546,7 @@ def evaluate(
     for (table, col, _default, prov), name in zip(runs, run_names, strict=True):
         pred_text = _as_text(table.obs[col].reindex(cells))
         scores = _score(scorer, truth_text, pred_text)
-        pred_cl = ontology(pred_text)
+        pred_cl = _ground_ids(pred_text)
         levels = np.array([level_names.get(float(s), str(s)) for s in scores], dtype=object)
         frame = pd.DataFrame(
             {

@@ -5,6 +5,12 @@ CellReasoner models answer either directly (``"CD14+ Monocyte"``) or, in reasoni
 the response often holds only ``... </think> answer``. Servers may also return the reasoning in a
 separate ``reasoning_content`` field (:attr:`Generation.reasoning`). General chat models add
 filler ("The cell type is", "**Final answer:**", quotes, a final period); it is removed here.
+
+This module is the one place that gets the answer out of a model response:
+:func:`extract_answer` with ``style="label"`` gives the label annotation reports (what
+:func:`parse_response` stores), with ``style="grounding"`` the phrase the Cell Ontology grounding
+(:func:`cellreasoner.ontology.map_label`) looks up. The two readings differ on purpose (see
+:func:`extract_answer`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
+
+from .errors import InputError
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -132,6 +141,86 @@ def clean_label(answer: str) -> str:
     # a label followed by an explanation sentence: "NK cell. These cells express ..."
     first = re.split(r"(?<=[a-z0-9)+\-])\.\s+(?=[A-Z])", text, maxsplit=1)[0]
     return _balanced_strip(first)
+
+
+# --- the grounding reading of an answer (used by cellreasoner.ontology) ----------------------
+_CLOSE_TAG = re.compile(r"</\s*[a-z]+\s*>", re.I)
+_OPEN_TAG = re.compile(r"<\s*[a-z]+\s*>", re.I)
+_FILLER = re.compile(
+    r"^(?:final\s+)?(?:answer|annotation|cell\s*type|prediction|result|label)s?\s*(?:is|:|-)\s*"
+    r"|^(?:the\s+)?(?:final\s+)?(?:cell\s*type|annotation|answer)\s+(?:is|would\s+be)\s+"
+    r"|^(?:these|this|the)\s+(?:cells?|cluster)\s+(?:is|are)\s+(?:most\s+)?(?:likely\s+)?"
+    r"|^(?:most\s+)?likely\s+|^probably\s+|^possibly\s+|^(?:an?|the)\s+",
+    re.I,
+)
+_ANSWER_IN_PROSE = re.compile(
+    r"(?:final\s+(?:answer|annotation)|(?:cell\s+type|annotation|answer)\s+(?:should\s+be|"
+    r"would\s+be|is)|annotated?\s+as|most\s+likely\s+"
+    r"(?:to\s+be\s+)?|therefore,?\s+(?:the\s+)?(?:cells?\s+(?:is|are)\s+)?)[:\s]*"
+    r"\**\s*([A-Za-z0-9+⁺/ _-]{2,60}?)\s*(?:\*\*|[.\n,;]|$)",
+    re.I,
+)
+_MAX_WORDS = 12
+
+
+def _grounding_answer(text: str) -> str:
+    """:func:`extract_answer`'s ``style="grounding"`` reading of a whole response."""
+    s = str(text).replace("\r", "")
+    parts = [p.strip() for p in _CLOSE_TAG.split(s)]
+    parts = [_OPEN_TAG.sub(" ", p).strip() for p in parts]
+    short = [p for p in parts if p and len(p.split()) <= _MAX_WORDS]
+    if parts and parts[-1] and parts[-1] in short:
+        cand = parts[-1]
+    elif short:
+        cand = short[0]
+    else:
+        hits = _ANSWER_IN_PROSE.findall(s)
+        cand = hits[-1] if hits else ""
+    cand = cand.strip().splitlines()[0] if cand.strip() else ""
+    for _ in range(3):  # a short sentence: "Therefore, the annotation should be B cells."
+        hits = _ANSWER_IN_PROSE.findall(cand) if len(cand.split()) > 3 else []
+        if not hits or hits[-1] == cand:
+            break
+        cand = hits[-1]
+    outside = re.sub(r"\([^)]*\)", " ", cand).strip()
+    if outside:
+        cand = re.sub(r"\s+", " ", outside)
+    for _ in range(3):
+        new = _FILLER.sub("", cand.strip(" \t\"'`*#:.;,!?")).strip()
+        if new == cand:
+            break
+        cand = new
+    return cand.strip(" \t\"'`*#:.;,!?")
+
+
+def extract_answer(text: str, *, style: Literal["grounding", "label"] = "grounding") -> str:
+    """The final answer in a whole model response (reasoning and all).
+
+    Parameters
+    ----------
+    text
+        A model response, possibly with ``<think>...</think>`` reasoning before the answer.
+    style
+        ``"grounding"`` (default; what :func:`cellreasoner.ontology.map_label` looks up): the
+        text after the last closing tag of any name when it is short (at most 12 words), else
+        the first short tag-delimited part, else the phrase after "final answer", "the cell
+        type is", ... in the prose; a parenthesised remark is dropped
+        (``"CD14+ Monocyte (classical)"`` -> ``"CD14+ Monocyte"``); ``""`` when no answer is
+        found. ``"label"`` (what :func:`parse_response` reports as the label): the text after
+        the last ``</think>``, ``""`` when the response stopped inside ``<think>``, cleaned by
+        :func:`clean_label` (markdown, filler and answer markers removed, parentheses kept).
+
+    Returns
+    -------
+    str
+        The answer text, ``""`` when there is none.
+    """
+    if style == "grounding":
+        return _grounding_answer(text)
+    if style == "label":
+        _, answer, complete = split_reasoning(text)
+        return clean_label(answer) if complete else ""
+    raise InputError(f"extract_answer: style must be 'grounding' or 'label', not {style!r}")
 
 
 def parse_response(text: str, reasoning: str | None = None) -> ParsedResponse:

@@ -261,12 +261,9 @@ def build_report(
     onto_id = _column(obs, prefix, "ontology_id")
     onto_label = _column(obs, prefix, "ontology_label")
     if onto_id is None:
-        from .evaluate import UNMAPPED, _OntologyCache
+        from .ontology import ground_labels
 
-        cache = _OntologyCache()
-        ids = cache(labels)
-        onto_id_arr = np.where(ids == UNMAPPED, "", ids).astype(object)
-        onto_label_arr = np.array([cache.label_of(t) for t in labels], dtype=object)
+        onto_id_arr, onto_label_arr = ground_labels(labels)
     else:
         onto_id_arr = _as_text(onto_id)
         onto_label_arr = _as_text(onto_label) if onto_label is not None else np.full(

@@ -79,7 +79,7 @@ def prompt_table(answers: list[Answer], cell_answer: np.ndarray, prompt_keys: np
     (answer, sentence) pair is checked; otherwise cells sharing an answer share its check.
     """
     from ..evidence import check_evidence_many
-    from ..ontology import map_label
+    from ..ontology import ground_labels
 
     n = len(cell_answer)
     pair_of: dict[tuple[int, str], int] = {}
@@ -99,8 +99,10 @@ def prompt_table(answers: list[Answer], cell_answer: np.ndarray, prompt_keys: np
     ev = None
     if pair_reasoning:
         ev = check_evidence_many(pair_reasoning, pair_sentence, vocabulary=vocabulary)
-    ontology = [a.ontology if a.ontology is not None else _grounded(map_label, a.label)
-                for a in answers]
+    # answers the backend did not ground: one map_label lookup per distinct label
+    grounded = zip(*ground_labels([a.label for a in answers if a.ontology is None]),
+                   strict=True)
+    ontology = [a.ontology if a.ontology is not None else next(grounded) for a in answers]
     cols: dict[str, list] = {f: [None] * n for f in FIELDS}
     for i in range(n):
         a = answers[cell_answer[i]]
@@ -119,10 +121,3 @@ def prompt_table(answers: list[Answer], cell_answer: np.ndarray, prompt_keys: np
     arrays = {f: np.asarray(v, dtype=object) for f, v in cols.items()}
     return _frame(arrays, samples, prompt_keys, obs_names)
 
-
-def _grounded(map_label, label: str) -> tuple[str, str]:
-    """(CL id, CL label) of a label, ``("", "")`` when it matches no term."""
-    m = map_label(label) if label else None
-    if m is not None and getattr(m, "id", None):
-        return str(m.id), str(m.label)
-    return "", ""

@@ -26,7 +26,20 @@ BACKENDS: dict[str, str] = {
 
 
 def get_backend(name: str | Backend = "builtin", **options) -> Backend:
-    """Instantiate a backend by registry name (or pass a ready :class:`Backend` through)."""
+    """Instantiate a backend by registry name (or pass a ready :class:`Backend` through).
+
+    Parameters
+    ----------
+    name
+        A name of :data:`BACKENDS` (default ``"builtin"``) or a ready backend.
+    **options
+        Keyword arguments of the backend's constructor.
+
+    Returns
+    -------
+    Backend
+        The backend (``name`` itself when it already is one).
+    """
     if isinstance(name, Backend):
         return name
     if name not in BACKENDS:

@@ -420,8 +420,32 @@ def build_sentences(adata_or_source, gene_list: Sequence[str] | None = None, *,
                     progress: Callable[[int], None] | None = None) -> CellSentences:
     """Cell sentences of every cell of an AnnData (or a matrix source), in memory.
 
-    ``label_key`` names an ``obs`` column kept as ground truth. For very large data stream
-    with :func:`iter_sentence_chunks` and the ``write_*`` functions instead.
+    For very large data stream with :func:`iter_sentence_chunks` and the ``write_*``
+    functions instead.
+
+    Parameters
+    ----------
+    adata_or_source
+        An AnnData or a :class:`~cellreasoner.matrix.MatrixSource`.
+    gene_list
+        The ranked vocabulary (default ``None``: the published 10,000-gene list).
+    order
+        ``"ranked"`` (default; the gene list's order, as upstream) or ``"expression"``.
+    max_genes
+        Genes per sentence (default 1000).
+    label_key
+        ``obs`` column kept as ground truth (default ``None``; AnnData input only).
+    layer, use_raw
+        The expression matrix to read (default ``X``).
+    chunk_size
+        Cells per chunk (default 8192).
+    progress
+        Called with the number of cells of each finished chunk (default ``None``).
+
+    Returns
+    -------
+    CellSentences
+        One sentence per cell, in the input's order.
     """
     from ..matrix import from_anndata
 

@@ -198,6 +198,8 @@ def prepare(
         Cells per chunk (default 8192): memory is bounded by this, not by the dataset.
     allow_empty
         Keep cells whose sentence is empty instead of raising (default False).
+    progress
+        Called with the number of cells of each finished chunk (default ``None``).
 
     Returns
     -------
