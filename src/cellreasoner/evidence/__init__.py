@@ -67,6 +67,11 @@ def check_evidence(
         Minimum number of cited genes before a trace can be flagged (default 2).
     threshold
         Flag when ``fraction_present`` is below this (default 0.5).
+
+    Returns
+    -------
+    Evidence
+        The genes cited (present, absent, negated), the fraction present and the flag.
     """
     expressed = _fast_sentence_set(sentence_genes)
     base = _base_vocab(vocabulary) if vocabulary is not None else _default_base()
