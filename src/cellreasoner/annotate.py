@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
 from .backends import Backend, Generation, get_backend
 from .cache import GenerationCache, default_cache_path
 from .errors import BackendError, InputError
+from .io.write import atomic_path
 from .parsing import majority_label, parse_response
 from .prompts import Prompt, SamplingParams, instruction_for
 
@@ -491,7 +491,7 @@ def annotate(
 
         gene_list = local_gene_list_path() or [str(g) for g in _symbols(adata, use_raw)]
     genes = _gene_vocab(gene_list)
-    from .io import check_obs_column, validate_for_annotation
+    from .checks import check_obs_column, validate_for_annotation
 
     validate_for_annotation(adata, layer="raw" if use_raw else layer, genes=genes)
     if label_key is not None:

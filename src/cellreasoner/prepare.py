@@ -129,7 +129,7 @@ def open_source(data, *, layer: str | None = None, use_raw: bool = False,
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
     labels = None
     if label_key is not None:
-        from .io import check_obs_column
+        from .checks import check_obs_column
 
         check_obs_column(adata, label_key, f"{name}: label")
         labels = adata.obs[label_key].to_numpy()

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .atomic import atomic_path
 from .errors import InputError
+from .io.write import atomic_path
 from .matrix import DEFAULT_CHUNK, MatrixSource
 from .prompts import Prompt, instruction_for
 
@@ -414,7 +414,7 @@ def build_sentences(adata_or_source, gene_list: Sequence[str] | None = None, *,
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
         labels = None
         if label_key is not None:
-            from .io import check_obs_column
+            from .checks import check_obs_column
 
             check_obs_column(adata, label_key)
             labels = adata.obs[label_key].to_numpy()

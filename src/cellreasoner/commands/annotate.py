@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 def write_h5ad_atomic(adata, path: str | os.PathLike) -> Path:
     """``adata.write_h5ad`` to a temporary file, then rename (no half-written output)."""
-    from ..atomic import atomic_path
+    from ..io.write import atomic_path
 
     with atomic_path(path) as tmp:
         # labels are already categorical; free text (reasoning) must not become categories

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_obs_column
 from ..errors import InputError
-from ..io import check_obs_column
 from ..prompts import INSTRUCTION_DIRECT, INSTRUCTION_REASONING, Prompt, SamplingParams
 from .records import (
     format_reasoning_output,
