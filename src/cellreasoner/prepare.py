@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import looks_like_counts
 from .errors import InputError
 from .matrix import DEFAULT_CHUNK, MatrixSource, from_anndata, from_h5ad
 from .sentences import (
@@ -97,8 +98,8 @@ def _value_guard(source: MatrixSource, name: str, summary: PrepareSummary) -> Ma
                         "values: pass --layer counts/data, or use adata.raw (--use-raw)."
                     )
                 if not summary.expression:
-                    is_int = data.dtype.kind in "iu" or bool(np.all(np.mod(data[:10000], 1) == 0))
-                    summary.expression = "counts" if is_int else "log-normalised"
+                    counts = looks_like_counts(data, max_values=10_000)
+                    summary.expression = "counts" if counts else "log-normalised"
             yield chunk
 
     return MatrixSource(source.n_obs, source.var_names, source.obs_names, chunks,
