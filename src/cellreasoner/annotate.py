@@ -329,22 +329,9 @@ class _OntologyMapper:
 # --- inputs ------------------------------------------------------------------------------------
 def _load_input(data):
     """AnnData, a path, or a demo name (``pbmc68k_reduced``, ``pbmc_demo``) -> AnnData."""
-    if isinstance(data, str | os.PathLike):
-        from .datasets import resolve_input
+    from .io import load_input
 
-        got = resolve_input(data)
-        if isinstance(got, str | os.PathLike):
-            from .io import read
-
-            p = Path(got)
-            if not p.exists():
-                raise InputError(f"Input not found: {p}. Pass an .h5ad, Seurat .rds, 10x "
-                                 "folder/.h5 or CSV file, or pbmc68k_reduced / pbmc_demo.")
-            return read(p), True
-        return got, True
-    if not hasattr(data, "obs") or not hasattr(data, "n_obs"):
-        raise InputError(f"annotate() needs an AnnData or a file path, not {type(data).__name__}.")
-    return data, False
+    return load_input(data)[0], isinstance(data, str | os.PathLike)
 
 
 def _gene_vocab(gene_list) -> list[str]:

@@ -1,4 +1,4 @@
-"""Readers for real single-cell inputs.
+"""Readers for real single-cell inputs, and the one input loader.
 
 ``read(path)`` turns any supported input into an :class:`~anndata.AnnData` (cells x genes):
 
@@ -12,6 +12,9 @@ What was read and which matrix became ``X`` is logged and recorded in
 ``adata.uns["cellreasoner_io"]``. Every problem with the input is reported as one
 :class:`~cellreasoner.errors.InputError` that names the file and what to do.
 
+``load_input(data)`` is what every entry point (annotate, prepare, the training builders)
+uses to turn "an AnnData, a path, or a demo name" into an AnnData.
+
 Gene symbols live in :mod:`cellreasoner.io.genes`, atomic writes in
 :mod:`cellreasoner.io.write`; the checks that an AnnData can be annotated are in
 :mod:`cellreasoner.checks`.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import InputError
 from ._detect import UNS_KEY, detect_format
@@ -124,11 +127,56 @@ def read(
     return adata
 
 
+def load_input(
+    data: Any, *, assay: str | None = None, backed: bool | Literal["r"] | None = None
+) -> tuple[AnnData, str]:
+    """An AnnData, a path, or a demo name -> the AnnData and a display name.
+
+    The one input loader of every entry point (annotate, prepare, the training builders).
+
+    Parameters
+    ----------
+    data
+        An AnnData (returned as it is), a path of any format :func:`read` reads, or the name
+        of an example dataset (:data:`cellreasoner.datasets.EXAMPLES`).
+    assay
+        Seurat only: the assay to read (see :func:`read`). Ignored for example datasets.
+    backed
+        ``.h5ad`` only: ``"r"`` keeps ``X`` on disk (see :func:`read`). Default ``None``: no.
+
+    Returns
+    -------
+    tuple
+        The AnnData and a display name: the path, the example's name, or ``""`` for an
+        AnnData given directly.
+
+    Raises
+    ------
+    InputError
+        A path that does not exist or cannot be read, or an input of another type.
+    """
+    if isinstance(data, str | os.PathLike):
+        from ..datasets import EXAMPLES, load_example
+
+        if str(data) in EXAMPLES:
+            return load_example(str(data)), str(data)
+        p = Path(data)
+        if not p.expanduser().exists():
+            raise InputError(f"Input not found: {p}. Pass an .h5ad, Seurat .rds, 10x "
+                             "folder/.h5 or CSV file, or pbmc68k_reduced / pbmc_demo.")
+        return read(p, assay=assay, backed=backed or False), str(p)
+    if hasattr(data, "obs") and hasattr(data, "n_obs"):
+        return data, ""
+    raise InputError(f"Expected an AnnData, a file path or an example name (pbmc68k_reduced, "
+                     f"pbmc_demo), not {type(data).__name__}.")
+
+
 __all__ = [
     "SYMBOL_COLUMNS",
     "UNS_KEY",
     "GeneSymbols",
     "atomic_path",
     "gene_symbols",
+    "load_input",
     "read",
 ]
