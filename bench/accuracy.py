@@ -45,13 +45,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_demo(shared: Path):
     import scanpy as sc
 
+    from cellreasoner.checks import looks_like_counts
     from cellreasoner.io import read
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = read(shared / "data" / "pbmc_demo.rds")
     b = a.copy()
-    if sp.issparse(b.X) and np.all(np.mod(b.X.data, 1) == 0):
+    if sp.issparse(b.X) and looks_like_counts(b.X, max_values=None):
         sc.pp.normalize_total(b, target_sum=1e4)
         sc.pp.log1p(b)
     sc.pp.pca(b, n_comps=10)

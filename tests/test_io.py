@@ -23,15 +23,9 @@ from data_builders import (
 )
 from scipy import sparse
 
+from cellreasoner.checks import check_gene_overlap, expression_kind, validate_for_annotation
 from cellreasoner.errors import InputError
-from cellreasoner.io import (
-    UNS_KEY,
-    check_gene_overlap,
-    expression_kind,
-    gene_symbols,
-    read,
-    validate_for_annotation,
-)
+from cellreasoner.io import UNS_KEY, gene_symbols, read
 
 # --------------------------------------------------------------------------------------------
 # fixtures

@@ -111,7 +111,7 @@ def test_abstains_on_empty_and_nonsense_input(reasoner, pbmc):
 
 
 def test_counts_and_lognormalised_agree(reasoner, pbmc):
-    from cellreasoner.reasoner import log_normalize
+    from cellreasoner.checks import log_normalize
 
     rng = np.random.default_rng(0)
     counts = sp.csr_matrix(rng.poisson(0.3, size=(50, len(pbmc["genes"]))).astype(np.float32))

@@ -32,15 +32,23 @@ def pbmc_demo():
     return read(pbmc_demo_path())
 
 
-def resolve_input(name: str | os.PathLike, assay: str | None = None):
-    """An example dataset name -> AnnData; anything else is returned as a path."""
-    if str(name) == "pbmc68k_reduced":
+def load_example(name: str):
+    """The example dataset called ``name`` (one of :data:`EXAMPLES`) as an AnnData."""
+    if name == "pbmc68k_reduced":
         return pbmc68k_reduced()
-    if str(name) == "pbmc_demo":
+    if name == "pbmc_demo":
         return pbmc_demo()
-    path = Path(name)
-    if assay is not None:
-        from .io import read
+    raise ValueError(f"No example dataset {name!r}; examples: {', '.join(EXAMPLES)}.")
 
-        return read(path, assay=assay)
-    return path
+
+def resolve_input(name: str | os.PathLike, assay: str | None = None):
+    """An example dataset name -> AnnData; anything else is returned as a path (read when an
+    ``assay`` is given), so that ``.h5ad`` files can still be streamed from disk.
+
+    Reading goes through :func:`cellreasoner.io.load_input`.
+    """
+    if str(name) in EXAMPLES or assay is not None:
+        from .io import load_input
+
+        return load_input(name, assay=assay)[0]
+    return Path(name)

@@ -2,6 +2,8 @@
 
 Sources: an in-memory AnnData (sparse or dense ``X``, a layer, or ``.raw``), a backed AnnData,
 or an ``.h5ad`` path read straight from HDF5 (the fastest path for large files).
+:func:`resolve_matrix` is the one place deciding which matrix ``layer``/``use_raw`` name;
+:func:`sample_nonzero` and :func:`row_nonzero_counts` look at any matrix block by block.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,28 +60,79 @@ def _iter_matrix(X, n_obs: int, chunk_size: int) -> Iterator[sp.csr_matrix]:
         yield _as_csr(X[start : min(start + chunk_size, n_obs)])
 
 
-def from_anndata(adata, layer: str | None = None, use_raw: bool = False) -> MatrixSource:
-    """Matrix source over ``adata.X``, ``adata.layers[layer]`` or ``adata.raw.X``."""
+def layer_choices(adata) -> str:
+    """The matrices of ``adata`` one can ask for, as error messages list them."""
+    names = ["X (layer=None)"] + [repr(k) for k in adata.layers]
+    if adata.raw is not None:
+        names.append("'raw' (adata.raw)")
+    return ", ".join(names)
+
+
+def resolve_matrix(adata, layer: str | None = None, use_raw: bool = False) -> tuple[Any, str]:
+    """The expression matrix of ``adata`` that ``layer`` / ``use_raw`` name, and its label.
+
+    The one place deciding which matrix the pipeline reads (readers, checks, matrix sources).
+
+    Parameters
+    ----------
+    adata
+        The dataset (in memory or backed).
+    layer
+        ``None`` (default) for ``X``, a key of ``layers``, or ``"raw"`` for ``adata.raw.X``
+        (unless a layer is called ``"raw"``).
+    use_raw
+        Read ``adata.raw.X`` (``layer`` is then ignored).
+
+    Returns
+    -------
+    tuple
+        The matrix (not copied) and its label: ``"X"``, ``"raw"`` or ``"layers['name']"``.
+
+    Raises
+    ------
+    InputError
+        No ``.raw``, no such layer, or an empty ``X``; the message lists what there is.
+    """
+    from .io._detect import source_name
+
     if use_raw:
         if adata.raw is None:
             raise InputError("use_raw=True but this AnnData has no .raw; pass layer= instead.")
-        X = adata.raw.X
+        return adata.raw.X, "raw"
+    if layer is None:
+        if adata.X is None:
+            raise InputError(
+                f"{source_name(adata)}: X is empty; pass layer= with one of: "
+                f"{layer_choices(adata)}."
+            )
+        return adata.X, "X"
+    if layer == "raw" and "raw" not in adata.layers:
+        if adata.raw is None:
+            raise InputError(
+                f"{source_name(adata)}: layer='raw' was asked for but the AnnData has no .raw; "
+                f"available: {layer_choices(adata)}."
+            )
+        return adata.raw.X, "raw"
+    if layer not in adata.layers:
+        raise InputError(
+            f"{source_name(adata)}: no layer {layer!r}; available: {layer_choices(adata)}."
+        )
+    return adata.layers[layer], f"layers[{layer!r}]"
+
+
+def from_anndata(adata, layer: str | None = None, use_raw: bool = False) -> MatrixSource:
+    """Matrix source over ``adata.X``, ``adata.layers[layer]`` or ``adata.raw.X``
+    (chosen by :func:`resolve_matrix`)."""
+    X, label = resolve_matrix(adata, layer, use_raw)
+    if label == "raw":
         var_names = np.asarray(adata.raw.var_names)
         where = ".raw.X"
     else:
-        from .io import gene_symbols
+        from .io.genes import gene_symbols
 
-        if layer is not None:
-            if layer not in adata.layers:
-                raise InputError(
-                    f"Layer '{layer}' not found. Available layers: "
-                    f"{list(adata.layers) or 'none'}."
-                )
-            X, where = adata.layers[layer], f".layers['{layer}']"
-        else:
-            X, where = adata.X, ".X"
         # Ensembl var_names: sentences need symbols (a var column such as feature_name)
         var_names = np.asarray(gene_symbols(adata).symbols)
+        where = f".{label}"
     if X is None:
         raise InputError(f"The AnnData has no expression matrix in {where}.")
     n_obs = adata.n_obs
@@ -157,3 +211,87 @@ def from_h5ad(path: str | os.PathLike, layer: str | None = None) -> MatrixSource
         n_obs=n_obs, var_names=var_names, obs_names=obs_names, _chunks=chunks,
         description=f"{path}:{key}",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling and counting on any matrix (in memory, sparse or backed) without densifying
+# --------------------------------------------------------------------------------------------
+
+
+def _is_csc(mat: Any) -> bool:
+    fmt = getattr(mat, "format", None) or getattr(mat, "format_str", None)
+    return fmt == "csc"
+
+
+def _blocks(mat: Any, *, budget: int | None = None, block_rows: int = 4096) -> Iterator[Any]:
+    """Contiguous blocks of ``mat`` (rows, or columns for CSC), each small in memory.
+
+    With ``budget`` (number of rows/columns), only evenly spaced blocks totalling about that
+    many are returned; otherwise the whole matrix is covered.
+    """
+    axis = 1 if _is_csc(mat) else 0
+    n = mat.shape[axis]
+    starts = list(range(0, n, block_rows))
+    if budget is not None and len(starts) * block_rows > budget:
+        keep = max(1, budget // block_rows)
+        idx = np.unique(np.linspace(0, len(starts) - 1, keep).round().astype(int))
+        starts = [starts[i] for i in idx]
+    for start in starts:
+        stop = min(n, start + block_rows)
+        yield mat[start:stop] if axis == 0 else mat[:, start:stop]
+
+
+def _nonzero_values(block: Any) -> np.ndarray:
+    data = np.asarray(block.data) if sp.issparse(block) else np.asarray(block).ravel()
+    return data[data != 0]
+
+
+def sample_nonzero(mat: Any, max_values: int = 2_000_000) -> np.ndarray:
+    """Non-zero values of ``mat`` (all of them when few, else evenly spaced blocks)."""
+    if sp.issparse(mat):
+        data = np.asarray(mat.data)
+        if data.size > max_values:
+            step = data.size // max_values + 1
+            data = data[::step]
+        return data[data != 0]
+    n_cols = mat.shape[1] if not _is_csc(mat) else mat.shape[0]
+    budget = max(1, max_values // max(1, n_cols))
+    block_rows = max(1, min(4096, budget // 16))  # ~16 evenly spaced blocks
+    parts = [_nonzero_values(b) for b in _blocks(mat, budget=budget, block_rows=block_rows)]
+    return np.concatenate(parts) if parts else np.array([])
+
+
+def row_nonzero_counts(mat: Any) -> np.ndarray:
+    """Number of non-zero entries per row (cell), block by block."""
+    if sp.issparse(mat) and mat.format == "csr":
+        data = np.asarray(mat.data)
+        if not (data == 0).any():
+            return np.diff(np.asarray(mat.indptr))
+    if _is_csc(mat):
+        counts = np.zeros(mat.shape[0], dtype=np.int64)
+        for block in _blocks(mat):
+            block = sp.csc_matrix(block)
+            nz = np.asarray(block.data) != 0
+            counts += np.bincount(np.asarray(block.indices)[nz], minlength=mat.shape[0])
+        return counts
+    dense_rows = max(1, 16_000_000 // max(1, mat.shape[1]))  # ~16M values per dense block
+    block_rows = 4096 if hasattr(mat, "format") or sp.issparse(mat) else dense_rows
+    parts = []
+    for block in _blocks(mat, block_rows=min(4096, block_rows)):
+        if sp.issparse(block):
+            parts.append(np.asarray((block != 0).sum(axis=1)).ravel())
+        else:
+            parts.append(np.count_nonzero(np.asarray(block), axis=1))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "MatrixSource",
+    "from_anndata",
+    "from_h5ad",
+    "layer_choices",
+    "resolve_matrix",
+    "row_nonzero_counts",
+    "sample_nonzero",
+]

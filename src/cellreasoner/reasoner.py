@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from .checks import log_normalize, looks_like_counts
 from .errors import InputError
 from .markers import ALIASES, MarkerDB, load_markers
 from .refine import (
@@ -123,26 +124,6 @@ def _cl_info(ids: Sequence[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
             g = set(RELATED_GROUPS) | {B_LINEAGE}
         groups[i] = g
     return labels, groups
-
-
-def looks_like_counts(X: sp.spmatrix | np.ndarray) -> bool:
-    """True when every stored value is a whole number (log-normalised data never is)."""
-    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if data.size == 0:
-        return False
-    sample = data[: min(data.size, 200_000)]
-    return bool(np.all(np.mod(sample, 1) == 0) and sample.max() >= 1)
-
-
-def log_normalize(X: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matrix:
-    """``log1p`` of counts scaled to ``target_sum`` per cell (CP10k by default)."""
-    X = X.astype(np.float32, copy=True)
-    totals = np.asarray(X.sum(axis=1)).ravel()
-    totals[totals == 0] = 1.0
-    X = sp.diags((target_sum / totals).astype(np.float32)) @ X
-    X = sp.csr_matrix(X)
-    np.log1p(X.data, out=X.data)
-    return X
 
 
 def _top2(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -845,4 +826,4 @@ class Reasoner:
         return self._result(node, root, conf, status, text, S)
 
 
-__all__ = ["UNKNOWN", "Reasoner", "ReasonerResult", "log_normalize", "looks_like_counts"]
+__all__ = ["UNKNOWN", "Reasoner", "ReasonerResult"]

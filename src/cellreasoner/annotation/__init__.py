@@ -273,27 +273,12 @@ def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_m
 def _load(data, *, use_raw: bool, assay: str | None):
     """(AnnData, input name or "", streamed): an ``.h5ad`` path is opened ``backed="r"``
     and its matrix streamed from HDF5; other paths and demo names are read into memory."""
-    if isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad" \
-            and Path(data).is_file() and not use_raw:
-        from ..io import read
+    from ..io import load_input
 
-        return read(Path(data), backed="r"), str(data), True
-    if isinstance(data, str | os.PathLike):
-        from ..datasets import resolve_input
-
-        got = resolve_input(data, assay=assay)
-        if isinstance(got, str | os.PathLike):
-            from ..io import read
-
-            p = Path(got)
-            if not p.exists():
-                raise InputError(f"Input not found: {p}. Pass an .h5ad, Seurat .rds, 10x "
-                                 "folder/.h5 or CSV file, or pbmc68k_reduced / pbmc_demo.")
-            return read(p), str(data), False
-        return got, str(data), False
-    if not hasattr(data, "obs") or not hasattr(data, "n_obs"):
-        raise InputError(f"annotate() needs an AnnData or a file path, not {type(data).__name__}.")
-    return data, "", False
+    stream = (isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad"
+              and not use_raw)
+    adata, name = load_input(data, assay=assay, backed="r" if stream else None)
+    return adata, name if isinstance(data, str | os.PathLike) else "", stream
 
 
 def _source(adata, streamed_path: str, layer: str | None, use_raw: bool):
@@ -337,7 +322,7 @@ def _default_gene_list(gene_list, reads: str, adata, use_raw: bool):
 
 
 def _validate(adata, layer, use_raw: bool, genes, label_key, mode: str, by) -> None:
-    from ..io import check_obs_column, validate_for_annotation
+    from ..checks import check_obs_column, validate_for_annotation
 
     validate_for_annotation(adata, layer="raw" if use_raw else layer, genes=genes)
     if label_key is not None:

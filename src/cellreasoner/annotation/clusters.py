@@ -53,7 +53,7 @@ def resolve_groups(adata, by: str | None, source: MatrixSource | None = None,
             )
         return col.astype(str), key
     if key != "leiden":
-        from ..io import check_obs_column
+        from ..checks import check_obs_column
 
         check_obs_column(adata, key, "Cluster", "Or pass --by leiden to compute clusters.")
     adata.obs["leiden"] = compute_leiden(adata, source, resolution=resolution)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..atomic import atomic_path
 from ..errors import InputError
+from ..io.write import atomic_path
 
 if TYPE_CHECKING:
     from .result import AnnotationResult

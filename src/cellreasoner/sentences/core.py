@@ -458,7 +458,7 @@ def build_sentences(adata_or_source, gene_list: Sequence[str] | None = None, *,
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
         labels = None
         if label_key is not None:
-            from ..io import check_obs_column
+            from ..checks import check_obs_column
 
             check_obs_column(adata, label_key)
             labels = adata.obs[label_key].to_numpy()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
 from ..errors import InputError
+from ..io.write import atomic_path
 from ..prompts import instruction_for
 from .core import CellSentences
 

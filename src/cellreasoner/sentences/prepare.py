@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_obs_column, looks_like_counts
 from ..errors import InputError
 from ..matrix import DEFAULT_CHUNK, MatrixSource, from_anndata, from_h5ad
 from .core import DEFAULT_MAX_GENES, CellSentences, iter_sentence_chunks, prefetch
@@ -91,8 +92,8 @@ def _value_guard(source: MatrixSource, name: str, summary: PrepareSummary) -> Ma
                         "values: pass --layer counts/data, or use adata.raw (--use-raw)."
                     )
                 if not summary.expression:
-                    is_int = data.dtype.kind in "iu" or bool(np.all(np.mod(data[:10000], 1) == 0))
-                    summary.expression = "counts" if is_int else "log-normalised"
+                    counts = looks_like_counts(data, max_values=10_000)
+                    summary.expression = "counts" if counts else "log-normalised"
             yield chunk
 
     return MatrixSource(source.n_obs, source.var_names, source.obs_names, chunks,
@@ -106,25 +107,18 @@ def open_source(data, *, layer: str | None = None, use_raw: bool = False,
     ``.h5ad`` paths are streamed straight from HDF5 (obs/var read, X never loaded);
     other formats go through :func:`cellreasoner.io.read`.
     """
-    if isinstance(data, str | os.PathLike):
-        from .. import io
+    from ..io import load_input
 
-        path = Path(data)
-        name = str(path)
-        if path.suffix == ".h5ad" and not use_raw:
-            adata = io.read(path, backed="r")
-            source = from_h5ad(path, layer=layer)
-            source.var_names = np.asarray(adata.var_names).astype(str)
-        else:
-            adata = io.read(path)
-            source = from_anndata(adata, layer=layer, use_raw=use_raw)
+    stream = isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad" and not use_raw
+    adata, name = load_input(data, backed="r" if stream else None)
+    if stream:
+        source = from_h5ad(Path(data), layer=layer)
+        source.var_names = np.asarray(adata.var_names).astype(str)
     else:
-        adata, name = data, "AnnData"
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
+    name = name or "AnnData"
     labels = None
     if label_key is not None:
-        from ..io import check_obs_column
-
         check_obs_column(adata, label_key, f"{name}: label")
         labels = adata.obs[label_key].to_numpy()
     if len(set(source.obs_names)) != len(source.obs_names):

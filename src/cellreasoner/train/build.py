@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_obs_column
 from ..errors import InputError
-from ..io import check_obs_column
 from ..prompts import INSTRUCTION_DIRECT, INSTRUCTION_REASONING, Prompt, SamplingParams
 from .records import (
     format_reasoning_output,
@@ -71,21 +71,9 @@ class BuildResult:
 # --- inputs ---------------------------------------------------------------------------------
 def _load_adata(data):
     """AnnData, a file path (any format :func:`cellreasoner.io.read` reads) or a demo name."""
-    if hasattr(data, "obs") and hasattr(data, "n_obs"):
-        return data
-    if not isinstance(data, str | os.PathLike):
-        raise InputError(f"Expected an AnnData or a file path, not {type(data).__name__}.")
-    from ..datasets import resolve_input
+    from ..io import load_input
 
-    got = resolve_input(data)
-    if isinstance(got, str | os.PathLike):
-        from ..io import read
-
-        if not Path(got).exists():
-            raise InputError(f"Input not found: {got}. Pass a labelled .h5ad, Seurat .rds, 10x "
-                             "folder/.h5 or CSV file.")
-        return read(got)
-    return got
+    return load_input(data)[0]
 
 
 def _labels(adata, label_key: str) -> np.ndarray:

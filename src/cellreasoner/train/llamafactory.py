@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_path
 from ..errors import InputError
+from ..io.write import atomic_path
 from .records import load_records, write_records
 from .sft import DEFAULT_EPOCHS, DEFAULT_LR, FINETUNING, STAGES
 

@@ -99,7 +99,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 def write_records(records: Iterable[dict], path: str | os.PathLike) -> Path:
     """Write records atomically: JSON list (``indent=4``, as upstream) or ``.jsonl``."""
-    from ..atomic import atomic_path
+    from ..io.write import atomic_path
 
     p = Path(path)
     records = list(records)
