@@ -28,7 +28,7 @@ _SAVE_FORMATS = (".png", ".pdf", ".svg")
 
 
 def _level_names() -> dict[float, str]:
-    from .scoring import LEVELS
+    from .evaluation.scoring import LEVELS
 
     return {float(k): str(v) for k, v in LEVELS.items()}
 
@@ -77,7 +77,7 @@ def _finish(fig: Any, show: bool, save: str | Path | None, dpi: int = 150):
 
 def _per_cell(result: Any) -> pd.DataFrame:
     """The long per-cell table of an EvaluationResult (or such a DataFrame itself)."""
-    from .evaluate import EvaluationResult
+    from .evaluation import EvaluationResult
 
     if isinstance(result, EvaluationResult):
         return result.per_cell
@@ -105,7 +105,7 @@ def score_violin(
     Parameters
     ----------
     result
-        :class:`~cellreasoner.evaluate.EvaluationResult` or its ``per_cell`` table.
+        :class:`~cellreasoner.evaluation.EvaluationResult` or its ``per_cell`` table.
     show
         Display with pyplot (default ``False``).
     save
@@ -155,7 +155,7 @@ def level_bar(
     Parameters
     ----------
     result
-        :class:`~cellreasoner.evaluate.EvaluationResult` or its ``per_cell`` table.
+        :class:`~cellreasoner.evaluation.EvaluationResult` or its ``per_cell`` table.
     show, save, ax
         As in :func:`score_violin`.
 
@@ -353,7 +353,7 @@ def umap(
     pred_key
         Prediction column (default ``"cellreasoner_label"``).
     score_key
-        Score column written by :func:`cellreasoner.evaluate.score_adata`
+        Score column written by :func:`cellreasoner.evaluation.score_adata`
         (default ``"cellreasoner_score"``). When absent and ``truth_key`` is given, scores are
         computed on the fly (``adata`` is not modified); otherwise only the prediction is shown.
     truth_key
@@ -381,7 +381,7 @@ def umap(
     if score_key in adata.obs.columns:
         score = adata.obs[score_key].to_numpy(dtype=float)
     elif truth_key is not None:
-        from .evaluate import score_adata
+        from .evaluation import score_adata
 
         tmp = adata.obs[[c for c in (truth_key, pred_key) if c in adata.obs.columns]]
         import anndata

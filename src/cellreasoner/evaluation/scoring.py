@@ -43,13 +43,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import BackendError, InputError
-from .ontology import UNINFORMATIVE, CellOntology, LabelMatch, get_ontology, map_label, normalize
+from ..errors import BackendError, InputError
+from ..ontology import UNINFORMATIVE, CellOntology, LabelMatch, get_ontology, map_label, normalize
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .backends import Backend
+    from ..backends import Backend
 
 #: The four levels of the CellReasoner evaluation.
 LEVELS: dict[float, str] = {1.0: "Subtype correct", 0.5: "Major correct",
@@ -333,8 +333,8 @@ class LLMJudge:
     """
 
     def __init__(self, backend, cache_path: str | os.PathLike | None = None, sampling=None):
-        from .backends import get_backend
-        from .prompts import SamplingParams
+        from ..backends import get_backend
+        from ..prompts import SamplingParams
 
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.sampling = sampling or SamplingParams(temperature=0.01, top_p=0.01,
@@ -358,7 +358,7 @@ class LLMJudge:
         return f"{d.get('backend', '')}:{d.get('model', '')}"
 
     def prompt(self, truth: str, pred: str):
-        from .prompts import Prompt
+        from ..prompts import Prompt
 
         return Prompt(instruction=JUDGE_INSTRUCTION,
                       sentence=f"Ground truth: {truth}\nModel prediction: {pred}")

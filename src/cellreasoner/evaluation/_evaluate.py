@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class _OntologyCache:
         self._labels: dict[str, str] = {}
 
     def __call__(self, texts: np.ndarray) -> np.ndarray:
-        from .ontology import map_label
+        from ..ontology import map_label
 
         out = np.empty(len(texts), dtype=object)
         for i, text in enumerate(texts):
@@ -275,7 +275,7 @@ def collapse_to_truth(truth_cl: Sequence[str], pred_cl: Sequence[str]) -> np.nda
     A more specific correct answer (``"CD8-positive, alpha-beta T cell"`` for truth
     ``"T cell"``) then counts as a hit in :func:`macro_f1`; anything else is left as predicted.
     """
-    from .ontology import get_ontology
+    from ..ontology import get_ontology
 
     onto = get_ontology()
     out = np.asarray(pred_cl, dtype=object).copy()
@@ -369,7 +369,7 @@ class EvaluationResult:
         self.per_label.to_csv(out / "per_label.csv", index=False)
         self.per_cell.to_csv(out / "scores.csv", index=False)
         if plots:
-            from . import plot
+            from .. import plot
 
             figs = [
                 (plot.score_violin(self), "score_violin"),

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .evaluate import (
+from ..errors import InputError
+from ..evaluation._evaluate import (
     LEVEL_COLUMNS,
     ResultTable,
     _as_text,
@@ -158,7 +158,7 @@ def _evidence_from_expression(
     """
     if not any(reasoning[i] for i in keep):
         return None
-    from .evidence import check_evidence_many
+    from ..evidence import check_evidence_many
 
     adata = table.adata
     if adata is None and table.source.lower().endswith(".h5ad"):
@@ -261,7 +261,7 @@ def build_report(
     onto_id = _column(obs, prefix, "ontology_id")
     onto_label = _column(obs, prefix, "ontology_label")
     if onto_id is None:
-        from .evaluate import UNMAPPED, _OntologyCache
+        from ..evaluation._evaluate import UNMAPPED, _OntologyCache
 
         cache = _OntologyCache()
         ids = cache(labels)
@@ -354,7 +354,7 @@ def build_report(
     per_label: list[dict[str, Any]] = []
     level_names: list[str] = []
     if ev is not None:
-        from .scoring import LEVELS
+        from ..evaluation.scoring import LEVELS
 
         level_names = [str(LEVELS[k]) for k in sorted(LEVELS, reverse=True)]
         for row in ev.per_label.to_dict(orient="records"):
@@ -378,7 +378,7 @@ def build_report(
     # plots
     images: list[tuple[str, str]] = []
     if plots:
-        from . import plot
+        from .. import plot
 
         figs = [("Predicted labels", plot.label_counts(labels))]
         if ev is not None:
@@ -403,14 +403,14 @@ def build_report(
             ("macro-F1 on Cell Ontology terms (more specific counts)",
              f"{s['macro_f1_cl_hierarchical']:.3f}"),
         ]
-        from .scoring import LEVELS
+        from ..evaluation.scoring import LEVELS
 
         for value, col in LEVEL_COLUMNS.items():
             metrics_rows.append((f"{LEVELS[value]} (score {value:g})", f"{s[col]:.3f}"))
         for note in ev.notes:
             metrics_rows.append(("note", note))
 
-    from . import __version__
+    from .. import __version__
 
     title = title or f"cellreasoner report: {prov.get('model') or table.stem or 'annotation'}"
     return _render(
