@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .evaluation.metrics import LEVELS
 
 #: Colour of each score level, from best to worst.
 LEVEL_COLORS = {
@@ -25,12 +26,6 @@ LEVEL_COLORS = {
 }
 
 _SAVE_FORMATS = (".png", ".pdf", ".svg")
-
-
-def _level_names() -> dict[float, str]:
-    from .evaluation.scoring import LEVELS
-
-    return {float(k): str(v) for k, v in LEVELS.items()}
 
 
 def _mpl_text(text: Any, max_len: int = 48) -> str:
@@ -164,7 +159,6 @@ def level_bar(
     matplotlib.figure.Figure or None
     """
     df = _per_cell(result)
-    names = _level_names()
     runs = list(dict.fromkeys(df["run"]))
     fig, ax = _new_figure((2.4 + 1.1 * len(runs), 4.0), show, ax)
     x = np.arange(len(runs))
@@ -175,7 +169,7 @@ def level_bar(
             for r in runs
         ])
         ax.bar(x, frac, bottom=bottom, color=LEVEL_COLORS[value], width=0.7,
-               label=names.get(value, str(value)), edgecolor="white", linewidth=0.5)
+               label=LEVELS.get(value, str(value)), edgecolor="white", linewidth=0.5)
         bottom += frac
     means = df.groupby("run", sort=False)["score"].mean().reindex(runs).to_numpy()
     ax.hlines(means, x - 0.35, x + 0.35, colors="black", linewidth=2.2, label="mean score")

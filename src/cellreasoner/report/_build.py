@@ -25,15 +25,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..evaluation._evaluate import (
-    LEVEL_COLUMNS,
-    ResultTable,
-    _as_text,
-    default_pred_column,
-    evaluate,
-    provenance_for,
-    read_results,
-)
+from ..evaluation import evaluate
+from ..evaluation.metrics import LEVEL_COLUMNS
+from ..evaluation.results import ResultTable, default_pred_column, provenance_for, read_results
+from ..evaluation.results import as_text as _as_text
 
 logger = logging.getLogger(__name__)
 
@@ -261,9 +256,9 @@ def build_report(
     onto_id = _column(obs, prefix, "ontology_id")
     onto_label = _column(obs, prefix, "ontology_label")
     if onto_id is None:
-        from ..evaluation._evaluate import UNMAPPED, _OntologyCache
+        from ..evaluation.metrics import UNMAPPED, OntologyCache
 
-        cache = _OntologyCache()
+        cache = OntologyCache()
         ids = cache(labels)
         onto_id_arr = np.where(ids == UNMAPPED, "", ids).astype(object)
         onto_label_arr = np.array([cache.label_of(t) for t in labels], dtype=object)
@@ -354,7 +349,7 @@ def build_report(
     per_label: list[dict[str, Any]] = []
     level_names: list[str] = []
     if ev is not None:
-        from ..evaluation.scoring import LEVELS
+        from ..evaluation.metrics import LEVELS
 
         level_names = [str(LEVELS[k]) for k in sorted(LEVELS, reverse=True)]
         for row in ev.per_label.to_dict(orient="records"):
@@ -403,7 +398,7 @@ def build_report(
             ("macro-F1 on Cell Ontology terms (more specific counts)",
              f"{s['macro_f1_cl_hierarchical']:.3f}"),
         ]
-        from ..evaluation.scoring import LEVELS
+        from ..evaluation.metrics import LEVELS
 
         for value, col in LEVEL_COLUMNS.items():
             metrics_rows.append((f"{LEVELS[value]} (score {value:g})", f"{s[col]:.3f}"))
