@@ -17,7 +17,7 @@ import pytest
 from cellreasoner.cli import main
 from cellreasoner.errors import InputError
 from cellreasoner.report import build_report, write_report
-from cellreasoner.report._build import _json_for_script, _subsample
+from cellreasoner.report._data import _json_for_script, _subsample
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

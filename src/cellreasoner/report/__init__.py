@@ -1,4 +1,7 @@
-"""The offline HTML report of one annotation run (:func:`write_report`, :func:`build_report`)."""
+"""The offline HTML report of one annotation run (:func:`write_report`, :func:`build_report`).
+
+The page's HTML, CSS and script are package data under ``templates/``.
+"""
 
 from __future__ import annotations
 
