@@ -7,7 +7,7 @@ Usage::
 Datasets (real, offline): the CellReasoner PBMC3k demo (``../shared/data/pbmc_demo.rds``,
 Seurat tutorial labels) and ``scanpy.datasets.pbmc68k_reduced()`` (``.raw``, labels
 ``bulk_labels``, clusters ``louvain``, its kNN graph). Every prediction is scored against the
-ground truth with the automatic hierarchical scorer :func:`cellreasoner.scoring.score_pair`
+ground truth with the automatic hierarchical scorer :func:`cellreasoner.evaluation.score_pair`
 (1 subtype / 0.5 major / 0.25 partial / 0 incorrect).
 
 Rows: the reasoner per cell, per cell with kNN smoothing, the same without the self-training
@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cellreasoner.evaluation import LEVELS, PairScorer
 from cellreasoner.reasoner import Reasoner
-from cellreasoner.scoring import LEVELS, PairScorer
 
 ROOT = Path(__file__).resolve().parents[1]
 

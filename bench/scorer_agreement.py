@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="print K sample disagreements with the rule that fired (default 0)")
     args = ap.parse_args(argv)
 
-    from cellreasoner.scoring import LEVELS, PairScorer
+    from cellreasoner.evaluation import LEVELS, PairScorer
 
     df = pd.read_csv(args.path)
     truths = df["Ground Truth"].astype(str).tolist()

@@ -282,7 +282,7 @@ def test_builtin_end_to_end_on_pbmc68k(raw68k, tmp_path):
     assert "monocyte" in top["CD14+ Monocyte"]
     assert "B cell" in top["CD19+ B"]
     assert "NK cell" in top["CD56+ NK"]
-    from cellreasoner.scoring import PairScorer
+    from cellreasoner.evaluation import PairScorer
 
     scores = PairScorer().score_many(obs["bulk_labels"].astype(str).tolist(),
                                      obs["cellreasoner_label"].tolist())

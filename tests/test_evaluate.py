@@ -10,8 +10,15 @@ import pytest
 
 from cellreasoner.cli import main
 from cellreasoner.errors import InputError
-from cellreasoner.evaluate import EvaluationResult, evaluate, macro_f1, read_results, score_adata
-from cellreasoner.scoring import LEVELS, score_pair
+from cellreasoner.evaluation import (
+    LEVELS,
+    EvaluationResult,
+    evaluate,
+    macro_f1,
+    read_results,
+    score_adata,
+    score_pair,
+)
 
 
 def _annotate_by_cluster(adata, key="cellreasoner_label"):

@@ -8,7 +8,7 @@ import pytest
 
 from cellreasoner import plot
 from cellreasoner.errors import InputError
-from cellreasoner.evaluate import evaluate, score_adata
+from cellreasoner.evaluation import evaluate, score_adata
 
 
 @pytest.fixture

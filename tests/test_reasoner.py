@@ -240,8 +240,8 @@ def test_builtin_backend_protocol(pbmc):
 def test_pbmc_demo_hierarchical_score(pbmc_demo_rds):
     import warnings
 
+    from cellreasoner.evaluation import score_pair
     from cellreasoner.io import read
-    from cellreasoner.scoring import score_pair
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

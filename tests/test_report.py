@@ -16,7 +16,8 @@ import pytest
 
 from cellreasoner.cli import main
 from cellreasoner.errors import InputError
-from cellreasoner.report import _json_for_script, _subsample, build_report, write_report
+from cellreasoner.report import build_report, write_report
+from cellreasoner.report._data import _json_for_script, _subsample
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -10,8 +10,7 @@ import pytest
 
 from cellreasoner.backends import Backend, Generation
 from cellreasoner.errors import BackendError, InputError
-from cellreasoner.prompts import Prompt, SamplingParams
-from cellreasoner.scoring import (
+from cellreasoner.evaluation import (
     LEVELS,
     LLMJudge,
     PairScorer,
@@ -19,6 +18,7 @@ from cellreasoner.scoring import (
     parse_judgment,
     score_pair,
 )
+from cellreasoner.prompts import Prompt, SamplingParams
 
 COLS = ["Ground Truth", "Model Prediction", "Prediction Evaluation", "Evaluation Score"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cellreasoner.errors import InputError
+from cellreasoner.evaluation import score_pair
 from cellreasoner.prompts import INSTRUCTION_DIRECT, INSTRUCTION_REASONING
-from cellreasoner.scoring import score_pair
 from cellreasoner.train import (
     build_fusion,
     build_knowledge,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from ._lazy import lazy_getattr
 from .annotation import AnnotationResult as AnnotationResult
 from .annotation import annotate as annotate
-from .evaluate import evaluate as evaluate
+from .evaluation import evaluate as evaluate
 from .sentences.prepare import prepare as prepare
 
 __version__ = "0.1.0"
@@ -31,8 +31,8 @@ _EXPORTS = {
     "CellSentences": "cellreasoner.sentences:CellSentences",
     "get_backend": "cellreasoner.backends:get_backend",
     "map_label": "cellreasoner.ontology:map_label",
-    "score_pair": "cellreasoner.scoring:score_pair",
-    "PairScorer": "cellreasoner.scoring:PairScorer",
+    "score_pair": "cellreasoner.evaluation:score_pair",
+    "PairScorer": "cellreasoner.evaluation:PairScorer",
     "check_evidence": "cellreasoner.evidence:check_evidence",
     "write_report": "cellreasoner.report:write_report",
     "Prompt": "cellreasoner.prompts:Prompt",

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .evaluation.metrics import LEVELS
 
 #: Colour of each score level, from best to worst.
 LEVEL_COLORS = {
@@ -25,12 +26,6 @@ LEVEL_COLORS = {
 }
 
 _SAVE_FORMATS = (".png", ".pdf", ".svg")
-
-
-def _level_names() -> dict[float, str]:
-    from .scoring import LEVELS
-
-    return {float(k): str(v) for k, v in LEVELS.items()}
 
 
 def _mpl_text(text: Any, max_len: int = 48) -> str:
@@ -77,7 +72,7 @@ def _finish(fig: Any, show: bool, save: str | Path | None, dpi: int = 150):
 
 def _per_cell(result: Any) -> pd.DataFrame:
     """The long per-cell table of an EvaluationResult (or such a DataFrame itself)."""
-    from .evaluate import EvaluationResult
+    from .evaluation import EvaluationResult
 
     if isinstance(result, EvaluationResult):
         return result.per_cell
@@ -105,7 +100,7 @@ def score_violin(
     Parameters
     ----------
     result
-        :class:`~cellreasoner.evaluate.EvaluationResult` or its ``per_cell`` table.
+        :class:`~cellreasoner.evaluation.EvaluationResult` or its ``per_cell`` table.
     show
         Display with pyplot (default ``False``).
     save
@@ -155,7 +150,7 @@ def level_bar(
     Parameters
     ----------
     result
-        :class:`~cellreasoner.evaluate.EvaluationResult` or its ``per_cell`` table.
+        :class:`~cellreasoner.evaluation.EvaluationResult` or its ``per_cell`` table.
     show, save, ax
         As in :func:`score_violin`.
 
@@ -164,7 +159,6 @@ def level_bar(
     matplotlib.figure.Figure or None
     """
     df = _per_cell(result)
-    names = _level_names()
     runs = list(dict.fromkeys(df["run"]))
     fig, ax = _new_figure((2.4 + 1.1 * len(runs), 4.0), show, ax)
     x = np.arange(len(runs))
@@ -175,7 +169,7 @@ def level_bar(
             for r in runs
         ])
         ax.bar(x, frac, bottom=bottom, color=LEVEL_COLORS[value], width=0.7,
-               label=names.get(value, str(value)), edgecolor="white", linewidth=0.5)
+               label=LEVELS.get(value, str(value)), edgecolor="white", linewidth=0.5)
         bottom += frac
     means = df.groupby("run", sort=False)["score"].mean().reindex(runs).to_numpy()
     ax.hlines(means, x - 0.35, x + 0.35, colors="black", linewidth=2.2, label="mean score")
@@ -353,7 +347,7 @@ def umap(
     pred_key
         Prediction column (default ``"cellreasoner_label"``).
     score_key
-        Score column written by :func:`cellreasoner.evaluate.score_adata`
+        Score column written by :func:`cellreasoner.evaluation.score_adata`
         (default ``"cellreasoner_score"``). When absent and ``truth_key`` is given, scores are
         computed on the fly (``adata`` is not modified); otherwise only the prediction is shown.
     truth_key
@@ -381,7 +375,7 @@ def umap(
     if score_key in adata.obs.columns:
         score = adata.obs[score_key].to_numpy(dtype=float)
     elif truth_key is not None:
-        from .evaluate import score_adata
+        from .evaluation import score_adata
 
         tmp = adata.obs[[c for c in (truth_key, pred_key) if c in adata.obs.columns]]
         import anndata

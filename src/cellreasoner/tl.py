@@ -6,8 +6,8 @@ from ._lazy import lazy_getattr
 
 _EXPORTS = {
     "annotate": "cellreasoner.annotation:annotate",
-    "score": "cellreasoner.evaluate:score_adata",
-    "evaluate": "cellreasoner.evaluate:evaluate",
+    "score": "cellreasoner.evaluation:score_adata",
+    "evaluate": "cellreasoner.evaluation:evaluate",
 }
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .._sqlite import connect, transaction
 from ..backends.base import Generation
 from ..errors import InputError
 from ..prompts import SamplingParams
@@ -80,12 +81,7 @@ class GenerationCache:
         self.writes = 0
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+            self._db = connect(self.path, [_SCHEMA])
         except (sqlite3.DatabaseError, OSError) as exc:
             raise InputError(
                 f"Cannot use {self.path} as the annotation cache ({exc}). Pass another path "
@@ -133,15 +129,9 @@ class GenerationCache:
         ]
         if not rows:
             return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO generations VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, transaction(self._db):
+            self._db.executemany(
+                "INSERT OR REPLACE INTO generations VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         self.writes += len(rows)
 
     def count(self) -> int:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the summary table, optionally write OUTDIR."""
     import pandas as pd
 
-    from ..evaluate import evaluate
+    from ..evaluation import evaluate
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # seaborn's category-unit chatter
 

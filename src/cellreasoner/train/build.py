@@ -361,7 +361,7 @@ def build_reasoning(
         The answer written after the reasoning: ``"truth"`` (default: the ground-truth label,
         keeping the training vocabulary consistent) or ``"teacher"`` (the teacher's own words).
     scorer
-        ``(truth, prediction) -> score``; default :func:`cellreasoner.scoring.score_pair`.
+        ``(truth, prediction) -> score``; default :func:`cellreasoner.evaluation.score_pair`.
     cache
         Teacher answers are cached as annotate caches them, so a killed run resumes without
         asking again: a SQLite path, ``None``/``True`` for the default cache
@@ -383,7 +383,7 @@ def build_reasoning(
     if answer not in ("truth", "teacher"):
         raise InputError(f"answer must be 'truth' or 'teacher', not {answer!r}.")
     if scorer is None:
-        from ..scoring import score_pair as scorer
+        from ..evaluation import score_pair as scorer
     source = [r for r in load_records(data) if not is_reasoning_record(r)]
     if not source:
         raise InputError("build_reasoning needs labelled direct-answer records (build them with "

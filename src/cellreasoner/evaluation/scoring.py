@@ -33,28 +33,22 @@ from __future__ import annotations
 
 import functools
 import os
-import re
-import sqlite3
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import BackendError, InputError
-from .ontology import UNINFORMATIVE, CellOntology, LabelMatch, get_ontology, map_label, normalize
+from ..errors import InputError
+from ..ontology import UNINFORMATIVE, CellOntology, LabelMatch, get_ontology, map_label, normalize
+from .judge import LLMJudge
+from .metrics import LEVEL_BY_NAME, LEVELS
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .backends import Backend
-
-#: The four levels of the CellReasoner evaluation.
-LEVELS: dict[float, str] = {1.0: "Subtype correct", 0.5: "Major correct",
-                            0.25: "Partially correct", 0.0: "Incorrect"}
-_LEVEL_BY_NAME = {v.lower(): k for k, v in LEVELS.items()}
+    from ..backends import Backend
 
 #: Major cell types (name -> CL roots). A term belongs to every major whose root is the term
 #: itself or one of its ancestors.
@@ -290,124 +284,13 @@ def _load_pair_table(table) -> dict[tuple[str, str], float]:
             except (TypeError, ValueError):
                 score = None
         if score is None and _EVAL in cols:
-            score = _LEVEL_BY_NAME.get(str(rec[_EVAL]).strip().lower())
+            score = LEVEL_BY_NAME.get(str(rec[_EVAL]).strip().lower())
         if score not in LEVELS:
             raise InputError(f"Pair table {where}, row {i + 2}: score "
                              f"{rec.get(_SCORE)!r}/{rec.get(_EVAL)!r} is not one of "
                              f"{sorted(LEVELS)} / {list(LEVELS.values())}.")
         out[(str(rec[_TRUTH]).strip(), str(rec[_PRED]).strip())] = float(score)
     return out
-
-
-# --------------------------------------------------------------------------- LLM judge
-
-JUDGE_INSTRUCTION = (
-    "You evaluate cell-type annotations. Compare the model prediction with the ground-truth "
-    "cell type and answer with exactly one of: 'Subtype correct' (same cell type or subtype), "
-    "'Major correct' (same major cell type, different subtype, or a broader correct term), "
-    "'Partially correct' (hedged answer or related lineage), 'Incorrect'."
-)
-
-
-def parse_judgment(text: str) -> float | None:
-    """The level named in a judge's answer (a level name or a score), or ``None``."""
-    s = re.sub(r"(?s)<think>.*?</think>", " ", str(text)).lower()
-    hits = [(s.rfind(name), score) for name, score in _LEVEL_BY_NAME.items() if name in s]
-    if hits:
-        return max(hits)[1]
-    m = re.findall(r"(?<![\d.])(1(?:\.0+)?|0?\.5|0?\.25|0(?:\.0+)?)(?![\d.])", s)
-    return float(m[-1]) if m else None
-
-
-class LLMJudge:
-    """Judge pairs with any annotation backend; judgments cached in memory (and SQLite).
-
-    Parameters
-    ----------
-    backend
-        A :class:`~cellreasoner.backends.Backend` or a registry name (``"openai"``, ...).
-    cache_path
-        Optional SQLite file for judgments across sessions (default: memory only).
-    sampling
-        Generation settings (default: near-greedy, 64 new tokens).
-    """
-
-    def __init__(self, backend, cache_path: str | os.PathLike | None = None, sampling=None):
-        from .backends import get_backend
-        from .prompts import SamplingParams
-
-        self.backend = get_backend(backend) if isinstance(backend, str) else backend
-        self.sampling = sampling or SamplingParams(temperature=0.01, top_p=0.01,
-                                                   max_new_tokens=64, n=1)
-        self._mem: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-        self._db = None
-        self.calls = 0
-        if cache_path is not None:
-            path = Path(cache_path).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), check_same_thread=False)
-            self._db.execute("CREATE TABLE IF NOT EXISTS judgments (model TEXT, truth TEXT, "
-                             "prediction TEXT, score REAL, raw TEXT, "
-                             "PRIMARY KEY (model, truth, prediction))")
-            self._db.commit()
-
-    @property
-    def _model(self) -> str:
-        d = self.backend.describe()
-        return f"{d.get('backend', '')}:{d.get('model', '')}"
-
-    def prompt(self, truth: str, pred: str):
-        from .prompts import Prompt
-
-        return Prompt(instruction=JUDGE_INSTRUCTION,
-                      sentence=f"Ground truth: {truth}\nModel prediction: {pred}")
-
-    def _cached(self, key: tuple[str, str]) -> float | None:
-        if key in self._mem:
-            return self._mem[key]
-        if self._db is not None:
-            row = self._db.execute("SELECT score FROM judgments WHERE model=? AND truth=? AND "
-                                   "prediction=?", (self._model, *key)).fetchone()
-            if row is not None:
-                self._mem[key] = float(row[0])
-                return float(row[0])
-        return None
-
-    def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Scores for ``pairs``; uncached pairs go to the backend in one batch."""
-        keys = [(str(t), str(p)) for t, p in pairs]
-        todo = [k for k in dict.fromkeys(keys) if self._cached(k) is None]
-        if todo:
-            gens = self.backend.generate([self.prompt(*k) for k in todo], self.sampling)
-            self.calls += len(todo)
-            if len(gens) != len(todo):
-                raise BackendError(f"Judge backend returned {len(gens)} answers for "
-                                   f"{len(todo)} prompts.")
-            rows = []
-            for k, g in zip(todo, gens, strict=True):
-                raw = g[0].text if g else ""
-                score = parse_judgment(raw)
-                if score is None:
-                    raise BackendError(f"Could not read a level from the judge's answer "
-                                       f"{raw[:200]!r} for pair {k}. Expected one of "
-                                       f"{list(LEVELS.values())}.")
-                with self._lock:
-                    self._mem[k] = score
-                rows.append((self._model, k[0], k[1], score, raw))
-            if self._db is not None:
-                self._db.executemany("INSERT OR REPLACE INTO judgments VALUES (?,?,?,?,?)",
-                                     rows)
-                self._db.commit()
-        return [self._mem[k] for k in keys]
-
-    def judge(self, truth: str, pred: str) -> float:
-        return self.judge_many([(truth, pred)])[0]
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
 
 # --------------------------------------------------------------------------- scorer
@@ -528,6 +411,6 @@ def explain_pair(truth: str, prediction: str) -> Explanation:
     return _default_scorer().explain(truth, prediction)
 
 
-__all__ = ["FLAT_MAJORS", "JUDGE_INSTRUCTION", "LEVELS", "MAJOR_TYPES", "SUBTYPE_ANCHORS",
-           "Explanation", "LLMJudge", "PairScorer", "explain_pair", "parse_judgment",
-           "score_pair"]
+__all__ = ["BROAD_MEMBERS", "FLAT_MAJORS", "LINEAGE_MAJORS", "MAJOR_TYPES",
+           "PROGENITOR_LINEAGES", "SUBTYPE_ANCHORS", "Explanation", "PairScorer",
+           "explain_pair", "score_pair"]
