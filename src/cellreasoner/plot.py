@@ -91,6 +91,7 @@ def _per_cell(result: Any) -> pd.DataFrame:
 
 def score_violin(
     result: Any,
+    *,
     show: bool = False,
     save: str | Path | None = None,
     ax: Any = None,
@@ -141,6 +142,7 @@ def score_violin(
 
 def level_bar(
     result: Any,
+    *,
     show: bool = False,
     save: str | Path | None = None,
     ax: Any = None,
@@ -203,6 +205,7 @@ def crosstab(truth: Sequence[Any], pred: Sequence[Any], max_predictions: int = 3
 
 def label_heatmap(
     data: Any,
+    *,
     run: str | None = None,
     truth_key: str | None = None,
     pred_key: str = "cellreasoner_label",
@@ -331,6 +334,7 @@ def umap_figure(
 
 def umap(
     adata: Any,
+    *,
     pred_key: str = "cellreasoner_label",
     score_key: str = "cellreasoner_score",
     truth_key: str | None = None,
@@ -390,6 +394,7 @@ def umap(
 
 def label_counts(
     labels: Sequence[Any],
+    *,
     max_labels: int = 30,
     title: str = "Predicted labels",
     show: bool = False,

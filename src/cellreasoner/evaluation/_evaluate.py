@@ -350,6 +350,7 @@ def _per_label_rows(name: str, frame: pd.DataFrame) -> list[dict[str, Any]]:
 def evaluate(
     results: Any,
     truth: str,
+    *,
     pred: str | Sequence[str] | None = None,
     names: Sequence[str] | None = None,
     pair_table: Any = None,
@@ -418,6 +419,7 @@ def evaluate(
 def score_adata(
     adata: Any,
     truth_key: str,
+    *,
     pred_key: str = "cellreasoner_label",
     key_added: str = "cellreasoner_score",
     pair_table: Any = None,
@@ -444,7 +446,9 @@ def score_adata(
     Returns
     -------
     AnnData or None
-        The copy when ``copy=True``, else ``None``.
+        The copy when ``copy=True``, else ``None``. Written: ``obs[key_added]`` (the score
+        1 / 0.5 / 0.25 / 0), ``obs[f"{key_added}_level"]`` (its level name) and
+        ``uns[key_added]`` (truth and prediction keys, cells scored, mean score).
     """
     if copy:
         adata = adata.copy()

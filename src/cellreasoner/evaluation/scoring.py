@@ -400,8 +400,18 @@ def _default_scorer() -> PairScorer:
 def score_pair(truth: str, prediction: str) -> float:
     """Automatic CellReasoner score of one (truth, prediction) pair from the CL graph.
 
-    Returns one of ``1.0`` (Subtype correct), ``0.5`` (Major correct), ``0.25`` (Partially
-    correct) or ``0.0`` (Incorrect); see :data:`LEVELS`.
+    Parameters
+    ----------
+    truth
+        The ground-truth label (free text; mapped to the Cell Ontology).
+    prediction
+        The predicted label.
+
+    Returns
+    -------
+    float
+        ``1.0`` (Subtype correct), ``0.5`` (Major correct), ``0.25`` (Partially correct) or
+        ``0.0`` (Incorrect); see :data:`LEVELS`.
     """
     return _default_scorer().score(truth, prediction)
 

@@ -285,6 +285,7 @@ def build_report(
 def write_report(
     results: Any,
     path: str | Path,
+    *,
     truth: str | None = None,
     pred: str | None = None,
     groupby: str | None = None,
