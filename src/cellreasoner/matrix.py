@@ -267,6 +267,11 @@ def row_nonzero_counts(mat: Any) -> np.ndarray:
         data = np.asarray(mat.data)
         if not (data == 0).any():
             return np.diff(np.asarray(mat.indptr))
+    group = getattr(mat, "group", None)
+    if getattr(mat, "format", None) == "csr" and group is not None and "indptr" in group:
+        # a backed CSR matrix: its stored entries per row come from indptr alone (reading the
+        # values to rule out explicit zeros would be a whole pass over the file)
+        return np.diff(np.asarray(group["indptr"][:], dtype=np.int64))
     if _is_csc(mat):
         counts = np.zeros(mat.shape[0], dtype=np.int64)
         for block in _blocks(mat):
