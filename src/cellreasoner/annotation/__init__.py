@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..backends import Backend, RunContext, get_backend
+from ..backends import Backend, RunContext, backend_class, get_backend
 from ..errors import BackendError, InputError
 from ..prompts import SamplingParams, instruction_for
 from .cache import GenerationCache, default_cache_path
@@ -152,7 +152,6 @@ def annotate(
         ``_evidence_fraction``, ``_evidence_flag``, ``_cited_present``, ``_cited_absent``
         (+ ``_cluster_label``, ``_cluster_agreement``) and ``uns[key_added]`` provenance.
     """
-    from .. import __version__
     from ..progress import progress_bar
 
     t0 = time.perf_counter()
@@ -160,8 +159,8 @@ def annotate(
     adata, input_name, streamed = _load(adata, use_raw=use_raw, assay=assay)
     if copy and not input_name:
         adata = adata.copy()
-    be, own_backend = _backend(backend, model, backend_options)
-    caps = be.capabilities
+    # what the backend reads decides the defaults; it is made only once the input is checked
+    caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
     use_matrix = caps.reads == "matrix" and mode in ("cell", "hybrid")
     gene_list = _default_gene_list(gene_list, caps.reads, adata, use_raw)
     genes = _gene_vocab(gene_list)
@@ -174,6 +173,7 @@ def annotate(
         log.warning("n=%d self-consistency samples at temperature %s will be near-identical; "
                     "pass a higher temperature (e.g. 0.6) for a meaningful agreement.",
                     sampling.n, sampling.temperature)
+    be, own_backend = _backend(backend, model, backend_options)
     run = _Run(be=be, adata=adata, source=source, genes=genes, sampling=sampling,
                reasoning=reasoning, mode=mode, max_genes=int(max_genes), batch_size=batch_size,
                instruction=_instruction(reasoning, None if caps.tissue else tissue),
@@ -198,28 +198,14 @@ def annotate(
             run.groups, run.by_key = resolve_groups(adata, by, source)
         table, clusters_df, unique_prompts = _answer(run, cluster_markers, n_markers,
                                                      marker_order)
-    provenance = {
-        **describe,
-        "backend": be.name, "model": be.model or describe.get("model", ""), "mode": mode,
-        "reasoning": bool(reasoning), "n_samples": 1 if use_matrix else int(n),
-        "sampling": uns_safe(sampling.to_dict()) if not use_matrix else {},
-        "n_cells": int(adata.n_obs), "unique_prompts": int(unique_prompts),
-        "model_calls": int(run.stats.model_calls), "generations": int(run.stats.generations),
-        "cache_hits": int(run.stats.cache_hits),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "version": __version__, "gene_list": _gene_list_name(gene_list, genes),
-        "max_genes": int(max_genes), "key_added": key_added,
-        "cache": str(cache_path) if cache_path else "",
-        "layer": "raw" if use_raw else (layer or "X"),
-    }
-    _add_run_details(provenance, input_name, tissue, run, clusters_df)
-    truth = None
-    if label_key is not None:
-        truth = adata.obs[label_key].astype(object).where(adata.obs[label_key].notna(), "")
-        truth = truth.astype(str)
-        truth.index = table.index
+    provenance = _provenance(
+        run, describe, n=n, seconds=time.perf_counter() - t0, gene_list=gene_list,
+        key_added=key_added, cache_path=cache_path, layer=layer, use_raw=use_raw,
+        input_name=input_name, tissue=tissue, clusters_df=clusters_df,
+        unique_prompts=unique_prompts)
     result = AnnotationResult(table=table, provenance=provenance, adata=adata,
-                              key_added=key_added, truth=truth, clusters=clusters_df)
+                              key_added=key_added, truth=_truth(adata, label_key, table),
+                              clusters=clusters_df)
     result.to_adata()
     log.debug("annotated %s", result.summary_line())
     return result
@@ -388,8 +374,27 @@ def _matrix_answers(run: _Run) -> list:
     return blocks
 
 
-def _add_run_details(provenance: dict, input_name: str, tissue, run: _Run,
-                     clusters_df: pd.DataFrame | None) -> None:
+def _provenance(run: _Run, describe: dict, *, n: int, seconds: float, gene_list, key_added: str,
+                cache_path: Path | None, layer: str | None, use_raw: bool, input_name: str,
+                tissue: str | None, clusters_df: pd.DataFrame | None,
+                unique_prompts: int) -> dict:
+    """What ``uns[key_added]`` records about the run."""
+    from .. import __version__
+
+    be = run.be
+    provenance = {
+        **describe,
+        "backend": be.name, "model": be.model or describe.get("model", ""), "mode": run.mode,
+        "reasoning": bool(run.reasoning), "n_samples": 1 if run.use_matrix else int(n),
+        "sampling": uns_safe(run.sampling.to_dict()) if not run.use_matrix else {},
+        "n_cells": int(run.adata.n_obs), "unique_prompts": int(unique_prompts),
+        "model_calls": int(run.stats.model_calls), "generations": int(run.stats.generations),
+        "cache_hits": int(run.stats.cache_hits), "seconds": round(seconds, 3),
+        "version": __version__, "gene_list": _gene_list_name(gene_list, run.genes),
+        "max_genes": int(run.max_genes), "key_added": key_added,
+        "cache": str(cache_path) if cache_path else "",
+        "layer": "raw" if use_raw else (layer or "X"),
+    }
     if input_name:
         provenance["input"] = input_name
     if tissue:
@@ -400,6 +405,17 @@ def _add_run_details(provenance: dict, input_name: str, tissue, run: _Run,
         # column lists, not a dict keyed by cluster name: names may hold "/" (h5ad paths)
         cl = clusters_df.drop(columns=["response"]).reset_index()
         provenance["clusters"] = {c: cl[c].tolist() for c in cl.columns}
+    return provenance
+
+
+def _truth(adata, label_key: str | None, table: pd.DataFrame) -> pd.Series | None:
+    """The ground-truth labels as text ("" where missing), indexed like ``table``."""
+    if label_key is None:
+        return None
+    truth = adata.obs[label_key].astype(object).where(adata.obs[label_key].notna(), "")
+    truth = truth.astype(str)
+    truth.index = table.index
+    return truth
 
 
 # --- small pieces ----------------------------------------------------------------------------

@@ -25,6 +25,17 @@ BACKENDS: dict[str, str] = {
 }
 
 
+def backend_class(name: str) -> type[Backend]:
+    """The class registered under ``name`` (imported lazily; unknown names raise
+    :class:`~cellreasoner.errors.InputError`)."""
+    if name not in BACKENDS:
+        raise InputError(
+            f"Unknown backend '{name}'. Choose one of: {', '.join(sorted(BACKENDS))}."
+        )
+    module_name, cls_name = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
 def get_backend(name: str | Backend = "builtin", **options) -> Backend:
     """Instantiate a backend by registry name (or pass a ready :class:`Backend` through).
 
@@ -42,16 +53,10 @@ def get_backend(name: str | Backend = "builtin", **options) -> Backend:
     """
     if isinstance(name, Backend):
         return name
-    if name not in BACKENDS:
-        raise InputError(
-            f"Unknown backend '{name}'. Choose one of: {', '.join(sorted(BACKENDS))}."
-        )
-    module_name, cls_name = BACKENDS[name].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(**options)
+    return backend_class(name)(**options)
 
 
 __all__ = [
     "BACKENDS", "Backend", "Capabilities", "CellAnswers", "Generation", "ProgressCallback",
-    "ResultCallback", "RunContext", "get_backend",
+    "ResultCallback", "RunContext", "backend_class", "get_backend",
 ]
