@@ -175,3 +175,29 @@ def test_api_written_h5ad_equals_the_cli_written_one(pbmc68k, tmp_path):
         b.uns["cellreasoner"].pop(k)
     assert json.dumps(a.uns["cellreasoner"], sort_keys=True, default=str) == json.dumps(
         b.uns["cellreasoner"], sort_keys=True, default=str)
+
+
+def test_an_anndata_opened_backed_is_annotated_without_loading_x(pbmc68k, tmp_path):
+    adata = pbmc68k.raw.to_adata()
+    path = tmp_path / "in.h5ad"
+    adata.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    res = annotate(backed, progress=False)
+    assert backed.isbacked and res.adata is backed
+    want = annotate(adata, progress=False).table
+    pd.testing.assert_frame_equal(res.table, want)
+    back = ad.read_h5ad(res.write(tmp_path / "out.h5ad"))
+    assert back.obs["cellreasoner_label"].tolist() == want["label"].tolist()
+
+
+def test_cli_writes_the_obs_only_parquet(pbmc68k, tmp_path, capsys):
+    from cellreasoner.cli import main
+
+    src = tmp_path / "in.h5ad"
+    pbmc68k.raw.to_adata().write_h5ad(src)
+    out = tmp_path / "labels.parquet"
+    assert main(["annotate", str(src), "-o", str(out), "--no-progress"]) == 0
+    table = pd.read_parquet(out)
+    assert len(table) == pbmc68k.n_obs and "cellreasoner_label" not in table
+    assert {"cell_name", "label", "ontology_id", "evidence_flag"} <= set(table.columns)
+    assert str(out) in capsys.readouterr().err
