@@ -147,7 +147,12 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a training run produced."""
+    """What a training run produced.
+
+    ``max_sentence_genes`` is the longest cell sentence of the training data, in genes:
+    annotate with that ``max_genes``. ``has_full_model`` says whether ``output_dir`` holds a
+    full model (full fine-tuning, or a merged LoRA adapter) that annotation can load.
+    """
 
     output_dir: Path
     global_step: int
@@ -157,6 +162,8 @@ class TrainResult:
     n_dropped: int
     adapter_dir: Path | None = None
     resumed_from: str | None = None
+    max_sentence_genes: int = 0
+    has_full_model: bool = True
 
     @property
     def losses(self) -> list[float]:
@@ -339,7 +346,8 @@ def train_sft(
         output_dir=out, global_step=trainer.state.global_step,
         train_loss=float(output.training_loss), log_history=history,
         n_examples=len(columns["input_ids"]), n_dropped=dropped, adapter_dir=adapter_dir,
-        resumed_from=resume,
+        resumed_from=resume, max_sentence_genes=sentence_genes(records),
+        has_full_model=config.finetuning == "full" or config.merge,
     )
 
 
