@@ -23,7 +23,8 @@ from cellreasoner.train import (  # noqa: E402
     format_reasoning_output,
     train_sft,
 )
-from cellreasoner.train.sft import PROVENANCE_FILE, tokenize_records  # noqa: E402
+from cellreasoner.train.sft import PROVENANCE_FILE  # noqa: E402
+from cellreasoner.train.tokens import tokenize_records  # noqa: E402
 
 #: Four well-separated PBMC types, four cells each (the over-fit set).
 OVERFIT_LABELS = ["CD14+ Monocyte", "CD19+ B", "CD56+ NK", "CD8+ Cytotoxic T"]

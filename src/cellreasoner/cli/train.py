@@ -298,8 +298,7 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     res = train_sft(args.model, args.data, args.output, cfg,
                     resume_from_checkpoint=args.resume, eval_data=args.eval_data,
-                    overwrite=args.overwrite,
-                    progress=args.progress)
+                    overwrite=args.overwrite, progress=args.progress)
     summary = {"output_dir": str(res.output_dir), "stage": args.stage,
                "global_step": res.global_step, "train_loss": round(res.train_loss, 6),
                "examples": res.n_examples, "dropped_too_long": res.n_dropped,
@@ -307,11 +306,8 @@ def _run_train(args: argparse.Namespace) -> int:
     if res.eval_losses:
         summary["eval_loss"] = round(res.eval_losses[-1], 6)
     print(json.dumps(summary))
-    if cfg.finetuning == "full" or cfg.merge:
-        from ..train.records import read_records
-        from ..train.sft import sentence_genes
-
-        n_genes = sentence_genes(read_records(args.data))
+    if res.has_full_model:
+        n_genes = res.max_sentence_genes
         hint = f" --max-genes {n_genes}" if n_genes < 1000 else ""
         print(f"annotate with: cellreasoner annotate INPUT --backend transformers "
               f"--model {res.output_dir}{hint} -o out.h5ad  (use the sentence settings the "

@@ -1,8 +1,9 @@
 """Training: the three-stage CellReasoner recipe (reasoning scaffold, knowledge, fusion).
 
 Data builders (:mod:`.build`), records I/O (:mod:`.records`), native TRL/PEFT training
-(:mod:`.sft`) and LLaMA-Factory export (:mod:`.llamafactory`). Heavy dependencies (torch,
-transformers, trl, peft, datasets) are the ``[train]`` extra and imported only when training.
+(:mod:`.sft`; the records' tokenization in :mod:`.tokens`) and LLaMA-Factory export
+(:mod:`.llamafactory`). Heavy dependencies (torch, transformers, trl, peft, datasets) are the
+``[train]`` extra and imported only when training.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ import numpy as np
 
 from ..checks import check_obs_column
 from ..errors import InputError
-from ..prompts import INSTRUCTION_DIRECT, INSTRUCTION_REASONING, Prompt, SamplingParams
+from ..prompts import INSTRUCTION_DIRECT, SamplingParams
+from . import _teacher
 from .records import (
-    format_reasoning_output,
     is_reasoning_record,
     load_records,
     validate_records,
@@ -217,66 +217,23 @@ def build_knowledge(
     BuildResult
         ``records`` (training, shuffled), ``test`` (held out) and ``info``.
     """
-    from ..sentences import build_sentences
-
-    if not 0 <= test_size < 1:
-        raise InputError(f"test_size must be in [0, 1), not {test_size}.")
-    if holdout is not None and split_key is None:
-        raise InputError("holdout names groups of a split column; pass split_key too.")
+    _check_split_args(test_size, split_key, holdout)
     if isinstance(gene_list, str | os.PathLike):
         from ..resources import load_gene_list
 
         gene_list = load_gene_list(gene_list)
     adata = _load_adata(data)
     rng = np.random.default_rng(seed)
-    labels = _labels(adata, label_key)
-    mapping: dict[str, str] = {}
-    if normalize_labels:
-        labels, mapping = _normalise_labels(labels)
-    keep = np.asarray([lab is not None for lab in labels])
-    if not keep.any():
-        raise InputError(f"No cell has a label in obs['{label_key}'].")
-
-    held: list[str] = []
-    if split_key is not None:
-        check_obs_column(adata, split_key, "Split")
-        groups = adata.obs[split_key].astype(str).to_numpy()
-        test_mask, held = _group_split(groups, keep, holdout, test_size, rng)
-    else:
-        test_mask = _stratified_split(labels, keep, test_size, rng)
-    train_mask = keep & ~test_mask
-
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i in np.flatnonzero(train_mask):
-        by_label[labels[i]].append(int(i))
-    rare = sorted(lab for lab, idx in by_label.items() if len(idx) < min_per_label)
-    for lab in rare:
-        del by_label[lab]
-    train_idx = _cap(by_label, max_per_label, balance, rng)
-    if not train_idx:
-        raise InputError("No training cell is left after the split and the per-label limits; "
-                         "lower min_per_label or test_size.")
+    labels, mapping, keep = _knowledge_labels(adata, label_key, normalize_labels)
+    test_mask, held = _split_cells(adata, labels, keep, split_key, holdout, test_size, rng)
+    train_idx, rare = _train_indices(labels, keep & ~test_mask, min_per_label, max_per_label,
+                                     balance, rng)
     test_idx = [int(i) for i in np.flatnonzero(test_mask)]
 
-    def records_for(idx: list[int]) -> tuple[list[dict], int]:
-        if not idx:
-            return [], 0
-        sub = adata[np.asarray(idx)]
-        sents = build_sentences(sub, gene_list, order=order, max_genes=max_genes, layer=layer,
-                                use_raw=use_raw)
-        recs, empty = [], 0
-        for j, i in enumerate(idx):
-            sentence = sents.sentence(j)
-            if not sentence:
-                empty += 1
-                continue
-            recs.append({"cell_name": str(adata.obs_names[i]),
-                         "instruction": INSTRUCTION_DIRECT,
-                         "input": sentence, "output": labels[i]})
-        return recs, empty
-
-    train, empty_train = records_for(train_idx)
-    test, empty_test = records_for(test_idx)
+    sentence_kw = {"gene_list": gene_list, "order": order, "max_genes": max_genes,
+                   "layer": layer, "use_raw": use_raw}
+    train, empty_train = _direct_records(adata, labels, train_idx, sentence_kw)
+    test, empty_test = _direct_records(adata, labels, test_idx, sentence_kw)
     if not train:
         raise InputError("Every training cell has an empty sentence (no expressed gene of the "
                          "gene list); check the matrix (layer/use_raw) and gene symbols.")
@@ -301,21 +258,75 @@ def build_knowledge(
     return BuildResult(train, test, info)
 
 
+def _check_split_args(test_size: float, split_key: str | None,
+                      holdout: Sequence[str] | None) -> None:
+    if not 0 <= test_size < 1:
+        raise InputError(f"test_size must be in [0, 1), not {test_size}.")
+    if holdout is not None and split_key is None:
+        raise InputError("holdout names groups of a split column; pass split_key too.")
+
+
+def _knowledge_labels(adata, label_key: str, normalize_labels: bool
+                      ) -> tuple[np.ndarray, dict[str, str], np.ndarray]:
+    """The cells' labels (Cell Ontology names if asked), the mapping used, the labelled mask."""
+    labels = _labels(adata, label_key)
+    mapping: dict[str, str] = {}
+    if normalize_labels:
+        labels, mapping = _normalise_labels(labels)
+    keep = np.asarray([lab is not None for lab in labels])
+    if not keep.any():
+        raise InputError(f"No cell has a label in obs['{label_key}'].")
+    return labels, mapping, keep
+
+
+def _split_cells(adata, labels: np.ndarray, keep: np.ndarray, split_key: str | None,
+                 holdout: Sequence[str] | None, test_size: float, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, list[str]]:
+    """Test mask and held-out groups: by donor/sample with ``split_key``, else stratified."""
+    if split_key is None:
+        return _stratified_split(labels, keep, test_size, rng), []
+    check_obs_column(adata, split_key, "Split")
+    groups = adata.obs[split_key].astype(str).to_numpy()
+    return _group_split(groups, keep, holdout, test_size, rng)
+
+
+def _train_indices(labels: np.ndarray, train_mask: np.ndarray, min_per_label: int,
+                   max_per_label: int | None, balance: bool, rng: np.random.Generator
+                   ) -> tuple[list[int], list[str]]:
+    """Training cells after the per-label limits, and the labels left out as too rare."""
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i in np.flatnonzero(train_mask):
+        by_label[labels[i]].append(int(i))
+    rare = sorted(lab for lab, idx in by_label.items() if len(idx) < min_per_label)
+    for lab in rare:
+        del by_label[lab]
+    train_idx = _cap(by_label, max_per_label, balance, rng)
+    if not train_idx:
+        raise InputError("No training cell is left after the split and the per-label limits; "
+                         "lower min_per_label or test_size.")
+    return train_idx, rare
+
+
+def _direct_records(adata, labels: np.ndarray, idx: list[int], sentence_kw: dict
+                    ) -> tuple[list[dict], int]:
+    """Direct-answer records of the cells ``idx`` and the number left out as empty sentences."""
+    from ..sentences import build_sentences
+
+    if not idx:
+        return [], 0
+    sents = build_sentences(adata[np.asarray(idx)], **sentence_kw)
+    recs, empty = [], 0
+    for j, i in enumerate(idx):
+        sentence = sents.sentence(j)
+        if not sentence:
+            empty += 1
+            continue
+        recs.append({"cell_name": str(adata.obs_names[i]), "instruction": INSTRUCTION_DIRECT,
+                     "input": sentence, "output": labels[i]})
+    return recs, empty
+
+
 # --- stage 1: reasoning scaffold ------------------------------------------------------------
-def _round_robin(items_by_label: dict[str, list], limit: int | None) -> list:
-    """Take items label by label in turn (balanced), up to ``limit``."""
-    queues = {lab: list(v) for lab, v in sorted(items_by_label.items())}
-    out: list = []
-    while queues and (limit is None or len(out) < limit):
-        for lab in list(queues):
-            if limit is not None and len(out) >= limit:
-                break
-            out.append(queues[lab].pop(0))
-            if not queues[lab]:
-                del queues[lab]
-    return out
-
-
 def build_reasoning(
     data: str | os.PathLike | Sequence[dict],
     teacher="builtin",
@@ -376,9 +387,7 @@ def build_reasoning(
     BuildResult
         ``records`` in reasoning mode and ``info`` (counts of generated, rejected, kept).
     """
-    from ..annotation import generate_cached
     from ..backends import get_backend
-    from ..parsing import parse_response
 
     if answer not in ("truth", "teacher"):
         raise InputError(f"answer must be 'truth' or 'teacher', not {answer!r}.")
@@ -388,91 +397,19 @@ def build_reasoning(
     if not source:
         raise InputError("build_reasoning needs labelled direct-answer records (build them with "
                          "build_knowledge); the input holds only reasoning records.")
-    rng = np.random.default_rng(seed)
-    by_label: dict[str, list[dict]] = defaultdict(list)
-    for i in rng.permutation(len(source)):
-        by_label[source[i]["output"]].append(source[i])
-    candidates = _round_robin(by_label, n_candidates)
+    candidates = _teacher.draw_candidates(source, n_candidates, seed)
     sampling = sampling or SamplingParams.for_mode(True)
-    unique: dict[str, int] = {}
-    prompts: list[Prompt] = []
-    slot = []
-    for r in candidates:  # identical sentences are asked once
-        p = Prompt(INSTRUCTION_REASONING, r["input"], True)
-        if p.key() not in unique:
-            unique[p.key()] = len(prompts)
-            prompts.append(p)
-        slot.append(unique[p.key()])
-
+    prompts, slot = _teacher.unique_prompts(candidates)
     backend = get_backend(teacher, **(teacher_options or {}))
-    gen_cache = None
-    if cache is not False:
-        from ..annotation.cache import GenerationCache, default_cache_path
-
-        path = default_cache_path() if cache in (None, True) else Path(cache)
-        gen_cache = GenerationCache(path, backend.name, backend.model, sampling)
-    try:
-        answers = generate_cached(backend, prompts, sampling, gen_cache, advance=progress)
-    finally:
-        cache_hits = gen_cache.hits if gen_cache is not None else 0
-        if gen_cache is not None:
-            gen_cache.close()
-    generations = [answers[i] for i in slot]
-    counts = Counter()
-    kept_by_label: dict[str, list[dict]] = defaultdict(list)
-    seen: set[tuple[str, str]] = set()
-    for rec, gens in zip(candidates, generations, strict=True):
-        truth = rec["output"]
-        for gen in gens:
-            counts["generated"] += 1
-            parsed = parse_response(gen.text, gen.reasoning)
-            if not parsed.reasoning.strip():
-                counts["no_reasoning"] += 1
-                continue
-            if not parsed.label:
-                counts["no_answer"] += 1
-                continue
-            score = float(scorer(truth, parsed.label))
-            if score < min_score:
-                counts["rejected"] += 1
-                continue
-            key = (rec["input"], " ".join(parsed.reasoning.split()))
-            if key in seen:
-                counts["duplicates"] += 1
-                continue
-            seen.add(key)
-            counts["accepted"] += 1
-            final = truth if answer == "truth" else parsed.label
-            out = {"instruction": INSTRUCTION_REASONING, "input": rec["input"],
-                   "output": format_reasoning_output(parsed.reasoning, final)}
-            if "cell_name" in rec:
-                out = {"cell_name": rec["cell_name"], **out}
-            kept_by_label[truth].append(out)
+    answers, cache_hits = _teacher.ask_teacher(backend, prompts, sampling, cache, progress)
+    kept_by_label, counts = _teacher.select_traces(
+        candidates, [answers[i] for i in slot], scorer, min_score, answer)
     accepted_counts = {k: len(v) for k, v in sorted(kept_by_label.items())}
     if max_per_label is not None:
         kept_by_label = {k: v[:max_per_label] for k, v in kept_by_label.items()}
-    records = _round_robin(kept_by_label, max_records)
-    info = {
-        "builder": "reasoning",
-        "teacher": backend.describe(),
-        "sampling": sampling.to_dict(),
-        "n_candidates": len(candidates),
-        "n_prompts": len(prompts),
-        "cache_hits": cache_hits,
-        "n_generated": counts["generated"],
-        "n_no_reasoning": counts["no_reasoning"],
-        "n_no_answer": counts["no_answer"],
-        "n_rejected": counts["rejected"],
-        "n_duplicates": counts["duplicates"],
-        "n_accepted": counts["accepted"],
-        "n_kept": len(records),
-        "acceptance_rate": counts["accepted"] / counts["generated"] if counts["generated"]
-        else 0.0,
-        "min_score": min_score,
-        "accepted_label_counts": accepted_counts,
-        "label_counts": dict(Counter(
-            r["output"].rpartition("</think>")[2].strip() for r in records)),
-    }
+    records = _teacher.round_robin(kept_by_label, max_records)
+    info = _teacher.reasoning_info(backend, sampling, len(candidates), len(prompts), cache_hits,
+                                   counts, min_score, accepted_counts, records)
     if not records:
         log.warning("No teacher trace passed the scorer (%d generated, %d rejected); try more "
                     "attempts (sampling n), another teacher or a lower min_score.",

@@ -176,15 +176,13 @@ def export_llamafactory(
     LlamaFactoryExport
         The stages' files and the commands (also written to ``run.sh``).
     """
-    if finetuning not in FINETUNING:
-        raise InputError(f"finetuning must be one of {FINETUNING}, not {finetuning!r}.")
-    if not stages:
-        raise InputError("Give at least one stage's data, e.g. {2: 'knowledge.json'}.")
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        raise InputError(f"Unknown stage(s) {bad}; stages are {STAGES}.")
-    learning_rates = dict(learning_rates or {})
-    epochs = dict(epochs or {})
+    _check_stages(stages, finetuning)
+    settings = _Settings(
+        finetuning=finetuning, template=template, cutoff_len=cutoff_len,
+        learning_rates=dict(learning_rates or {}), epochs=dict(epochs or {}),
+        batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bf16=bf16,
+        deepspeed=deepspeed, save_steps=save_steps)
     root = Path(folder)
     (root / DATA_DIR).mkdir(parents=True, exist_ok=True)
     info_path = root / DATA_DIR / DATASET_INFO
@@ -200,55 +198,108 @@ def export_llamafactory(
         write_records(records, root / DATA_DIR / file_name)
         dataset_info[name] = {"file_name": file_name, "formatting": "alpaca",
                               "columns": dict(DATASET_COLUMNS)}
-        output_dir = f"saves/stage{stage}"
-        method = {"stage": "sft", "do_train": True, "finetuning_type": finetuning}
-        if finetuning == "lora":
-            method |= {"lora_rank": lora_rank, "lora_alpha": lora_alpha,
-                       "lora_dropout": lora_dropout, "lora_target": "all"}
-        elif deepspeed:
-            method["deepspeed"] = deepspeed
-        train_yaml = f"stage{stage}_train.yaml"
-        text = _yaml([
-            ("model", {"model_name_or_path": current, "trust_remote_code": True}),
-            ("method", method),
-            ("dataset", {"dataset": name, "dataset_dir": DATA_DIR, "template": template,
-                         "cutoff_len": cutoff_len, "overwrite_cache": True,
-                         "preprocessing_num_workers": 8}),
-            ("output", {"output_dir": output_dir, "logging_steps": 10,
-                        "save_steps": save_steps, "plot_loss": True,
-                        "overwrite_output_dir": True, "report_to": "none"}),
-            ("train", {"per_device_train_batch_size": batch_size,
-                       "gradient_accumulation_steps": gradient_accumulation_steps,
-                       "learning_rate": float(learning_rates.get(
-                           stage, DEFAULT_LR[(finetuning, stage)])),
-                       "num_train_epochs": float(epochs.get(stage, DEFAULT_EPOCHS[stage])),
-                       "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "bf16": bf16,
-                       "ddp_timeout": 180000000}),
-        ])
-        (root / train_yaml).write_text(
-            f"# CellReasoner stage {stage}: {STAGES[stage]}\n{text}")
-        entry = StageExport(stage=stage, dataset=name, dataset_file=f"{DATA_DIR}/{file_name}",
-                            n_records=len(records), model=current, train_yaml=train_yaml,
-                            output_dir=output_dir)
-        export.commands.append(f"llamafactory-cli train {train_yaml}")
-        if finetuning == "lora":
-            entry.merge_yaml = f"stage{stage}_merge.yaml"
-            entry.merged_dir = f"models/stage{stage}"
-            merge = _yaml([
-                ("model", {"model_name_or_path": current, "adapter_name_or_path": output_dir,
-                           "template": template, "finetuning_type": "lora",
-                           "trust_remote_code": True}),
-                ("export", {"export_dir": entry.merged_dir, "export_size": 5,
-                            "export_device": "cpu", "export_legacy_format": False}),
-            ])
-            (root / entry.merge_yaml).write_text(
-                f"# Merge the stage {stage} LoRA adapter into a full model\n{merge}")
-            export.commands.append(f"llamafactory-cli export {entry.merge_yaml}")
+        entry = _write_stage_yaml(root, stage, name, len(records), current, settings,
+                                  export.commands)
         export.stages.append(entry)
         current = entry.result_model
 
     with atomic_path(info_path) as tmp:
         tmp.write_text(json.dumps(dataset_info, indent=2))
+    _write_run_files(root, export, model, finetuning, template)
+    return export
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The training settings every stage's YAML shares."""
+
+    finetuning: str
+    template: str
+    cutoff_len: int
+    learning_rates: dict[int, float]
+    epochs: dict[int, float]
+    batch_size: int
+    gradient_accumulation_steps: int
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    bf16: bool
+    deepspeed: str | None
+    save_steps: int
+
+
+def _check_stages(stages: Mapping[int, object], finetuning: str) -> None:
+    if finetuning not in FINETUNING:
+        raise InputError(f"finetuning must be one of {FINETUNING}, not {finetuning!r}.")
+    if not stages:
+        raise InputError("Give at least one stage's data, e.g. {2: 'knowledge.json'}.")
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise InputError(f"Unknown stage(s) {bad}; stages are {STAGES}.")
+
+
+def _train_yaml(stage: int, dataset: str, model: str, output_dir: str, s: _Settings) -> str:
+    """The ``llamafactory-cli train`` YAML of one stage."""
+    method = {"stage": "sft", "do_train": True, "finetuning_type": s.finetuning}
+    if s.finetuning == "lora":
+        method |= {"lora_rank": s.lora_rank, "lora_alpha": s.lora_alpha,
+                   "lora_dropout": s.lora_dropout, "lora_target": "all"}
+    elif s.deepspeed:
+        method["deepspeed"] = s.deepspeed
+    text = _yaml([
+        ("model", {"model_name_or_path": model, "trust_remote_code": True}),
+        ("method", method),
+        ("dataset", {"dataset": dataset, "dataset_dir": DATA_DIR, "template": s.template,
+                     "cutoff_len": s.cutoff_len, "overwrite_cache": True,
+                     "preprocessing_num_workers": 8}),
+        ("output", {"output_dir": output_dir, "logging_steps": 10,
+                    "save_steps": s.save_steps, "plot_loss": True,
+                    "overwrite_output_dir": True, "report_to": "none"}),
+        ("train", {"per_device_train_batch_size": s.batch_size,
+                   "gradient_accumulation_steps": s.gradient_accumulation_steps,
+                   "learning_rate": float(s.learning_rates.get(
+                       stage, DEFAULT_LR[(s.finetuning, stage)])),
+                   "num_train_epochs": float(s.epochs.get(stage, DEFAULT_EPOCHS[stage])),
+                   "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "bf16": s.bf16,
+                   "ddp_timeout": 180000000}),
+    ])
+    return f"# CellReasoner stage {stage}: {STAGES[stage]}\n{text}"
+
+
+def _merge_yaml(stage: int, model: str, adapter_dir: str, export_dir: str, template: str) -> str:
+    """The ``llamafactory-cli export`` YAML merging one stage's LoRA adapter."""
+    merge = _yaml([
+        ("model", {"model_name_or_path": model, "adapter_name_or_path": adapter_dir,
+                   "template": template, "finetuning_type": "lora",
+                   "trust_remote_code": True}),
+        ("export", {"export_dir": export_dir, "export_size": 5,
+                    "export_device": "cpu", "export_legacy_format": False}),
+    ])
+    return f"# Merge the stage {stage} LoRA adapter into a full model\n{merge}"
+
+
+def _write_stage_yaml(root: Path, stage: int, dataset: str, n_records: int, model: str,
+                      s: _Settings, commands: list[str]) -> StageExport:
+    """Write one stage's training (and LoRA merge) YAML; append its commands."""
+    output_dir = f"saves/stage{stage}"
+    train_yaml = f"stage{stage}_train.yaml"
+    (root / train_yaml).write_text(_train_yaml(stage, dataset, model, output_dir, s))
+    entry = StageExport(stage=stage, dataset=dataset,
+                        dataset_file=f"{DATA_DIR}/{dataset}.json", n_records=n_records,
+                        model=model, train_yaml=train_yaml, output_dir=output_dir)
+    commands.append(f"llamafactory-cli train {train_yaml}")
+    if s.finetuning == "lora":
+        entry.merge_yaml = f"stage{stage}_merge.yaml"
+        entry.merged_dir = f"models/stage{stage}"
+        (root / entry.merge_yaml).write_text(
+            _merge_yaml(stage, model, output_dir, entry.merged_dir, s.template))
+        commands.append(f"llamafactory-cli export {entry.merge_yaml}")
+    return entry
+
+
+def _write_run_files(root: Path, export: LlamaFactoryExport, model: str, finetuning: str,
+                     template: str) -> None:
+    """Write ``run.sh`` (the commands in order) and the export manifest."""
     (root / "run.sh").write_text(
         "#!/usr/bin/env bash\n# CellReasoner training with LLaMA-Factory "
         "(pip install llamafactory)\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n"
@@ -258,4 +309,3 @@ def export_llamafactory(
                 "final_model": export.stages[-1].result_model,
                 "stages": [vars(s) for s in export.stages], "commands": export.commands}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return export

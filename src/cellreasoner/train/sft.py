@@ -2,7 +2,7 @@
 
 Every record becomes the conversation upstream CellReasoner uses at inference — the instruction
 as the system message, the cell sentence as the user message, the answer as the assistant turn —
-rendered with the model's own chat template. The prompt part is rendered by
+rendered with the model's own chat template (:mod:`.tokens`). The prompt part is rendered by
 :func:`cellreasoner.prompts.render_chat_text`, the very function annotation uses, so the tokens
 the model is trained on are the tokens it sees when it annotates (in reasoning mode the prompt
 ends with ``"<think> "`` and the completion continues from there). The loss covers only the
@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, require
-from ..prompts import Prompt, render_chat_text
-from .records import THINK_OPEN, is_reasoning_record, load_records
+from .records import is_reasoning_record, load_records
+from .tokens import tokenize_records
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,12 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a training run produced."""
+    """What a training run produced.
+
+    ``max_sentence_genes`` is the longest cell sentence of the training data, in genes:
+    annotate with that ``max_genes``. ``has_full_model`` says whether ``output_dir`` holds a
+    full model (full fine-tuning, or a merged LoRA adapter) that annotation can load.
+    """
 
     output_dir: Path
     global_step: int
@@ -157,6 +162,8 @@ class TrainResult:
     n_dropped: int
     adapter_dir: Path | None = None
     resumed_from: str | None = None
+    max_sentence_genes: int = 0
+    has_full_model: bool = True
 
     @property
     def losses(self) -> list[float]:
@@ -167,75 +174,6 @@ class TrainResult:
     def eval_losses(self) -> list[float]:
         """The held-out losses (with ``eval_data``), in order; the last is the final model's."""
         return [float(h["eval_loss"]) for h in self.log_history if "eval_loss" in h]
-
-
-# --- tokenization -----------------------------------------------------------------------
-def _assistant_suffix(tokenizer) -> str:
-    """The text the chat template puts after an assistant message (e.g. ``<|im_end|>\\n``)."""
-    probe = "CELLREASONER_PROBE"
-    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
-    base = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(
-        msgs + [{"role": "assistant", "content": probe}], tokenize=False
-    )
-    if full.startswith(base) and full[len(base):].startswith(probe):
-        return full[len(base) + len(probe):]
-    if tokenizer.eos_token is None:
-        raise InputError("The tokenizer has neither a usable chat template nor an eos_token; "
-                         "use a chat (instruct) model.")
-    log.warning("The chat template renders the assistant turn differently from its generation "
-                "prompt; ending answers with the eos token %r instead.", tokenizer.eos_token)
-    return tokenizer.eos_token
-
-
-def completion_text(record: dict, suffix: str) -> str:
-    """The trained part of a record: the answer (after the prompt's ``<think> ``) + ``suffix``."""
-    output = record["output"]
-    if is_reasoning_record(record):
-        stripped = output.lstrip()
-        if stripped.startswith(THINK_OPEN):
-            output = stripped[len(THINK_OPEN):].lstrip()
-    return output + suffix
-
-
-def tokenize_records(records: Sequence[dict], tokenizer, max_length: int
-                     ) -> tuple[dict[str, list], int]:
-    """Token ids and completion masks of records, as annotation renders their prompts.
-
-    Returns
-    -------
-    columns, n_dropped
-        ``{"input_ids": [...], "completion_mask": [...]}`` and the number of records left out
-        because they exceed ``max_length`` tokens.
-    """
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise InputError("The model's tokenizer has no chat template; train an instruct/chat "
-                         "model (e.g. Qwen2.5-7B-Instruct).")
-    suffix = _assistant_suffix(tokenizer)
-    ids, masks, dropped = [], [], 0
-    for start in range(0, len(records), 1024):  # batched: the fast tokenizer runs in parallel
-        chunk = records[start:start + 1024]
-        prompts = [render_chat_text(tokenizer, Prompt(r["instruction"], r["input"],
-                                                      is_reasoning_record(r)))
-                   for r in chunk]
-        # the prompt is tokenized exactly as the transformers backend tokenizes it
-        p_all = tokenizer(prompts)["input_ids"]
-        c_all = tokenizer([completion_text(r, suffix) for r in chunk],
-                          add_special_tokens=False)["input_ids"]
-        for p_ids, c_ids in zip(p_all, c_all, strict=True):
-            if len(p_ids) + len(c_ids) > max_length:
-                dropped += 1
-                continue
-            ids.append(list(p_ids) + list(c_ids))
-            masks.append([0] * len(p_ids) + [1] * len(c_ids))
-    if dropped:
-        log.warning("%d of %d records are longer than max_length=%d tokens and were left out "
-                    "(raise max_length or build sentences with fewer genes).",
-                    dropped, len(records), max_length)
-    if not ids:
-        raise InputError(f"Every record is longer than max_length={max_length} tokens; raise "
-                         "max_length or build sentences with a smaller max_genes.")
-    return {"input_ids": ids, "completion_mask": masks}, dropped
 
 
 # --- training ---------------------------------------------------------------------------
@@ -350,43 +288,16 @@ def train_sft(
     TrainResult
     """
     config = config or TrainConfig()
-    require("datasets", "train", "Training")
-    require("accelerate", "train", "Training")
-    require("peft", "train", "LoRA training")
-    trl = require("trl", "train", "Training")
-    transformers = require("transformers", "train", "Training")
+    trl, transformers = _require_training()
     from datasets import Dataset
 
     records = load_records(data)
     _check_stage_data(config.stage, records)
     out = Path(output_dir)
     ckpt_root = out / CHECKPOINT_DIR
-    resume: str | None = None
-    if resume_from_checkpoint is True:
-        resume = _latest_checkpoint(ckpt_root)
-        if resume is None:
-            raise InputError(f"No checkpoint to resume from in {ckpt_root}; run without "
-                             "--resume to start fresh.")
-    elif resume_from_checkpoint:
-        resume = str(resume_from_checkpoint)
-        if not Path(resume).is_dir():
-            raise InputError(f"Checkpoint folder not found: {resume}.")
-    elif _latest_checkpoint(ckpt_root) is not None:
-        if not overwrite:
-            raise InputError(f"{ckpt_root} holds checkpoints of an earlier run. Continue it with "
-                             "--resume (resume_from_checkpoint=True), or start over with "
-                             "--overwrite (overwrite=True) or another output folder.")
-        import shutil
+    resume = _resume_point(ckpt_root, resume_from_checkpoint, overwrite)
 
-        shutil.rmtree(ckpt_root)
-
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(model))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"Cannot load a tokenizer from '{model}' ({exc}). Pass a local model "
-                         "folder or a reachable Hugging Face model id.") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = _load_tokenizer(transformers, model)
     columns, dropped = tokenize_records(records, tokenizer, config.max_length)
     dataset = Dataset.from_dict(columns)
     eval_dataset = None
@@ -395,54 +306,13 @@ def train_sft(
         eval_dataset = Dataset.from_dict(eval_columns)
 
     bf16 = _use_bf16(config)
-    import torch
-
-    try:
-        model_obj = transformers.AutoModelForCausalLM.from_pretrained(
-            str(model), dtype=torch.bfloat16 if bf16 else torch.float32
-        )
-    except OSError as exc:
-        raise InputError(f"Cannot load the model weights from '{model}' ({exc}).") from None
-    peft_config = None
-    if config.finetuning == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target, task_type="CAUSAL_LM",
-        )
-    args = trl.SFTConfig(
-        output_dir=str(ckpt_root),
-        learning_rate=config.lr,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        weight_decay=config.weight_decay,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="steps" if eval_dataset is not None else "no",
-        eval_steps=config.save_steps,
-        per_device_eval_batch_size=config.batch_size,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=bf16,
-        max_length=None,  # over-long examples are already left out, never cut mid-answer
-        completion_only_loss=True,
-        report_to="none",
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        **_version_args(trl.SFTConfig, config),
-        **config.extra,
-    )
+    model_obj = _load_model(transformers, model, bf16)
     trainer = trl.SFTTrainer(
-        model=model_obj, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+        model=model_obj,
+        args=_sft_config(trl, config, ckpt_root, bf16, eval_dataset is not None, progress),
+        train_dataset=dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=_lora_config(config),
         callbacks=[_target_loss_callback(transformers, config.target_loss)]
         if config.target_loss is not None else None,
     )
@@ -453,16 +323,7 @@ def train_sft(
 
     adapter_dir = out / ADAPTER_DIR if config.finetuning == "lora" else None
     if trainer.is_world_process_zero():  # one writer under multi-GPU launches
-        out.mkdir(parents=True, exist_ok=True)
-        trained = trainer.model
-        if adapter_dir is not None:
-            trained.save_pretrained(adapter_dir)
-            tokenizer.save_pretrained(adapter_dir)
-            if config.merge:
-                trained = trained.merge_and_unload()
-        if config.finetuning == "full" or config.merge:
-            trained.save_pretrained(out)
-            tokenizer.save_pretrained(out)
+        _save_model(trainer.model, tokenizer, out, adapter_dir, config)
         provenance = {
             "stage": config.stage,
             "stage_name": STAGES[config.stage],
@@ -485,5 +346,125 @@ def train_sft(
         output_dir=out, global_step=trainer.state.global_step,
         train_loss=float(output.training_loss), log_history=history,
         n_examples=len(columns["input_ids"]), n_dropped=dropped, adapter_dir=adapter_dir,
-        resumed_from=resume,
+        resumed_from=resume, max_sentence_genes=sentence_genes(records),
+        has_full_model=config.finetuning == "full" or config.merge,
     )
+
+
+def _require_training():
+    """The ``trl`` and ``transformers`` modules, after checking every ``[train]`` dependency."""
+    require("datasets", "train", "Training")
+    require("accelerate", "train", "Training")
+    require("peft", "train", "LoRA training")
+    trl = require("trl", "train", "Training")
+    transformers = require("transformers", "train", "Training")
+    return trl, transformers
+
+
+def _resume_point(ckpt_root: Path, resume_from_checkpoint: bool | str | None,
+                  overwrite: bool) -> str | None:
+    """The checkpoint to resume from (None: start fresh, after clearing an earlier run's
+    checkpoints when ``overwrite``)."""
+    if resume_from_checkpoint is True:
+        resume = _latest_checkpoint(ckpt_root)
+        if resume is None:
+            raise InputError(f"No checkpoint to resume from in {ckpt_root}; run without "
+                             "--resume to start fresh.")
+        return resume
+    if resume_from_checkpoint:
+        resume = str(resume_from_checkpoint)
+        if not Path(resume).is_dir():
+            raise InputError(f"Checkpoint folder not found: {resume}.")
+        return resume
+    if _latest_checkpoint(ckpt_root) is not None:
+        if not overwrite:
+            raise InputError(f"{ckpt_root} holds checkpoints of an earlier run. Continue it with "
+                             "--resume (resume_from_checkpoint=True), or start over with "
+                             "--overwrite (overwrite=True) or another output folder.")
+        import shutil
+
+        shutil.rmtree(ckpt_root)
+    return None
+
+
+def _load_tokenizer(transformers, model: str | os.PathLike):
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(model))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"Cannot load a tokenizer from '{model}' ({exc}). Pass a local model "
+                         "folder or a reachable Hugging Face model id.") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_model(transformers, model: str | os.PathLike, bf16: bool):
+    import torch
+
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            str(model), dtype=torch.bfloat16 if bf16 else torch.float32
+        )
+    except OSError as exc:
+        raise InputError(f"Cannot load the model weights from '{model}' ({exc}).") from None
+
+
+def _lora_config(config: TrainConfig):
+    """The PEFT ``LoraConfig`` of a LoRA run (None for full fine-tuning)."""
+    if config.finetuning != "lora":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target, task_type="CAUSAL_LM",
+    )
+
+
+def _sft_config(trl, config: TrainConfig, ckpt_root: Path, bf16: bool, evaluate: bool,
+                progress: bool):
+    """The ``trl.SFTConfig`` of a run."""
+    import torch
+
+    return trl.SFTConfig(
+        output_dir=str(ckpt_root),
+        learning_rate=config.lr,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        weight_decay=config.weight_decay,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=config.save_steps,
+        per_device_eval_batch_size=config.batch_size,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bf16,
+        max_length=None,  # over-long examples are already left out, never cut mid-answer
+        completion_only_loss=True,
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **_version_args(trl.SFTConfig, config),
+        **config.extra,
+    )
+
+
+def _save_model(trained, tokenizer, out: Path, adapter_dir: Path | None,
+                config: TrainConfig) -> None:
+    """Save the LoRA adapter (LoRA runs) and the full model (full runs, or merged LoRA)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if adapter_dir is not None:
+        trained.save_pretrained(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+        if config.merge:
+            trained = trained.merge_and_unload()
+    if config.finetuning == "full" or config.merge:
+        trained.save_pretrained(out)
+        tokenizer.save_pretrained(out)
