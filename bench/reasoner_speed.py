@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellreasoner.reasoner import Reasoner
+from cellreasoner.backends.builtin.reasoner import Reasoner
 
 
 def timed(fn) -> float:

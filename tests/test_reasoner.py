@@ -10,10 +10,10 @@ import scipy.sparse as sp
 
 from cellreasoner.backends import get_backend
 from cellreasoner.backends.builtin import BuiltinBackend
+from cellreasoner.backends.builtin.markers import COLUMNS, load_markers
+from cellreasoner.backends.builtin.reasoner import UNKNOWN, Reasoner
 from cellreasoner.errors import InputError
-from cellreasoner.markers import COLUMNS, load_markers
 from cellreasoner.prompts import Prompt, SamplingParams, instruction_for
-from cellreasoner.reasoner import UNKNOWN, Reasoner
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_abstains_on_empty_and_nonsense_input(reasoner, pbmc):
 
 
 def test_counts_and_lognormalised_agree(reasoner, pbmc):
-    from cellreasoner.reasoner import log_normalize
+    from cellreasoner.backends.builtin.reasoner import log_normalize
 
     rng = np.random.default_rng(0)
     counts = sp.csr_matrix(rng.poisson(0.3, size=(50, len(pbmc["genes"]))).astype(np.float32))

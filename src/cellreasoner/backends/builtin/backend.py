@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from ..errors import InputError
-from ..markers import MarkerDB
-from ..prompts import Prompt, SamplingParams
-from ..reasoner import Reasoner, ReasonerResult
-from .base import Backend, Generation, ProgressCallback
+from ...errors import InputError
+from ...prompts import Prompt, SamplingParams
+from ..base import Backend, Generation, ProgressCallback
+from .markers import MarkerDB
+from .reasoner import Reasoner, ReasonerResult
 
 #: Sentences answered per progress tick.
 CHUNK = 10_000
@@ -38,7 +38,7 @@ class BuiltinBackend(Backend):
     ----------
     markers
         A user marker file merged into the built-in knowledge base, a ready
-        :class:`~cellreasoner.markers.MarkerDB`, or ``None`` (default) for the built-in one.
+        :class:`~.markers.MarkerDB`, or ``None`` (default) for the built-in one.
     tissue
         Restrict the knowledge base to a tissue (e.g. ``"blood"``); default ``None``: all.
     gene_list
@@ -49,7 +49,7 @@ class BuiltinBackend(Backend):
     max_genes
         Sentence length cap used when the sentences were built (default 1000).
     **options
-        Passed to :class:`~cellreasoner.reasoner.Reasoner` (``min_score``, ``smoothing``, ...).
+        Passed to :class:`~.reasoner.Reasoner` (``min_score``, ``smoothing``, ...).
     """
 
     name = "builtin"
@@ -76,7 +76,7 @@ class BuiltinBackend(Backend):
                 return None
             gene_list = env
         if isinstance(gene_list, str | os.PathLike):
-            from ..resources import load_gene_list
+            from ...resources import load_gene_list
 
             return load_gene_list(gene_list)
         genes = [str(g) for g in gene_list]

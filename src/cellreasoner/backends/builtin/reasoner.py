@@ -11,7 +11,7 @@ level whose evidence is clear, and abstains ("Unknown") when no lineage is suppo
 lineages tie. With a kNN graph, sparse cells borrow their neighbours' evidence: at the lineage
 level in proportion to how weak their own is, and at a subtype step only when their own markers
 cannot take it. A subtype step with no decisive marker (dropout) is taken by a classifier
-trained on the same dataset's decisive cells (:mod:`cellreasoner.refine`).
+trained on the same dataset's decisive cells (:mod:`cellreasoner.backends.builtin.refine`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputError
+from ...errors import InputError
 from .markers import ALIASES, MarkerDB, load_markers
 from .refine import (
     HardSteps,
@@ -164,7 +164,7 @@ class Reasoner:
     Parameters
     ----------
     markers
-        A :class:`~cellreasoner.markers.MarkerDB`, a path to a user marker file (merged into
+        A :class:`~.markers.MarkerDB`, a path to a user marker file (merged into
         the built-in base), or ``None`` (default) for the built-in knowledge base.
     tissue
         Restrict the knowledge base to a tissue (e.g. ``"blood"``); default ``None``: all.
@@ -195,7 +195,7 @@ class Reasoner:
     refine
         Self-training refinement in :meth:`annotate_matrix` (default ``True``): a subtype
         step without a decisive marker (dropout) is taken by a classifier trained on the same
-        dataset's cells whose step rests on one (see :mod:`cellreasoner.refine`).
+        dataset's cells whose step rests on one (see :mod:`cellreasoner.backends.builtin.refine`).
     refine_threshold
         Probability the classifier needs to take a step (default 0.75, 3:1 odds).
     refine_min_cells
@@ -464,7 +464,7 @@ class Reasoner:
         discount. A subtype the cell's own markers decide is never overruled by the neighbours.
 
         With ``present`` (the cells x markers evidence), every step that rests on a decisive
-        marker is recorded in ``hard``; with a ``refiner`` (see :mod:`cellreasoner.refine`), a
+        marker is recorded in ``hard``; with a ``refiner`` (see :mod:`.refine`), a
         step that does not is taken by its parent's classifier when that is at least
         ``refine_threshold`` sure.
         """
