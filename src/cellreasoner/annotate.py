@@ -529,8 +529,12 @@ def annotate(
     n_cells = adata.n_obs
     stats = _Stats()
     sentences = build_sentences(source, genes, max_genes=max_genes)
-    instruction = _instruction(reasoning, None if builtin else tissue)
-    use_matrix = mode in ("cell", "hybrid") and hasattr(be, "annotate_matrix")
+    instruction = _instruction(reasoning, None if be.capabilities.tissue else tissue)
+    use_matrix = mode in ("cell", "hybrid") and be.capabilities.reads == "matrix"
+    # interim (until the annotation/ engine lands): the run's settings reach every backend
+    from .backends.base import RunContext
+
+    be.configure(RunContext(tuple(genes), int(max_genes), tissue or None, bool(reasoning)))
     gen_cache: GenerationCache | None = None
     cache_path: Path | None = None
     if cache is not False and not use_matrix:
@@ -540,6 +544,7 @@ def annotate(
     from .progress import progress_bar
 
     clusters_df = None
+    evidence = None
     with ExitStack() as stack:
         if own_backend:
             stack.callback(be.close)
@@ -557,7 +562,8 @@ def annotate(
 
             groups, by_key = resolve_groups(adata, by, source)
         if use_matrix:
-            answers, cell_answer, unique_prompts = _run_matrix(be, adata, source, stats)
+            answers, cell_answer, unique_prompts, evidence = _run_matrix(be, adata, source,
+                                                                         stats)
             advance(n_cells)
         elif mode in ("cell", "hybrid"):
             answers, cell_answer, unique_prompts = _run_cells(
@@ -569,7 +575,7 @@ def annotate(
                 reasoning, sampling, gen_cache, batch_size, advance, stats)
 
     vocabulary = list(dict.fromkeys([*genes, *map(str, source.var_names)]))
-    table = _cell_table(adata, sentences, answers, cell_answer, mode, vocabulary)
+    table = _cell_table(adata, sentences, answers, cell_answer, mode, vocabulary, evidence)
     table["prompt_key"] = _prompt_keys_for_table(sentences, instruction, reasoning, cell_answer,
                                                  mode, clusters_df, use_matrix)
     if mode == "cluster":
@@ -637,17 +643,25 @@ def _gene_list_name(gene_list, genes: list[str]) -> str:
 
 
 def _run_matrix(be, adata, source, stats: _Stats):
-    """Builtin path: the backend reads expression directly (one answer per cell, no prompts)."""
-    X = source.to_csr()
+    """Builtin path: the backend reads expression directly (one answer per cell, no prompts)
+    and checks its own evidence (interim glue until the annotation/ engine lands)."""
     conn = adata.obsp.get("connectivities", None)
-    gens = be.annotate_matrix(X, list(map(str, source.var_names)), connectivities=conn)
-    if len(gens) != adata.n_obs:
-        raise BackendError(f"Backend '{be.name}' returned {len(gens)} answers for "
+    blocks = list(be.annotate_matrix(source, connectivities=conn))
+    n = sum(len(b) for b in blocks)
+    if n != adata.n_obs:
+        raise BackendError(f"Backend '{be.name}' returned {n} answers for "
                            f"{adata.n_obs} cells.")
-    stats.model_calls += len(gens)
-    stats.generations += len(gens)
-    answers = [vote([g]) for g in gens]
-    return answers, np.arange(len(gens)), len(gens)
+    stats.model_calls += n
+    stats.generations += n
+    answers = [
+        vote([Generation(text=str(b.label[i]), reasoning=b.reasoning[i],
+                         meta={"confidence": float(b.confidence[i]),
+                               "ontology_id": str(b.ontology_id[i]),
+                               "ontology_label": str(b.ontology_label[i])})])
+        for b in blocks for i in range(len(b))]
+    evidence = tuple(np.concatenate([getattr(b, f) for b in blocks]) for f in (
+        "evidence_fraction", "evidence_flag", "cited_present", "cited_absent"))
+    return answers, np.arange(n), n, evidence
 
 
 def _run_cells(be, sentences, instruction, reasoning, sampling, gen_cache, batch_size,
@@ -741,16 +755,19 @@ def _prompt_keys_for_table(sentences, instruction, reasoning, cell_answer, mode,
 
 
 def _cell_table(adata, sentences, answers: list[_Answer], cell_answer: np.ndarray,
-                mode: str, vocabulary: Sequence[str]) -> pd.DataFrame:
+                mode: str, vocabulary: Sequence[str], evidence=None) -> pd.DataFrame:
     """Per-cell fields; evidence is checked against each cell's own sentence genes.
 
     Cells sharing an answer and a sentence (always the case for deduplicated prompts) share
-    one evidence check.
+    one evidence check. ``evidence`` (fraction, flag, present, absent per cell) is a matrix
+    backend's own check, used as given.
     """
     from .evidence import check_evidence_many
 
     mapper = _OntologyMapper()
     n = len(cell_answer)
+    if evidence is not None:
+        return _with_evidence(adata, answers, cell_answer, mapper, evidence)
     pair_of: dict[tuple[int, str], int] = {}
     pair_reasoning: list[str] = []
     pair_sentence: list[list[str]] = []
@@ -788,6 +805,26 @@ def _cell_table(adata, sentences, answers: list[_Answer], cell_answer: np.ndarra
             cols[f][i] = v
     table = pd.DataFrame(cols, index=pd.Index(list(map(str, adata.obs_names)), name="cell"))
     # the parsed label of every self-consistency sample (JSON list), for inspection
+    sample_json = [json.dumps(a.samples) for a in answers]
+    table["samples"] = [sample_json[u] for u in cell_answer]
+    table["confidence"] = table["confidence"].astype(np.float64)
+    table["evidence_fraction"] = table["evidence_fraction"].astype(np.float64)
+    table["evidence_flag"] = table["evidence_flag"].astype(bool)
+    return table
+
+
+def _with_evidence(adata, answers, cell_answer, mapper, evidence) -> pd.DataFrame:
+    """:func:`_cell_table` for answers that carry their own evidence columns."""
+    ontology = [a.ontology if a.ontology is not None else mapper(a.label) for a in answers]
+    picked = [answers[u] for u in cell_answer]
+    onto = [ontology[u] for u in cell_answer]
+    cols = {"label": [a.label for a in picked], "confidence": [a.confidence for a in picked],
+            "ontology_id": [o[0] for o in onto], "ontology_label": [o[1] for o in onto],
+            "reasoning": [a.reasoning for a in picked], "response": [a.response for a in picked],
+            "evidence_fraction": evidence[0], "evidence_flag": evidence[1],
+            "cited_present": list(evidence[2]), "cited_absent": list(evidence[3])}
+    table = pd.DataFrame({f: cols[f] for f in FIELDS},
+                         index=pd.Index(list(map(str, adata.obs_names)), name="cell"))
     sample_json = [json.dumps(a.samples) for a in answers]
     table["samples"] = [sample_json[u] for u in cell_answer]
     table["confidence"] = table["confidence"].astype(np.float64)

@@ -17,7 +17,7 @@ trained on the same dataset's decisive cells (:mod:`cellreasoner.backends.builti
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,13 +25,8 @@ import scipy.sparse as sp
 
 from ...errors import InputError
 from .markers import ALIASES, MarkerDB, load_markers
-from .refine import (
-    HardSteps,
-    StepRefiner,
-    decisive_matrix,
-    decisive_steps,
-    train_step_classifiers,
-)
+from .refine import HardSteps, StepRefiner, decisive_matrix, decisive_steps
+from .traces import TraceWriter
 
 UNKNOWN = "Unknown"
 #: Weight units of expressed negative markers at which the penalty is full.
@@ -414,12 +409,22 @@ class Reasoner:
                                 ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`smooth`'s mixed scores and the neighbours' mean scores (a cell without
         neighbours gets its own)."""
-        W = sp.csr_matrix(connectivities, dtype=np.float32)
-        if W.shape != (S.shape[0], S.shape[0]):
-            raise InputError(f"connectivities has shape {W.shape}; expected a "
-                             f"{S.shape[0]} x {S.shape[0]} cell graph (adata.obsp"
-                             "['connectivities']).")
+        W = self._graph(connectivities, S.shape[0])
         neigh, has = self.neighbour_mean(S, W)
+        return self._mix(S, neigh, has, alpha)
+
+    @staticmethod
+    def _graph(connectivities, n: int) -> sp.csr_matrix:
+        W = sp.csr_matrix(connectivities, dtype=np.float32)
+        if W.shape != (n, n):
+            raise InputError(f"connectivities has shape {W.shape}; expected a "
+                             f"{n} x {n} cell graph (adata.obsp['connectivities']).")
+        return W
+
+    def _mix(self, S: np.ndarray, neigh: np.ndarray, has: np.ndarray, alpha: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of :meth:`_smooth_with_neighbours` from the neighbours' mean scores (row-wise,
+        so a block of cells gives the same rows as the whole matrix)."""
         own = S[:, self.is_root].max(axis=1)
         a = alpha * np.clip(1.0 - own / self.strong_evidence, 0.0, 1.0)
         a = np.where(has, a, 0.0).astype(np.float32)[:, None]
@@ -557,92 +562,28 @@ class Reasoner:
         return c1, ok, pc
 
     # ------------------------------------------------------------------ traces
-    def _cite(self, t: int, present: dict[int, float], measured, names: Sequence[str],
-              k_pos: int = 4, k_neg: int = 2) -> str:
-        pos = [names[g] for g in self._pos_sorted[t] if g in present][:k_pos]
-        neg = [names[g] for g in self._neg_sorted[t]
-               if g not in present and measured(g)][:k_neg]
-        parts = []
-        if pos:
-            parts.append(", ".join(pos) + " present")
-        if neg:
-            parts.append(", ".join(f"no {g}" for g in neg))
-        return ", ".join(parts) if parts else "weak marker evidence"
-
     def traces(self, E: sp.csr_matrix, measured, node: np.ndarray, root: np.ndarray,
                conf: np.ndarray, status: np.ndarray, S: np.ndarray,
                names: Sequence[str] | None = None,
                borrowed: np.ndarray | None = None,
                refined: np.ndarray | None = None) -> list[str]:
-        """One marker-by-marker reasoning text per cell.
-
-        Genes are cited as ``names`` spells them (default: the knowledge-base symbols); a gene
-        is cited as present only when the cell expresses it and negated ("no X") only when it
-        is measured and not expressed. A subtype step taken on the kNN neighbours' evidence
-        (``borrowed``, see :meth:`_walk`) says so: "→ X (from the kNN neighbours)", and so
-        does one taken by the self-trained classifier (``refined``).
-        """
-        names = list(self.genes) if names is None else names
-        E = sp.csr_matrix(E)
-        indptr, indices, data = E.indptr, E.indices, E.data
-        per_cell = not (isinstance(measured, np.ndarray) and measured.ndim == 1)
-        if per_cell:
-            M = sp.csr_matrix(measured)
-        roots = np.flatnonzero(self.is_root)
-        out: list[str] = []
-        for i in range(len(node)):
-            lo, hi = indptr[i], indptr[i + 1]
-            present = dict(zip(indices[lo:hi].tolist(), data[lo:hi].tolist(), strict=True))
-            if per_cell:
-                mset = set(M.indices[M.indptr[i]:M.indptr[i + 1]].tolist())
-                meas = mset.__contains__
-            else:
-                meas = measured.__getitem__
-            if status[i] == 1:
-                top = [g for g in self._pos_sorted[root[i]] if meas(g) and g not in
-                       present][:3]
-                absent = ", ".join(f"no {names[g]}" for g in top)
-                out.append(f"{absent or 'no marker genes measured'}: no lineage has enough "
-                           f"marker evidence (best {self.names[root[i]]}, score "
-                           f"{S[i, root[i]]:.2f}) → {UNKNOWN}, confidence {conf[i]:.2f}.")
-                continue
-            if status[i] == 2:
-                r = S[i, roots]
-                a, b = roots[np.argsort(-r)[:2]]
-                out.append(f"{self._cite(a, present, meas, names, 3, 0)} → {self.names[a]}; "
-                           f"{self._cite(b, present, meas, names, 3, 0)} → {self.names[b]}; "
-                           f"contradictory lineage evidence (possible doublet) → {UNKNOWN}, "
-                           f"confidence {conf[i]:.2f}.")
-                continue
-            steps = []
-            t = node[i]
-            path = []
-            while t >= 0:
-                path.append(t)
-                t = self.parent[t]
-            bits = int(borrowed[i]) if borrowed is not None else 0
-            learnt = int(refined[i]) if refined is not None else 0
-            for depth, t in enumerate(reversed(path)):
-                via = ""
-                if depth and learnt >> (depth - 1) & 1:
-                    via = (" (by a classifier trained on this dataset's cells with decisive "
-                           "markers)")
-                elif depth and bits >> (depth - 1) & 1:
-                    via = " (from the kNN neighbours)"
-                steps.append(f"{self._cite(t, present, meas, names)} → {self.names[t]}{via}")
-            leaf = node[i]
-            out.append("; ".join(steps) + f". Final: {self.names[leaf]} ({self.cl_ids[leaf]}), "
-                       f"confidence {conf[i]:.2f}.")
-        return out
+        """One marker-by-marker reasoning text per cell (see :class:`.traces.TraceWriter`)."""
+        writer = TraceWriter(self, list(self.genes) if names is None else names)
+        return writer.write(E, measured, node, root, conf, status, S, borrowed,
+                            refined).tolist()
 
     # ------------------------------------------------------------------ public API
     def _result(self, node, root, conf, status, reasoning, S) -> ReasonerResult:
-        ok = node >= 0
-        label = np.where(ok, self.names[np.maximum(node, 0)], UNKNOWN).astype(object)
-        cl = np.where(ok, self.cl_ids[np.maximum(node, 0)], "").astype(object)
-        cl_label = np.array([self._cl_label.get(c, "") if c else "" for c in cl], dtype=object)
-        lineage = np.where(ok, self.names[root], UNKNOWN).astype(object)
-        return ReasonerResult(label, cl, cl_label, conf, reasoning, lineage, S)
+        if not hasattr(self, "_answer_table"):  # per type: label, CL id, CL name
+            self._answer_table = (
+                np.append(self.names, UNKNOWN).astype(object),
+                np.append(self.cl_ids, "").astype(object),
+                np.array([self._cl_label.get(c, "") if c else "" for c in self.cl_ids] + [""],
+                         dtype=object))
+        names, ids, labels = self._answer_table
+        at = np.where(node >= 0, node, len(self.names))
+        lineage = np.where(node >= 0, self.names[root], UNKNOWN).astype(object)
+        return ReasonerResult(names[at], ids[at], labels[at], conf, reasoning, lineage, S)
 
     def annotate_matrix(
         self,
@@ -653,7 +594,7 @@ class Reasoner:
         reasoning: bool = True,
         chunk_size: int = 20_000,
     ) -> ReasonerResult:
-        """Annotate every row of a cells x genes matrix.
+        """Annotate every row of a cells x genes matrix held in memory.
 
         Parameters
         ----------
@@ -670,62 +611,33 @@ class Reasoner:
         chunk_size
             Cells scored at a time (default 20,000).
         """
-        genes = [str(g) for g in genes]
-        if X.shape[0] == 0:
+        from ._stream import matrix_source
+
+        blocks = list(self.iter_blocks(matrix_source(X, genes), connectivities,
+                                       reasoning=reasoning, chunk_size=chunk_size))
+        if not blocks:
             return self._result(np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32),
-                                 np.zeros(0, np.int8), [], np.zeros((0, len(self.names))))
-        Es, Ss = [], []
-        measured, spelled = None, None
-        for lo in range(0, X.shape[0], chunk_size):
-            E, measured, spelled = self._marker_matrix(X[lo:lo + chunk_size], genes)
-            Es.append(E)
-            Ss.append(self.score(E, measured))
-        E = sp.vstack(Es).tocsr() if len(Es) > 1 else Es[0]
-        S = np.vstack(Ss)
-        refine: dict = {}
-        if self.refine:
-            expression = self._expression_rows(X)
-            hard = HardSteps()
-            self._walk(S, present=E, hard=hard)  # pass one: the cells with decisive steps
-            classifiers = train_step_classifiers(hard, expression, len(genes),
-                                                 self._decisive_columns(genes),
-                                                 min_cells=self.refine_min_cells)
-            refine = {"present": E,
-                      "refiner": StepRefiner(classifiers, expression, X.shape[0])}
-        own_node = None
-        if connectivities is not None and self.smoothing > 0:
-            if reasoning:  # the trace notes where the neighbours changed the call
-                own_node = self._walk(S, **refine)[0]
-            own_scores = S
-            S, neighbours = self._smooth_with_neighbours(own_scores, connectivities,
-                                                         self.smoothing)
-            node, root, conf, status, borrowed, refined = self._walk(S, neighbours, own_scores,
-                                                                     **refine)
-        else:
-            node, root, conf, status, borrowed, refined = self._walk(S, **refine)
-        text = (self.traces(E, measured, node, root, conf, status, S, spelled, borrowed,
-                            refined)
-                if reasoning else [""] * len(node))
-        if own_node is not None:
-            for i in np.flatnonzero(own_node != node):
-                own = self.names[own_node[i]] if own_node[i] >= 0 else UNKNOWN
-                text[i] += (f" (Own expression alone: {own}; the call uses the kNN "
-                            "neighbours' shared evidence.)")
-        return self._result(node, root, conf, status, text, S)
+                                np.zeros(0, np.int8), [], np.zeros((0, len(self.names))))
+        return ReasonerResult(
+            *(np.concatenate([getattr(b.result, f) for b in blocks])
+              for f in ("label", "ontology_id", "ontology_label", "confidence")),
+            [t for b in blocks for t in b.result.reasoning],
+            np.concatenate([b.result.lineage for b in blocks]),
+            np.vstack([b.result.scores for b in blocks]))
 
-    @staticmethod
-    def _expression_rows(X) -> Callable[[np.ndarray], sp.csr_matrix]:
-        """rows -> those cells' log-normalised expression over all genes (only the asked
-        rows are converted: a dense matrix is never copied whole)."""
-        if sp.issparse(X):
-            X = X.tocsr()
-        counts = looks_like_counts(X)
+    def iter_blocks(self, source, connectivities=None, *, reasoning: bool = True,
+                    chunk_size: int = 20_000, evidence=None) -> Iterator:
+        """Annotate a :class:`~cellreasoner.matrix.MatrixSource` block by block, in order.
 
-        def rows_of(rows: np.ndarray) -> sp.csr_matrix:
-            sub = sp.csr_matrix(X[np.asarray(rows)], dtype=np.float32)
-            return log_normalize(sub) if counts else sub
+        Memory is bounded by ``chunk_size`` (plus the cells x types scores when a kNN graph
+        is given, and the refinement's training rows); yields
+        :class:`._stream.Block` objects. ``evidence`` (an :class:`._stream.EvidenceSpec`)
+        adds each cell's evidence check against its cell sentence.
+        """
+        from ._stream import annotate_stream
 
-        return rows_of
+        yield from annotate_stream(self, source, connectivities, reasoning=reasoning,
+                                   chunk_size=chunk_size, evidence=evidence)
 
     def _decisive_columns(self, genes: Sequence[str]) -> Callable[[int], np.ndarray]:
         """parent -> data columns of its children's decisive markers (left out of the
