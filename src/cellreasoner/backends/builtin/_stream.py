@@ -18,7 +18,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from ...matrix import MatrixSource
-from .refine import HardSteps, RowBank, StepRefiner, fit_step_classifiers, plan_training
+from .refine import (
+    HardSteps,
+    RowBank,
+    StepRefiner,
+    TrainingPlan,
+    fit_step_classifiers,
+    plan_training,
+)
 from .traces import TraceWriter
 
 if TYPE_CHECKING:
@@ -70,7 +77,7 @@ def matrix_source(X, genes: Sequence[str]) -> MatrixSource:
                 yield sp.csr_matrix((X.data[a:b], X.indices[a:b], X.indptr[lo:hi + 1] - a),
                                     shape=(hi - lo, X.shape[1]))
             else:
-                yield X[lo:hi]
+                yield sp.csr_matrix(np.asarray(X[lo:hi]))
 
     return MatrixSource(n_obs=n, var_names=np.asarray([str(g) for g in genes], dtype=object),
                         obs_names=np.arange(n).astype(str), _chunks=chunks,
@@ -85,14 +92,16 @@ def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
     knn = connectivities is not None and r.smoothing > 0
     S_all, graph, classifiers, counts = None, None, {}, False
     if r.refine or knn:
-        S_all, hard, counts = _pass_one(r, source, genes, chunk_size, keep_scores=knn)
+        S_all, hard, row_nnz, counts = _pass_one(r, source, genes, chunk_size,
+                                                 keep_scores=knn)
         if knn:
             graph = _Graph(r._graph(connectivities, source.n_obs))
         if r.refine:
-            classifiers = _train(r, source, genes, hard, counts, chunk_size)
+            classifiers = _train(r, source, genes, hard, row_nnz, counts, chunk_size)
     spelled = r._gene_columns(genes)[2]
     writer = TraceWriter(r, spelled, None if evidence is None else
                          list(dict.fromkeys([*evidence.gene_list, *genes])))
+    sentences = None if evidence is None else _Sentences(evidence, genes)
     start = 0
     for chunk in source.iter_chunks(chunk_size):
         n = chunk.shape[0]
@@ -116,9 +125,9 @@ def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
         ev = None
         if reasoning:
             K = writer.keys(E, measured, node, root, status, S, borrowed, refined, own_node)
-            text, inv, traces = writer.texts(K, conf, S, root)
+            text, inv, uniq, parts = writer.texts(K, conf, S, root)
             if evidence is not None:
-                ev = _evidence(writer, inv, traces, text, chunk, source, evidence)
+                ev = _evidence(writer, inv, uniq, parts, text, chunk, sentences)
         else:
             text = np.full(n, "", dtype=object)
             if evidence is not None:
@@ -128,13 +137,15 @@ def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
 
 
 def _pass_one(r: Reasoner, source: MatrixSource, genes: list[str], chunk_size: int,
-              keep_scores: bool) -> tuple[np.ndarray | None, HardSteps, bool]:
-    """Scores (when kept), the decisive steps of every cell, and whether the data is counts
-    (decided on the first stored values, as for a whole in-memory matrix)."""
+              keep_scores: bool) -> tuple[np.ndarray | None, HardSteps, np.ndarray, bool]:
+    """Scores (when kept), the decisive steps of every cell, the stored values per cell, and
+    whether the data is counts (decided on the first stored values, as for a whole
+    in-memory matrix)."""
     from .reasoner import looks_like_counts
 
     hard = HardSteps()
     scores: list[np.ndarray] = []
+    nnz: list[np.ndarray] = []
     sample: list[np.ndarray] = []
     seen = 0
     start = 0
@@ -145,6 +156,7 @@ def _pass_one(r: Reasoner, source: MatrixSource, genes: list[str], chunk_size: i
         if seen < _COUNTS_SAMPLE:
             sample.append(np.asarray(chunk.data[:_COUNTS_SAMPLE - seen]))
             seen += len(sample[-1])
+        nnz.append(np.diff(chunk.indptr).astype(np.int32))
         E, measured, _ = r._marker_matrix(chunk, genes)
         S = r.score(E, measured)
         if keep_scores:
@@ -159,28 +171,56 @@ def _pass_one(r: Reasoner, source: MatrixSource, genes: list[str], chunk_size: i
     counts = bool(sample) and looks_like_counts(np.concatenate(sample))
     S_all = (np.vstack(scores) if scores else np.zeros((0, len(r.names)), np.float32)
              ) if keep_scores else None
-    return S_all, hard, counts
+    row_nnz = np.concatenate(nnz) if nnz else np.zeros(0, dtype=np.int32)
+    return S_all, hard, row_nnz, counts
 
 
 def _train(r: Reasoner, source: MatrixSource, genes: list[str], hard: HardSteps,
-           counts: bool, chunk_size: int) -> dict:
-    """Classifiers of the refinement: the training cells' rows are read in one more pass."""
+           row_nnz: np.ndarray, counts: bool, chunk_size: int) -> dict:
+    """Classifiers of the refinement. The training cells' rows are read in more passes over
+    the source, as many parents at a time as :data:`TRAIN_BUDGET` bytes of rows hold (one
+    pass for most datasets), and each group is trained and dropped before the next."""
+    from .reasoner import log_normalize
+
     plan = plan_training(hard, min_cells=r.refine_min_cells)
-    if not plan.steps:
-        return {}
-    bank = RowBank(plan.cells)
-    start = 0
-    for chunk in source.iter_chunks(chunk_size):
-        bank.add(start, chunk)
-        start += chunk.shape[0]
+    excluded = r._decisive_columns(genes)
+    out: dict = {}
+    for group in _groups(plan, row_nnz):
+        bank = RowBank(group.cells)
+        start = 0
+        for chunk in source.iter_chunks(chunk_size):
+            bank.add(start, chunk)
+            start += chunk.shape[0]
 
-    def expression(rows: np.ndarray) -> sp.csr_matrix:
-        from .reasoner import log_normalize
+        def expression(rows: np.ndarray, bank=bank) -> sp.csr_matrix:
+            sub = bank.rows(rows)
+            return log_normalize(sub) if counts else sub
 
-        sub = bank.rows(rows)
-        return log_normalize(sub) if counts else sub
+        out.update(fit_step_classifiers(group, expression, len(genes), excluded))
+    return out
 
-    return fit_step_classifiers(plan, expression, len(genes), r._decisive_columns(genes))
+
+#: Bytes of training rows read at a time by the refinement (float32 values + int32 columns).
+TRAIN_BUDGET = 256 << 20
+
+
+def _groups(plan: TrainingPlan, row_nnz: np.ndarray) -> Iterator[TrainingPlan]:
+    """The plan's steps in groups whose distinct training rows fit :data:`TRAIN_BUDGET`."""
+    group = TrainingPlan()
+    seen: set[int] = set()
+    size = 0
+    for step in plan.steps:
+        new = np.setdiff1d(step[1], np.fromiter(seen, dtype=np.int64, count=len(seen)))
+        grow = int(row_nnz[new].sum()) * 8
+        if group.steps and size + grow > TRAIN_BUDGET:
+            yield group
+            group, seen, size = TrainingPlan(), set(), 0
+            new, grow = np.unique(step[1]), int(row_nnz[np.unique(step[1])].sum()) * 8
+        group.steps.append(step)
+        seen.update(new.tolist())
+        size += grow
+    if group.steps:
+        yield group
 
 
 def _rows_of(chunk, counts: bool):
@@ -212,45 +252,63 @@ class _Graph:
         return neigh, self.has[rows]
 
 
-def _evidence(writer: TraceWriter, inv, traces, text, chunk, source: MatrixSource,
-              spec: EvidenceSpec):
+class _Sentences:
+    """Which genes each cell's sentence holds: the cell's non-zero genes of the ranked list,
+    in its order, cut at ``max_genes`` (as :func:`cellreasoner.sentences.build_sentences`
+    builds them)."""
+
+    def __init__(self, spec: EvidenceSpec, var_names: list[str]) -> None:
+        self.spec = spec
+        self.var_names = np.asarray(var_names, dtype=object)
+        self.position: dict[str, int] = {}
+        for p, g in enumerate(spec.gene_list):
+            self.position.setdefault(g, p)
+        self.column: dict[str, int] = {}
+        self.col_pos = np.full(len(var_names), -1, dtype=np.int64)
+        for j, g in enumerate(var_names):
+            if g in self.column:  # duplicated symbol: the first column is the gene
+                continue
+            self.column[g] = j
+            self.col_pos[j] = self.position.get(g, -1)
+
+    def members(self, chunk: sp.csr_matrix, genes: list[str]) -> np.ndarray:
+        """Cells x ``genes``: whether each cell's sentence holds each gene."""
+        from ._kernels import sentence_members
+
+        col_slot = np.full(chunk.shape[1], -1, dtype=np.int64)
+        slot_pos = np.full(len(genes), -1, dtype=np.int64)
+        for s, g in enumerate(genes):
+            j = self.column.get(g)
+            if j is not None and self.col_pos[j] >= 0:
+                col_slot[j], slot_pos[s] = s, self.col_pos[j]
+        return sentence_members(chunk.indptr, chunk.indices, chunk.data, self.col_pos,
+                                len(self.spec.gene_list), self.spec.max_genes, col_slot,
+                                slot_pos, len(genes))
+
+    def cell_genes(self, chunk: sp.csr_matrix) -> list[list[str]]:
+        """Each cell's sentence genes (for the parser's own check)."""
+        from ...sentences import build_sentences
+
+        part = MatrixSource(n_obs=chunk.shape[0], var_names=self.var_names,
+                            obs_names=np.arange(chunk.shape[0]).astype(str),
+                            _chunks=lambda size: iter([chunk]))
+        built = build_sentences(part, list(self.spec.gene_list),
+                                max_genes=self.spec.max_genes, chunk_size=chunk.shape[0])
+        return [built.cell_genes(i) for i in range(chunk.shape[0])]
+
+
+def _evidence(writer: TraceWriter, inv, uniq, parts, text, chunk, sentences: _Sentences):
     """The block's evidence columns, checked against each cell's sentence genes."""
-    from ...sentences import build_sentences
-
-    part = MatrixSource(n_obs=chunk.shape[0], var_names=source.var_names,
-                        obs_names=np.arange(chunk.shape[0]).astype(str),
-                        _chunks=lambda size: iter([chunk]))
-    sentences = build_sentences(part, list(spec.gene_list), max_genes=spec.max_genes,
-                                chunk_size=max(1, chunk.shape[0]))
     if not writer.numbers_plain:  # numbers could read as genes: parse each text as it is
-        return _parsed_evidence(text, sentences, writer.vocabulary)
-    first: dict[str, int] = {}
-    for p, g in enumerate(spec.gene_list):
-        first.setdefault(g, p)
-
-    def member(genes: list[str]) -> np.ndarray:
-        n = chunk.shape[0]
-        out = np.zeros((n, len(genes)), dtype=bool)
-        n_vocab = len(sentences.genes)
-        column = np.full(n_vocab + 1, -1, dtype=np.int64)
-        for j, g in enumerate(genes):
-            if g in first:
-                column[first[g]] = j
-        pos = np.asarray(sentences.indices, dtype=np.int64)
-        got = column[pos]
-        keep = got >= 0
-        rows = np.repeat(np.arange(n), np.diff(sentences.indptr))
-        out[rows[keep], got[keep]] = True
-        return out
-
-    return writer.evidence(inv, traces, member)
+        return _parsed_evidence(text, sentences.cell_genes(chunk), writer.vocabulary)
+    cid, cneg = writer.citations(uniq, parts)
+    return writer.evidence(inv, cid, cneg, lambda genes: sentences.members(chunk, genes))
 
 
-def _parsed_evidence(text, sentences, vocabulary):
+def _parsed_evidence(text, cell_genes, vocabulary):
     from ...evidence import check_evidence_many
 
-    ev = check_evidence_many(list(text), [sentences.cell_genes(i) for i in range(len(text))],
-                             vocabulary=vocabulary)
+    ev = check_evidence_many(list(text), cell_genes, vocabulary=vocabulary)
     some = ev["n_cited"].to_numpy() > 0
     frac = np.where(some, ev["fraction_present"].to_numpy(dtype=np.float64), np.nan)
     flag = some & ev["flagged"].to_numpy(dtype=bool)

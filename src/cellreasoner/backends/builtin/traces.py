@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,16 +56,6 @@ _NAME_WORDS = re.compile(r"\b(?:but|whereas|while|however|although|final|answer|
                          re.I)
 
 
-@dataclass
-class _Trace:
-    """One distinct trace: its text around the per-cell numbers and what it cites."""
-
-    parts: tuple[str, ...]  # text before, between and after the numbers
-    cited: tuple[str, ...]  # names in order of first mention
-    negated: np.ndarray  # per cited name: only mentioned as missing
-    genes: tuple[tuple[str, ...], ...]  # per cited name: the genes it stands for
-
-
 class TraceWriter:
     """Writes the reasoning traces of :class:`~.reasoner.Reasoner` (and their evidence).
 
@@ -102,8 +91,11 @@ class TraceWriter:
         M = len(r.genes)
         self.pos_order = _order_table(r._pos_sorted, M)
         self.neg_order = _order_table(r._neg_sorted, M)
-        self._memo: dict[bytes, _Trace] = {}
-        self._cl = [f"{r.names[t]} ({r.cl_ids[t]})" for t in range(T)]
+        self._name = np.array([*self.names, ""], dtype=object)
+        self._no = np.array([f"no {g}" for g in self.names] + [""], dtype=object)
+        self._tname = np.array(list(r.names), dtype=object)
+        self._oname = np.array([*r.names, UNKNOWN], dtype=object)  # -1: Unknown
+        self._cl = np.array([f"{r.names[t]} ({r.cl_ids[t]})" for t in range(T)], dtype=object)
         self.vocabulary = None
         self.numbers_plain = True
         if vocabulary is not None:
@@ -167,89 +159,79 @@ class TraceWriter:
         return self.texts(K, conf, S, root)[0]
 
     def texts(self, K: np.ndarray, conf: np.ndarray, S: np.ndarray, root: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, list[_Trace]]:
-        """(texts, each cell's distinct-trace index, the distinct traces) of keys ``K``."""
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+        """(texts, each cell's distinct key, the distinct keys, their text parts) of ``K``.
+
+        The parts are the text before the numbers, between them (only where no lineage is
+        supported: score, then confidence) and after them, one per distinct key.
+        """
         n = len(K)
         if n == 0:
-            return np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64), []
+            empty = np.zeros(0, dtype=object)
+            return empty, np.zeros(0, dtype=np.int64), K, (empty, empty, empty)
         uniq, inv = np.unique(K, axis=0, return_inverse=True)
         inv = inv.ravel()
-        traces = [self._trace(row) for row in uniq]
-        c = _fmt(conf)
-        out = np.empty(n, dtype=object)
-        status = K[:, 0]
-        none = status == 1
-        first = np.array([t.parts[0] for t in traces], dtype=object)[inv]
-        last = np.array([t.parts[-1] for t in traces], dtype=object)[inv]
-        some = ~none
-        out[some] = first[some] + c[some] + last[some]
-        if none.any():
-            idx = np.flatnonzero(none)
-            mid = np.array([t.parts[1] if len(t.parts) > 2 else "" for t in traces],
-                           dtype=object)[inv[idx]]
-            score = _fmt(S[idx, root[idx]])
-            out[idx] = first[idx] + score + mid + c[idx] + last[idx]
-        return out, inv, traces
+        head, mid, tail = self._parts(uniq)
+        out = head[inv] + _fmt(conf)
+        none = np.flatnonzero(K[:, 0] == 1)
+        if len(none):
+            out[none] = head[inv[none]] + _fmt(S[none, root[none]]) + mid[inv[none]] + \
+                _fmt(conf[none])
+        return out + tail[inv], inv, uniq, (head, mid, tail)
 
-    def _trace(self, key: np.ndarray) -> _Trace:
-        b = key.tobytes()
-        got = self._memo.get(b)
-        if got is None:
-            got = self._memo[b] = self._build(key)
-        return got
+    def _parts(self, uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The text parts of distinct keys, built with array operations."""
+        U = len(uniq)
+        status, node, a, b = (uniq[:, j] for j in range(4))
+        slots = uniq[:, _HEAD:].reshape(U, self.max_depth, _STEP)
+        head = np.full(U, "", dtype=object)
+        ok = np.flatnonzero(status == 0)
+        if len(ok):
+            path = self.path[node[ok]]
+            for d in range(self.max_depth):
+                at = np.flatnonzero(path[:, d] >= 0)
+                rows = ok[at]
+                step = self._cite_texts(slots[rows, d]) + " → " + self._tname[path[at, d]]
+                if d:
+                    learnt = (uniq[rows, 5] >> (d - 1)) & 1 == 1
+                    knn = ~learnt & ((uniq[rows, 4] >> (d - 1)) & 1 == 1)
+                    step[learnt] = step[learnt] + _VIA_CLF
+                    step[knn] = step[knn] + _VIA_KNN
+                    step = "; " + step
+                head[rows] = head[rows] + step
+            head[ok] = head[ok] + ". Final: " + self._cl[node[ok]] + ", confidence "
+        none = np.flatnonzero(status == 1)
+        mid = np.full(U, "", dtype=object)
+        if len(none):
+            absent, some = _join(slots[none, 0, :3], self._no, ", ")
+            absent[~some] = "no marker genes measured"
+            head[none] = (absent + ": no lineage has enough marker evidence (best "
+                          + self._tname[a[none]] + ", score ")
+            mid[none] = f") → {UNKNOWN}, confidence "
+        both = np.flatnonzero(status == 2)
+        if len(both):
+            head[both] = (self._cite_texts(slots[both, 0]) + " → " + self._tname[a[both]] + "; "
+                          + self._cite_texts(slots[both, 1]) + " → " + self._tname[b[both]]
+                          + "; contradictory lineage evidence (possible doublet) → "
+                          + f"{UNKNOWN}, confidence ")
+        tail = np.full(U, ".", dtype=object)
+        noted = np.flatnonzero(uniq[:, 6] != -2)
+        if len(noted):
+            tail[noted] = (". (Own expression alone: " + self._oname[uniq[noted, 6]]
+                           + "; the call uses the kNN neighbours' shared evidence.)")
+        return head, mid, tail
 
-    def _build(self, key: np.ndarray) -> _Trace:
-        r, names = self.r, self.names
-        status, node, a, b, bits, learnt, own = (int(v) for v in key[:_HEAD])
-        steps = key[_HEAD:].reshape(self.max_depth, _STEP)
-        mentions: list[tuple[int, bool]] = []  # (marker, negated) in order of mention
-        names_used: list[int] = []
-        if status == 1:
-            absent = [int(g) for g in steps[0, :3] if g >= 0]
-            mentions += [(g, True) for g in absent]
-            text = ", ".join(f"no {names[g]}" for g in absent)
-            parts = [f"{text or 'no marker genes measured'}: no lineage has enough marker "
-                     f"evidence (best {r.names[a]}, score ", ") → Unknown, confidence "]
-            names_used.append(a)
-        elif status == 2:
-            cites = []
-            for step, t in ((steps[0], a), (steps[1], b)):
-                cites.append(f"{self._cite_text(step, mentions)} → {r.names[t]}")
-                names_used.append(t)
-            parts = ["; ".join(cites) + "; contradictory lineage evidence (possible doublet) → "
-                     f"{UNKNOWN}, confidence "]
-        else:
-            cites = []
-            for d, t in enumerate(self.path[node]):
-                if t < 0:
-                    break
-                via = ""
-                if d and learnt >> (d - 1) & 1:
-                    via = _VIA_CLF
-                elif d and bits >> (d - 1) & 1:
-                    via = _VIA_KNN
-                cites.append(f"{self._cite_text(steps[d], mentions)} → {r.names[t]}{via}")
-                names_used.append(int(t))
-            parts = ["; ".join(cites) + f". Final: {self._cl[node]}, confidence "]
-        tail = "."
-        if own != -2:
-            tail += _NOTE.format(r.names[own] if own >= 0 else UNKNOWN)
-            names_used.append(own)
-        parts.append(tail)
-        if self.vocabulary is None:
-            return _Trace(tuple(parts), (), np.zeros(0, dtype=bool), ())
-        return self._citations(tuple(parts), status, a, mentions, names_used)
-
-    def _cite_text(self, step: np.ndarray, mentions: list[tuple[int, bool]]) -> str:
-        pos = [int(g) for g in step[:4] if g >= 0]
-        neg = [int(g) for g in step[4:] if g >= 0]
-        mentions += [(g, False) for g in pos] + [(g, True) for g in neg]
-        text = []
-        if pos:
-            text.append(", ".join(self.names[g] for g in pos) + " present")
-        if neg:
-            text.append(", ".join(f"no {self.names[g]}" for g in neg))
-        return ", ".join(text) if text else "weak marker evidence"
+    def _cite_texts(self, step: np.ndarray) -> np.ndarray:
+        """"A, B present, no C" (or "weak marker evidence") per row of step slots."""
+        pos, has_pos = _join(step[:, :4], self._name, ", ")
+        neg, has_neg = _join(step[:, 4:], self._no, ", ")
+        out = np.full(len(step), "weak marker evidence", dtype=object)
+        out[has_pos] = pos[has_pos] + " present"
+        both = has_pos & has_neg
+        out[both] = out[both] + ", " + neg[both]
+        only = has_neg & ~has_pos
+        out[only] = neg[only]
+        return out
 
     # ------------------------------------------------------------------ evidence
     def _set_vocabulary(self, vocabulary: Sequence[str]) -> None:
@@ -259,23 +241,34 @@ class TraceWriter:
         self._vocab_set = frozenset(str(g).strip() for g in self.vocabulary)
         self._aliases = CD_ALIASES
         self._check = check_evidence
-        self._safe_gene = np.array([self._plain_gene(g) for g in self.names], dtype=bool)
-        self._safe_type = np.array([_plain_name(n) for n in self.r.names], dtype=bool)
+        # cited names: ids into a registry, the markers' own names first
+        self._ids: dict[str, int] = {}
+        self._cited_names: list[str] = []
+        self._marker_id = np.array([self._id(g) for g in self.names], dtype=np.int64)
+        self._safe_gene = np.array([self._plain_gene(g) for g in self.names] + [True],
+                                   dtype=bool)
+        self._safe_type = np.array([_plain_name(n) for n in self.r.names] + [True], dtype=bool)
         # numbers and the fixed wording never read as genes (else every key is parsed)
-        numeric = any(re.fullmatch(r"[0-9.\-]+", g) for g in self._vocab_set)
-        self.numbers_plain = not numeric
+        self.numbers_plain = not any(re.fullmatch(r"[0-9.\-]+", g) for g in self._vocab_set)
         samples = [
             f"zzqx present, no zzqx → zzqx; weak marker evidence → zzqx{_VIA_KNN}; weak "
             f"marker evidence → zzqx{_VIA_CLF}. Final: zzqx (CL:0000000), confidence 0.00."
-            + _NOTE.format("zzqx"),
+            " (Own expression alone: zzqx; the call uses the kNN neighbours' shared evidence.)",
             "no marker genes measured: no lineage has enough marker evidence (best zzqx, "
             "score 0.00) → Unknown, confidence 0.00.",
             "weak marker evidence → zzqx; weak marker evidence → zzqx; contradictory lineage "
             f"evidence (possible doublet) → {UNKNOWN}, confidence 0.00.",
         ]
-        self._plain_template = not numeric and "zzqx" not in self._vocab_set and not any(
+        self._plain_template = self.numbers_plain and "zzqx" not in self._vocab_set and not any(
             self._parse(t)[0] for t in samples)
-        self._best_clause: dict[int, tuple] = {}
+        self._best_clause: dict[int, list[tuple[int, bool]]] = {}
+
+    def _id(self, name: str) -> int:
+        got = self._ids.get(name)
+        if got is None:
+            got = self._ids[name] = len(self._cited_names)
+            self._cited_names.append(name)
+        return got
 
     def _plain_gene(self, g: str) -> bool:
         """A symbol the parser reads as just that gene, in any position of a trace."""
@@ -287,83 +280,102 @@ class TraceWriter:
         ev = self._check(text, (), vocabulary=self.vocabulary)
         return ev.cited, frozenset(ev.negated)
 
-    def _genes_of(self, name: str) -> tuple[str, ...]:
+    def genes_of(self, name_id: int) -> tuple[str, ...]:
+        """The genes a cited name stands for (itself, or a CD name's genes)."""
+        name = self._cited_names[name_id]
         if name in self._vocab_set:
             return (name,)
         return tuple(g for g in self._aliases.get(name, ()) if g in self._vocab_set)
 
-    def _citations(self, parts: tuple[str, ...], status: int, best: int,
-                   mentions: list[tuple[int, bool]], names_used: list[int]) -> _Trace:
-        """What the evidence parser finds in this trace: by construction when every name in
-        it is plain, else by parsing the text (numbers are never genes: checked once)."""
-        plain = (self._plain_template and all(self._safe_gene[g] for g, _ in mentions)
-                 and all(self._safe_type[t] for t in names_used))
-        if not plain:
-            cited, negated = self._parse("0.00".join(parts))
-            return _Trace(parts, cited, np.array([c in negated for c in cited], dtype=bool),
-                          tuple(self._genes_of(c) for c in cited))
-        status_of: dict[str, list[bool]] = {}  # name -> [any positive, any negated]
-        for g, neg in mentions:
-            rec = status_of.setdefault(self.names[g], [False, False])
-            rec[1 if neg else 0] = True
-        if status == 1:  # the best lineage's name is read too ("best ... (CXCL12-abundant")
-            for name, neg in self._best_cites(best):
-                rec = status_of.setdefault(name, [False, False])
-                rec[1 if neg else 0] = True
-        cited = tuple(status_of)
-        negated = np.array([status_of[c][1] and not status_of[c][0] for c in cited],
-                           dtype=bool)
-        return _Trace(parts, cited, negated, tuple(self._genes_of(c) for c in cited))
+    def citations(self, uniq: np.ndarray, parts: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """(cited name ids, -1 padded, in order of first mention; negated) per distinct key:
+        what the evidence parser finds in those traces."""
+        U = len(uniq)
+        status = uniq[:, 0]
+        ids = uniq[:, _HEAD:].astype(np.int64)
+        neg = np.tile(np.arange(ids.shape[1]) % _STEP >= 4, (U, 1))
+        neg[status == 1] = True  # "no A, no B, no C: no lineage ..."
+        valid = ids >= 0
+        plain = self._plain_template & self._safe_gene[np.where(valid, ids, -1)].all(axis=1)
+        plain &= self._safe_type[self._types_named(uniq)].all(axis=1)
+        ids = np.where(valid, self._marker_id[np.maximum(ids, 0)], -1)
+        extra = [self._best_cites(int(t)) for t in uniq[:, 2]] if (status == 1).any() else []
+        width = max((len(e) for e, st in zip(extra, status, strict=False) if st == 1),
+                    default=0)
+        if width:
+            more = np.full((U, width), -1, dtype=np.int64)
+            more_neg = np.zeros((U, width), dtype=bool)
+            for u in np.flatnonzero(status == 1):
+                for j, (c, ng) in enumerate(extra[u]):
+                    more[u, j], more_neg[u, j] = c, ng
+            ids, neg = np.hstack([ids, more]), np.hstack([neg, more_neg])
+        cid, cneg = _first_mentions(ids, neg)
+        parsed = {}
+        for u in np.flatnonzero(~plain):  # read by the parser itself
+            text = "0.00".join([parts[0][u], parts[1][u]] if status[u] == 1 else [parts[0][u]])
+            cited, negated = self._parse(text + "0.00" + parts[2][u])
+            parsed[u] = ([self._id(c) for c in cited], [c in negated for c in cited])
+        width = max([cid.shape[1]] + [len(c) for c, _ in parsed.values()])
+        if width > cid.shape[1]:
+            pad = width - cid.shape[1]
+            cid = np.hstack([cid, np.full((U, pad), -1, dtype=np.int64)])
+            cneg = np.hstack([cneg, np.zeros((U, pad), dtype=bool)])
+        for u, (c, ng) in parsed.items():
+            cid[u], cneg[u] = -1, False
+            cid[u, :len(c)], cneg[u, :len(c)] = c, ng
+        return cid, cneg
 
-    def _best_cites(self, t: int) -> tuple[tuple[str, bool], ...]:
+    def _types_named(self, uniq: np.ndarray) -> np.ndarray:
+        """Per key, the types whose names its text holds (-1: none)."""
+        status, node, own = uniq[:, 0], uniq[:, 1], uniq[:, 6]
+        path = np.where((status == 0)[:, None], self.path[np.maximum(node, 0)], -1)
+        two = np.where((status == 2)[:, None], uniq[:, 2:4], -1)
+        one = np.where(status == 1, uniq[:, 2], -1)
+        return np.column_stack([path, two, one, np.where(own >= 0, own, -1)])
+
+    def _best_cites(self, t: int) -> list[tuple[int, bool]]:
+        """What the parser reads in the best lineage's name ("best ... (CXCL12-abundant")."""
         got = self._best_clause.get(t)
         if got is None:
             cited, negated = self._parse(f"no lineage has enough marker evidence (best "
                                          f"{self.r.names[t]}, score 0.00) → {UNKNOWN}, "
                                          "confidence 0.00.")
-            got = self._best_clause[t] = tuple((c, c in negated) for c in cited)
+            got = self._best_clause[t] = [(self._id(c), c in negated) for c in cited]
         return got
 
-    def evidence(self, inv: np.ndarray, traces: list[_Trace], member
+    def evidence(self, inv: np.ndarray, cid: np.ndarray, cneg: np.ndarray, member
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(fraction, flag, cited_present, cited_absent) per cell, as the engine's check of
         the trace against the cell's sentence gives them (``min_cited=2``,
         ``threshold=0.5``; fraction NaN and nothing cited where no gene is cited).
 
-        ``inv`` and ``traces`` come from :meth:`texts`; ``member(genes)`` tells, as a
-        cells x genes boolean array, whether each cell's sentence contains each gene.
+        ``inv``, ``cid``, ``cneg`` come from :meth:`texts` and :meth:`citations`;
+        ``member(genes)`` tells, as a cells x genes boolean array, whether each cell's
+        sentence holds each gene.
         """
         n = len(inv)
-        width = max((len(t.cited) for t in traces), default=0)
-        if width == 0:
-            return (np.full(n, np.nan), np.zeros(n, dtype=bool), np.full(n, "", dtype=object),
-                    np.full(n, "", dtype=object))
-        flat = sorted({g for t in traces for gs in t.genes for g in gs})
+        used = np.unique(cid[cid >= 0])
+        genes = [self.genes_of(int(i)) for i in used]
+        flat = sorted({g for gs in genes for g in gs})
         col = {g: j for j, g in enumerate(flat)}
         inside = np.zeros((n, len(flat) + 1), dtype=bool)  # last column: no gene
-        inside[:, :-1] = member(flat)
-        U = len(traces)
-        gid = np.full((U, width), len(flat), dtype=np.int64)
-        neg = np.zeros((U, width), dtype=bool)
-        cited = np.zeros((U, width), dtype=bool)
-        multi: list[tuple[int, int]] = []  # (trace, name) standing for several genes
-        for u, t in enumerate(traces):
-            k = len(t.cited)
-            cited[u, :k] = True
-            neg[u, :k] = t.negated
-            for j, gs in enumerate(t.genes):
-                if len(gs) == 1:
-                    gid[u, j] = col[gs[0]]
-                elif gs:
-                    multi.append((u, j))
-        hit = inside[np.arange(n)[:, None], gid[inv]]
-        for u, j in multi:
-            cells = np.flatnonzero(inv == u)
-            cols = [col[g] for g in traces[u].genes[j]]
-            hit[cells, j] = inside[cells][:, cols].any(axis=1)
-        c, ng = cited[inv], neg[inv]
-        n_cited = c.sum(axis=1)
-        wrong = (c & ~hit & ~ng).sum(axis=1) + (hit & ng).sum(axis=1)
+        if flat:
+            inside[:, :-1] = member(flat)
+        gcol = np.full(len(self._cited_names) + 1, len(flat), dtype=np.int64)  # -1: none
+        multi = []
+        for i, gs in zip(used, genes, strict=True):
+            if len(gs) == 1:
+                gcol[i] = col[gs[0]]
+            elif gs:
+                multi.append((int(i), [col[g] for g in gs]))
+        ids = cid[inv]
+        hit = inside[np.arange(n)[:, None], gcol[ids]]
+        for i, cols in multi:
+            at = ids == i
+            hit[at] = inside[np.nonzero(at)[0]][:, cols].any(axis=1)
+        cited, ng = ids >= 0, cneg[inv]
+        n_cited = cited.sum(axis=1)
+        wrong = (cited & ~hit & ~ng).sum(axis=1) + (hit & ng).sum(axis=1)
         some = n_cited > 0
         frac = np.full(n, np.nan)
         frac[some] = (n_cited[some] - wrong[some]) / n_cited[some]
@@ -372,22 +384,44 @@ class TraceWriter:
         absent = np.full(n, "", dtype=object)
         rows = np.flatnonzero(some)
         if len(rows):
-            bits = np.packbits(hit[rows] & c[rows], axis=1)
-            key = np.concatenate([inv[rows, None].astype(np.int64).view(np.uint8)
-                                  .reshape(len(rows), -1), bits], axis=1)
-            uniq, first, which = np.unique(key, axis=0, return_index=True,
-                                           return_inverse=True)
-            texts = [_joined(traces[inv[rows[i]]], hit[rows[i]]) for i in first]
-            pres = np.array([t[0] for t in texts], dtype=object)
-            absn = np.array([t[1] for t in texts], dtype=object)
+            key = np.hstack([inv[rows, None], np.packbits(hit[rows], axis=1).astype(np.int64)])
+            _, first, which = np.unique(key, axis=0, return_index=True, return_inverse=True)
+            names = np.array([*self._cited_names, ""], dtype=object)
+            sel, h = ids[rows[first]], hit[rows[first]]
+            pres = _join(np.where(h, sel, -1), names, ", ")[0]
+            absn = _join(np.where(~h, sel, -1), names, ", ")[0]
             present[rows], absent[rows] = pres[which.ravel()], absn[which.ravel()]
         return frac, flag, present, absent
 
 
-def _joined(tr: _Trace, hit: np.ndarray) -> tuple[str, str]:
-    """(cited names in the sentence, the others), ``", "``-joined."""
-    return (", ".join(c for c, h in zip(tr.cited, hit, strict=False) if h),
-            ", ".join(c for c, h in zip(tr.cited, hit, strict=False) if not h))
+def _first_mentions(ids: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the distinct ids in order of first mention (-1 padded) and whether every
+    mention of each is negated."""
+    valid = ids >= 0
+    L = ids.shape[1]
+    same = (ids[:, :, None] == ids[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    first = valid & ~(same & np.tri(L, L, -1, dtype=bool)[None]).any(axis=2)
+    positive = (same & ~neg[:, None, :]).any(axis=2)
+    order = np.argsort(~first, axis=1, kind="stable")
+    keep = np.take_along_axis(first, order, axis=1)
+    cid = np.where(keep, np.take_along_axis(ids, order, axis=1), -1)
+    cneg = keep & ~np.take_along_axis(positive, order, axis=1)
+    width = int(keep.sum(axis=1).max()) if len(ids) else 0
+    return cid[:, :width], cneg[:, :width]
+
+
+def _join(ids: np.ndarray, table: np.ndarray, sep: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, ``sep.join(table[i] for i in row if i >= 0)``, and whether any was joined."""
+    out = np.full(len(ids), "", dtype=object)
+    started = np.zeros(len(ids), dtype=bool)
+    for j in range(ids.shape[1]):
+        at = np.flatnonzero(ids[:, j] >= 0)
+        if len(at) == 0:
+            continue
+        piece = table[ids[at, j]]
+        out[at] = np.where(started[at], out[at] + sep + piece, piece)
+        started[at] = True
+    return out, started
 
 
 def _plain_name(name: str) -> bool:
