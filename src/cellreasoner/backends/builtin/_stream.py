@@ -264,7 +264,7 @@ class _Sentences:
         for p, g in enumerate(spec.gene_list):
             self.position.setdefault(g, p)
         self.column: dict[str, int] = {}
-        self.col_pos = np.full(len(var_names), -1, dtype=np.int64)
+        self.col_pos = np.full(len(var_names), -1, dtype=np.int32)
         for j, g in enumerate(var_names):
             if g in self.column:  # duplicated symbol: the first column is the gene
                 continue
@@ -272,18 +272,32 @@ class _Sentences:
             self.col_pos[j] = self.position.get(g, -1)
 
     def members(self, chunk: sp.csr_matrix, genes: list[str]) -> np.ndarray:
-        """Cells x ``genes``: whether each cell's sentence holds each gene."""
+        """Cells x ``genes``: whether each cell's sentence holds each gene (two row halves
+        at a time: the compiled kernel releases the GIL)."""
         from ._kernels import sentence_members
 
-        col_slot = np.full(chunk.shape[1], -1, dtype=np.int64)
-        slot_pos = np.full(len(genes), -1, dtype=np.int64)
+        col_slot = np.full(chunk.shape[1], -1, dtype=np.int32)
+        slot_pos = np.full(len(genes), -1, dtype=np.int32)
         for s, g in enumerate(genes):
             j = self.column.get(g)
             if j is not None and self.col_pos[j] >= 0:
                 col_slot[j], slot_pos[s] = s, self.col_pos[j]
-        return sentence_members(chunk.indptr, chunk.indices, chunk.data, self.col_pos,
-                                len(self.spec.gene_list), self.spec.max_genes, col_slot,
-                                slot_pos, len(genes))
+        n = chunk.shape[0]
+        out = np.zeros((n, len(genes)), dtype=bool)
+
+        def run(lo: int, hi: int) -> None:
+            sentence_members(chunk.indptr[lo:hi + 1], chunk.indices, chunk.data, self.col_pos,
+                             len(self.spec.gene_list), self.spec.max_genes, col_slot,
+                             slot_pos, out[lo:hi])
+
+        if n < 4096:
+            run(0, n)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(run, (0, n // 2), (n // 2, n)))
+        return out
 
     def cell_genes(self, chunk: sp.csr_matrix) -> list[list[str]]:
         """Each cell's sentence genes (for the parser's own check)."""

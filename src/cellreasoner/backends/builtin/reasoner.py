@@ -278,6 +278,7 @@ class Reasoner:
                                                                               .sum())])
                             for t in range(T)]
         self._decisive = decisive_matrix(self.P)
+        self._sparse_weights: dict[int, tuple] = {}
         self._cl_label, groups = _cl_info(list(self.cl_ids))
         roots = np.flatnonzero(self.is_root)
         self._related_roots = np.array(
@@ -376,15 +377,30 @@ class Reasoner:
             w_avail = np.asarray(A @ self.P.T)
             n_avail = np.asarray(A @ (self.P.T > 0).astype(np.float32))
             wn = self._neg_denominators(np.asarray(A @ self.N.T))
-        hits = np.asarray(E @ self.P.T)
+        hits = self._times(E, self.P)
         # evidence saturates after ~8 weight units of markers; the coverage term (fraction
         # of all available markers seen) breaks ties between saturated lineages
         den = self._denominators(w_avail, n_avail)
         evidence = np.minimum(hits / den, 1.0)
         coverage = hits / np.maximum(w_avail, den)
-        neg = np.minimum(np.asarray(E @ self.N.T) / wn, 1.0)
+        neg = np.minimum(self._times(E, self.N) / wn, 1.0)
         S = 0.8 * evidence + 0.2 * coverage - self.negative_weight * neg
         return S.astype(np.float32)
+
+    def _times(self, E: sp.csr_matrix, W: np.ndarray) -> np.ndarray:
+        """``E @ W.T`` (float32) over the non-zero weights only: the same sums, in the same
+        order, as the dense product when every value is finite (a NaN or inf times a zero
+        weight would spread, so those take the dense product)."""
+        E = sp.csr_matrix(E)
+        if E.dtype != np.float32 or not np.isfinite(E.data).all():
+            return np.asarray(E @ W.T)
+        from ._kernels import sparse_hits
+
+        key = id(W)
+        if key not in self._sparse_weights:
+            Wt = sp.csr_matrix(W.T)
+            self._sparse_weights[key] = (Wt.indptr, Wt.indices, Wt.data.astype(np.float32))
+        return sparse_hits(E.indptr, E.indices, E.data, *self._sparse_weights[key], W.shape[0])
 
     @staticmethod
     def neighbour_mean(S: np.ndarray, W: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:

@@ -169,8 +169,7 @@ class TraceWriter:
         if n == 0:
             empty = np.zeros(0, dtype=object)
             return empty, np.zeros(0, dtype=np.int64), K, (empty, empty, empty)
-        uniq, inv = np.unique(K, axis=0, return_inverse=True)
-        inv = inv.ravel()
+        uniq, inv, _ = _unique_rows(K)
         head, mid, tail = self._parts(uniq)
         out = head[inv] + _fmt(conf)
         none = np.flatnonzero(K[:, 0] == 1)
@@ -385,13 +384,30 @@ class TraceWriter:
         rows = np.flatnonzero(some)
         if len(rows):
             key = np.hstack([inv[rows, None], np.packbits(hit[rows], axis=1).astype(np.int64)])
-            _, first, which = np.unique(key, axis=0, return_index=True, return_inverse=True)
+            _, which, first = _unique_rows(key)
             names = np.array([*self._cited_names, ""], dtype=object)
             sel, h = ids[rows[first]], hit[rows[first]]
             pres = _join(np.where(h, sel, -1), names, ", ")[0]
             absn = _join(np.where(~h, sel, -1), names, ", ")[0]
-            present[rows], absent[rows] = pres[which.ravel()], absn[which.ravel()]
+            present[rows], absent[rows] = pres[which], absn[which]
         return frac, flag, present, absent
+
+
+_ROW_WEIGHTS = np.random.default_rng(0).integers(1, 2**63, 256, dtype=np.uint64) | np.uint64(1)
+
+
+def _unique_rows(K: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct rows, each row's index among them, a row holding each) of an integer
+    matrix, by a 64-bit row hash (checked: a collision falls back to the exact row sort)."""
+    if K.shape[1] <= len(_ROW_WEIGHTS):
+        h = (K.astype(np.uint64) * _ROW_WEIGHTS[:K.shape[1]]).sum(axis=1, dtype=np.uint64)
+        _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        uniq = K[first]
+        inv = inv.ravel()
+        if (uniq[inv] == K).all():
+            return uniq, inv, first
+    uniq, first, inv = np.unique(K, axis=0, return_index=True, return_inverse=True)
+    return uniq, inv.ravel(), first
 
 
 def _first_mentions(ids: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
