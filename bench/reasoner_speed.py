@@ -60,22 +60,27 @@ def _programmes(reasoner: Reasoner, genes: np.ndarray) -> sp.csr_matrix:
 
 def synthetic_block(reasoner: Reasoner, n_genes: int, n: int, nnz: int, seed: int,
                     programmes: sp.csr_matrix) -> sp.csr_matrix:
-    """``n`` synthetic log-normalised cells (deterministic in ``seed``)."""
+    """``n`` synthetic log-normalised cells (deterministic in ``seed``), made 2,000 at a time
+    so the generator's own temporaries stay small beside what is measured."""
     rng = np.random.default_rng(seed)
-    p = nnz / n_genes
-    gaps = rng.geometric(p, size=(n, int(nnz * 1.3) + 50))
-    pos = np.cumsum(gaps, axis=1) - 1
-    keep = pos < n_genes
-    indptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
-    indices = pos[keep].astype(np.int32)
-    bg = sp.csr_matrix((rng.uniform(0.3, 3.0, len(indices)).astype(np.float32), indices,
-                        indptr), shape=(n, n_genes))
-    leaves = np.flatnonzero(~reasoner.has_children)
-    prog = programmes[rng.choice(leaves, n)].tocoo()
-    on = rng.random(prog.nnz) < 0.5
-    marks = sp.csr_matrix((rng.uniform(0.5, 3.0, int(on.sum())).astype(np.float32),
-                           (prog.row[on], prog.col[on])), shape=(n, n_genes))
-    X = (bg + marks).tocsr()
+    parts = []
+    for lo in range(0, n, 2000):
+        m = min(2000, n - lo)
+        gaps = rng.geometric(nnz / n_genes, size=(m, int(nnz * 1.3) + 50)).astype(np.int32)
+        pos = np.cumsum(gaps, axis=1, dtype=np.int32) - 1
+        keep = pos < n_genes
+        indptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
+        indices = pos[keep]
+        del gaps, pos, keep
+        bg = sp.csr_matrix((rng.uniform(0.3, 3.0, len(indices)).astype(np.float32), indices,
+                            indptr), shape=(m, n_genes))
+        leaves = np.flatnonzero(~reasoner.has_children)
+        prog = programmes[rng.choice(leaves, m)].tocoo()
+        on = rng.random(prog.nnz) < 0.5
+        marks = sp.csr_matrix((rng.uniform(0.5, 3.0, int(on.sum())).astype(np.float32),
+                               (prog.row[on], prog.col[on])), shape=(m, n_genes))
+        parts.append((bg + marks).tocsr())
+    X = sp.vstack(parts, format="csr")
     X.sort_indices()
     return X
 

@@ -201,7 +201,7 @@ def _train(r: Reasoner, source: MatrixSource, genes: list[str], hard: HardSteps,
 
 
 #: Bytes of training rows read at a time by the refinement (float32 values + int32 columns).
-TRAIN_BUDGET = 256 << 20
+TRAIN_BUDGET = 128 << 20
 
 
 def _groups(plan: TrainingPlan, row_nnz: np.ndarray) -> Iterator[TrainingPlan]:
