@@ -11,11 +11,11 @@ ground truth with the automatic hierarchical scorer :func:`cellreasoner.evaluati
 (1 subtype / 0.5 major / 0.25 partial / 0 incorrect).
 
 Rows: the reasoner per cell, per cell with kNN smoothing, the same without the self-training
-refinement of dropout steps (on by default, see :mod:`cellreasoner.refine`), per cluster (all
-tissues, and restricted to ``tissue="blood"``); SingleR trained on a stratified half of the
-same dataset and evaluated on the other half (mean over ``--seeds`` splits; the reasoner's
-score on the same held-out halves is printed beside it, since its knowledge base never sees the
-labels, and the paired per-cell difference with a bootstrap interval).
+refinement of dropout steps (on by default, see :mod:`cellreasoner.backends.builtin.refine`),
+per cluster (all tissues, and restricted to ``tissue="blood"``); SingleR trained on a
+stratified half of the same dataset and evaluated on the other half (mean over ``--seeds``
+splits; the reasoner's score on the same held-out halves is printed beside it, since its
+knowledge base never sees the labels, and the paired per-cell difference with a bootstrap interval).
 Then the builtin's most frequent answers per ground-truth label (to tell label noise from
 reasoning errors); a label audit (cells whose own expression contradicts their label by fixed
 canonical-marker rules, see :func:`label_audit`) with SingleR and the builtin scored on the
@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cellreasoner.backends.builtin.reasoner import Reasoner
 from cellreasoner.evaluation import LEVELS, PairScorer
-from cellreasoner.reasoner import Reasoner
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -77,8 +77,8 @@ def main() -> None:
     import evidence_reference as ref_ev
 
     from cellreasoner import evidence as ev
+    from cellreasoner.backends.builtin.reasoner import Reasoner
     from cellreasoner.datasets import pbmc68k_reduced
-    from cellreasoner.reasoner import Reasoner
     from cellreasoner.resources import load_gene_list
     from cellreasoner.sentences import build_sentences
 

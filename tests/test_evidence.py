@@ -136,7 +136,7 @@ def test_conclusions_are_not_evidence(vocab):
 
 def test_builtin_traces_are_fully_supported(pbmc68k, gene_list_path):
     """Every builtin trace, with and without kNN smoothing, cites only what the cell shows."""
-    from cellreasoner.reasoner import Reasoner
+    from cellreasoner.backends.builtin.reasoner import Reasoner
 
     raw = pbmc68k.raw.to_adata()
     genes = [str(g) for g in raw.var_names]
@@ -189,7 +189,7 @@ def test_check_evidence_many_over_demo_cells(vocab, demo_cells):
 @pytest.fixture
 def builtin_cells(pbmc68k, gene_list_path):
     """Real builtin traces and sentences of pbmc68k_reduced, as annotate() produces them."""
-    from cellreasoner.reasoner import Reasoner
+    from cellreasoner.backends.builtin.reasoner import Reasoner
     from cellreasoner.sentences import build_sentences
 
     raw = pbmc68k.raw.to_adata()

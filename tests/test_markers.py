@@ -6,13 +6,13 @@ import re
 
 import pytest
 
-from cellreasoner.errors import InputError
-from cellreasoner.markers import (
+from cellreasoner.backends.builtin.markers import (
     COLUMNS,
     builtin_marker_path,
     load_markers,
     read_marker_file,
 )
+from cellreasoner.errors import InputError
 
 HEADER = "\t".join(COLUMNS) + "\n"
 

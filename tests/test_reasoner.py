@@ -10,10 +10,10 @@ import scipy.sparse as sp
 
 from cellreasoner.backends import get_backend
 from cellreasoner.backends.builtin import BuiltinBackend
+from cellreasoner.backends.builtin.markers import COLUMNS, load_markers
+from cellreasoner.backends.builtin.reasoner import UNKNOWN, Reasoner
 from cellreasoner.errors import InputError
-from cellreasoner.markers import COLUMNS, load_markers
 from cellreasoner.prompts import Prompt, SamplingParams, instruction_for
-from cellreasoner.reasoner import UNKNOWN, Reasoner
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +231,11 @@ def test_builtin_backend_protocol(pbmc):
     assert gens[1][0].text == "naive B cell"
     assert "MS4A1" in gens[1][0].reasoning and 0 < gens[1][0].meta["confidence"] <= 1
     assert gens[2][0].text == UNKNOWN and gens[2][0].meta["ontology_id"] == ""
-    out = be.annotate_matrix(pbmc["X"][:20], pbmc["genes"])
-    assert len(out) == 20 and all(g.reasoning for g in out)
+    from cellreasoner.backends.builtin._stream import matrix_source
+
+    out = [t for b in be.annotate_matrix(matrix_source(pbmc["X"][:20], pbmc["genes"]))
+           for t in b.reasoning]
+    assert len(out) == 20 and all(out)
     d = be.describe()
     assert d["backend"] == "builtin" and d["cell_types"] == len(load_markers(tissue="blood"))
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .errors import InputError
+from ...errors import InputError
 
 COLUMNS = ("name", "cl_id", "parent", "tissues", "positive", "negative", "source")
 #: Version of the built-in knowledge base (part of the builtin backend's model name).

@@ -122,29 +122,32 @@ def decisive_steps(present: sp.csr_matrix, D: sp.csr_matrix, child_mask: np.ndar
     return out
 
 
-def train_step_classifiers(
-    hard: HardSteps,
-    expression: Callable[[np.ndarray], sp.csr_matrix],
-    n_genes: int,
-    excluded: Callable[[int], np.ndarray],
-    *,
-    min_cells: int = 10,
-    max_cells: int = 2000,
-    C: float = 1.0,
-    seed: int = 0,
-) -> dict[int, StepClassifier]:
-    """One logistic-regression classifier per parent type with at least two children that
-    have ``min_cells`` decisive cells each (at most ``max_cells`` per child are sampled).
+@dataclass
+class TrainingPlan:
+    """Which decisive cells train which parent's classifier (pass one's outcome).
 
-    ``expression(rows)`` returns those cells' log-normalised expression (all genes);
-    ``excluded(parent)`` the data columns of the children's decisive markers, which are left
-    out of the features.
+    ``steps`` holds, per parent type with at least two trainable children, the children and
+    the training cells (child by child, in the order the classifier sees them).
     """
-    from sklearn.linear_model import LogisticRegression
 
+    steps: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def cells(self) -> np.ndarray:
+        """Every training cell once, sorted (the rows to read before training)."""
+        if not self.steps:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate([rows for _, rows, _ in self.steps]))
+
+
+def plan_training(hard: HardSteps, *, min_cells: int = 10, max_cells: int = 2000,
+                  seed: int = 0) -> TrainingPlan:
+    """Per parent type with at least two children that have ``min_cells`` decisive cells
+    each, the training cells: every decisive cell of each child, or ``max_cells`` of them
+    drawn with a seeded generator when it has more."""
     cells, parents, children = hard.arrays()
     rng = np.random.default_rng(seed)
-    out: dict[int, StepClassifier] = {}
+    plan = TrainingPlan()
     for p in np.unique(parents):
         sel = parents == p
         kids, counts = np.unique(children[sel], return_counts=True)
@@ -158,10 +161,33 @@ def train_step_classifiers(
                 idx = rng.choice(idx, max_cells, replace=False)
             rows.append(idx)
             y.append(np.full(len(idx), c))
-        rows_all, y_all = np.concatenate(rows), np.concatenate(y)
+        plan.steps.append((int(p), np.concatenate(rows), np.concatenate(y)))
+    return plan
+
+
+def fit_step_classifiers(
+    plan: TrainingPlan,
+    expression: Callable[[np.ndarray], sp.csr_matrix],
+    n_genes: int,
+    excluded: Callable[[int], np.ndarray],
+    *,
+    C: float = 1.0,
+) -> dict[int, StepClassifier]:
+    """One logistic-regression classifier per step of ``plan``.
+
+    ``expression(rows)`` returns those cells' log-normalised expression (all genes);
+    ``excluded(parent)`` the data columns of the children's decisive markers, which are left
+    out of the features, as are genes detected in fewer than 1% of the training cells.
+    """
+    if not plan.steps:
+        return {}
+    from sklearn.linear_model import LogisticRegression
+
+    out: dict[int, StepClassifier] = {}
+    for p, rows_all, y_all in plan.steps:
         X = expression(rows_all)
         keep = np.ones(n_genes, dtype=bool)
-        keep[excluded(int(p))] = False
+        keep[excluded(p)] = False
         # genes detected in at least 1% of the training cells (at least two cells)
         detected = np.asarray((X > 0).sum(axis=0)).ravel()
         keep &= detected >= max(2, int(0.01 * len(rows_all)))
@@ -170,11 +196,56 @@ def train_step_classifiers(
             continue
         model = LogisticRegression(C=C, class_weight="balanced", max_iter=1000)
         model.fit(X[:, features], y_all)
-        out[int(p)] = StepClassifier(np.asarray(model.classes_), features,
-                                     model.coef_.astype(np.float32),
-                                     model.intercept_.astype(np.float32))
+        out[p] = StepClassifier(np.asarray(model.classes_), features,
+                                model.coef_.astype(np.float32),
+                                model.intercept_.astype(np.float32))
     return out
 
 
-__all__ = ["BLOCK", "DECISIVE_WEIGHT", "HardSteps", "StepClassifier", "StepRefiner",
-           "decisive_matrix", "decisive_steps", "train_step_classifiers"]
+def train_step_classifiers(
+    hard: HardSteps,
+    expression: Callable[[np.ndarray], sp.csr_matrix],
+    n_genes: int,
+    excluded: Callable[[int], np.ndarray],
+    *,
+    min_cells: int = 10,
+    max_cells: int = 2000,
+    C: float = 1.0,
+    seed: int = 0,
+) -> dict[int, StepClassifier]:
+    """:func:`plan_training` then :func:`fit_step_classifiers` (all rows at hand)."""
+    plan = plan_training(hard, min_cells=min_cells, max_cells=max_cells, seed=seed)
+    return fit_step_classifiers(plan, expression, n_genes, excluded, C=C)
+
+
+class RowBank:
+    """The expression rows of a set of cells, gathered from a stream of row blocks.
+
+    Only the asked cells' rows are kept (the training cells of a :class:`TrainingPlan`), so
+    memory is bounded by the plan, not by the dataset.
+    """
+
+    def __init__(self, cells: np.ndarray) -> None:
+        self.cells = np.asarray(cells, dtype=np.int64)
+        self._parts: list[sp.csr_matrix] = []
+        self._matrix: sp.csr_matrix | None = None
+
+    def add(self, start: int, block: sp.csr_matrix) -> None:
+        """Keep the rows of ``block`` (cells ``start`` ...) that are asked for."""
+        lo, hi = np.searchsorted(self.cells, [start, start + block.shape[0]])
+        if hi > lo:
+            self._parts.append(sp.csr_matrix(block[self.cells[lo:hi] - start],
+                                             dtype=np.float32))
+
+    def rows(self, cells: np.ndarray) -> sp.csr_matrix:
+        """The kept rows of ``cells`` (each must have been asked for), in that order."""
+        if self._matrix is None:
+            self._matrix = (sp.vstack(self._parts, format="csr") if self._parts else
+                            sp.csr_matrix((0, 0), dtype=np.float32))
+            self._parts = []
+        return self._matrix[np.searchsorted(self.cells, np.asarray(cells))]
+
+
+__all__ = ["BLOCK", "DECISIVE_WEIGHT", "HardSteps", "RowBank", "StepClassifier", "StepRefiner",
+           "TrainingPlan", "decisive_matrix", "decisive_steps", "fit_step_classifiers",
+           "plan_training", "train_step_classifiers"]

@@ -1,0 +1,334 @@
+"""The marker reasoner over a stream of row blocks, in bounded memory.
+
+Pass one (only with the self-training refinement or a kNN graph) scores every block and keeps
+what later steps need from all cells: the decisive steps the classifiers train on (a few
+integers per cell) and, with a graph, the cells x types scores the neighbours share. The
+training cells' expression rows are then gathered in one more read (only those rows are kept)
+and the classifiers trained. Pass two walks, refines and writes each block's traces and
+evidence, reading the classifier's expression rows from the block itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+from ...matrix import MatrixSource
+from .refine import (
+    HardSteps,
+    RowBank,
+    StepRefiner,
+    TrainingPlan,
+    fit_step_classifiers,
+    plan_training,
+)
+from .traces import TraceWriter
+
+if TYPE_CHECKING:
+    from .reasoner import Reasoner, ReasonerResult
+
+#: Stored values that decide whether the expression is counts (as the in-memory check did).
+_COUNTS_SAMPLE = 200_000
+
+
+@dataclass(frozen=True)
+class EvidenceSpec:
+    """How the engine builds cell sentences, to check each trace against its cell's.
+
+    ``gene_list`` is the ranked vocabulary of the sentences, ``max_genes`` their length cap.
+    """
+
+    gene_list: tuple[str, ...]
+    max_genes: int = 1000
+
+
+@dataclass
+class Block:
+    """The answers for cells ``start ... start + len(result) - 1``.
+
+    ``evidence`` is ``(fraction, flag, cited_present, cited_absent)`` when asked for.
+    """
+
+    start: int
+    result: ReasonerResult
+    evidence: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def matrix_source(X, genes: Sequence[str]) -> MatrixSource:
+    """A :class:`~cellreasoner.matrix.MatrixSource` over an in-memory matrix (row blocks of
+    a CSR matrix are views, not copies)."""
+    if getattr(X, "ndim", 2) != 2:
+        from ...errors import InputError
+
+        raise InputError(f"Expression must be a 2-D cells x genes matrix, got {X.ndim}-D.")
+    if sp.issparse(X) and not isinstance(X, sp.csr_matrix):
+        X = sp.csr_matrix(X)
+    n = X.shape[0]
+
+    def chunks(size: int) -> Iterator:
+        for lo in range(0, n, size):
+            hi = min(lo + size, n)
+            if isinstance(X, sp.csr_matrix):
+                a, b = X.indptr[lo], X.indptr[hi]
+                yield sp.csr_matrix((X.data[a:b], X.indices[a:b], X.indptr[lo:hi + 1] - a),
+                                    shape=(hi - lo, X.shape[1]))
+            else:
+                yield sp.csr_matrix(np.asarray(X[lo:hi]))
+
+    return MatrixSource(n_obs=n, var_names=np.asarray([str(g) for g in genes], dtype=object),
+                        obs_names=np.arange(n).astype(str), _chunks=chunks,
+                        description="in-memory matrix")
+
+
+def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
+                    reasoning: bool = True, chunk_size: int = 20_000,
+                    evidence: EvidenceSpec | None = None) -> Iterator[Block]:
+    """:meth:`Reasoner.iter_blocks`: blocks of answers, in row order."""
+    genes = [str(g) for g in source.var_names]
+    knn = connectivities is not None and r.smoothing > 0
+    S_all, graph, classifiers, counts = None, None, {}, False
+    if r.refine or knn:
+        S_all, hard, row_nnz, counts = _pass_one(r, source, genes, chunk_size,
+                                                 keep_scores=knn)
+        if knn:
+            graph = _Graph(r._graph(connectivities, source.n_obs))
+        if r.refine:
+            classifiers = _train(r, source, genes, hard, row_nnz, counts, chunk_size)
+    spelled = r._gene_columns(genes)[2]
+    writer = TraceWriter(r, spelled, None if evidence is None else
+                         list(dict.fromkeys([*evidence.gene_list, *genes])))
+    sentences = None if evidence is None else _Sentences(evidence, genes)
+    start = 0
+    for chunk in source.iter_chunks(chunk_size):
+        n = chunk.shape[0]
+        if n == 0:
+            continue
+        E, measured, _ = r._marker_matrix(chunk, genes)
+        S = S_all[start:start + n] if S_all is not None else r.score(E, measured)
+        refine: dict = {}
+        if r.refine:
+            refine = {"present": E,
+                      "refiner": StepRefiner(classifiers, _rows_of(chunk, counts), n)}
+        own_node = None
+        if graph is not None:
+            if reasoning:  # the trace notes where the neighbours changed the call
+                own_node = r._walk(S, **refine)[0]
+            own = S
+            S, neighbours = r._mix(S, *graph.mean(S_all, start, n), r.smoothing)
+            node, root, conf, status, borrowed, refined = r._walk(S, neighbours, own, **refine)
+        else:
+            node, root, conf, status, borrowed, refined = r._walk(S, **refine)
+        ev = None
+        if reasoning:
+            K = writer.keys(E, measured, node, root, status, S, borrowed, refined, own_node)
+            text, inv, uniq, parts = writer.texts(K, conf, S, root)
+            if evidence is not None:
+                ev = _evidence(writer, inv, uniq, parts, text, chunk, sentences)
+        else:
+            text = np.full(n, "", dtype=object)
+            if evidence is not None:
+                ev = (np.full(n, np.nan), np.zeros(n, dtype=bool), text, text)
+        yield Block(start, r._result(node, root, conf, status, text.tolist(), S), ev)
+        start += n
+
+
+def _pass_one(r: Reasoner, source: MatrixSource, genes: list[str], chunk_size: int,
+              keep_scores: bool) -> tuple[np.ndarray | None, HardSteps, np.ndarray, bool]:
+    """Scores (when kept), the decisive steps of every cell, the stored values per cell, and
+    whether the data is counts (decided on the first stored values, as for a whole
+    in-memory matrix)."""
+    from ...checks import looks_like_counts
+
+    hard = HardSteps()
+    scores: list[np.ndarray] = []
+    nnz: list[np.ndarray] = []
+    sample: list[np.ndarray] = []
+    seen = 0
+    start = 0
+    for chunk in source.iter_chunks(chunk_size):
+        n = chunk.shape[0]
+        if n == 0:
+            continue
+        if seen < _COUNTS_SAMPLE:
+            sample.append(np.asarray(chunk.data[:_COUNTS_SAMPLE - seen]))
+            seen += len(sample[-1])
+        nnz.append(np.diff(chunk.indptr).astype(np.int32))
+        E, measured, _ = r._marker_matrix(chunk, genes)
+        S = r.score(E, measured)
+        if keep_scores:
+            scores.append(S)
+        if r.refine:
+            local = HardSteps()
+            r._walk(S, present=E, hard=local)  # the cells whose steps rest on decisive markers
+            for cells, parents, children in zip(local.cells, local.parents, local.children,
+                                                strict=True):
+                hard.add(cells + start, parents, children)
+        start += n
+    counts = bool(sample) and looks_like_counts(np.concatenate(sample))
+    S_all = (np.vstack(scores) if scores else np.zeros((0, len(r.names)), np.float32)
+             ) if keep_scores else None
+    row_nnz = np.concatenate(nnz) if nnz else np.zeros(0, dtype=np.int32)
+    return S_all, hard, row_nnz, counts
+
+
+def _train(r: Reasoner, source: MatrixSource, genes: list[str], hard: HardSteps,
+           row_nnz: np.ndarray, counts: bool, chunk_size: int) -> dict:
+    """Classifiers of the refinement. The training cells' rows are read in more passes over
+    the source, as many parents at a time as :data:`TRAIN_BUDGET` bytes of rows hold (one
+    pass for most datasets), and each group is trained and dropped before the next."""
+    from ...checks import log_normalize
+
+    plan = plan_training(hard, min_cells=r.refine_min_cells)
+    excluded = r._decisive_columns(genes)
+    out: dict = {}
+    for group in _groups(plan, row_nnz):
+        bank = RowBank(group.cells)
+        start = 0
+        for chunk in source.iter_chunks(chunk_size):
+            bank.add(start, chunk)
+            start += chunk.shape[0]
+
+        def expression(rows: np.ndarray, bank=bank) -> sp.csr_matrix:
+            sub = bank.rows(rows)
+            return log_normalize(sub) if counts else sub
+
+        out.update(fit_step_classifiers(group, expression, len(genes), excluded))
+    return out
+
+
+#: Bytes of training rows read at a time by the refinement (float32 values + int32 columns).
+TRAIN_BUDGET = 128 << 20
+
+
+def _groups(plan: TrainingPlan, row_nnz: np.ndarray) -> Iterator[TrainingPlan]:
+    """The plan's steps in groups whose distinct training rows fit :data:`TRAIN_BUDGET`."""
+    group = TrainingPlan()
+    seen: set[int] = set()
+    size = 0
+    for step in plan.steps:
+        new = np.setdiff1d(step[1], np.fromiter(seen, dtype=np.int64, count=len(seen)))
+        grow = int(row_nnz[new].sum()) * 8
+        if group.steps and size + grow > TRAIN_BUDGET:
+            yield group
+            group, seen, size = TrainingPlan(), set(), 0
+            new, grow = np.unique(step[1]), int(row_nnz[np.unique(step[1])].sum()) * 8
+        group.steps.append(step)
+        seen.update(new.tolist())
+        size += grow
+    if group.steps:
+        yield group
+
+
+def _rows_of(chunk, counts: bool):
+    """rows -> those cells' log-normalised expression, read from the block itself."""
+    from ...checks import log_normalize
+
+    def rows_of(rows: np.ndarray) -> sp.csr_matrix:
+        sub = sp.csr_matrix(chunk[np.asarray(rows)], dtype=np.float32)
+        return log_normalize(sub) if counts else sub
+
+    return rows_of
+
+
+class _Graph:
+    """The kNN graph, row-normalised block by block exactly as for the whole matrix."""
+
+    def __init__(self, W: sp.csr_matrix) -> None:
+        self.W = W
+        deg = np.asarray(W.sum(axis=1)).ravel()
+        self.has = deg > 0
+        deg[~self.has] = 1.0
+        self.deg = deg
+
+    def mean(self, S: np.ndarray, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start ... start + n - 1`` of the neighbours' mean scores, and which of those
+        cells have neighbours."""
+        rows = slice(start, start + n)
+        neigh = np.asarray(sp.diags(1.0 / self.deg[rows]) @ self.W[rows] @ S, dtype=np.float32)
+        return neigh, self.has[rows]
+
+
+class _Sentences:
+    """Which genes each cell's sentence holds: the cell's non-zero genes of the ranked list,
+    in its order, cut at ``max_genes`` (as :func:`cellreasoner.sentences.build_sentences`
+    builds them)."""
+
+    def __init__(self, spec: EvidenceSpec, var_names: list[str]) -> None:
+        self.spec = spec
+        self.var_names = np.asarray(var_names, dtype=object)
+        self.position: dict[str, int] = {}
+        for p, g in enumerate(spec.gene_list):
+            self.position.setdefault(g, p)
+        self.column: dict[str, int] = {}
+        self.col_pos = np.full(len(var_names), -1, dtype=np.int32)
+        for j, g in enumerate(var_names):
+            if g in self.column:  # duplicated symbol: the first column is the gene
+                continue
+            self.column[g] = j
+            self.col_pos[j] = self.position.get(g, -1)
+
+    def members(self, chunk: sp.csr_matrix, genes: list[str]) -> np.ndarray:
+        """Cells x ``genes``: whether each cell's sentence holds each gene (two row halves
+        at a time: the compiled kernel releases the GIL)."""
+        from ._kernels import sentence_members
+
+        col_slot = np.full(chunk.shape[1], -1, dtype=np.int32)
+        slot_pos = np.full(len(genes), -1, dtype=np.int32)
+        for s, g in enumerate(genes):
+            j = self.column.get(g)
+            if j is not None and self.col_pos[j] >= 0:
+                col_slot[j], slot_pos[s] = s, self.col_pos[j]
+        n = chunk.shape[0]
+        out = np.zeros((n, len(genes)), dtype=bool)
+
+        def run(lo: int, hi: int) -> None:
+            sentence_members(chunk.indptr[lo:hi + 1], chunk.indices, chunk.data, self.col_pos,
+                             len(self.spec.gene_list), self.spec.max_genes, col_slot,
+                             slot_pos, out[lo:hi])
+
+        if n < 4096:
+            run(0, n)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(run, (0, n // 2), (n // 2, n)))
+        return out
+
+    def cell_genes(self, chunk: sp.csr_matrix) -> list[list[str]]:
+        """Each cell's sentence genes (for the parser's own check)."""
+        from ...sentences import build_sentences
+
+        part = MatrixSource(n_obs=chunk.shape[0], var_names=self.var_names,
+                            obs_names=np.arange(chunk.shape[0]).astype(str),
+                            _chunks=lambda size: iter([chunk]))
+        built = build_sentences(part, list(self.spec.gene_list),
+                                max_genes=self.spec.max_genes, chunk_size=chunk.shape[0])
+        return [built.cell_genes(i) for i in range(chunk.shape[0])]
+
+
+def _evidence(writer: TraceWriter, inv, uniq, parts, text, chunk, sentences: _Sentences):
+    """The block's evidence columns, checked against each cell's sentence genes."""
+    if not writer.numbers_plain:  # numbers could read as genes: parse each text as it is
+        return _parsed_evidence(text, sentences.cell_genes(chunk), writer.vocabulary)
+    cid, cneg = writer.citations(uniq, parts)
+    return writer.evidence(inv, cid, cneg, lambda genes: sentences.members(chunk, genes))
+
+
+def _parsed_evidence(text, cell_genes, vocabulary):
+    from ...evidence import check_evidence_many
+
+    ev = check_evidence_many(list(text), cell_genes, vocabulary=vocabulary)
+    some = ev["n_cited"].to_numpy() > 0
+    frac = np.where(some, ev["fraction_present"].to_numpy(dtype=np.float64), np.nan)
+    flag = some & ev["flagged"].to_numpy(dtype=bool)
+    present = np.where(some, ev["present"].to_numpy(dtype=object), "").astype(object)
+    absent = np.where(some, ev["absent"].to_numpy(dtype=object), "").astype(object)
+    return frac, flag, present, absent
+
+
+__all__ = ["Block", "EvidenceSpec", "annotate_stream", "matrix_source"]

@@ -1,0 +1,205 @@
+"""The no-download default backend: the marker reasoner answers like a model would."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ...errors import InputError
+from ...prompts import Prompt, SamplingParams
+from ..base import (
+    Backend,
+    Capabilities,
+    CellAnswers,
+    Generation,
+    ProgressCallback,
+    ResultCallback,
+    RunContext,
+)
+from .markers import MarkerDB
+from .reasoner import Reasoner, ReasonerResult
+
+if TYPE_CHECKING:
+    from ...matrix import MatrixSource
+
+#: Sentences answered per progress tick.
+CHUNK = 10_000
+#: Sentence length cap assumed when neither the constructor nor the run sets one.
+DEFAULT_MAX_GENES = 1000
+
+
+def _generations(res: ReasonerResult) -> list[Generation]:
+    return [
+        Generation(
+            text=str(res.label[i]),
+            reasoning=res.reasoning[i],
+            meta={
+                "confidence": float(res.confidence[i]),
+                "ontology_id": str(res.ontology_id[i]),
+                "ontology_label": str(res.ontology_label[i]),
+                "lineage": str(res.lineage[i]),
+            },
+        )
+        for i in range(len(res))
+    ]
+
+
+class BuiltinBackend(Backend):
+    """Answer CellReasoner prompts with the built-in marker reasoner (no model download).
+
+    Parameters
+    ----------
+    markers
+        A user marker file merged into the built-in knowledge base, a ready
+        :class:`~.markers.MarkerDB`, or ``None`` (default) for the built-in one.
+    tissue
+        Restrict the knowledge base to a tissue (e.g. ``"blood"``); default ``None``: the
+        run's tissue (:meth:`configure`), else all.
+    gene_list
+        The ranked gene list the cell sentences were built from (a path or a list of
+        symbols), so that markers the sentence could not contain count as unmeasured rather
+        than absent. Default ``None``: the run's gene list (:meth:`configure`); without a
+        run, ``$CELLREASONER_GENE_LIST`` when set (never downloads), else every marker counts
+        as measured.
+    max_genes
+        Sentence length cap used when the sentences were built (default ``None``: the run's,
+        else 1000).
+    **options
+        Passed to :class:`~.reasoner.Reasoner` (``min_score``, ``smoothing``, ...).
+    """
+
+    name = "builtin"
+    capabilities = Capabilities(reads="matrix", tissue=True, confidence=True, ontology=True,
+                                evidence=True)
+
+    def __init__(
+        self,
+        markers: MarkerDB | str | os.PathLike | None = None,
+        tissue: str | Sequence[str] | None = None,
+        gene_list: str | os.PathLike | Sequence[str] | None = None,
+        max_genes: int | None = None,
+        **options,
+    ) -> None:
+        self._markers, self._options = markers, options
+        self._given = {"tissue": tissue is not None, "gene_list": gene_list is not None,
+                       "max_genes": max_genes is not None}
+        self.reasoner = Reasoner(markers, tissue, **options)
+        self.model = self.reasoner.model
+        self.tissue = tissue
+        self.max_genes = DEFAULT_MAX_GENES if max_genes is None else int(max_genes)
+        self._gene_list = self._resolve_gene_list(gene_list)
+
+    @staticmethod
+    def _resolve_gene_list(gene_list) -> list[str] | None:
+        if gene_list is None:
+            env = os.environ.get("CELLREASONER_GENE_LIST")
+            if not env:
+                return None
+            gene_list = env
+        if isinstance(gene_list, str | os.PathLike):
+            from ...resources import load_gene_list
+
+            return load_gene_list(gene_list)
+        genes = [str(g) for g in gene_list]
+        if not genes:
+            raise InputError("gene_list is empty: pass the ranked gene list the cell sentences "
+                             "were built from, or None.")
+        return genes
+
+    def configure(self, context: RunContext) -> None:
+        """Take the run's gene list, sentence length and tissue, where the constructor did
+        not set them (so a ``BuiltinBackend()`` object behaves like ``"builtin"``)."""
+        if not self._given["gene_list"]:
+            self._gene_list = [str(g) for g in context.gene_list]
+        if not self._given["max_genes"]:
+            self.max_genes = int(context.max_genes)
+        if not self._given["tissue"] and context.tissue and context.tissue != self.tissue:
+            self.reasoner = Reasoner(self._markers, context.tissue, **self._options)
+            self.model = self.reasoner.model
+            self.tissue = context.tissue
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        sampling: SamplingParams,
+        progress: ProgressCallback | None = None,
+        on_result: ResultCallback | None = None,
+    ) -> list[list[Generation]]:
+        """Answer each prompt's cell sentence; deterministic, so the ``n`` samples agree."""
+        out: list[list[Generation]] = []
+        n = max(1, int(sampling.n))
+        for lo in range(0, len(prompts), CHUNK):
+            chunk = prompts[lo:lo + CHUNK]
+            res = self.reasoner.annotate_sentences(
+                [p.sentence for p in chunk], gene_list=self._gene_list,
+                max_genes=self.max_genes)
+            for g in _generations(res):
+                out.append([g] * n)
+                if on_result is not None:
+                    on_result(len(out) - 1, out[-1])
+            if progress is not None:
+                progress(len(chunk))
+        return out
+
+    def annotate_matrix(
+        self,
+        source: MatrixSource,
+        *,
+        connectivities=None,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[CellAnswers]:
+        """Per-cell answers from expression (counts or log-normalised), block by block.
+
+        ``connectivities`` (``adata.obsp["connectivities"]``) smooths evidence over the kNN
+        graph; default ``None``. Each block carries the evidence check of its traces against
+        the cells' sentences (the run's gene list and ``max_genes``).
+        """
+        from ._stream import EvidenceSpec
+
+        spec = EvidenceSpec(tuple(self._sentence_genes(source)), self.max_genes)
+        for block in self.reasoner.iter_blocks(source, connectivities, evidence=spec):
+            res = block.result
+            fraction, flag, present, absent = block.evidence
+            yield CellAnswers(
+                label=np.asarray(res.label, dtype=object),
+                confidence=np.asarray(res.confidence),
+                ontology_id=np.asarray(res.ontology_id, dtype=object),
+                ontology_label=np.asarray(res.ontology_label, dtype=object),
+                reasoning=_objects(res.reasoning),
+                evidence_fraction=fraction, evidence_flag=flag,
+                cited_present=present, cited_absent=absent)
+            if progress is not None:
+                progress(len(res))
+
+    def _sentence_genes(self, source: MatrixSource) -> list[str]:
+        """The run's gene list; else what the engine uses for the builtin without one: the
+        local copy of the published list, else the data's own genes."""
+        if self._gene_list is not None:
+            return self._gene_list
+        from ...resources import load_gene_list, local_gene_list_path
+
+        path = local_gene_list_path()
+        return load_gene_list(path) if path else [str(g) for g in source.var_names]
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.name,
+            "model": self.model,
+            "knowledge_base": self.reasoner.db.version,
+            "cell_types": len(self.reasoner.db),
+            "tissue": self.tissue,
+            "smoothing": self.reasoner.smoothing,
+            "refine": self.reasoner.refine,
+        }
+
+
+def _objects(values: Sequence[str]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+__all__ = ["BuiltinBackend"]

@@ -1,0 +1,160 @@
+"""The builtin backend streams blocks and checks its own evidence exactly like the engine did.
+
+The engine used to re-parse the builtin's traces with ``check_evidence_many`` against each
+cell's sentence genes (``build_sentences(source, gene_list, max_genes)``, vocabulary = gene
+list + var names). The backend now returns those columns itself; here both are computed on the
+same traces and must agree in every cell: pbmc68k (with and without a kNN graph), the tumour
+data, and synthetic cells with more than 1,000 expressed listed genes (truncated sentences).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellreasoner.backends import get_backend
+from cellreasoner.backends.base import CellAnswers, RunContext
+from cellreasoner.backends.builtin import BuiltinBackend
+from cellreasoner.backends.builtin._stream import EvidenceSpec, matrix_source
+from cellreasoner.backends.builtin.reasoner import Reasoner
+from cellreasoner.evidence import check_evidence_many
+from cellreasoner.prompts import Prompt, SamplingParams, instruction_for
+from cellreasoner.resources import load_gene_list
+from cellreasoner.sentences import build_sentences
+
+
+@pytest.fixture(scope="module")
+def ranked(shared_data):
+    return load_gene_list(shared_data / "ranked_hvg.list")
+
+
+def _old_evidence(traces, source, gene_list, max_genes=1000):
+    """The engine's check before the redesign (annotate._cell_table)."""
+    sentences = build_sentences(source, gene_list, max_genes=max_genes)
+    vocabulary = list(dict.fromkeys([*gene_list, *map(str, source.var_names)]))
+    ev = check_evidence_many(traces, [sentences.cell_genes(i) for i in range(len(traces))],
+                             vocabulary=vocabulary)
+    some = ev["n_cited"].to_numpy() > 0
+    return (np.where(some, ev["fraction_present"].to_numpy(), np.nan),
+            some & ev["flagged"].to_numpy(dtype=bool),
+            np.where(some, ev["present"].to_numpy(dtype=object), ""),
+            np.where(some, ev["absent"].to_numpy(dtype=object), ""))
+
+
+def _stream(reasoner, X, genes, conn, gene_list, max_genes=1000, chunk_size=20_000):
+    blocks = list(reasoner.iter_blocks(matrix_source(X, genes), conn, chunk_size=chunk_size,
+                                       evidence=EvidenceSpec(tuple(gene_list), max_genes)))
+    assert [b.start for b in blocks] == list(range(0, X.shape[0], chunk_size))
+    traces = [t for b in blocks for t in b.result.reasoning]
+    ev = tuple(np.concatenate([b.evidence[k] for b in blocks]) for k in range(4))
+    return blocks, traces, ev
+
+
+def _assert_same(new, old):
+    frac, flag, present, absent = new
+    want_frac, want_flag, want_present, want_absent = old
+    same = (frac == want_frac) | (np.isnan(frac) & np.isnan(want_frac))
+    assert same.all(), np.flatnonzero(~same)[:5]
+    assert (flag == want_flag).all()
+    assert list(present) == list(want_present)
+    assert list(absent) == list(want_absent)
+
+
+def _synthetic(n_cells=300, n_genes=3000, seed=0):
+    """Cells expressing > 1,000 genes of the ranked list, markers of one type each on top."""
+    rng = np.random.default_rng(seed)
+    r = Reasoner(refine=False)
+    genes = list(dict.fromkeys([*r.genes, *load_gene_list()]))[:n_genes]
+    X = (rng.random((n_cells, n_genes)) < 0.45).astype(np.float32)
+    col = {g: j for j, g in enumerate(genes)}
+    for i, t in enumerate(rng.choice(np.flatnonzero(~r.has_children), n_cells)):
+        while t >= 0:
+            cols = [col[r.genes[m]] for m in np.flatnonzero(r.P[t] > 0) if r.genes[m] in col]
+            X[i, cols] = (rng.random(len(cols)) < 0.7)
+            t = r.parent[t]
+    X *= rng.uniform(0.3, 3.0, X.shape).astype(np.float32)
+    return sp.csr_matrix(X), genes
+
+
+@pytest.mark.parametrize("knn", [False, True])
+def test_evidence_equals_engine_check_pbmc68k(_pbmc68k_cached, ranked, knn):
+    raw = _pbmc68k_cached.raw.to_adata()
+    X, genes = sp.csr_matrix(raw.X), list(map(str, raw.var_names))
+    conn = _pbmc68k_cached.obsp["connectivities"] if knn else None
+    _, traces, ev = _stream(Reasoner(), X, genes, conn, ranked)
+    _assert_same(ev, _old_evidence(traces, matrix_source(X, genes), ranked))
+    assert np.isfinite(ev[0]).mean() > 0.9
+
+
+def test_evidence_equals_engine_check_tumour(shared_data, ranked):
+    import anndata as ad
+
+    t = ad.read_h5ad(shared_data / "tumour_immune_1000.h5ad")
+    genes = list(map(str, t.var_names))
+    conn = t.obsp.get("connectivities")
+    for graph in (None, conn):
+        _, traces, ev = _stream(Reasoner(), t.X, genes, graph, ranked)
+        _assert_same(ev, _old_evidence(traces, matrix_source(t.X, genes), ranked))
+
+
+def test_evidence_equals_engine_check_truncated_sentences(ranked):
+    X, genes = _synthetic()
+    source = matrix_source(X, genes)
+    listed = set(ranked)
+    expressed_listed = np.asarray(X[:, [j for j, g in enumerate(genes) if g in listed]]
+                                  .getnnz(axis=1))
+    assert (expressed_listed > 1000).mean() > 0.9  # the sentences are cut
+    rng = np.random.default_rng(1)
+    nb = rng.integers(0, X.shape[0], (X.shape[0], 8))
+    W = sp.csr_matrix((np.ones(nb.size, np.float32), (np.repeat(np.arange(X.shape[0]), 8),
+                                                      nb.ravel())), shape=(X.shape[0],) * 2)
+    for conn in (None, W):
+        _, traces, ev = _stream(Reasoner(), X, genes, conn, ranked, chunk_size=128)
+        _assert_same(ev, _old_evidence(traces, source, ranked))
+        # truncation matters: with uncut sentences some verdicts differ
+        uncut = _stream(Reasoner(), X, genes, conn, ranked, max_genes=10**6)[2]
+        assert (uncut[3] != ev[3]).any()
+        _assert_same(uncut, _old_evidence(traces, source, ranked, max_genes=10**6))
+
+
+def test_blocks_equal_whole_matrix(_pbmc68k_cached):
+    """Small blocks give the answers of one block (refinement and kNN included)."""
+    raw = _pbmc68k_cached.raw.to_adata()
+    X, genes = sp.csr_matrix(raw.X), list(map(str, raw.var_names))
+    conn = _pbmc68k_cached.obsp["connectivities"]
+    r = Reasoner()
+    whole = r.annotate_matrix(X, genes, connectivities=conn)
+    blocks = list(r.iter_blocks(matrix_source(X, genes), conn, chunk_size=97))
+    assert len(blocks) == 8
+    assert [t for b in blocks for t in b.result.reasoning] == whole.reasoning
+    assert (np.concatenate([b.result.confidence for b in blocks]) == whole.confidence).all()
+    assert (np.vstack([b.result.scores for b in blocks]) == whole.scores).all()
+
+
+def test_configured_object_behaves_like_the_name(_pbmc68k_cached, ranked):
+    raw = _pbmc68k_cached.raw.to_adata()
+    source = matrix_source(sp.csr_matrix(raw.X), list(raw.var_names))
+    named = get_backend("builtin", tissue="blood", gene_list=ranked, max_genes=200)
+    obj = BuiltinBackend()
+    obj.configure(RunContext(tuple(ranked), max_genes=200, tissue="blood"))
+    assert obj.describe() == named.describe() and obj.model == named.model
+    a, b = list(named.annotate_matrix(source)), list(obj.annotate_matrix(source))
+    assert all(isinstance(x, CellAnswers) for x in a)
+    for x, y in zip(a, b, strict=True):
+        for f in ("label", "reasoning", "cited_present", "cited_absent", "evidence_flag"):
+            assert list(getattr(x, f)) == list(getattr(y, f))
+    # the constructor's own settings win over the run's
+    own = BuiltinBackend(tissue="liver", max_genes=50)
+    own.configure(RunContext(tuple(ranked), max_genes=200, tissue="blood"))
+    assert own.tissue == "liver" and own.max_genes == 50
+
+
+def test_generate_reports_each_prompt(ranked):
+    be = BuiltinBackend(gene_list=ranked)
+    prompts = [Prompt(instruction_for(False), s) for s in ("CD3E, CD3D, CD8A, CD8B", "MS4A1")]
+    seen = []
+    ticks = []
+    out = be.generate(prompts, SamplingParams(n=2), progress=ticks.append,
+                      on_result=lambda i, gens: seen.append((i, len(gens))))
+    assert seen == [(0, 2), (1, 2)] and sum(ticks) == 2 and len(out) == 2
