@@ -182,7 +182,7 @@ def _train(r: Reasoner, source: MatrixSource, genes: list[str], hard: HardSteps,
     pass for most datasets), and each group is trained and dropped before the next."""
     from ...checks import log_normalize
 
-    plan = plan_training(hard, min_cells=r.refine_min_cells)
+    plan = plan_training(hard, min_cells=r.refine_min_cells, max_cells=TRAIN_CELLS)
     excluded = r._decisive_columns(genes)
     out: dict = {}
     for group in _groups(plan, row_nnz):
@@ -200,8 +200,15 @@ def _train(r: Reasoner, source: MatrixSource, genes: list[str], hard: HardSteps,
     return out
 
 
-#: Bytes of training rows read at a time by the refinement (float32 values + int32 columns).
-TRAIN_BUDGET = 128 << 20
+#: Bytes of training rows read at a time by the refinement (float32 values + int32 columns):
+#: every extra pass re-reads the whole matrix, so one pass should hold the typical plan
+#: (about 30 subtypes x 1,000 cells x 1,500 stored values x 8 bytes = 360 MB)
+TRAIN_BUDGET = 512 << 20
+
+
+#: Training cells drawn per subtype at most (beyond a thousand, more cells cost time, not
+#: accuracy; below it every decisive cell trains)
+TRAIN_CELLS = 1000
 
 
 def _groups(plan: TrainingPlan, row_nnz: np.ndarray) -> Iterator[TrainingPlan]:
