@@ -201,3 +201,13 @@ def test_cli_writes_the_obs_only_parquet(pbmc68k, tmp_path, capsys):
     assert len(table) == pbmc68k.n_obs and "cellreasoner_label" not in table
     assert {"cell_name", "label", "ontology_id", "evidence_flag"} <= set(table.columns)
     assert str(out) in capsys.readouterr().err
+
+
+def test_parquet_is_written_in_row_groups_that_read_back_whole(pbmc68k, tmp_path, monkeypatch):
+    from cellreasoner.annotation import output
+
+    monkeypatch.setattr(output, "PARQUET_ROWS", 64)  # 700 cells: 11 slices
+    res = annotate(pbmc68k.raw.to_adata(), progress=False)
+    back = pd.read_parquet(res.write(tmp_path / "labels.parquet"))
+    want = res.upstream_frame()
+    pd.testing.assert_frame_equal(back, want)
