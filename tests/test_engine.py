@@ -211,3 +211,30 @@ def test_parquet_is_written_in_row_groups_that_read_back_whole(pbmc68k, tmp_path
     back = pd.read_parquet(res.write(tmp_path / "labels.parquet"))
     want = res.upstream_frame()
     pd.testing.assert_frame_equal(back, want)
+
+
+def test_a_reused_builtin_object_does_not_keep_an_earlier_runs_tissue(pbmc68k):
+    be = BuiltinBackend()
+    adata = pbmc68k.raw.to_adata()
+    blood = annotate(adata.copy(), be, tissue="blood", progress=False)
+    whole = annotate(adata.copy(), be, progress=False)
+    assert blood.provenance["tissue"] == "blood" and "tissue" not in whole.provenance
+    assert whole.provenance["cell_types"] > blood.provenance["cell_types"]
+
+
+def test_csc_h5ad_path_is_read_into_memory_instead_of_streamed(pbmc68k, tmp_path):
+    adata = pbmc68k.raw.to_adata()
+    csc = adata.copy()
+    csc.X = sp.csc_matrix(csc.X)
+    path = tmp_path / "csc.h5ad"
+    csc.write_h5ad(path)
+    res = annotate(str(path), progress=False)
+    assert not res.adata.isbacked
+    pd.testing.assert_frame_equal(res.table, annotate(adata, progress=False).table)
+
+
+def test_copy_of_a_backed_anndata_is_a_clear_error(pbmc68k, tmp_path):
+    path = tmp_path / "in.h5ad"
+    pbmc68k.raw.to_adata().write_h5ad(path)
+    with pytest.raises(InputError, match="to_memory"):
+        annotate(ad.read_h5ad(path, backed="r"), copy=True, progress=False)

@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 
+# annotate() is over 80 lines only through its numpydoc docstring and 30-line signature
 def annotate(
     adata,
     backend: str | Backend = "builtin",
@@ -119,7 +120,7 @@ def annotate(
     label_key
         ``obs`` column with ground truth, written as the CSV ``labels`` column.
     cluster_markers
-        Cluster mode: a marker file (see :func:`cellreasoner.clusters.read_markers`) or a
+        Cluster mode: a marker file (see :func:`cellreasoner.annotation.clusters.read_markers`) or a
         ``{cluster: [genes]}`` dict used instead of the computed markers.
     n_markers
         Markers per cluster sentence (default 100).
@@ -156,16 +157,23 @@ def annotate(
 
     t0 = time.perf_counter()
     _check_options(mode, n, batch_size, key_added, cluster_markers)
-    adata, input_name, streamed = _load(adata, use_raw=use_raw, assay=assay)
-    if copy and not input_name:
+    from ..io import open_input
+
+    given = isinstance(adata, str | os.PathLike)
+    adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw, assay=assay)
+    input_name = input_name if given else ""
+    if copy and not given:
+        if getattr(adata, "isbacked", False):
+            raise InputError("copy=True needs an AnnData in memory; pass adata.to_memory(), or "
+                             "leave copy off to write the columns into the backed AnnData.")
         adata = adata.copy()
+        source = _source_of(adata, layer, use_raw)
     # what the backend reads decides the defaults; it is made only once the input is checked
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
     use_matrix = caps.reads == "matrix" and mode in ("cell", "hybrid")
     gene_list = _default_gene_list(gene_list, caps.reads, adata, use_raw)
     genes = _gene_vocab(gene_list)
     _validate(adata, layer, use_raw, genes, label_key, mode, by)
-    source = _source(adata, input_name if streamed else "", layer, use_raw)
     sampling = SamplingParams.for_mode(
         reasoning, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
         max_new_tokens=max_new_tokens, seed=seed, n=int(n))
@@ -178,13 +186,13 @@ def annotate(
                reasoning=reasoning, mode=mode, max_genes=int(max_genes), batch_size=batch_size,
                instruction=_instruction(reasoning, None if caps.tissue else tissue),
                use_matrix=use_matrix)
-    be.configure(RunContext(tuple(genes), int(max_genes), tissue, bool(reasoning)))
     cache_path: Path | None = None
     if cache is not False and not use_matrix:
         cache_path = default_cache_path() if cache in (None, True) else Path(cache)
     with ExitStack() as stack:
         if own_backend:
             stack.callback(be.close)
+        be.configure(RunContext(tuple(genes), int(max_genes), tissue, bool(reasoning)))
         if cache_path is not None:
             run.cache = GenerationCache(cache_path, be.name, be.model, sampling)
             stack.callback(run.cache.close)
@@ -256,25 +264,9 @@ def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_m
                          f"apply to mode='cluster', not mode='{mode}'.")
 
 
-def _load(data, *, use_raw: bool, assay: str | None):
-    """(AnnData, input name or "", streamed): an ``.h5ad`` path is opened ``backed="r"``
-    and its matrix streamed from HDF5; other paths and demo names are read into memory."""
-    from ..io import load_input
+def _source_of(adata, layer: str | None, use_raw: bool):
+    from ..matrix import from_anndata
 
-    stream = (isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad"
-              and not use_raw)
-    adata, name = load_input(data, assay=assay, backed="r" if stream else None)
-    return adata, name if isinstance(data, str | os.PathLike) else "", stream
-
-
-def _source(adata, streamed_path: str, layer: str | None, use_raw: bool):
-    """The chunked matrix source annotate reads."""
-    from ..matrix import from_anndata, from_h5ad
-
-    if streamed_path:
-        source = from_h5ad(streamed_path, layer=layer)
-        source.var_names = np.asarray(adata.var_names).astype(str)  # symbols, as read()
-        return source
     return from_anndata(adata, layer=layer, use_raw=use_raw)
 
 

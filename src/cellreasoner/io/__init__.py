@@ -171,6 +171,64 @@ def load_input(
                      f"pbmc_demo), not {type(data).__name__}.")
 
 
+def _streamable(path: Path, layer: str | None) -> bool:
+    """Whether the ``.h5ad`` matrix can be read in CSR row chunks straight from HDF5 (CSR or
+    dense ``X``/layer; CSC and ``.raw`` are read into memory instead)."""
+    import h5py
+
+    if layer == "raw":
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            node = f.get("X" if layer is None else f"layers/{layer}")
+            if node is None:
+                return False
+            enc = node.attrs.get("encoding-type", "")
+            enc = enc.decode() if isinstance(enc, bytes) else enc
+            return isinstance(node, h5py.Dataset) or enc == "csr_matrix"
+    except OSError:
+        return False  # read() gives the clear error
+
+
+def open_input(data: Any, *, layer: str | None = None, use_raw: bool = False,
+               assay: str | None = None):
+    """An input and a chunked source of its expression matrix.
+
+    An ``.h5ad`` path whose matrix is CSR (or dense) is opened ``backed="r"`` and its matrix
+    streamed from HDF5 in row chunks (X never loaded); anything else goes through
+    :func:`load_input` and is read into memory.
+
+    Parameters
+    ----------
+    data
+        An AnnData, a path, or an example name (see :func:`load_input`).
+    layer, use_raw
+        The matrix to read (default ``X``).
+    assay
+        Seurat only: the assay to read.
+
+    Returns
+    -------
+    tuple
+        ``(adata, source, name, streamed)``: the AnnData, its
+        :class:`~cellreasoner.matrix.MatrixSource`, the display name (``""`` for an AnnData
+        given directly) and whether the matrix is streamed from the file.
+    """
+    import numpy as np
+
+    from ..matrix import from_anndata, from_h5ad
+
+    stream = (isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad"
+              and not use_raw and Path(data).is_file() and _streamable(Path(data), layer))
+    adata, name = load_input(data, assay=assay, backed="r" if stream else None)
+    if stream:
+        source = from_h5ad(Path(data), layer=layer)
+        source.var_names = np.asarray(adata.var_names).astype(str)  # symbols, as read() sets
+    else:
+        source = from_anndata(adata, layer=layer, use_raw=use_raw)
+    return adata, source, name, stream
+
+
 __all__ = [
     "SYMBOL_COLUMNS",
     "UNS_KEY",
@@ -178,5 +236,6 @@ __all__ = [
     "atomic_path",
     "gene_symbols",
     "load_input",
+    "open_input",
     "read",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..checks import check_obs_column, looks_like_counts
 from ..errors import InputError
-from ..matrix import DEFAULT_CHUNK, MatrixSource, from_anndata, from_h5ad
+from ..matrix import DEFAULT_CHUNK, MatrixSource
 from .core import DEFAULT_MAX_GENES, CellSentences, iter_sentence_chunks, prefetch
 from .formats import write_arrow, write_jsonl, write_parquet, write_upstream_json
 
@@ -107,15 +107,9 @@ def open_source(data, *, layer: str | None = None, use_raw: bool = False,
     ``.h5ad`` paths are streamed straight from HDF5 (obs/var read, X never loaded);
     other formats go through :func:`cellreasoner.io.read`.
     """
-    from ..io import load_input
+    from ..io import open_input
 
-    stream = isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad" and not use_raw
-    adata, name = load_input(data, backed="r" if stream else None)
-    if stream:
-        source = from_h5ad(Path(data), layer=layer)
-        source.var_names = np.asarray(adata.var_names).astype(str)
-    else:
-        source = from_anndata(adata, layer=layer, use_raw=use_raw)
+    adata, source, name, _ = open_input(data, layer=layer, use_raw=use_raw)
     name = name or "AnnData"
     labels = None
     if label_key is not None:

@@ -116,10 +116,13 @@ class BuiltinBackend(Backend):
             self._gene_list = [str(g) for g in context.gene_list]
         if not self._given["max_genes"]:
             self.max_genes = int(context.max_genes)
-        if not self._given["tissue"] and context.tissue and context.tissue != self.tissue:
-            self.reasoner = Reasoner(self._markers, context.tissue, **self._options)
+        # a run without a tissue gets the whole knowledge base back (an object reused across
+        # runs must not keep an earlier run's tissue)
+        want = self.tissue if self._given["tissue"] else (context.tissue or None)
+        if want != self.tissue:
+            self.reasoner = Reasoner(self._markers, want, **self._options)
             self.model = self.reasoner.model
-            self.tissue = context.tissue
+            self.tissue = want
 
     def generate(
         self,
