@@ -238,3 +238,12 @@ def test_copy_of_a_backed_anndata_is_a_clear_error(pbmc68k, tmp_path):
     pbmc68k.raw.to_adata().write_h5ad(path)
     with pytest.raises(InputError, match="to_memory"):
         annotate(ad.read_h5ad(path, backed="r"), copy=True, progress=False)
+
+
+def test_a_backend_without_the_protocols_callbacks_gets_a_clear_error():
+    class Old(FakeBackend):
+        def generate(self, prompts, sampling):  # an old-style backend: no callbacks
+            return [[Generation("T cell")] for _ in prompts]
+
+    with pytest.raises(BackendError, match="must accept progress= and on_result="):
+        annotate(_cells([["CD3E"]]), Old(), gene_list=GENE_LIST, cache=False, progress=False)

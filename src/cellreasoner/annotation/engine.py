@@ -122,8 +122,15 @@ def _generate_batch(backend: Backend, prompts: Sequence[Prompt], keys: Sequence[
         advance(k * mean_w)
 
     stats.model_calls += len(batch)
-    result = backend.generate([prompts[i] for i in batch], sampling, progress=progress,
-                              on_result=on_result)
+    try:
+        result = backend.generate([prompts[i] for i in batch], sampling, progress=progress,
+                                  on_result=on_result)
+    except TypeError as exc:
+        if "on_result" not in str(exc) and "progress" not in str(exc):
+            raise
+        raise BackendError(
+            f"Backend '{backend.name}': generate() must accept progress= and on_result= "
+            f"(see cellreasoner.backends.Backend.generate): {exc}") from exc
     if len(result) != len(batch) or any(len(g) != sampling.n for g in result):
         raise BackendError(
             f"Backend '{backend.name}' returned {len(result)} answers with "
