@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellreasoner.backends.builtin._stream import EvidenceSpec, matrix_source
+from cellreasoner.backends.builtin._stream import EvidenceSpec
 from cellreasoner.backends.builtin.reasoner import Reasoner
-from cellreasoner.matrix import MatrixSource
+from cellreasoner.matrix import MatrixSource, from_matrix
 
 
 def synthetic_genes(reasoner: Reasoner, n_genes: int, gene_list: list[str]) -> np.ndarray:
@@ -92,7 +92,7 @@ def timed(fn) -> float:
 
 
 def _run(r: Reasoner, X, genes, conn=None, reasoning=True, evidence=None) -> None:
-    for _ in r.iter_blocks(matrix_source(X, genes), conn, reasoning=reasoning,
+    for _ in r.iter_blocks(from_matrix(X, genes), conn, reasoning=reasoning,
                            evidence=evidence):
         pass
 

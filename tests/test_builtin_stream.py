@@ -16,9 +16,10 @@ import scipy.sparse as sp
 from cellreasoner.backends import get_backend
 from cellreasoner.backends.base import CellAnswers, RunContext
 from cellreasoner.backends.builtin import BuiltinBackend
-from cellreasoner.backends.builtin._stream import EvidenceSpec, matrix_source
+from cellreasoner.backends.builtin._stream import EvidenceSpec
 from cellreasoner.backends.builtin.reasoner import Reasoner
 from cellreasoner.evidence import check_evidence_many
+from cellreasoner.matrix import from_matrix
 from cellreasoner.prompts import Prompt, SamplingParams, instruction_for
 from cellreasoner.resources import load_gene_list
 from cellreasoner.sentences import build_sentences
@@ -43,7 +44,7 @@ def _old_evidence(traces, source, gene_list, max_genes=1000):
 
 
 def _stream(reasoner, X, genes, conn, gene_list, max_genes=1000, chunk_size=20_000):
-    blocks = list(reasoner.iter_blocks(matrix_source(X, genes), conn, chunk_size=chunk_size,
+    blocks = list(reasoner.iter_blocks(from_matrix(X, genes), conn, chunk_size=chunk_size,
                                        evidence=EvidenceSpec(tuple(gene_list), max_genes)))
     assert [b.start for b in blocks] == list(range(0, X.shape[0], chunk_size))
     traces = [t for b in blocks for t in b.result.reasoning]
@@ -83,7 +84,7 @@ def test_evidence_equals_engine_check_pbmc68k(_pbmc68k_cached, ranked, knn):
     X, genes = sp.csr_matrix(raw.X), list(map(str, raw.var_names))
     conn = _pbmc68k_cached.obsp["connectivities"] if knn else None
     _, traces, ev = _stream(Reasoner(), X, genes, conn, ranked)
-    _assert_same(ev, _old_evidence(traces, matrix_source(X, genes), ranked))
+    _assert_same(ev, _old_evidence(traces, from_matrix(X, genes), ranked))
     assert np.isfinite(ev[0]).mean() > 0.9
 
 
@@ -95,12 +96,12 @@ def test_evidence_equals_engine_check_tumour(shared_data, ranked):
     conn = t.obsp.get("connectivities")
     for graph in (None, conn):
         _, traces, ev = _stream(Reasoner(), t.X, genes, graph, ranked)
-        _assert_same(ev, _old_evidence(traces, matrix_source(t.X, genes), ranked))
+        _assert_same(ev, _old_evidence(traces, from_matrix(t.X, genes), ranked))
 
 
 def test_evidence_equals_engine_check_truncated_sentences(ranked):
     X, genes = _synthetic()
-    source = matrix_source(X, genes)
+    source = from_matrix(X, genes)
     listed = set(ranked)
     expressed_listed = np.asarray(X[:, [j for j, g in enumerate(genes) if g in listed]]
                                   .getnnz(axis=1))
@@ -125,7 +126,7 @@ def test_blocks_equal_whole_matrix(_pbmc68k_cached):
     conn = _pbmc68k_cached.obsp["connectivities"]
     r = Reasoner()
     whole = r.annotate_matrix(X, genes, connectivities=conn)
-    blocks = list(r.iter_blocks(matrix_source(X, genes), conn, chunk_size=97))
+    blocks = list(r.iter_blocks(from_matrix(X, genes), conn, chunk_size=97))
     assert len(blocks) == 8
     assert [t for b in blocks for t in b.result.reasoning] == whole.reasoning
     assert (np.concatenate([b.result.confidence for b in blocks]) == whole.confidence).all()
@@ -134,7 +135,7 @@ def test_blocks_equal_whole_matrix(_pbmc68k_cached):
 
 def test_configured_object_behaves_like_the_name(_pbmc68k_cached, ranked):
     raw = _pbmc68k_cached.raw.to_adata()
-    source = matrix_source(sp.csr_matrix(raw.X), list(raw.var_names))
+    source = from_matrix(sp.csr_matrix(raw.X), list(raw.var_names))
     named = get_backend("builtin", tissue="blood", gene_list=ranked, max_genes=200)
     obj = BuiltinBackend()
     obj.configure(RunContext(tuple(ranked), max_genes=200, tissue="blood"))

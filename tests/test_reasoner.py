@@ -231,9 +231,9 @@ def test_builtin_backend_protocol(pbmc):
     assert gens[1][0].text == "naive B cell"
     assert "MS4A1" in gens[1][0].reasoning and 0 < gens[1][0].meta["confidence"] <= 1
     assert gens[2][0].text == UNKNOWN and gens[2][0].meta["ontology_id"] == ""
-    from cellreasoner.backends.builtin._stream import matrix_source
+    from cellreasoner.matrix import from_matrix
 
-    out = [t for b in be.annotate_matrix(matrix_source(pbmc["X"][:20], pbmc["genes"]))
+    out = [t for b in be.annotate_matrix(from_matrix(pbmc["X"][:20], pbmc["genes"]))
            for t in b.reasoning]
     assert len(out) == 20 and all(out)
     d = be.describe()

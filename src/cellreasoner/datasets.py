@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 #: Names the CLI accepts instead of a path.
 EXAMPLES = ("pbmc68k_reduced", "pbmc_demo")
 
@@ -39,16 +36,3 @@ def load_example(name: str):
     if name == "pbmc_demo":
         return pbmc_demo()
     raise ValueError(f"No example dataset {name!r}; examples: {', '.join(EXAMPLES)}.")
-
-
-def resolve_input(name: str | os.PathLike, assay: str | None = None):
-    """An example dataset name -> AnnData; anything else is returned as a path (read when an
-    ``assay`` is given), so that ``.h5ad`` files can still be streamed from disk.
-
-    Reading goes through :func:`cellreasoner.io.load_input`.
-    """
-    if str(name) in EXAMPLES or assay is not None:
-        from .io import load_input
-
-        return load_input(name, assay=assay)[0]
-    return Path(name)

@@ -9,7 +9,7 @@ or an ``.h5ad`` path read straight from HDF5 (the fastest path for large files).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,30 @@ def from_anndata(adata, layer: str | None = None, use_raw: bool = False) -> Matr
         description=where,
         _csr=X if isinstance(X, sp.csr_matrix) else None,
     )
+
+
+def from_matrix(X, genes: Sequence[str]) -> MatrixSource:
+    """Matrix source over a bare in-memory cells x genes matrix with gene names ``genes``
+    (cells are named by their row number; row blocks of a CSR matrix are views, not copies)."""
+    if getattr(X, "ndim", 2) != 2:
+        raise InputError(f"Expression must be a 2-D cells x genes matrix, got {X.ndim}-D.")
+    if sp.issparse(X) and not isinstance(X, sp.csr_matrix):
+        X = sp.csr_matrix(X)
+    n = X.shape[0]
+
+    def chunks(size: int) -> Iterator:
+        for lo in range(0, n, size):
+            hi = min(lo + size, n)
+            if isinstance(X, sp.csr_matrix):
+                a, b = X.indptr[lo], X.indptr[hi]
+                yield sp.csr_matrix((X.data[a:b], X.indices[a:b], X.indptr[lo:hi + 1] - a),
+                                    shape=(hi - lo, X.shape[1]))
+            else:
+                yield sp.csr_matrix(np.asarray(X[lo:hi]))
+
+    return MatrixSource(n_obs=n, var_names=np.asarray([str(g) for g in genes], dtype=object),
+                        obs_names=np.arange(n).astype(str), _chunks=chunks,
+                        description="in-memory matrix")
 
 
 def _h5_strings(ds) -> np.ndarray:
@@ -304,6 +328,7 @@ __all__ = [
     "MatrixSource",
     "from_anndata",
     "from_h5ad",
+    "from_matrix",
     "layer_choices",
     "resolve_matrix",
     "row_nonzero_counts",

@@ -158,6 +158,7 @@ def annotate(
     t0 = time.perf_counter()
     _check_options(mode, n, batch_size, key_added, cluster_markers)
     from ..io import open_input
+    from ..matrix import from_anndata
 
     given = isinstance(adata, str | os.PathLike)
     adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw, assay=assay)
@@ -167,7 +168,7 @@ def annotate(
             raise InputError("copy=True needs an AnnData in memory; pass adata.to_memory(), or "
                              "leave copy off to write the columns into the backed AnnData.")
         adata = adata.copy()
-        source = _source_of(adata, layer, use_raw)
+        source = from_anndata(adata, layer=layer, use_raw=use_raw)
     # what the backend reads decides the defaults; it is made only once the input is checked
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
     use_matrix = caps.reads == "matrix" and mode in ("cell", "hybrid")
@@ -262,12 +263,6 @@ def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_m
         raise InputError("cluster_markers (--cluster-markers) give the marker genes of each "
                          "cluster and only "
                          f"apply to mode='cluster', not mode='{mode}'.")
-
-
-def _source_of(adata, layer: str | None, use_raw: bool):
-    from ..matrix import from_anndata
-
-    return from_anndata(adata, layer=layer, use_raw=use_raw)
 
 
 def _backend(backend, model: str | None, backend_options: dict | None) -> tuple[Backend, bool]:

@@ -36,16 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..datasets import resolve_input
     from ..progress import progress_bar
     from ..sentences.prepare import prepare
 
     console = Console(stderr=True)
-    data = resolve_input(args.input, assay=args.assay)
-    n_total = data.n_obs if hasattr(data, "n_obs") else None
-    with progress_bar("preparing", total=n_total, unit="cells") as advance:
+    # prepare opens (and streams) the input itself, so the cell count is not known up front
+    with progress_bar("preparing", total=None, unit="cells") as advance:
         _, summary = prepare(
-            data, args.output, gene_list=args.gene_list, order=args.order,
+            args.input, args.output, assay=args.assay, gene_list=args.gene_list, order=args.order,
             max_genes=args.max_genes, label_key=args.label_column, reasoning=args.reasoning,
             layer=args.layer, use_raw=args.use_raw, chunk_size=args.chunk_size,
             allow_empty=args.allow_empty, progress=advance,

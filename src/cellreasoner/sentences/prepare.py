@@ -101,7 +101,8 @@ def _value_guard(source: MatrixSource, name: str, summary: PrepareSummary) -> Ma
 
 
 def open_source(data, *, layer: str | None = None, use_raw: bool = False,
-                label_key: str | None = None) -> tuple[MatrixSource, np.ndarray | None, str]:
+                label_key: str | None = None,
+                assay: str | None = None) -> tuple[MatrixSource, np.ndarray | None, str]:
     """A chunked matrix source, labels and a display name from an AnnData or a path.
 
     ``.h5ad`` paths are streamed straight from HDF5 (obs/var read, X never loaded);
@@ -109,7 +110,7 @@ def open_source(data, *, layer: str | None = None, use_raw: bool = False,
     """
     from ..io import open_input
 
-    adata, source, name, _ = open_input(data, layer=layer, use_raw=use_raw)
+    adata, source, name, _ = open_input(data, layer=layer, use_raw=use_raw, assay=assay)
     name = name or "AnnData"
     labels = None
     if label_key is not None:
@@ -156,6 +157,7 @@ def prepare(
     reasoning: bool = False,
     layer: str | None = None,
     use_raw: bool = False,
+    assay: str | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     allow_empty: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -182,6 +184,8 @@ def prepare(
         Use the reasoning-mode instruction (``<think></think>``) in JSON/JSONL exports.
     layer, use_raw
         Which matrix to read (default ``X``).
+    assay
+        Seurat ``.rds`` input: the assay to read (default: the active assay).
     chunk_size
         Cells per chunk (default 8192): memory is bounded by this, not by the dataset.
     allow_empty
@@ -203,7 +207,8 @@ def prepare(
         genes = load_gene_list(gene_list)
     else:
         genes = list(gene_list)
-    source, labels, name = open_source(data, layer=layer, use_raw=use_raw, label_key=label_key)
+    source, labels, name = open_source(data, layer=layer, use_raw=use_raw, label_key=label_key,
+                                       assay=assay)
     summary = PrepareSummary(n_genes_data=len(source.var_names))
     vocab = genes if genes is not None else list(source.var_names)
     summary.n_genes_list = len(vocab)

@@ -10,7 +10,7 @@ evidence, reading the classifier's expression rows from the block itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,32 +56,6 @@ class Block:
     start: int
     result: ReasonerResult
     evidence: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
-
-
-def matrix_source(X, genes: Sequence[str]) -> MatrixSource:
-    """A :class:`~cellreasoner.matrix.MatrixSource` over an in-memory matrix (row blocks of
-    a CSR matrix are views, not copies)."""
-    if getattr(X, "ndim", 2) != 2:
-        from ...errors import InputError
-
-        raise InputError(f"Expression must be a 2-D cells x genes matrix, got {X.ndim}-D.")
-    if sp.issparse(X) and not isinstance(X, sp.csr_matrix):
-        X = sp.csr_matrix(X)
-    n = X.shape[0]
-
-    def chunks(size: int) -> Iterator:
-        for lo in range(0, n, size):
-            hi = min(lo + size, n)
-            if isinstance(X, sp.csr_matrix):
-                a, b = X.indptr[lo], X.indptr[hi]
-                yield sp.csr_matrix((X.data[a:b], X.indices[a:b], X.indptr[lo:hi + 1] - a),
-                                    shape=(hi - lo, X.shape[1]))
-            else:
-                yield sp.csr_matrix(np.asarray(X[lo:hi]))
-
-    return MatrixSource(n_obs=n, var_names=np.asarray([str(g) for g in genes], dtype=object),
-                        obs_names=np.arange(n).astype(str), _chunks=chunks,
-                        description="in-memory matrix")
 
 
 def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
@@ -338,4 +312,4 @@ def _parsed_evidence(text, cell_genes, vocabulary):
     return frac, flag, present, absent
 
 
-__all__ = ["Block", "EvidenceSpec", "annotate_stream", "matrix_source"]
+__all__ = ["Block", "EvidenceSpec", "annotate_stream"]

@@ -324,9 +324,9 @@ class Reasoner(Inputs, Scoring, Decisions):
         chunk_size
             Cells scored at a time (default 20,000).
         """
-        from ._stream import matrix_source
+        from ...matrix import from_matrix
 
-        blocks = list(self.iter_blocks(matrix_source(X, genes), connectivities,
+        blocks = list(self.iter_blocks(from_matrix(X, genes), connectivities,
                                        reasoning=reasoning, chunk_size=chunk_size))
         if not blocks:
             return self._result(np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32),

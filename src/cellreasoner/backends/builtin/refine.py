@@ -202,22 +202,6 @@ def fit_step_classifiers(
     return out
 
 
-def train_step_classifiers(
-    hard: HardSteps,
-    expression: Callable[[np.ndarray], sp.csr_matrix],
-    n_genes: int,
-    excluded: Callable[[int], np.ndarray],
-    *,
-    min_cells: int = 10,
-    max_cells: int = 2000,
-    C: float = 1.0,
-    seed: int = 0,
-) -> dict[int, StepClassifier]:
-    """:func:`plan_training` then :func:`fit_step_classifiers` (all rows at hand)."""
-    plan = plan_training(hard, min_cells=min_cells, max_cells=max_cells, seed=seed)
-    return fit_step_classifiers(plan, expression, n_genes, excluded, C=C)
-
-
 class RowBank:
     """The expression rows of a set of cells, gathered from a stream of row blocks.
 
@@ -248,4 +232,4 @@ class RowBank:
 
 __all__ = ["BLOCK", "DECISIVE_WEIGHT", "HardSteps", "RowBank", "StepClassifier", "StepRefiner",
            "TrainingPlan", "decisive_matrix", "decisive_steps", "fit_step_classifiers",
-           "plan_training", "train_step_classifiers"]
+           "plan_training"]
