@@ -172,7 +172,7 @@ def annotate(
     # what the backend reads decides the defaults; it is made only once the input is checked
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
     use_matrix = caps.reads == "matrix" and mode in ("cell", "hybrid")
-    gene_list = _default_gene_list(gene_list, caps.reads, adata, use_raw)
+    gene_list = _default_gene_list(gene_list, caps.reads, source)
     genes = _gene_vocab(gene_list)
     _validate(adata, layer, use_raw, genes, label_key, mode, by)
     sampling = SamplingParams.for_mode(
@@ -284,14 +284,14 @@ def _backend(backend, model: str | None, backend_options: dict | None) -> tuple[
                          f"{', '.join(sorted(options))}: {exc}.{hint}") from exc
 
 
-def _default_gene_list(gene_list, reads: str, adata, use_raw: bool):
+def _default_gene_list(gene_list, reads: str, source):
     """A matrix backend needs no published list: the local copy if any, else the data's
     own genes (the no-download default); prompt backends get the published list."""
     if gene_list is not None or reads != "matrix":
         return gene_list
     from ..resources import local_gene_list_path
 
-    return local_gene_list_path() or [str(g) for g in _symbols(adata, use_raw)]
+    return local_gene_list_path() or [str(g) for g in source.var_names]
 
 
 def _validate(adata, layer, use_raw: bool, genes, label_key, mode: str, by) -> None:
@@ -423,15 +423,6 @@ def _instruction(reasoning: bool, tissue: str | None) -> str:
     if tissue:
         text += f" The cells come from {tissue.strip()} tissue."
     return text
-
-
-def _symbols(adata, use_raw: bool):
-    """Gene symbols of the matrix annotate will read."""
-    if use_raw and adata.raw is not None:
-        return adata.raw.var_names
-    from ..io import gene_symbols
-
-    return gene_symbols(adata).symbols
 
 
 def _gene_list_name(gene_list, genes: list[str]) -> str:

@@ -86,12 +86,6 @@ class AnnotationResult:
         """A copy of the per-cell table."""
         return self.table.copy()
 
-    def obs_columns(self, key_added: str | None = None) -> pd.DataFrame:
-        """The ``obs`` columns this run writes (typed as in :meth:`to_adata`), by cell."""
-        key = key_added or self.key_added
-        return pd.DataFrame({f"{key}_{f}": _typed(f, self.table[f].to_numpy())
-                             for f in self.fields}, index=self.table.index)
-
     def to_adata(self, adata=None, key_added: str | None = None):
         """Write the ``obs`` columns and ``uns`` provenance into ``adata`` (default: the
         annotated AnnData) and return it."""

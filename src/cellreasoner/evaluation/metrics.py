@@ -29,11 +29,6 @@ LEVEL_COLUMNS: dict[float, str] = {
 UNMAPPED = "unmapped"
 
 
-def level_name(score: float, default: str = "") -> str:
-    """The level name of a score (``default`` for a score that is not a level)."""
-    return LEVELS.get(float(score), default)
-
-
 def level_order() -> list[str]:
     """Level names from best (``"Subtype correct"``) to worst (``"Incorrect"``)."""
     return [LEVELS[k] for k in sorted(LEVELS, reverse=True)]
