@@ -23,7 +23,9 @@ def sentence_members(indptr, indices, data, col_pos, n_vocab, max_genes, col_slo
     A sentence holds the row's non-zero (and not NaN) genes of the vocabulary, in vocabulary
     order, cut after ``max_genes``: ``col_pos`` maps each column to its vocabulary position
     (-1: not in it, or not the gene's first column), ``col_slot`` each column to its slot
-    (-1: none) and ``slot_pos`` each slot to its gene's vocabulary position.
+    (-1: none) and ``slot_pos`` each slot to its gene's vocabulary position. This is the
+    sentence rule of :mod:`cellreasoner.sentences` (its ``_select_ranked``) asked per gene;
+    ``tests/test_builtin_stream.py`` checks that the two agree.
     """
     one = np.uint64(1)
     n = indptr.shape[0] - 1
