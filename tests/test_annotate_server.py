@@ -102,7 +102,7 @@ def test_killed_run_resumes_without_repeating_finished_prompts(server, tiny_dir,
     cmd = [sys.executable, "-m", "cellreasoner.cli", "annotate", str(data), "-o", str(out),
            "--backend", "openai", "--model", tiny_dir, "--base-url", url, "--concurrency", "1",
            "--max-new-tokens", "24", "--temperature", "1", "--cache", str(cache),
-           "--no-progress"]
+           "--prompt-style", "cellreasoner", "--no-progress"]
     before = requests_served(log)
     kills = 0
     for sig, target in ((signal.SIGINT, 8), (signal.SIGKILL, 20)):

@@ -131,3 +131,38 @@ def test_annotate_with_the_gguf_backend(smollm_gguf, pbmc68k):
     assert res.provenance["backend"] == "gguf" and res.provenance["model_calls"] == 3
     labels = cells.obs["cellreasoner_label"].astype(str)
     assert labels.str.strip().str.len().gt(0).all()  # real text parsed into labels
+
+
+def test_streamed_answers_match_unstreamed_and_move_the_bar(llama):
+    """Tokens are streamed (a long answer moves the bar before it ends): the text, finish
+    reason and token counts are what llama.cpp's one-shot completion gives."""
+    from cellreasoner.backends.gguf import completion_kwargs
+
+    prompt = Prompt(INSTRUCTION_REASONING, "MS4A1, CD79A, CD79B, CD19", True)
+    sampling = SamplingParams.for_mode(False, max_new_tokens=40)
+    moves: list[float] = []
+    (gen,) = llama.generate([prompt], sampling, progress=moves.append)[0]
+    once = llama._llm.create_completion(prompt=llama.prompt_text(prompt),
+                                        **completion_kwargs(sampling, sampling.seed))
+    assert gen.text == once["choices"][0]["text"]
+    assert gen.meta["finish_reason"] == once["choices"][0]["finish_reason"]
+    assert gen.meta["prompt_tokens"] == once["usage"]["prompt_tokens"]
+    assert gen.meta["completion_tokens"] == once["usage"]["completion_tokens"]
+    assert len(moves) >= 2 and all(0 < m < 1 for m in moves[:-1])  # fractions while streaming
+    assert sum(moves) == pytest.approx(1.0)  # one prompt in all
+
+
+def test_threads_default_to_every_available_core(smollm_gguf):
+    import os
+
+    from cellreasoner.backends.gguf import available_cores
+
+    assert available_cores() == len(os.sched_getaffinity(0))
+    backend = get_backend("gguf", model=smollm_gguf, n_ctx=512)
+    try:
+        assert backend.n_threads == available_cores()
+        assert backend.describe()["n_threads"] == available_cores()
+    finally:
+        backend.close()
+    with pytest.raises(InputError, match="at least 1"):
+        get_backend("gguf", model=smollm_gguf, n_threads=0)

@@ -112,11 +112,17 @@ def test_a_backend_returning_the_wrong_number_of_answers_is_an_error():
 def test_engine_configures_every_backend_with_the_run_context():
     fake = FakeBackend()
     annotate(_cells([["CD3E"]]), fake, gene_list=GENE_LIST, max_genes=7, tissue="blood",
-             cache=False, progress=False)
+             prompt_style="cellreasoner", cache=False, progress=False)
     (ctx,) = fake.contexts
     assert ctx.gene_list == tuple(GENE_LIST) and ctx.max_genes == 7 and ctx.tissue == "blood"
     # a prompt backend does not use the tissue itself: the instruction names it
     assert fake.calls[0].instruction.endswith("The cells come from blood tissue.")
+    # the neutral style (any non-CellReasoner model's default) names it in its own words
+    fake = FakeBackend()
+    annotate(_cells([["CD3E"]]), fake, gene_list=GENE_LIST, tissue="blood", cache=False,
+             progress=False)
+    assert "human blood tissue" in fake.calls[0].instruction
+    assert "tumor" not in fake.calls[0].instruction
 
 
 def test_builtin_object_behaves_exactly_like_the_builtin_name(pbmc68k):

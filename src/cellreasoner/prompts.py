@@ -21,6 +21,100 @@ def instruction_for(reasoning: bool) -> str:
     return INSTRUCTION_REASONING if reasoning else INSTRUCTION_DIRECT
 
 
+#: Prompt styles: ``"cellreasoner"`` is the published instruction, byte for byte (what the
+#: fine-tuned CellReasoner models were trained on); ``"neutral"`` is for every other model,
+#: which would take the published text literally ("cells ... of tumor cells") and answer
+#: "tumor cell"; ``"auto"`` picks by model family (:func:`resolve_prompt_style`).
+PROMPT_STYLES = ("auto", "cellreasoner", "neutral")
+
+#: Named instructions for ``instruction=``: the upstream text of either mode, whatever the
+#: mode (the notebook's published reasoning run used the direct text plus ``"<think> "``).
+NAMED_INSTRUCTIONS = {"direct": INSTRUCTION_DIRECT, "reasoning": INSTRUCTION_REASONING}
+
+#: Written by ``cellreasoner train`` beside a fine-tuned model (see :mod:`cellreasoner.train`).
+_TRAINED_MARKER = "cellreasoner_train.json"
+
+
+def resolve_prompt_style(style: str, model: str | None) -> str:
+    """``"cellreasoner"`` or ``"neutral"`` for ``style`` and the backend's ``model``.
+
+    ``"auto"`` is ``"cellreasoner"`` for a model whose name or path says CellReasoner
+    (``guangshuo/CellReasoner-7B``, a GGUF conversion named after it) or a folder that
+    ``cellreasoner train`` wrote (it holds ``cellreasoner_train.json``); any other model
+    gets ``"neutral"``.
+    """
+    from pathlib import Path
+
+    from .errors import InputError
+
+    if style not in PROMPT_STYLES:
+        raise InputError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, "
+                         f"not {style!r}.")
+    if style != "auto":
+        return style
+    name = str(model or "")
+    if "cellreasoner" in name.lower().replace("-", "").replace("_", ""):
+        return "cellreasoner"
+    try:
+        trained = bool(name) and (Path(name).expanduser() / _TRAINED_MARKER).is_file()
+    except OSError:  # a hub id or an API model name is not a folder
+        trained = False
+    return "cellreasoner" if trained else "neutral"
+
+
+def neutral_instruction(reasoning: bool, tissue: str | None = None,
+                        cluster: bool = False) -> str:
+    """An instruction for general chat models: what the genes are, where the cells come
+    from (``tissue``), and how to answer — nothing about tumours."""
+    what = ("the top marker genes of one cluster of cells" if cluster
+            else "genes expressed in one cell")
+    where = f" on human {tissue.strip()} tissue" if tissue and tissue.strip() else ""
+    text = (f"You are an expert in single-cell transcriptomics. The user lists {what} in a "
+            f"single-cell RNA-seq experiment{where}. Identify the cell type. ")
+    if reasoning:
+        return text + ("Reason step by step inside <think></think>, then after </think> "
+                       "give only the cell type name.")
+    return text + "Reply with the cell type name only, without explanation."
+
+
+def resolve_instruction(instruction: str | None, *, reasoning: bool, style: str,
+                        tissue: str | None = None, cluster: bool = False) -> str:
+    """The system instruction of a run.
+
+    ``instruction`` is ``None`` (the style's text for the mode), ``"direct"`` /
+    ``"reasoning"`` (the upstream text of that mode), or the path of a text file.
+    In the CellReasoner style a tissue adds a sentence after the upstream text.
+    """
+    import os
+    from pathlib import Path
+
+    from .errors import InputError
+
+    if instruction is None:
+        if style == "neutral":
+            return neutral_instruction(reasoning, tissue, cluster)
+        text = instruction_for(reasoning)
+    elif instruction in NAMED_INSTRUCTIONS:
+        text = NAMED_INSTRUCTIONS[instruction]
+    else:
+        path = Path(os.fsdecode(instruction)).expanduser()
+        if not path.is_file():
+            raise InputError(f"instruction: {instruction!r} is neither 'direct', 'reasoning' nor "
+                             "a readable text file. Pass one of those.")
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"instruction file {path}: cannot read it as UTF-8 text "
+                             f"({exc}).") from exc
+        if not text:
+            raise InputError(f"instruction file {path} is empty; write the system "
+                             "instruction into it.")
+        return text
+    if tissue and tissue.strip():
+        text += f" The cells come from {tissue.strip()} tissue."
+    return text
+
+
 @dataclass(frozen=True)
 class Prompt:
     """One model query: a system instruction and a user message (the cell sentence)."""

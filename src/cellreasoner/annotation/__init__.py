@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..backends import Backend, RunContext, backend_class, get_backend
 from ..errors import BackendError, InputError
-from ..prompts import SamplingParams, instruction_for
+from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
 from .cache import GenerationCache, default_cache_path
 from .engine import Stats, generate_cached, vote
 from .result import (
@@ -57,6 +57,8 @@ def annotate(
     *,
     model: str | None = None,
     reasoning: bool = False,
+    prompt_style: str = "auto",
+    instruction: str | os.PathLike | None = None,
     mode: str = "cell",
     by: str | None = None,
     n: int = 1,
@@ -95,7 +97,17 @@ def annotate(
     model
         Model name/path for the backend (default: the backend's default).
     reasoning
-        Ask for ``<think>`` reasoning (upstream reasoning instruction; default False).
+        Ask for ``<think>`` reasoning (``"<think> "`` opens the answer; default False).
+    prompt_style
+        ``"auto"`` (default): the published CellReasoner instruction, byte for byte, for
+        CellReasoner models (by name, or a folder ``cellreasoner train`` wrote) and a
+        neutral, tissue-aware instruction for every other model (the published text tells
+        the model the cells are tumour cells, which general models take literally);
+        ``"cellreasoner"`` or ``"neutral"`` to choose. Recorded in the provenance.
+    instruction
+        Override the system instruction: ``"direct"`` / ``"reasoning"`` (the upstream text of
+        that mode, whatever ``reasoning`` is: the published notebook's reasoning run used the
+        direct text with ``"<think> "``), or the path of a text file.
     mode
         ``"cell"`` (default): one answer per cell (identical prompts generated once);
         ``"cluster"``: one prompt per cluster from its top markers, label broadcast to its
@@ -183,10 +195,15 @@ def annotate(
                     "pass a higher temperature (e.g. 0.6) for a meaningful agreement.",
                     sampling.n, sampling.temperature)
     be, own_backend = _backend(backend, model, backend_options)
+    # a matrix backend reads no instruction (its cluster prompts keep the upstream text)
+    style = (resolve_prompt_style(prompt_style, be.model) if caps.reads == "prompts"
+             else "cellreasoner")
     run = _Run(be=be, adata=adata, source=source, genes=genes, sampling=sampling,
                reasoning=reasoning, mode=mode, max_genes=int(max_genes), batch_size=batch_size,
-               instruction=_instruction(reasoning, None if caps.tissue else tissue),
-               use_matrix=use_matrix)
+               instruction=resolve_instruction(
+                   instruction, reasoning=reasoning, style=style,
+                   tissue=None if caps.tissue else tissue, cluster=mode == "cluster"),
+               use_matrix=use_matrix, prompt_style=style)
     cache_path: Path | None = None
     if cache is not False and not use_matrix:
         cache_path = default_cache_path() if cache in (None, True) else Path(cache)
@@ -236,6 +253,7 @@ class _Run:
     batch_size: int
     instruction: str
     use_matrix: bool
+    prompt_style: str = "cellreasoner"
     cache: GenerationCache | None = None
     advance: Callable[[float], None] | None = None
     groups: pd.Series | None = None
@@ -382,6 +400,9 @@ def _provenance(run: _Run, describe: dict, *, n: int, seconds: float, gene_list,
         "cache": str(cache_path) if cache_path else "",
         "layer": "raw" if use_raw else (layer or "X"),
     }
+    if be.capabilities.reads == "prompts":
+        provenance["prompt_style"] = run.prompt_style
+        provenance["instruction"] = run.instruction
     if input_name:
         provenance["input"] = input_name
     if tissue:
@@ -415,14 +436,6 @@ def _gene_vocab(gene_list) -> list[str]:
     if not genes:
         raise InputError("gene_list is empty.")
     return genes
-
-
-def _instruction(reasoning: bool, tissue: str | None) -> str:
-    """The upstream instruction; with ``tissue`` a sentence naming it is appended."""
-    text = instruction_for(reasoning)
-    if tissue:
-        text += f" The cells come from {tissue.strip()} tissue."
-    return text
 
 
 def _gene_list_name(gene_list, genes: list[str]) -> str:

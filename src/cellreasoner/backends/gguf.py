@@ -96,6 +96,15 @@ def check_gguf_file(path: str | os.PathLike) -> Path:
     return p
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a
+    container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class GGUFBackend(Backend):
     """Run a GGUF model with llama-cpp-python.
 
@@ -106,7 +115,8 @@ class GGUFBackend(Backend):
     n_ctx
         Context length in tokens (default 12288: 8192 prompt + 4096 answer, as upstream).
     n_threads
-        CPU threads (default None: llama.cpp's choice).
+        CPU threads (default None: every core this process may use; llama.cpp's own default
+        is half of them).
     n_gpu_layers
         Layers offloaded to a GPU (default 0; -1 for all).
     chat_template
@@ -133,6 +143,11 @@ class GGUFBackend(Backend):
         path = check_gguf_file(model if model is not None else model_path)
         llama_cpp = require("llama_cpp", "gguf", _FEATURE)
         self.model = str(path)
+        if n_threads is None:
+            n_threads = available_cores()
+        elif int(n_threads) < 1:
+            raise InputError(f"n_threads (--threads) must be at least 1, not {n_threads}.")
+        self.n_threads = int(n_threads)
         self._llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
                                     n_gpu_layers=n_gpu_layers, verbose=False,
                                     **(llama_kwargs or {}))
@@ -159,27 +174,56 @@ class GGUFBackend(Backend):
     ) -> list[list[Generation]]:
         """Complete each prompt ``sampling.n`` times (seeds ``seed``, ``seed + 1``, ...).
 
-        ``on_result(index, generations)`` and ``progress(1)`` follow each prompt.
+        Tokens are streamed: ``progress`` moves by fractions of a prompt while an answer is
+        written, and reaches 1 per prompt after ``on_result(index, generations)``.
         """
         results = []
         for index, prompt in enumerate(prompts):
             text = self.prompt_text(prompt)
+            moved = 0.0  # the prompt's share of the bar already shown while streaming
+
+            def tick(share: float) -> None:
+                nonlocal moved
+                moved += share
+                if progress is not None:
+                    progress(share)
+
             gens = []
             for j in range(sampling.n):
                 seed = None if sampling.seed is None else sampling.seed + j
-                out = self._llm.create_completion(prompt=text, **completion_kwargs(sampling, seed))
-                choice, usage = out["choices"][0], out.get("usage") or {}
-                gens.append(Generation(text=choice["text"], meta={
-                    "finish_reason": choice.get("finish_reason"),
-                    "prompt_tokens": usage.get("prompt_tokens"),
-                    "completion_tokens": usage.get("completion_tokens"),
-                }))
+                gens.append(self._complete(text, completion_kwargs(sampling, seed),
+                                           0.9 / sampling.n, tick))
             results.append(gens)
             if on_result is not None:
                 on_result(index, gens)
             if progress is not None:
-                progress(1)
+                progress(1 - moved)
         return results
+
+    def _complete(self, text: str, kwargs: dict, share: float, tick) -> Generation:
+        """One streamed completion: ``tick`` moves the bar as tokens arrive (up to ``share``
+        of the prompt), so a long reasoning answer shows progress."""
+        pieces: list[str] = []
+        finish = None
+        per_token = share / max(1, int(kwargs.get("max_tokens") or 1))
+        pending = 0
+        for chunk in self._llm.create_completion(prompt=text, stream=True, **kwargs):
+            choice = chunk["choices"][0]
+            pieces.append(choice.get("text") or "")
+            finish = choice.get("finish_reason") or finish
+            pending += 1
+            if pending == 16:
+                tick(16 * per_token)
+                pending = 0
+        # tokenised as create_completion does, so the count matches its usage figure
+        prompt_tokens = len(self._llm.tokenize(text.encode("utf-8"), special=True))
+        return Generation(text="".join(pieces), meta={
+            "finish_reason": finish, "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(pieces)})
+
+    def describe(self) -> dict:
+        """Provenance: the file and the CPU threads used."""
+        return {**super().describe(), "n_threads": self.n_threads}
 
     def close(self) -> None:
         """Free the llama.cpp model."""

@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "backend); the key itself is never written anywhere")
     p.add_argument("--reasoning", action="store_true",
                    help="ask for <think> reasoning (upstream reasoning instruction)")
+    p.add_argument("--prompt-style", choices=["auto", "cellreasoner", "neutral"],
+                   default="auto",
+                   help="auto (default): the published CellReasoner instruction for "
+                   "CellReasoner models, a neutral tissue-aware one for every other model")
+    p.add_argument("--instruction", help="system instruction: direct or reasoning (the "
+                   "upstream text of that mode) or a text file")
     p.add_argument("--mode", choices=["cell", "cluster", "hybrid"], default="cell",
                    help="cell (default), cluster (one prompt per cluster), hybrid (per cell + "
                    "cluster majority)")
@@ -48,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="sampling seed (default 1234)")
     p.add_argument("--concurrency", type=int,
                    help="parallel requests (openai backend)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (gguf backend; default: every core this process may use)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="prompts per backend call (default 256)")
     p.add_argument("--gene-list", help="ranked gene list file (default: the published list)")
@@ -92,6 +100,8 @@ def backend_options(args: argparse.Namespace) -> dict:
         opts["api_key_env"] = args.api_key_env
     if args.concurrency is not None:
         opts["concurrency"] = args.concurrency
+    if getattr(args, "threads", None) is not None:
+        opts["n_threads"] = args.threads
     if getattr(args, "markers", None):
         opts["markers"] = args.markers
     return opts
@@ -109,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--report {args.report}: use an .html path.")
     result = annotate(
-        args.input, args.backend, model=args.model, reasoning=args.reasoning, mode=args.mode,
+        args.input, args.backend, model=args.model, reasoning=args.reasoning,
+        prompt_style=args.prompt_style, instruction=args.instruction, mode=args.mode,
         by=args.by, n=args.n, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
         seed=args.seed, gene_list=args.gene_list, max_genes=args.max_genes, layer=args.layer,
