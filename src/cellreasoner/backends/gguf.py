@@ -209,8 +209,10 @@ class GGUFBackend(Backend):
         pending = 0
         for chunk in self._llm.create_completion(prompt=text, stream=True, **kwargs):
             choice = chunk["choices"][0]
-            pieces.append(choice.get("text") or "")
             finish = choice.get("finish_reason") or finish
+            if choice.get("finish_reason") and not choice.get("text"):
+                continue  # the closing chunk carries the reason, not a token
+            pieces.append(choice.get("text") or "")
             pending += 1
             if pending == 16:
                 tick(16 * per_token)
