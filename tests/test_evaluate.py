@@ -284,3 +284,101 @@ def test_runs_of_the_same_model_are_named_by_mode_and_file(tmp_path):
     names = list(ev.summary["run"])
     assert len(set(names)) == 2
     assert names[0].endswith("/ percell") and "/ cluster / clusters" in names[1]
+
+
+def _upstream_csv(path, names, truth, labels):
+    """The upstream result CSV (s03.inference): cell_name, response (whole reasoning-mode
+    answers: the opening <think> was in the prompt), labels — no label column."""
+    responses = [f"Looking at {n}: CD3E, LYZ and MS4A1 are listed; weighing them gives "
+                 f"a clear picture.\n</think>\n\n{lab}" for n, lab in zip(names, labels,
+                                                                       strict=True)]
+    pd.DataFrame({"cell_name": names, "response": responses, "labels": truth}).to_csv(
+        path, index=False)
+    return path
+
+
+def test_upstream_result_csv_evaluates_as_is_with_parsed_labels(annotated, tmp_path):
+    names = annotated.obs_names[:60].tolist()
+    truth = annotated.obs["bulk_labels"].astype(str).to_numpy()[:60]
+    pred = annotated.obs["cellreasoner_label"].to_numpy()[:60]
+    csv = _upstream_csv(tmp_path / "upstream_result.csv", names, truth, pred)
+    ev = evaluate(str(csv), truth="labels")  # no pred: the layout is detected
+    assert set(ev.per_cell["prediction"]) == set(pred)  # labels, never whole responses
+    assert any("parsed from the 'response' column" in n for n in ev.notes)
+    # the same as scoring the labels themselves
+    direct = evaluate(pd.DataFrame({"cell_name": names, "labels": truth, "label": pred}),
+                      truth="labels")
+    assert ev.summary.loc[0, "mean_score"] == pytest.approx(direct.summary.loc[0, "mean_score"])
+    # --pred response on a file that also has labels parses too
+    both = pd.read_csv(csv).assign(label="ignored")
+    ev2 = evaluate(both, truth="labels", pred="response")
+    assert set(ev2.per_cell["prediction"]) == set(pred)
+
+
+def test_cli_evaluate_upstream_csv_writes_parsed_labels_everywhere(annotated, tmp_path):
+    names = annotated.obs_names[:60].tolist()
+    truth = annotated.obs["bulk_labels"].astype(str).to_numpy()[:60]
+    pred = annotated.obs["cellreasoner_label"].to_numpy()[:60]
+    csv = _upstream_csv(tmp_path / "upstream_result.csv", names, truth, pred)
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(csv), "--truth", "labels", "-o", str(out)]) == 0
+    for table in ("scores.csv", "per_label.csv"):
+        text = (out / table).read_text()
+        assert "</think>" not in text and "Looking at" not in text
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores["prediction"]) == set(pred)
+    assert any(p.name.startswith("heatmap_") for p in out.iterdir())
+
+
+def _pairs(rows):
+    return pd.DataFrame(rows, columns=["Ground Truth", "Model Prediction", "Evaluation Score"])
+
+
+def test_pair_table_duplicates_take_the_majority_and_ties_the_lower_score(caplog):
+    from cellreasoner.evaluation import PairScorer
+
+    table = _pairs([("T cell", "CD4 T  cell", 1), (" T cell", "CD4 T cell", 0.5),
+                    ("T cell", "CD4 T cell ", 0.5),  # three rows of one pair after normalising
+                    ("B cell", "plasma cell", 1), ("B cell", "plasma  cell", 0.25),
+                    ("NK cell", "NK cell", 1), ("NK cell", "NK  cell", 1)])
+    with caplog.at_level("WARNING"):
+        scorer = PairScorer(pair_table=table)
+    assert scorer.score("T cell", "CD4 T cell") == 0.5  # 2 of 3 rows
+    assert scorer.score("B  cell", "plasma cell") == 0.25  # a tie goes to the lower score
+    assert set(scorer.conflicts) == {("T cell", "CD4 T cell"), ("B cell", "plasma cell")}
+    assert "3 pairs appear more than once" in caplog.text and "2 of them disagree" in caplog.text
+
+
+def test_pair_table_only_leaves_missing_pairs_unscored(annotated):
+    truth = annotated.obs["bulk_labels"].astype(str)
+    pred = annotated.obs["cellreasoner_label"].astype(str)
+    judged = pd.DataFrame({"t": truth, "p": pred}).drop_duplicates().iloc[:3]
+    table = _pairs([(t, p, 0.25) for t, p in judged.itertuples(index=False)])
+    ev = evaluate(annotated, truth="bulk_labels", pair_table=table, pair_table_only=True)
+    in_table = pd.MultiIndex.from_arrays([truth, pred]).isin(
+        pd.MultiIndex.from_frame(judged))
+    assert ev.summary.loc[0, "n_cells"] == in_table.sum() < len(annotated)
+    assert ev.summary.loc[0, "mean_score"] == 0.25
+    assert ev.per_cell["score"].isna().sum() == (~in_table).sum()
+    assert any("the pair table scored" in n for n in ev.notes)
+    # without the option the rest is scored by the rules
+    full = evaluate(annotated, truth="bulk_labels", pair_table=table)
+    assert full.summary.loc[0, "n_cells"] == len(annotated)
+    with pytest.raises(InputError, match="needs a pair table"):
+        evaluate(annotated, truth="bulk_labels", pair_table_only=True)
+
+
+def test_pair_table_only_reproduces_the_judged_scores(shared_data):
+    from cellreasoner.evaluation import PairScorer
+
+    dev = pd.read_csv(shared_data / "pair_scores_dev.csv")
+    scorer = PairScorer(pair_table=shared_data / "pair_scores_dev.csv", table_only=True)
+    got = scorer.score_many(dev["Ground Truth"].astype(str), dev["Model Prediction"].astype(str))
+    assert not np.isnan(got).any()  # every judged pair is found
+    disputed = pd.MultiIndex.from_arrays(
+        [dev["Ground Truth"].astype(str).map(lambda s: " ".join(s.split())),
+         dev["Model Prediction"].astype(str).map(lambda s: " ".join(s.split()))]
+    ).isin(list(scorer.conflicts))
+    assert 0 < disputed.sum() < 40
+    np.testing.assert_array_equal(got[~disputed], dev["Evaluation Score"].to_numpy()[~disputed])
+    assert np.isnan(scorer.score("T cell", "a label no one judged"))

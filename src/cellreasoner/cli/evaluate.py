@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run names, one per run (default: model from provenance, else file name)")
     p.add_argument("--pair-table", metavar="CSV",
                    help="judged (truth, prediction) pairs that override the automatic scorer")
+    p.add_argument("--pair-table-only", action="store_true",
+                   help="score only the pairs in --pair-table (the upstream notebook's "
+                   "semantics); the others are left unscored and the coverage is printed")
     p.add_argument("-o", "--outdir", metavar="OUTDIR",
                    help="write metrics.csv, per_label.csv, scores.csv and plots here")
     p.add_argument("--format", choices=("png", "pdf", "svg"), default="png",
@@ -46,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # seaborn's category-unit chatter
 
     result = evaluate(args.results, truth=args.truth, pred=args.pred, names=args.names,
-                      pair_table=args.pair_table)
+                      pair_table=args.pair_table, pair_table_only=args.pair_table_only)
+    for note in result.notes:
+        print(note, file=sys.stderr)
     cols = ["run", "n_cells", "mean_score", "exact_accuracy", "major_accuracy", "macro_f1_cl",
             "macro_f1_cl_hierarchical",
             "subtype_correct", "major_correct", "partially_correct", "incorrect"]

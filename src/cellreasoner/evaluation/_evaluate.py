@@ -23,10 +23,10 @@ from .results import ResultTable, as_text, default_pred_column, provenance_for, 
 logger = logging.getLogger(__name__)
 
 
-def _scorer(pair_table: Any):
+def _scorer(pair_table: Any, table_only: bool = False):
     from .scoring import PairScorer
 
-    return PairScorer(pair_table=pair_table)
+    return PairScorer(pair_table=pair_table, table_only=table_only)
 
 
 def _score(scorer: Any, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -193,7 +193,9 @@ def _collect_runs(tables: list[ResultTable], preds: list[str | None]) -> list[_R
     runs: list[_Run] = []
     for table in tables:
         for p in preds:
-            col = p if p is not None else default_pred_column(table)
+            col = p if p is not None else _default_or_response(table)
+            if col in table.obs.columns and _is_response_column(col):
+                col = _parsed_labels(table, col)
             if col not in table.obs.columns:
                 raise InputError(
                     f"{table.source}: prediction column '{col}' not found; available columns: "
@@ -206,6 +208,41 @@ def _collect_runs(tables: list[ResultTable], preds: list[str | None]) -> list[_R
                 default = str(prov.get("model") or prov.get("backend") or table.stem or col)
             runs.append((table, col, default, prov))
     return runs
+
+
+def _is_response_column(col: str) -> bool:
+    """Raw model responses (``response``, ``<key>_response``), not labels."""
+    return col == "response" or col.endswith("_response")
+
+
+def _default_or_response(table: ResultTable) -> str:
+    """The default prediction column, else a ``response`` column (the upstream result CSV,
+    ``cell_name,response[,labels]``, has no label column: its labels are parsed)."""
+    try:
+        return default_pred_column(table)
+    except InputError:
+        if "response" in table.obs.columns:
+            return "response"
+        raise
+
+
+def _parsed_labels(table: ResultTable, col: str) -> str:
+    """Parse the responses in ``obs[col]`` into labels (one parser: the one ``annotate``
+    uses) in a new column, so scores, per-label tables, heatmaps and reports show labels,
+    never whole reasoning texts; the new column's name."""
+    from ..parsing import parse_response
+    from .results import as_text
+
+    out = f"{col} (parsed)"
+    if out not in table.obs.columns:
+        texts = as_text(table.obs[col])
+        memo: dict[str, str] = {}
+        table.obs[out] = [memo[t] if t in memo else memo.setdefault(t, parse_response(t).label)
+                          for t in texts]
+        table.notes.append(f"{table.source}: labels parsed from the '{col}' column "
+                           f"({len(memo)} distinct responses -> "
+                           f"{len(set(memo.values()) - {''})} labels)")
+    return out
 
 
 def _run_names(runs: list[_Run], given_names: list | None) -> list[str]:
@@ -304,6 +341,20 @@ def _per_cell_frame(run: _Run, name: str, cells: pd.Index, truth_text: np.ndarra
     return frame
 
 
+def _scored_only(frame: pd.DataFrame, name: str, notes: list[str]) -> pd.DataFrame:
+    """The cells the pair table scored, with the coverage noted."""
+    scored = frame["score"].notna().to_numpy()
+    missing = frame.loc[~scored, ["truth", "prediction"]].drop_duplicates()
+    notes.append(f"{name}: the pair table scored {int(scored.sum())} of {len(frame)} cells "
+                 f"({scored.mean():.1%}); {len(missing)} distinct (truth, prediction) pairs "
+                 "are not in it and were left unscored")
+    if not scored.any():
+        raise InputError(f"{name}: none of its (truth, prediction) pairs is in the pair "
+                         "table, so nothing can be scored with --pair-table-only; drop that "
+                         "option to score the rest with the ontology rules.")
+    return frame[scored]
+
+
 def _summary_row(run: _Run, name: str, frame: pd.DataFrame) -> dict[str, Any]:
     """The summary metrics of one run."""
     table, col, _default, prov = run
@@ -354,6 +405,7 @@ def evaluate(
     pred: str | Sequence[str] | None = None,
     names: Sequence[str] | None = None,
     pair_table: Any = None,
+    pair_table_only: bool = False,
 ) -> EvaluationResult:
     """Score one or many annotation runs against ground truth.
 
@@ -374,6 +426,10 @@ def evaluate(
     pair_table
         Judged (truth, prediction) pairs that override the automatic scorer: a CSV path or a
         DataFrame as accepted by :class:`cellreasoner.evaluation.PairScorer` (default ``None``).
+    pair_table_only
+        Score only the pairs in ``pair_table`` (the upstream notebook's semantics: exact
+        match after whitespace normalisation); cells whose pair it lacks are left unscored
+        (``NaN`` in ``per_cell``, outside every metric) and the coverage goes in ``notes``.
 
     Returns
     -------
@@ -386,11 +442,11 @@ def evaluate(
     runs = _collect_runs(tables, _pred_columns(pred, len(tables)))
     run_names = _run_names(runs, given_names)
     truth_series = _truth_series(tables, truth)
-    notes: list[str] = []
+    notes: list[str] = [n for t in tables for n in t.notes]
     common = _shared_cells(tables, truth_series, notes)
     cells, truth_text = _cells_with_truth(common, truth_series, truth, notes)
 
-    scorer = _scorer(pair_table)
+    scorer = _scorer(pair_table, pair_table_only)
     truth_cl = ground_ids(truth_text)
     summaries, per_label_rows, per_cell_frames = [], [], []
     provenance: dict[str, dict[str, Any]] = {}
@@ -399,6 +455,8 @@ def evaluate(
         table = run[0]
         frame = _per_cell_frame(run, name, cells, truth_text, truth_cl, scorer)
         per_cell_frames.append(frame)
+        if pair_table_only:
+            frame = _scored_only(frame, name, notes)
         provenance[name] = run[3]
         if table.umap is not None and len(table.umap) == len(table.obs):
             umaps[name] = np.asarray(table.umap)[table.obs.index.get_indexer(cells)]

@@ -8,7 +8,7 @@ and the provenance of the run that wrote it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class ResultTable:
         ``obsm["X_umap"]`` when present, else ``None``.
     adata
         The AnnData itself when it was given in memory, else ``None``.
+    notes
+        What reading it did that a user should know (e.g. labels parsed from responses).
     """
 
     obs: pd.DataFrame
@@ -47,6 +49,7 @@ class ResultTable:
     stem: str | None = None
     umap: np.ndarray | None = None
     adata: Any = None
+    notes: list[str] = field(default_factory=list)
 
 
 def as_text(values: Sequence[Any] | pd.Series) -> np.ndarray:

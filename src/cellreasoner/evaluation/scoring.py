@@ -32,6 +32,7 @@ can replace them.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..backends import Backend
+
+log = logging.getLogger(__name__)
 
 #: Major cell types (name -> CL roots). A term belongs to every major whose root is the term
 #: itself or one of its ancestors.
@@ -274,7 +277,7 @@ def _load_pair_table(table) -> dict[tuple[str, str], float]:
         raise InputError(f"Pair table {where} lacks column(s) '{', '.join(need)}'; it has "
                          f"{cols}. Expected columns '{_TRUTH}', '{_PRED}', '{_EVAL}', "
                          f"'{_SCORE}' (as in CellReasoner's all_pair_score.xlsx).")
-    out: dict[tuple[str, str], float] = {}
+    seen: dict[tuple[str, str], list[float]] = {}
     for i, row in enumerate(df.itertuples(index=False)):
         rec = dict(zip(cols, row, strict=True))
         score = None
@@ -289,8 +292,21 @@ def _load_pair_table(table) -> dict[tuple[str, str], float]:
             raise InputError(f"Pair table {where}, row {i + 2}: score "
                              f"{rec.get(_SCORE)!r}/{rec.get(_EVAL)!r} is not one of "
                              f"{sorted(LEVELS)} / {list(LEVELS.values())}.")
-        out[(str(rec[_TRUTH]).strip(), str(rec[_PRED]).strip())] = float(score)
-    return out
+        seen.setdefault((_norm(rec[_TRUTH]), _norm(rec[_PRED])), []).append(float(score))
+    return seen
+
+
+def _norm(label) -> str:
+    """A pair-table key: the label with its whitespace normalised (the notebook's match)."""
+    return " ".join(str(label).split())
+
+
+def resolve_duplicates(scores: list[float]) -> float:
+    """One score for a pair the table judged several times: the most frequent judgment,
+    a tie going to the lower score (a disputed pair is not given the benefit of the doubt)."""
+    counts = {s: scores.count(s) for s in scores}
+    best = max(counts.values())
+    return min(s for s, c in counts.items() if c == best)
 
 
 # --------------------------------------------------------------------------- scorer
@@ -314,11 +330,22 @@ class PairScorer:
         ``"all"`` (default): the judge scores every pair missing from the table;
         ``"unmapped"``: only pairs where a label cannot be grounded in the Cell Ontology, the
         rest keep the (free, deterministic) ontology rules.
+    table_only
+        The upstream notebook's semantics (default False): only pairs in the table are
+        scored (exact match after whitespace normalisation); the others score ``NaN``.
+
+    Notes
+    -----
+    Labels are matched after whitespace normalisation. A pair the table judges several
+    times takes its most frequent judgment, a tie the lower score
+    (:func:`resolve_duplicates`); :attr:`conflicts` lists the pairs whose rows disagree.
     """
 
     pair_table: str | os.PathLike | pd.DataFrame | None = None
     judge: LLMJudge | Backend | str | None = None
     judge_scope: str = "all"
+    table_only: bool = False
+    conflicts: dict = field(default_factory=dict, init=False, repr=False)
     _table: dict = field(default_factory=dict, init=False, repr=False)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
     _n_scored: int = field(default=0, init=False, repr=False)
@@ -326,7 +353,17 @@ class PairScorer:
 
     def __post_init__(self):
         if self.pair_table is not None:
-            self._table = _load_pair_table(self.pair_table)
+            judged = _load_pair_table(self.pair_table)
+            self._table = {k: resolve_duplicates(v) for k, v in judged.items()}
+            self.conflicts = {k: v for k, v in judged.items() if len(set(v)) > 1}
+            repeated = sum(len(v) > 1 for v in judged.values())
+            if self.conflicts:
+                log.warning("pair table: %d pairs appear more than once (after whitespace "
+                            "normalisation) and %d of them disagree; each takes its most "
+                            "frequent judgment, a tie the lower score", repeated,
+                            len(self.conflicts))
+        elif self.table_only:
+            raise InputError("table_only (--pair-table-only) needs a pair table.")
         if self.judge_scope not in {"all", "unmapped"}:
             raise InputError(f"judge_scope must be 'all' or 'unmapped', not "
                              f"{self.judge_scope!r}.")
@@ -349,10 +386,12 @@ class PairScorer:
 
     def explain(self, truth: str, pred: str) -> Explanation:
         """Score of one pair with the rule (or source) that decided it."""
-        key = (str(truth).strip(), str(pred).strip())
+        key = (_norm(truth), _norm(pred))
         if key in self._table:
             s = self._table[key]
             return Explanation(s, LEVELS[s], "pair table", "table")
+        if self.table_only:
+            return Explanation(float("nan"), "unscored", "not in the pair table", "table")
         if self._needs_judge(*key):
             s = self.judge.judge(*key)
             return Explanation(s, LEVELS[s], f"LLM judge ({self.judge._model})", "judge")
@@ -368,13 +407,16 @@ class PairScorer:
         if len(truths) != len(preds):
             raise InputError(f"score_many needs as many predictions as truths "
                              f"({len(truths)} truths, {len(preds)} predictions).")
-        keys = [(t.strip(), p.strip()) for t, p in zip(truths, preds, strict=True)]
+        keys = [(_norm(t), _norm(p)) for t, p in zip(truths, preds, strict=True)]
         todo = [k for k in dict.fromkeys(keys) if k not in self._cache]
         if todo:
             from_table = [k for k in todo if k in self._table]
             for k in from_table:
                 self._cache[k] = self._table[k]
             rest = [k for k in todo if k not in self._table]
+            if self.table_only:  # the notebook's semantics: what the table lacks is unscored
+                self._cache.update(dict.fromkeys(rest, float("nan")))
+                rest = []
             judged = [k for k in rest if self._needs_judge(*k)]
             if judged:
                 for k, s in zip(judged, self.judge.judge_many(judged), strict=True):
