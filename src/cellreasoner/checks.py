@@ -121,6 +121,54 @@ def expression_kind(adata: AnnData, layer: str | None = None) -> ExpressionKind:
     return "lognorm"
 
 
+def check_chunk_values(chunk: sp.csr_matrix, source: Any, start: int = 0) -> None:
+    """Raise an :class:`InputError` if a chunk stores a NaN, infinite or negative value.
+
+    The one value check every consumer of a :class:`~cellreasoner.matrix.MatrixSource` sees
+    (its chunk iterator calls it): vectorised on the stored values, no loop per cell.
+
+    Parameters
+    ----------
+    chunk
+        A CSR row block.
+    source
+        The :class:`~cellreasoner.matrix.MatrixSource` it came from (for the cell, gene and
+        matrix names in the message).
+    start
+        Row of the chunk's first cell in the source.
+    """
+    data = chunk.data
+    if not data.size:
+        return
+    bad, what = -1, ""
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad, what = int(np.flatnonzero(~np.isfinite(data))[0]), "NaN or infinite values"
+    elif data.dtype.kind in "fiu" and data.min() < 0:
+        bad, what = int(np.flatnonzero(data < 0)[0]), "negative values"
+    if bad < 0:
+        return
+    row = int(np.searchsorted(chunk.indptr, bad, side="right")) - 1
+    cell = source.obs_names[start + row]
+    gene = source.var_names[chunk.indices[bad]]
+    hint = ("It looks scaled/centred (sc.pp.scale or ScaleData), which cannot rank expressed "
+            "genes. " if what == "negative values" else "")
+    raise InputError(
+        f"{source.description or 'the matrix'} has {what}, the first in cell '{cell}' (row "
+        f"{start + row}), gene '{gene}': {data[bad]:.6g}. {hint}Cell sentences need raw counts or "
+        "log-normalised values: pass the matrix that holds them (--layer NAME / layer=, "
+        "--use-raw), or remove or fix the bad cells first."
+    )
+
+
+def check_has_cells(n_obs: int, where: str) -> None:
+    """Raise an :class:`InputError` for data without cells (nothing to prepare or annotate)."""
+    if n_obs == 0:
+        raise InputError(
+            f"{where}: the data has no cells, so there is nothing to do. Check the input file "
+            "(an empty selection or filter upstream?) and give one with at least one cell."
+        )
+
+
 def validate_for_annotation(
     adata: AnnData,
     layer: str | None = None,
@@ -158,7 +206,8 @@ def validate_for_annotation(
         Duplicate cell names, empty cells, unusable matrix, or no overlap with ``genes``.
     """
     source = source_name(adata)
-    if adata.n_obs == 0 or adata.n_vars == 0:
+    check_has_cells(adata.n_obs, source)
+    if adata.n_vars == 0:
         raise InputError(f"{source}: the data has {adata.n_obs} cells x {adata.n_vars} genes.")
     dup = adata.obs_names[adata.obs_names.duplicated()]
     if len(dup):
@@ -290,6 +339,8 @@ def check_gene_overlap(
 
 __all__ = [
     "ExpressionKind",
+    "check_chunk_values",
+    "check_has_cells",
     "check_gene_overlap",
     "check_obs_column",
     "expression_kind",

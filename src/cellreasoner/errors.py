@@ -22,6 +22,13 @@ class BackendError(CellReasonerError, RuntimeError):
     """A model backend failed (server unreachable, unknown model, generation error)."""
 
 
+class OutputError(CellReasonerError, RuntimeError):
+    """An output cannot be written (folder, permissions, disk space, another run writing it).
+
+    Nothing partial is left behind; a previous file at that path is unchanged.
+    """
+
+
 def require(module: str, extra: str, feature: str):
     """Import ``module`` lazily, or raise a message that names the pip extra to install."""
     import importlib

@@ -35,21 +35,41 @@ class MatrixSource:
     _csr: sp.csr_matrix | None = None  # the whole matrix, when it already is CSR in memory
 
     def iter_chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[sp.csr_matrix]:
-        """CSR row blocks of at most ``chunk_size`` cells, in order."""
-        yield from self._chunks(chunk_size)
+        """CSR row blocks of at most ``chunk_size`` cells, in order.
+
+        Every stored value is checked as it streams
+        (:func:`~cellreasoner.checks.check_chunk_values`: NaN, infinite or negative values
+        raise an :class:`~cellreasoner.errors.InputError` naming the cell), so every
+        consumer sees only valid chunks.
+        """
+        from .checks import check_chunk_values
+
+        start = 0
+        for chunk in self._chunks(chunk_size):
+            check_chunk_values(chunk, self, start)
+            start += chunk.shape[0]
+            yield chunk
 
     def to_csr(self) -> sp.csr_matrix:
-        """The whole matrix as CSR: the in-memory object itself when it is one (no copy),
-        else the chunks stacked."""
+        """The whole matrix as CSR (values checked as :meth:`iter_chunks` does): the
+        in-memory object itself when it is one (no copy), else the chunks stacked."""
         if self._csr is not None:
+            from .checks import check_chunk_values
+
+            check_chunk_values(self._csr, self, 0)
             return self._csr
         return sp.vstack(list(self.iter_chunks())).tocsr()
+
+
+def _upcast(values: np.ndarray) -> np.ndarray:
+    """float16 (which scipy.sparse cannot hold) as float32; anything else as it is."""
+    return values.astype(np.float32) if values.dtype == np.float16 else values
 
 
 def _as_csr(block) -> sp.csr_matrix:
     if sp.issparse(block):
         return sp.csr_matrix(block)
-    return sp.csr_matrix(np.asarray(block))
+    return sp.csr_matrix(_upcast(np.asarray(block)))
 
 
 def _iter_matrix(X, n_obs: int, chunk_size: int) -> Iterator[sp.csr_matrix]:
@@ -124,6 +144,8 @@ def from_anndata(adata, layer: str | None = None, use_raw: bool = False) -> Matr
     """Matrix source over ``adata.X``, ``adata.layers[layer]`` or ``adata.raw.X``
     (chosen by :func:`resolve_matrix`)."""
     X, label = resolve_matrix(adata, layer, use_raw)
+    from .io._detect import source_name
+
     if label == "raw":
         var_names = np.asarray(adata.raw.var_names)
         where = ".raw.X"
@@ -141,7 +163,7 @@ def from_anndata(adata, layer: str | None = None, use_raw: bool = False) -> Matr
         var_names=var_names.astype(str),
         obs_names=np.asarray(adata.obs_names).astype(str),
         _chunks=lambda cs: _iter_matrix(X, n_obs, cs),
-        description=where,
+        description=f"{source_name(adata)} ({where[1:]})",
         _csr=X if isinstance(X, sp.csr_matrix) else None,
     )
 
@@ -163,7 +185,7 @@ def from_matrix(X, genes: Sequence[str]) -> MatrixSource:
                 yield sp.csr_matrix((X.data[a:b], X.indices[a:b], X.indptr[lo:hi + 1] - a),
                                     shape=(hi - lo, X.shape[1]))
             else:
-                yield sp.csr_matrix(np.asarray(X[lo:hi]))
+                yield sp.csr_matrix(_upcast(np.asarray(X[lo:hi])))
 
     return MatrixSource(n_obs=n, var_names=np.asarray([str(g) for g in genes], dtype=object),
                         obs_names=np.arange(n).astype(str), _chunks=chunks,
@@ -218,7 +240,7 @@ def from_h5ad(path: str | os.PathLike, layer: str | None = None) -> MatrixSource
     def chunks(chunk_size: int) -> Iterator[sp.csr_matrix]:
         if isinstance(node, h5py.Dataset):  # dense matrix
             for start in range(0, n_obs, chunk_size):
-                yield sp.csr_matrix(node[start : start + chunk_size])
+                yield sp.csr_matrix(_upcast(node[start : start + chunk_size]))
             return
         encoding = node.attrs.get("encoding-type", "")
         if isinstance(encoding, bytes):
@@ -235,14 +257,14 @@ def from_h5ad(path: str | os.PathLike, layer: str | None = None) -> MatrixSource
             stop = min(start + chunk_size, n_obs)
             lo, hi = int(indptr[start]), int(indptr[stop])
             yield sp.csr_matrix(
-                (_read_range(data, lo, hi), _read_range(indices, lo, hi),
+                (_upcast(_read_range(data, lo, hi)), _read_range(indices, lo, hi),
                  indptr[start : stop + 1] - lo),
                 shape=(stop - start, shape[1]),
             )
 
     return MatrixSource(
         n_obs=n_obs, var_names=var_names, obs_names=obs_names, _chunks=chunks,
-        description=f"{path}:{key}",
+        description=f"{path} ({key})",
     )
 
 
@@ -271,7 +293,23 @@ def _blocks(mat: Any, *, budget: int | None = None, block_rows: int = 4096) -> I
         starts = [starts[i] for i in idx]
     for start in starts:
         stop = min(n, start + block_rows)
-        yield mat[start:stop] if axis == 0 else mat[:, start:stop]
+        yield _slice(mat, start, stop, axis)
+
+
+def _slice(mat: Any, start: int, stop: int, axis: int) -> Any:
+    """Rows (``axis`` 0) or columns ``start:stop`` of ``mat``; a backed sparse matrix stored as
+    float16 (which scipy.sparse cannot hold, nor anndata slice) is read as float32."""
+    group = getattr(mat, "group", None)
+    if group is None or "data" not in group or group["data"].dtype != np.float16:
+        return mat[start:stop] if axis == 0 else mat[:, start:stop]
+    indptr = group["indptr"]
+    lo, hi = int(indptr[start]), int(indptr[stop])
+    parts = (group["data"][lo:hi].astype(np.float32), group["indices"][lo:hi],
+             np.asarray(indptr[start:stop + 1]) - lo)
+    other = mat.shape[1 - axis]
+    if axis == 0:
+        return sp.csr_matrix(parts, shape=(stop - start, other))
+    return sp.csc_matrix(parts, shape=(other, stop - start))
 
 
 def _nonzero_values(block: Any) -> np.ndarray:

@@ -1,10 +1,12 @@
 """Write-back: the annotated AnnData (``.h5ad``) or the per-cell table alone (CSV, Parquet).
 
-Every output is written to a temporary file in the target's folder and renamed into place, so a
-killed run never leaves a half-written file. An AnnData opened ``backed="r"`` (a streamed
-``.h5ad`` input) is written without loading its matrix: the input file is copied as it is
-(X, layers, ``.raw``, ``obsm``/``obsp`` stay byte for byte) and only ``obs``, ``var`` and ``uns``
-are rewritten.
+Every output is written to a temporary file in the target's folder and renamed into place
+(:func:`cellreasoner.io.write.atomic_path`), so a killed run never leaves a half-written file;
+``.h5ad`` files are written in a child process (:func:`~cellreasoner.io.write.write_isolated`),
+since HDF5 can crash the process after a failed write (disk full). An AnnData opened
+``backed="r"`` (a streamed ``.h5ad`` input) is written without loading its matrix: the input
+file is copied as it is (X, layers, ``.raw``, ``obsm``/``obsp`` stay byte for byte) and only
+``obs``, ``var`` and ``uns`` are rewritten.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..errors import InputError
-from ..io.write import atomic_path
+from ..io.write import atomic_path, write_isolated
 
 if TYPE_CHECKING:
     from .result import AnnotationResult
@@ -57,10 +59,11 @@ def write_h5ad(adata, path: str | os.PathLike) -> Path:
     """``adata`` as ``.h5ad``, atomically; a backed AnnData without reading its matrix."""
     with atomic_path(path) as tmp:
         if getattr(adata, "isbacked", False):
-            _write_backed(adata, Path(tmp))
+            write_isolated(lambda: _write_backed(adata, Path(tmp)), path)
         else:
             # labels are already categorical; free text (reasoning) must not become categories
-            adata.write_h5ad(tmp, convert_strings_to_categoricals=False)
+            write_isolated(lambda: adata.write_h5ad(tmp, convert_strings_to_categoricals=False),
+                           path)
     return Path(path)
 
 

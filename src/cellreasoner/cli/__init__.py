@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from ..errors import CellReasonerError
+from ..errors import CellReasonerError, OutputError
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = ("prepare", "annotate", "evaluate", "report", "train")
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args.func(args) or 0)
+    except OutputError as exc:  # the input was fine; writing failed (disk, folder, lock)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except CellReasonerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

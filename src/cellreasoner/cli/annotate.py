@@ -108,6 +108,14 @@ def backend_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Claim the outputs (checked, locked) before any work, then run."""
+    from ._outputs import annotate_outputs
+
+    with annotate_outputs(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..annotation import annotate
     from ..annotation.output import SUFFIXES
     from ..errors import InputError

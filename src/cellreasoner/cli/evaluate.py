@@ -41,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Claim the outputs (checked, locked) before any work, then run."""
+    from ._outputs import evaluate_outputs
+
+    with evaluate_outputs(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     """Evaluate, print the summary table, optionally write OUTDIR."""
     import pandas as pd
 

@@ -34,6 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Claim the outputs (checked, locked) before any work, then run."""
+    from ._outputs import prepare_outputs
+
+    with prepare_outputs(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..progress import progress_bar

@@ -35,6 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Claim the outputs (checked, locked) before any work, then run."""
+    from ._outputs import report_outputs
+
+    with report_outputs(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     """Write the report and print its path."""
     from ..errors import InputError
     from ..report import DEFAULT_MAX_CELLS, write_report

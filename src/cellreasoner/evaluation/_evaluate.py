@@ -110,9 +110,12 @@ class EvaluationResult:
         """
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.summary.to_csv(out / "metrics.csv", index=False)
-        self.per_label.to_csv(out / "per_label.csv", index=False)
-        self.per_cell.to_csv(out / "scores.csv", index=False)
+        from ..io.write import atomic_path
+
+        for frame, name in ((self.summary, "metrics.csv"), (self.per_label, "per_label.csv"),
+                            (self.per_cell, "scores.csv")):
+            with atomic_path(out / name) as tmp:
+                frame.to_csv(tmp, index=False)
         if plots:
             from .. import plot
 
@@ -128,7 +131,8 @@ class EvaluationResult:
                     figs.append((plot.umap_figure(self.umap[run], sub["prediction"],
                                                   sub["score"], pred_title=run), f"umap_{safe}"))
             for fig, stem in figs:
-                fig.savefig(out / f"{stem}.{fmt}", bbox_inches="tight", dpi=120)
+                with atomic_path(out / f"{stem}.{fmt}") as tmp:
+                    fig.savefig(tmp, format=fmt, bbox_inches="tight", dpi=120)
         return out
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import InputError
-from ._detect import UNS_KEY, detect_format
+from ._detect import UNS_KEY, detect_format, display_path
 from ._h5ad import read_h5ad
 from ._seurat import read_seurat
 from ._table import read_dense_table
@@ -114,8 +114,8 @@ def read(
     else:
         adata, info = read_dense_table(p)
 
-    info = {"source": str(p), "format": fmt, **info}
-    symbols = resolve_symbols(adata, gene_symbols, source=str(p))
+    info = {"source": display_path(p), "format": fmt, **info}
+    symbols = resolve_symbols(adata, gene_symbols, source=display_path(p))
     if symbols.column is not None:
         info["gene_symbols"] = symbols.column
         info["original_var_names"] = use_symbols_as_var_names(adata, symbols)
@@ -164,7 +164,7 @@ def load_input(
         if not p.expanduser().exists():
             raise InputError(f"Input not found: {p}. Pass an .h5ad, Seurat .rds, 10x "
                              "folder/.h5 or CSV file, or pbmc68k_reduced / pbmc_demo.")
-        return read(p, assay=assay, backed=backed or False), str(p)
+        return read(p, assay=assay, backed=backed or False), display_path(p)
     if hasattr(data, "obs") and hasattr(data, "n_obs"):
         return data, ""
     raise InputError(f"Expected an AnnData, a file path or an example name (pbmc68k_reduced, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,12 @@ def detect_format(p: Path) -> str:
         ".rds, 10x .h5, a 10x matrix-market directory (matrix.mtx[.gz], features.tsv[.gz] or "
         "genes.tsv, barcodes.tsv[.gz]), and dense .csv/.tsv tables (optionally .gz)."
     )
+
+
+def display_path(p: str | os.PathLike) -> str:
+    """``p`` as text that can be recorded anywhere (HDF5, JSON, SQLite): a name with bytes
+    that are not UTF-8 (e.g. ``\\xff`` on Linux) keeps them as ``\\xff`` escapes."""
+    return os.fsencode(p).decode("utf-8", "backslashreplace")
 
 
 def first_bytes(p: Path, n: int = 8) -> bytes:

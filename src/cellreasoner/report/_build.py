@@ -35,6 +35,7 @@ from ..evaluation.results import (
     provenance_for,
     read_results,
 )
+from ..io.write import atomic_path
 from ._data import CellArrays, _clean, _subsample, _TextPool, cell_columns, cluster_rows
 from ._evidence import cited_genes
 from ._html import render
@@ -331,6 +332,6 @@ def write_report(
         raise InputError(f"report path {out}: use an .html file name")
     text = build_report(results, truth=truth, pred=pred, groupby=groupby, title=title,
                         pair_table=pair_table, max_cells=max_cells, seed=seed, plots=plots)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return out

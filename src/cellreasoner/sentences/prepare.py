@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import check_obs_column, looks_like_counts
+from ..checks import check_has_cells, check_obs_column, looks_like_counts
 from ..errors import InputError
 from ..matrix import DEFAULT_CHUNK, MatrixSource
 from .core import DEFAULT_MAX_GENES, CellSentences, iter_sentence_chunks, prefetch
@@ -73,27 +73,15 @@ def _checked(chunks: Iterator[CellSentences], summary: PrepareSummary,
 
 
 def _value_guard(source: MatrixSource, name: str, summary: PrepareSummary) -> MatrixSource:
-    """Wrap a source so every chunk is checked for negative / NaN values as it streams."""
+    """Wrap a source so the summary records the expression kind of the first values (the
+    values themselves are checked by :meth:`MatrixSource.iter_chunks` as they stream)."""
     inner = source._chunks
 
     def chunks(chunk_size: int):
         for chunk in inner(chunk_size):
-            data = chunk.data
-            if data.size:
-                if data.dtype.kind == "f" and not np.isfinite(data).all():
-                    raise InputError(
-                        f"{name}: the matrix ({source.description}) contains NaN or infinite "
-                        "values. Pass the raw counts or log-normalised layer (--layer NAME)."
-                    )
-                if data.min() < 0:
-                    raise InputError(
-                        f"{name}: the matrix ({source.description}) has negative values, so it "
-                        "looks scaled/centred. Cell sentences need raw counts or log-normalised "
-                        "values: pass --layer counts/data, or use adata.raw (--use-raw)."
-                    )
-                if not summary.expression:
-                    counts = looks_like_counts(data, max_values=10_000)
-                    summary.expression = "counts" if counts else "log-normalised"
+            if not summary.expression and chunk.data.size:
+                counts = looks_like_counts(chunk.data, max_values=10_000)
+                summary.expression = "counts" if counts else "log-normalised"
             yield chunk
 
     return MatrixSource(source.n_obs, source.var_names, source.obs_names, chunks,
@@ -209,6 +197,7 @@ def prepare(
         genes = list(gene_list)
     source, labels, name = open_source(data, layer=layer, use_raw=use_raw, label_key=label_key,
                                        assay=assay)
+    check_has_cells(source.n_obs, name)
     summary = PrepareSummary(n_genes_data=len(source.var_names))
     vocab = genes if genes is not None else list(source.var_names)
     summary.n_genes_list = len(vocab)

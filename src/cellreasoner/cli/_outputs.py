@@ -1,0 +1,53 @@
+"""Which files each command writes and reads, claimed before its work starts.
+
+Each function returns :func:`cellreasoner.io.write.claim_outputs` for one command: no two
+outputs the same file, none of them an input, every folder writable, and the outputs locked
+against a second run, all checked before the model work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from ..io.write import claim_outputs
+
+
+def _get(args: argparse.Namespace, name: str):
+    return getattr(args, name, None)
+
+
+def annotate_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """``annotate``: ``-o``, ``--csv``, ``--report``; against the input and the files it reads."""
+    return claim_outputs(
+        {"-o": args.output, "--csv": _get(args, "csv"), "--report": _get(args, "report")},
+        {"input": args.input, "--cache": _get(args, "cache"),
+         "--gene-list": _get(args, "gene_list"), "--markers": _get(args, "markers"),
+         "--cluster-markers": _get(args, "cluster_markers")},
+    )
+
+
+def prepare_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """``prepare``: ``-o``; against the input and the gene list."""
+    return claim_outputs({"-o": args.output},
+                         {"input": args.input, "--gene-list": _get(args, "gene_list")})
+
+
+def report_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """``report``: ``-o``; against the results and the pair table."""
+    return claim_outputs({"-o": args.output},
+                         {"RESULTS": args.results, "--pair-table": _get(args, "pair_table")})
+
+
+#: The tables ``evaluate -o OUTDIR`` writes (figures are named after the runs).
+EVALUATE_TABLES = ("metrics.csv", "per_label.csv", "scores.csv")
+
+
+def evaluate_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """``evaluate``: the tables in ``-o OUTDIR``; against every results file and pair table."""
+    outdir = _get(args, "outdir")
+    outputs = {f"-o {outdir}/{n}": Path(outdir) / n for n in EVALUATE_TABLES} if outdir else {}
+    inputs = {f"RESULTS #{i + 1}": r for i, r in enumerate(args.results)}
+    inputs["--pair-table"] = _get(args, "pair_table")
+    return claim_outputs(outputs, inputs)
