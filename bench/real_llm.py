@@ -26,9 +26,10 @@ client against llama-cpp-python's own server, ``python -m llama_cpp.server``, on
 The built-in reasoner runs on the same clusters side by side.
 
 Printed per dataset, backend, mode and prompt style: mean hierarchical score, parse failures
-(answers that gave no label), unmapped labels (no Cell Ontology term), prompt tokens per call,
-generated tokens per second, seconds per prompt. ``--marker-sweep`` also runs direct mode on
-pbmc68k with several cluster-sentence lengths (how long prompts can be before it degrades).
+(answers that gave no label), unmapped labels (no Cell Ontology term), prompt and answer
+tokens per call, tokens (prompt + answer) per second, seconds per prompt. ``--marker-sweep``
+also runs direct mode on pbmc68k with several cluster-sentence lengths (how long prompts can
+be before it degrades).
 """
 
 from __future__ import annotations
@@ -227,12 +228,16 @@ def run_llm(adata, by: str, backend, *, reasoning: bool, style: str, n_markers: 
                    progress=False, key_added=key)
     wall = time.perf_counter() - t0
     calls = rec.calls
-    gen_tokens = sum(c.get("completion_tokens") or 0 for c in calls)
+    # prompt + answer tokens: a server's usage may lack one of them, and the time is both
+    gen_tokens = sum((c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0)
+                     for c in calls)
     gen_seconds = sum(c["seconds"] for c in calls)
     return {
         "style": res.provenance.get("prompt_style", ""),
         "prompts": len(calls),
         "prompt tokens/call": round(sum(c.get("prompt_tokens") or 0 for c in calls)
+                                    / max(1, len(calls))),
+        "answer tokens/call": round(sum(c.get("completion_tokens") or 0 for c in calls)
                                     / max(1, len(calls))),
         "tokens/s": f"{gen_tokens / gen_seconds:.1f}" if gen_seconds else "-",
         "s/prompt": f"{gen_seconds / max(1, len(calls)):.1f}",
@@ -250,7 +255,8 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 COLUMNS = ["dataset", "backend", "mode", "style", "markers", "prompts", "score",
-           "parse failures", "unmapped", "prompt tokens/call", "tokens/s", "s/prompt",
+           "parse failures", "unmapped", "prompt tokens/call", "answer tokens/call",
+           "tokens/s", "s/prompt",
            "cut off", "wall s"]
 
 

@@ -540,3 +540,31 @@ def test_validate_reports_source_file(pbmc_demo_rds):
     adata.obs_names = ["same"] * adata.n_obs
     with pytest.raises(InputError, match=rf"{os.path.basename(pbmc_demo_rds)}: 34 cell names"):
         validate_for_annotation(adata)
+
+
+def test_seurat_upstream_assay_rule(r_dir, caplog):
+    """assay='upstream' reads 'integrated' when present, else 'RNA' (upstream's
+    s01.process_rds.R), whatever the active assay; an unnamed choice among several assays
+    is said."""
+    from data_builders import run_r
+
+    run_r('suppressMessages(library(SeuratObject))\n'
+          'obj <- readRDS("pbmc_small_v4.rds")\n'
+          'obj[["integrated"]] <- CreateAssayObject(data = GetAssayData(obj, slot = "data")'
+          '[1:40, ])\n'
+          'DefaultAssay(obj) <- "ADT"\n'
+          'saveRDS(obj, "pbmc_small_integrated.rds")\n', r_dir)
+    integrated = read(r_dir / "pbmc_small_integrated.rds", assay="upstream")
+    assert integrated.uns[UNS_KEY]["assay"] == "integrated" and integrated.n_vars == 40
+    rna = read(r_dir / "pbmc_small_v4.rds", assay="upstream")  # RNA + ADT: no integrated
+    assert rna.uns[UNS_KEY]["assay"] == "RNA"
+    with caplog.at_level("WARNING"):
+        active = read(r_dir / "pbmc_small_integrated.rds")
+    assert active.uns[UNS_KEY]["assay"] == "ADT"
+    assert "3 assays" in caplog.text and "'upstream'" in caplog.text
+    run_r('suppressMessages(library(SeuratObject))\n'
+          'obj <- readRDS("pbmc_small_v4.rds")\n'
+          'DefaultAssay(obj) <- "ADT"; obj[["RNA"]] <- NULL\n'
+          'saveRDS(obj, "pbmc_small_no_rna.rds")\n', r_dir)
+    with pytest.raises(InputError, match="has neither; available assays: ADT"):
+        read(r_dir / "pbmc_small_no_rna.rds", assay="upstream")

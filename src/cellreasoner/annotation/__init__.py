@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..backends import Backend, RunContext, backend_class, get_backend
 from ..errors import BackendError, InputError
+from ..io._detect import UNS_KEY
 from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
 from .cache import GenerationCache, default_cache_path
 from .engine import Stats, generate_cached, vote
@@ -128,7 +129,9 @@ def annotate(
     layer, use_raw
         Expression to read (default ``X``; raw counts or log-normalised).
     assay
-        Seurat ``.rds`` input: the assay to read (default: the active assay).
+        Seurat ``.rds`` input: the assay to read (default: the active assay; ``"upstream"``:
+        ``integrated`` when present, else ``RNA``, as upstream CellReasoner). Recorded in the
+        provenance.
     label_key
         ``obs`` column with ground truth, written as the CSV ``labels`` column.
     cluster_markers
@@ -405,6 +408,9 @@ def _provenance(run: _Run, describe: dict, *, n: int, seconds: float, gene_list,
         provenance["instruction"] = run.instruction
     if input_name:
         provenance["input"] = input_name
+    read_info = run.adata.uns.get(UNS_KEY) if hasattr(run.adata, "uns") else None
+    if isinstance(read_info, dict) and read_info.get("assay"):
+        provenance["assay"] = str(read_info["assay"])
     if tissue:
         provenance["tissue"] = tissue
     if run.mode in ("cluster", "hybrid"):

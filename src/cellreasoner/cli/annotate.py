@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-genes", type=int, default=1000, help="genes per sentence (1000)")
     p.add_argument("--layer", help="layer to read instead of X")
     p.add_argument("--use-raw", action="store_true", help="read adata.raw")
-    p.add_argument("--assay", help="Seurat assay (default: the active assay)")
+    p.add_argument("--assay", help="Seurat assay (default: the active assay; upstream: "
+                   "integrated, else RNA, as upstream CellReasoner)")
     p.add_argument("--label-column",
                    help="obs column with ground truth (the CSV 'labels' column)")
     cache = p.add_mutually_exclusive_group()

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="use the reasoning-mode instruction (<think></think>)")
     p.add_argument("--layer", help="layer to read instead of X")
     p.add_argument("--use-raw", action="store_true", help="read adata.raw")
-    p.add_argument("--assay", help="Seurat assay (default: the active assay)")
+    p.add_argument("--assay", help="Seurat assay (default: the active assay; upstream: "
+                   "integrated, else RNA, as upstream CellReasoner)")
     p.add_argument("--chunk-size", type=int, default=8192, help="cells per chunk (8192)")
     p.add_argument("--allow-empty", action="store_true",
                    help="keep cells without any expressed list gene")

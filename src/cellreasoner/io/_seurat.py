@@ -230,8 +230,15 @@ def _parse_rds(p: Path) -> tuple[_R, Any]:
     return r, root
 
 
+#: ``assay="upstream"``: the rule of upstream CellReasoner's ``s01.process_rds.R``.
+UPSTREAM_ASSAY = "upstream"
+
+
 def _pick_assay(r: _R, p: Path, slots: dict[str, Any], assay: str | None) -> tuple[str, Any]:
-    """The assay to read (``assay``, else the active one, else the first) and its object."""
+    """The assay to read and its object: ``assay``; ``"upstream"`` (``integrated`` when
+    present, else ``RNA``, as upstream's ``s01.process_rds.R``); else the active one, else
+    the first. When the object holds several assays and none was named, the choice is
+    logged as a warning, since prompts differ by assay."""
     assays = r.named_list(slots.get("assays"))
     if not assays:
         raise InputError(f"{p}: the Seurat object has no assays.")
@@ -239,12 +246,24 @@ def _pick_assay(r: _R, p: Path, slots: dict[str, Any], assay: str | None) -> tup
     if "active.assay" in slots and not r.is_null(slots["active.assay"]):
         values = r.strings(slots["active.assay"])
         active = str(values[0]) if len(values) else None
-    chosen = assay or active or next(iter(assays))
+    if assay == UPSTREAM_ASSAY:
+        chosen = "integrated" if "integrated" in assays else "RNA"
+        if chosen not in assays:
+            raise InputError(
+                f"{p}: assay='upstream' reads 'integrated', else 'RNA' (as upstream "
+                f"CellReasoner), but the object has neither; available assays: "
+                f"{', '.join(assays)}. Pass assay= (--assay) with one of them.")
+    else:
+        chosen = assay or active or next(iter(assays))
     if chosen not in assays:
         raise InputError(
             f"{p}: the Seurat object has no assay {chosen!r}; available assays: "
-            f"{', '.join(assays)}. Pass assay= (--assay) with one of them."
+            f"{', '.join(assays)}. Pass assay= (--assay) with one of them, or 'upstream'."
         )
+    if assay is None and len(assays) > 1:
+        log.warning("%s: %d assays (%s); reading the active assay %r. Pass assay= (--assay) "
+                    "to choose, or 'upstream' for CellReasoner's rule (integrated, else RNA).",
+                    p, len(assays), ", ".join(assays), chosen)
     return chosen, r.deref(assays[chosen])
 
 
