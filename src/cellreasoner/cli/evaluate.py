@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run names, one per run (default: model from provenance, else file name)")
     p.add_argument("--pair-table", metavar="CSV",
                    help="judged (truth, prediction) pairs that override the automatic scorer")
+    p.add_argument("--truth-map", metavar="TSV",
+                   help="how to read truth labels: a TSV with columns truth and cl_id (e.g. "
+                   "MDC -> CL:0000113); each label's reading is printed")
     p.add_argument("--pair-table-only", action="store_true",
                    help="score only the pairs in --pair-table (the upstream notebook's "
                    "semantics); the others are left unscored and the coverage is printed")
@@ -57,7 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # seaborn's category-unit chatter
 
     result = evaluate(args.results, truth=args.truth, pred=args.pred, names=args.names,
-                      pair_table=args.pair_table, pair_table_only=args.pair_table_only)
+                      pair_table=args.pair_table, pair_table_only=args.pair_table_only,
+                      truth_map=args.truth_map)
     for note in result.notes:
         print(note, file=sys.stderr)
     cols = ["run", "n_cells", "mean_score", "exact_accuracy", "major_accuracy", "macro_f1_cl",

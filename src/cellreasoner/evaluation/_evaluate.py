@@ -17,7 +17,15 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .metrics import LEVEL_COLUMNS, LEVELS, collapse_to_truth, ground_ids, level_order, macro_f1
+from .metrics import (
+    LEVEL_COLUMNS,
+    LEVELS,
+    UNMAPPED,
+    collapse_to_truth,
+    ground_ids,
+    level_order,
+    macro_f1,
+)
 from .results import ResultTable, as_text, default_pred_column, provenance_for, read_results
 
 logger = logging.getLogger(__name__)
@@ -69,6 +77,9 @@ class EvaluationResult:
     umap
         Run name -> UMAP coordinates of its scored cells, in ``per_cell`` order (only runs whose
         source has ``obsm["X_umap"]``).
+    truth_readings
+        How each truth label was read: ``truth``, ``cl_id``, ``cl_label``, ``source``
+        (``"truth map"``, ``"ontology"``, ``"unmapped"``).
     """
 
     summary: pd.DataFrame
@@ -78,6 +89,7 @@ class EvaluationResult:
     notes: list[str] = field(default_factory=list)
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
     umap: dict[str, np.ndarray] = field(default_factory=dict)
+    truth_readings: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def __repr__(self) -> str:
         cols = ["run", "n_cells", "mean_score", "exact_accuracy", "major_accuracy", "macro_f1_cl",
@@ -91,7 +103,8 @@ class EvaluationResult:
         return self.summary["run"].tolist()
 
     def to_dir(self, path: str | Path, plots: bool = True, fmt: str = "png") -> Path:
-        """Write ``metrics.csv``, ``per_label.csv``, ``scores.csv`` and (default) plots.
+        """Write ``metrics.csv``, ``per_label.csv``, ``scores.csv``, ``truth_readings.csv``
+        and (default) plots.
 
         Parameters
         ----------
@@ -113,7 +126,8 @@ class EvaluationResult:
         from ..io.write import atomic_path
 
         for frame, name in ((self.summary, "metrics.csv"), (self.per_label, "per_label.csv"),
-                            (self.per_cell, "scores.csv")):
+                            (self.per_cell, "scores.csv"),
+                            (self.truth_readings, "truth_readings.csv")):
             with atomic_path(out / name) as tmp:
                 frame.to_csv(tmp, index=False)
         if plots:
@@ -320,11 +334,13 @@ def _cells_with_truth(common: pd.Index, truth_series: pd.Series, truth: str,
 
 
 def _per_cell_frame(run: _Run, name: str, cells: pd.Index, truth_text: np.ndarray,
-                    truth_cl: np.ndarray, scorer: Any) -> pd.DataFrame:
-    """One row per cell of a run: prediction, score, level, CL ids (and confidence)."""
+                    truth_cl: np.ndarray, scorer: Any,
+                    truth_read: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per cell of a run: prediction, score, level, CL ids (and confidence);
+    ``truth_read`` is the truth as the scorer reads it (through a truth map)."""
     table, col = run[0], run[1]
     pred_text = as_text(table.obs[col].reindex(cells))
-    scores = _score(scorer, truth_text, pred_text)
+    scores = _score(scorer, truth_text if truth_read is None else truth_read, pred_text)
     levels = np.array([LEVELS.get(float(s), str(s)) for s in scores], dtype=object)
     frame = pd.DataFrame(
         {
@@ -410,6 +426,7 @@ def evaluate(
     names: Sequence[str] | None = None,
     pair_table: Any = None,
     pair_table_only: bool = False,
+    truth_map: Any = None,
 ) -> EvaluationResult:
     """Score one or many annotation runs against ground truth.
 
@@ -434,6 +451,11 @@ def evaluate(
         Score only the pairs in ``pair_table`` (the upstream notebook's semantics: exact
         match after whitespace normalisation); cells whose pair it lacks are left unscored
         (``NaN`` in ``per_cell``, outside every metric) and the coverage goes in ``notes``.
+    truth_map
+        How to read truth labels as Cell Ontology terms: a TSV path (columns ``truth``,
+        ``cl_id``), a DataFrame or a dict (:func:`~cellreasoner.evaluation.truth.read_truth_map`);
+        labels it covers are scored as their CL term, the rest through the ontology lookup.
+        Every run reports each label's reading (``truth_readings``, ``notes``).
 
     Returns
     -------
@@ -451,13 +473,20 @@ def evaluate(
     cells, truth_text = _cells_with_truth(common, truth_series, truth, notes)
 
     scorer = _scorer(pair_table, pair_table_only)
-    truth_cl = ground_ids(truth_text)
+    from .truth import describe_readings, read_truth_map, scoring_text, truth_readings
+
+    readings = truth_readings(truth_text, None if truth_map is None
+                              else read_truth_map(truth_map))
+    notes.extend(describe_readings(readings))
+    truth_read = scoring_text(truth_text, readings)
+    cl_of = dict(zip(readings["truth"], readings["cl_id"], strict=True))
+    truth_cl = np.array([cl_of.get(t) or UNMAPPED for t in truth_text], dtype=object)
     summaries, per_label_rows, per_cell_frames = [], [], []
     provenance: dict[str, dict[str, Any]] = {}
     umaps: dict[str, np.ndarray] = {}
     for run, name in zip(runs, run_names, strict=True):
         table = run[0]
-        frame = _per_cell_frame(run, name, cells, truth_text, truth_cl, scorer)
+        frame = _per_cell_frame(run, name, cells, truth_text, truth_cl, scorer, truth_read)
         per_cell_frames.append(frame)
         if pair_table_only:
             frame = _scored_only(frame, name, notes)
@@ -475,6 +504,7 @@ def evaluate(
         notes=notes,
         provenance=provenance,
         umap=umaps,
+        truth_readings=readings,
     )
 
 
@@ -485,6 +515,7 @@ def score_adata(
     pred_key: str = "cellreasoner_label",
     key_added: str = "cellreasoner_score",
     pair_table: Any = None,
+    truth_map: Any = None,
     copy: bool = False,
 ) -> Any:
     """Write per-cell hierarchical scores of a prediction column into ``adata.obs``.
@@ -502,6 +533,8 @@ def score_adata(
         ``f"{key_added}_level"`` and a summary to ``adata.uns[key_added]``.
     pair_table
         Judged pairs overriding the automatic scorer (default ``None``).
+    truth_map
+        How to read truth labels as CL terms (see :func:`evaluate`; default ``None``).
     copy
         Return a modified copy instead of writing in place (default ``False``).
 
@@ -524,7 +557,11 @@ def score_adata(
     pred = as_text(adata.obs[pred_key])
     has = truth != ""
     scores = np.full(adata.n_obs, np.nan)
-    scores[has] = _score(_scorer(pair_table), truth[has], pred[has])
+    from .truth import describe_readings, read_truth_map, scoring_text, truth_readings
+
+    readings = truth_readings(truth[has], None if truth_map is None
+                              else read_truth_map(truth_map))
+    scores[has] = _score(_scorer(pair_table), scoring_text(truth[has], readings), pred[has])
     adata.obs[key_added] = scores
     adata.obs[f"{key_added}_level"] = pd.Categorical(
         [LEVELS.get(float(s), "") if np.isfinite(s) else "" for s in scores],
@@ -535,5 +572,6 @@ def score_adata(
         "pred_key": pred_key,
         "n_scored": int(has.sum()),
         "mean_score": float(np.nanmean(scores)) if has.any() else float("nan"),
+        "truth_readings": describe_readings(readings),
     }
     return adata if copy else None
