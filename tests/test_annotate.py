@@ -233,8 +233,25 @@ def test_bad_input_errors(raw68k, pbmc68k):
         annotate(raw68k, "nope")
     with pytest.raises(InputError, match="not found"):
         annotate("/nonexistent/data.h5ad")
-    with pytest.raises(InputError):  # scanpy's scaled X (negative values) is not expression
-        annotate(pbmc68k, cache=False, progress=False)
+    no_raw = pbmc68k.copy()
+    del no_raw.raw
+    with pytest.raises(InputError, match="negative values"):  # scaled X, nothing else to read
+        annotate(no_raw, cache=False, progress=False)
+
+
+def test_scaled_x_reads_raw_as_scanpy_does(pbmc68k, tmp_path, caplog):
+    """scanpy's pbmc68k_reduced: X is scaled, .raw log-normalised; annotate reads .raw (and
+    says so) exactly as with use_raw=True, from memory and from an .h5ad path."""
+    with caplog.at_level("WARNING"):
+        auto = annotate(pbmc68k.copy(), cache=False, progress=False)
+    assert "X holds scaled values" in caplog.text and "reading adata.raw" in caplog.text
+    assert auto.provenance["layer"] == "raw"
+    explicit = annotate(pbmc68k.copy(), use_raw=True, cache=False, progress=False)
+    assert auto.table["label"].tolist() == explicit.table["label"].tolist()
+    path = tmp_path / "scaled.h5ad"
+    pbmc68k.write_h5ad(path)
+    from_file = annotate(str(path), cache=False, progress=False)
+    assert from_file.table["label"].tolist() == explicit.table["label"].tolist()
 
 
 def test_cli_annotate_h5ad_and_csv(tiny_model, raw68k, tmp_path, capsys):

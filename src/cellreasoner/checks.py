@@ -67,6 +67,26 @@ def log_normalize(X: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matrix:
     return X
 
 
+def prefer_raw(adata: AnnData) -> bool:
+    """Whether to read ``adata.raw`` instead of a scaled ``X`` (as scanpy's tools do).
+
+    True when ``X`` holds negative values (``sc.pp.scale``: it cannot rank expressed genes)
+    and ``.raw`` holds non-negative, finite values; the switch is logged.
+    """
+    if getattr(adata, "raw", None) is None:
+        return False
+    x = sample_nonzero(resolve_matrix(adata, None)[0])
+    if x.size == 0 or not (x < 0).any():
+        return False
+    raw = sample_nonzero(resolve_matrix(adata, "raw")[0])
+    if raw.size == 0 or not np.isfinite(raw).all() or (raw < 0).any():
+        return False
+    log.warning("%s: X holds scaled values (min %.3g); reading adata.raw instead, as scanpy's "
+                "tools do. Pass layer= (--layer) or use_raw= (--use-raw) to choose.",
+                source_name(adata), float(x.min()))
+    return True
+
+
 def expression_kind(adata: AnnData, layer: str | None = None) -> ExpressionKind:
     """Whether a matrix holds raw counts or log-normalised values.
 

@@ -127,7 +127,8 @@ def annotate(
     max_genes
         Genes per cell sentence (default 1000, as upstream).
     layer, use_raw
-        Expression to read (default ``X``; raw counts or log-normalised).
+        Expression to read (default ``X``; raw counts or log-normalised). A scaled ``X``
+        (negative values) with a ``.raw`` reads ``.raw``, as scanpy's tools do (logged).
     assay
         Seurat ``.rds`` input: the assay to read (default: the active assay; ``"upstream"``:
         ``integrated`` when present, else ``RNA``, as upstream CellReasoner). Recorded in the
@@ -172,12 +173,16 @@ def annotate(
 
     t0 = time.perf_counter()
     _check_options(mode, n, batch_size, key_added, cluster_markers)
+    from ..checks import prefer_raw
     from ..io import open_input
     from ..matrix import from_anndata
 
     given = isinstance(adata, str | os.PathLike)
     adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw, assay=assay)
     input_name = input_name if given else ""
+    if layer is None and not use_raw and prefer_raw(adata):  # scaled X, log-normalised .raw
+        use_raw = True
+        source = from_anndata(adata, use_raw=True)
     if copy and not given:
         if getattr(adata, "isbacked", False):
             raise InputError("copy=True needs an AnnData in memory; pass adata.to_memory(), or "
