@@ -1,0 +1,236 @@
+"""Reliability and security: nothing run from the cache, nothing leaked, nothing world-readable.
+
+Everything goes through real files, real subprocesses of the ``cellreasoner`` CLI and a real
+OpenAI-compatible HTTP server on 127.0.0.1 (bounded in requests and time):
+
+- the Cell Ontology index cache is never unpickled: a planted pickle (old and new file names)
+  runs nothing, and a corrupt / foreign-version index is rebuilt, not trusted;
+- credentials in ``--base-url`` (userinfo, ``api-key``/``token``/``key``/``secret``/``password``/
+  ``sig`` parameters) and the API key reach none of: the .h5ad, the CSV, the HTML report,
+  stdout, stderr, the cache files;
+- the cache folder is 0700 and its files 0600 whatever the umask; existing ones are tightened;
+- text cells starting with ``= + - @`` tab or CR are prefixed with ``'`` in spreadsheet CSVs,
+  numbers stay numbers, and evaluate reads the escaped CSV back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: Seconds any CLI subprocess may take (a hang is a failure, not a stuck suite).
+CLI_TIMEOUT = 240
+
+
+def _env(cache: Path, **extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["CELLREASONER_CACHE"] = str(cache)
+    env.pop("OPENAI_API_KEY", None)
+    env.update(extra)
+    return env
+
+
+def _cli(args: list[str], env: dict, umask: int | None = None) -> subprocess.CompletedProcess:
+    """``python -m cellreasoner.cli ARGS`` in a fresh process (optionally under ``umask``)."""
+    return subprocess.run([sys.executable, "-m", "cellreasoner.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
+
+
+def _python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=CLI_TIMEOUT)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture(scope="module")
+def small_h5ad(tmp_path_factory, _pbmc68k_cached) -> Path:
+    """12 real PBMCs (log-normalised, 765 genes) with their labels."""
+    path = tmp_path_factory.mktemp("sec_in") / "cells.h5ad"
+    _pbmc68k_cached.raw.to_adata()[:12].copy().write_h5ad(path)
+    return path
+
+
+# --------------------------------------------------------------------------- chat server
+
+class _Chat(BaseHTTPRequestHandler):
+    """OpenAI chat completions: every POST gets one reasoning answer; GET /models lists one.
+
+    Class attributes record what arrived (paths, Authorization headers); ``limit`` bounds the
+    requests answered (the rest get HTTP 503), ``status`` forces an error answer whose body
+    echoes the request line and the Authorization header back (a leaky server).
+    """
+
+    seen: list[tuple[str, str]] = []
+    limit = 200
+    status = 200
+
+    def _send(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self._send(200, {"data": [{"id": "m", "object": "model"}]})
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        auth = self.headers.get("Authorization") or ""
+        type(self).seen.append((self.path, auth))
+        if len(type(self).seen) > type(self).limit:
+            self._send(503, {"error": {"message": "request limit of the test server"}})
+            return
+        if type(self).status != 200:
+            self._send(type(self).status, {"error": {
+                "message": f"bad credentials in {self.path} with {auth}"}})
+            return
+        text = "<think>CD3E and CD3D are expressed, so these are T cells.</think>T cell"
+        n = int(body.get("n") or 1)
+        self._send(200, {"model": body.get("model"), "choices": [
+            {"index": i, "finish_reason": "stop", "message": {"content": text}}
+            for i in range(n)]})
+
+    def log_message(self, *args):
+        return
+
+
+@pytest.fixture
+def chat_server():
+    """A real chat-completions server on 127.0.0.1 (fresh records per test)."""
+    _Chat.seen, _Chat.limit, _Chat.status = [], 200, 200
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Chat)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_port
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- ontology cache
+
+class _Plant:
+    """Unpickling this creates ``marker``: proof that a cache file ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _cl_version() -> str:
+    from cellreasoner.ontology.index import _cl_version
+
+    return _cl_version()
+
+
+def test_a_planted_pickle_in_the_cache_runs_nothing(tmp_path, chat_server, small_h5ad):
+    """Old code unpickled ``cl_index_<v>_v4.pkl`` during annotate, running the planted code."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    version = _cl_version()
+    markers = []
+    for name in (f"cl_index_{version}_v4.pkl", f"cl_index_{version}_v5.pkl",
+                 f"cl_index_{version}_v5.json"):
+        marker = tmp_path / f"ran_{name}"
+        (cache / name).write_bytes(pickle.dumps(_Plant(marker)))
+        markers.append(marker)
+    out = tmp_path / "out.h5ad"
+    r = _cli(["annotate", str(small_h5ad), "-o", str(out), "--backend", "openai", "--model", "m",
+              "--base-url", f"http://127.0.0.1:{chat_server}/v1", "--no-progress"],
+             _env(cache))
+    assert r.returncode == 0, r.stderr
+    assert [m.name for m in markers if m.exists()] == []
+    assert _Chat.seen  # the run really grounded answers from the server
+    rebuilt = cache / f"cl_index_{version}_v5.json"
+    header = json.loads(rebuilt.read_bytes().partition(b"\n")[0])
+    assert header["format"] == "cellreasoner-cl-index" and header["cl_version"] == version
+    assert "Rebuilding the Cell Ontology index" in r.stderr and str(rebuilt) in r.stderr
+    assert not list(cache.glob("*.pkl"))  # the old pickles are deleted, never opened
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited", "foreign_version", "wrong_types",
+                                    "not_json"])
+def test_a_damaged_index_is_rebuilt_not_trusted(tmp_path, damage):
+    from cellreasoner.ontology import _store
+    from cellreasoner.ontology.index import _build_index, _cl_source
+
+    version, raw = _cl_source()
+    good = _build_index(version, raw)
+    path = tmp_path / "idx.json"
+    _store.save_index(path, good)
+    head, _, body = path.read_bytes().partition(b"\n")
+    header = json.loads(head)
+    if damage == "truncated":
+        path.write_bytes(head + b"\n" + body[: len(body) // 2])
+    elif damage == "edited":  # same length, one label changed: the checksum catches it
+        path.write_bytes(head + b"\n" + body.replace(b'"B cell"', b'"X cell"', 1))
+    elif damage == "foreign_version":
+        header["cl_version"] = "v1999-01-01"
+        path.write_bytes(json.dumps(header).encode() + b"\n" + body)
+    elif damage == "wrong_types":  # a consistent checksum over a body of the wrong shape
+        import hashlib
+
+        bad = json.dumps({**json.loads(body), "labels": ["CL:0000236"]}).encode()
+        header.update(sha256=hashlib.sha256(bad).hexdigest(), length=len(bad))
+        path.write_bytes(json.dumps(header).encode() + b"\n" + bad)
+    else:
+        path.write_bytes(b"\x80\x04K\x01.")
+    index, why = _store.load_index(path, version)
+    assert index is None and why
+    assert _store.load_index(tmp_path / "missing.json", version)[0] is None
+    _store.save_index(path, good)
+    again, why = _store.load_index(path, version)
+    assert why == "" and again["lookup"] == good["lookup"] and again["labels"] == good["labels"]
+    assert again["deprecated"] == good["deprecated"] and again["synonyms"] == good["synonyms"]
+
+
+def test_get_ontology_rebuilds_a_corrupt_index_file(tmp_path):
+    """Through the process-wide loader in a fresh process: a garbage file at the index path
+    gives a warning naming the file and a working, rewritten index."""
+    from cellreasoner.ontology import _store
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    path = _store.index_path(cache, _cl_version())
+    path.write_text('{"format": "cellreasoner-cl-index", "layout": 5}\n{"labels": ')
+    r = _python("from cellreasoner.ontology import get_ontology\n"
+                "print(get_ontology().label('CL:0000236'))", _env(cache))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "B cell"
+    assert f"Rebuilding the Cell Ontology index: {path}" in r.stderr
+    assert _store.load_index(path, _cl_version())[1] == ""
+
+
+def test_no_pickle_or_eval_loaders_in_the_package():
+    """An audit that stays true: nothing in src/ unpickles, evals or loads untrusted files
+    with code execution (numba's own __pycache__ is discussed in the README)."""
+    import re
+
+    banned = re.compile(r"\bpickle\.loads?\(|\bjoblib\.load\(|(?<![.\w])eval\(|(?<![.\w])exec\(|"
+                        r"allow_pickle\s*=\s*True|weights_only\s*=\s*False|yaml\.load\(|"
+                        r"\bread_pickle\(|\bdill\.|\bcloudpickle\.")
+    hits = [f"{p.relative_to(REPO)}:{i}" for p in (REPO / "src").rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if banned.search(line)]
+    assert hits == []
