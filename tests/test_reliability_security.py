@@ -234,3 +234,69 @@ def test_no_pickle_or_eval_loaders_in_the_package():
     hits = [f"{p.relative_to(REPO)}:{i}" for p in (REPO / "src").rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if banned.search(line)]
     assert hits == []
+
+
+# --------------------------------------------------------------------------- private cache
+
+def _annotate_openai(port: int, src: Path, out: Path, env: dict, *extra: str,
+                     umask: int | None = None) -> subprocess.CompletedProcess:
+    return _cli(["annotate", str(src), "-o", str(out), "--backend", "openai", "--model", "m",
+                 "--base-url", f"http://127.0.0.1:{port}/v1", "--no-progress", *extra], env,
+                umask=umask)
+
+
+def _open_modes(root: Path) -> dict[str, str]:
+    """Everything under ``root`` (and root) that group or others may read, write or enter."""
+    paths = [root, *root.rglob("*")]
+    return {str(p.relative_to(root.parent)): f"{_mode(p):04o}" for p in paths
+            if _mode(p) & 0o077}
+
+
+def test_cache_folder_and_files_are_private_whatever_the_umask(tmp_path, chat_server,
+                                                               small_h5ad):
+    """Under umask 000 the old code left the answer cache 0666 in a 0777 folder."""
+    cache = tmp_path / "new" / "cache"
+    r = _annotate_openai(chat_server, small_h5ad, tmp_path / "o.h5ad", _env(cache), umask=0)
+    assert r.returncode == 0, r.stderr
+    assert (cache / "annotations.sqlite").is_file() and list(cache.glob("cl_index_*.json"))
+    assert _mode(cache) == 0o700 and _mode(cache / "annotations.sqlite") == 0o600
+    assert _open_modes(cache) == {}
+    # a cache file the user names, in a folder that does not exist yet
+    before = _mode(tmp_path)
+    own = tmp_path / "mine" / "answers.sqlite"
+    r = _annotate_openai(chat_server, small_h5ad, tmp_path / "o2.h5ad", _env(cache),
+                         "--cache", str(own), umask=0)
+    assert r.returncode == 0, r.stderr
+    assert _open_modes(own.parent) == {}
+    assert _mode(tmp_path) == before  # an existing folder of the user's is left as it is
+
+
+def test_existing_open_cache_is_tightened_with_a_warning(tmp_path, chat_server, small_h5ad):
+    cache = tmp_path / "cache"
+    first = _annotate_openai(chat_server, small_h5ad, tmp_path / "o.h5ad", _env(cache))
+    assert first.returncode == 0, first.stderr
+    os.chmod(cache, 0o755)  # as an older version (or a umask of 022) left it
+    for f in cache.iterdir():
+        os.chmod(f, 0o644)
+    r = _annotate_openai(chat_server, small_h5ad, tmp_path / "o2.h5ad", _env(cache))
+    assert r.returncode == 0, r.stderr
+    assert f"Made the cellreasoner cache folder {cache} private (mode 0755 -> 0700)" in r.stderr
+    assert _open_modes(cache) == {}  # the folder, the answer cache and the ontology index
+    assert "Traceback" not in r.stderr
+
+
+def test_judge_cache_is_private(tmp_path):
+    from cellreasoner._sqlite import connect
+
+    old = os.umask(0)
+    try:
+        db = connect(tmp_path / "j" / "judge.sqlite", ["CREATE TABLE IF NOT EXISTS t (a TEXT)"])
+        db.execute("INSERT INTO t VALUES ('x')")
+    finally:
+        os.umask(old)
+    try:
+        assert _open_modes(tmp_path / "j") == {}
+        assert {p.name for p in (tmp_path / "j").iterdir()} >= {"judge.sqlite",
+                                                               "judge.sqlite-wal"}
+    finally:
+        db.close()

@@ -220,6 +220,7 @@ class CellOntology:
 @functools.lru_cache(maxsize=1)
 def get_ontology() -> CellOntology:
     """The process-wide :class:`CellOntology` (index cached on disk after the first build)."""
+    from .._secrets import private_file
     from ..resources import cache_dir
 
     version = _cl_version()
@@ -228,7 +229,9 @@ def get_ontology() -> CellOntology:
     index = None
     if path.is_file():
         index, why = _store.load_index(path, version)
-        if index is None:
+        if index is not None:
+            private_file(path)  # a file an older version left 0644 is tightened
+        else:
             log.warning("Rebuilding the Cell Ontology index: %s %s.", path, why)
     if index is None:
         index = _build_index(*_cl_source())
