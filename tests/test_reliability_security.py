@@ -300,3 +300,95 @@ def test_judge_cache_is_private(tmp_path):
                                                                "judge.sqlite-wal"}
     finally:
         db.close()
+
+
+# --------------------------------------------------------------------------- secrets
+
+#: Credentials carried by the server URL (userinfo password, secret-looking parameters).
+URL_SECRETS = {"api-key": "K-apikey-9f8e7d6c", "token": "T-token-5a4b3c2d",
+               "key": "K-key-1q2w3e4r", "secret": "S-secret-0o9i8u7y",
+               "password": "P-password-7y6t5r4e", "sig": "G-sig-2w3e4r5t"}
+USER_PASS = "Pw-userinfo-S3cretXYZ"
+API_KEY = "sk-envkey-ZZ9988776655"
+
+
+def _secret_url(port: int, userinfo: bool = True) -> str:
+    query = "&".join(f"{k}={v}" for k, v in URL_SECRETS.items())
+    user = f"alice:{USER_PASS}@" if userinfo else ""
+    return f"http://{user}127.0.0.1:{port}/v1?{query}&model=keep-me"
+
+
+def _leaks(blobs: dict[str, bytes]) -> dict[str, list[str]]:
+    """Which secret appears in which output (raw or percent-encoded)."""
+    import base64
+    from urllib.parse import quote
+
+    basic = base64.b64encode(f"alice:{USER_PASS}".encode()).decode()  # HTTP Basic header
+    secrets = [USER_PASS, API_KEY, basic, *URL_SECRETS.values()]
+    found = {}
+    for where, blob in blobs.items():
+        hit = [s for s in secrets if s.encode() in blob or quote(s).encode() in blob]
+        if hit:
+            found[where] = hit
+    return found
+
+
+def _outputs(tmp_path: Path, cache: Path, r: subprocess.CompletedProcess) -> dict[str, bytes]:
+    blobs = {"stdout": r.stdout.encode(), "stderr": r.stderr.encode()}
+    for p in [*tmp_path.glob("out*"), *cache.rglob("*")]:
+        if p.is_file():
+            blobs[str(p.relative_to(tmp_path))] = p.read_bytes()
+    return blobs
+
+
+def test_credentials_in_the_url_and_the_api_key_are_written_nowhere(tmp_path, chat_server,
+                                                                     small_h5ad):
+    """Old code put the URL's password and api-key into adata.uns, the report and stderr."""
+    cache = tmp_path / "cache"
+    url = _secret_url(chat_server)
+    r = _cli(["-v", "annotate", str(small_h5ad), "-o", str(tmp_path / "out.h5ad"),
+              "--csv", str(tmp_path / "out.csv"), "--report", str(tmp_path / "out.html"),
+              "--label-column", "bulk_labels", "--backend", "openai", "--model", "m",
+              "--base-url", url, "--api-key-env", "MY_SERVER_KEY", "--no-progress"],
+             _env(cache, MY_SERVER_KEY=API_KEY))
+    assert r.returncode == 0, r.stderr
+    assert _Chat.seen and all(auth for _, auth in _Chat.seen)  # credentials were sent
+    blobs = _outputs(tmp_path, cache, r)
+    assert {"out.h5ad", "out.csv", "out.html", "cache/annotations.sqlite"} <= set(blobs)
+    assert _leaks(blobs) == {}
+    import anndata as ad
+
+    shown = ad.read_h5ad(tmp_path / "out.h5ad").uns["cellreasoner"]["base_url"]
+    assert shown.startswith("http://***@127.0.0.1:") and "model=keep-me" in shown
+
+
+def test_a_server_echoing_credentials_in_an_error_leaks_nothing(tmp_path, chat_server,
+                                                                small_h5ad):
+    _Chat.status = 401
+    cache = tmp_path / "cache"
+    r = _cli(["annotate", str(small_h5ad), "-o", str(tmp_path / "out.h5ad"), "--backend",
+              "openai", "--model", "m", "--base-url", _secret_url(chat_server, userinfo=False),
+              "--no-progress"],
+             _env(cache, OPENAI_API_KEY=API_KEY))
+    assert r.returncode == 2 and r.stderr.count("error: ") == 1, r.stderr
+    assert "401" in r.stderr and "Traceback" not in r.stderr
+    assert _Chat.seen[0][1] == f"Bearer {API_KEY}"  # the server did get (and echo) the key
+    assert _leaks(_outputs(tmp_path, cache, r)) == {}
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://u:p4ssw0rd@h:1/v1", "http://***@h:1/v1"),
+    ("https://TOKEN-ONLY-USER@h/v1", "https://***@h/v1"),
+    ("http://h/v1?api_key=abcd1234&x=1", "http://h/v1?api_key=***&x=1"),
+    ("http://h/v1?X-Amz-Signature=ab12cd34&AccessToken=zz99yy88",
+     "http://h/v1?X-Amz-Signature=***&AccessToken=***"),
+    ("http://h/v1#access_token=abcdef12", "http://h/v1#***"),
+    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+    ("http://h:notaport@x/v1", "http://***@x/v1"),
+])
+def test_redact_url(url, shown):
+    from cellreasoner._secrets import redact_text, redact_url
+
+    assert redact_url(url) == shown
+    assert redact_text(f"failed: {url}.") == f"failed: {shown}."

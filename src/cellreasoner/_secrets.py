@@ -32,7 +32,8 @@ SECRET_PARAM_WORDS = ("key", "token", "secret", "password", "passwd", "pwd", "pa
 #: Secrets shorter than this are not blanked in free text (too many false matches).
 MIN_SECRET_LEN = 4
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+#: A URL inside free text (trailing sentence punctuation is not part of it).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]*[^\s'\"<>`.,;:!?)\]]")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
 _known: set[str] = set()
 _known_lock = threading.Lock()
@@ -45,6 +46,11 @@ def register_secret(value: str | None) -> None:
     forms = {value, unquote(value), quote(value, safe="")}  # as typed, decoded, encoded
     with _known_lock:
         _known.update(f for f in forms if len(f) >= MIN_SECRET_LEN)
+
+
+def register_url(url: str) -> None:
+    """Register the credentials in ``url`` (see :func:`redact_url`) for :func:`redact_text`."""
+    redact_url(url)
 
 
 def _secret_param(name: str) -> bool:
@@ -86,7 +92,7 @@ def redact_url(url: str) -> str:
                 if _secret_param(k):
                     register_secret(v)
             query = urlencode([(k, MASK if _secret_param(k) else v) for k, v in pairs],
-                              safe="*")
+                              safe="*/:@,")
     fragment = parts.fragment
     if fragment and ("=" in fragment):  # OAuth-style #access_token=...
         fragment = MASK
@@ -227,4 +233,4 @@ def _tighten(path: Path, mode: int, what: str) -> None:
 
 __all__ = ["MASK", "RedactingFilter", "install_log_redaction", "private_cache_dir",
            "private_dir", "private_file",
-           "redact_text", "redact_url", "redact_value", "register_secret"]
+           "redact_text", "redact_url", "redact_value", "register_secret", "register_url"]
