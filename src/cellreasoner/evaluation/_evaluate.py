@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._csv import write_spreadsheet_csv
 from ..errors import InputError
 from .metrics import LEVEL_COLUMNS, LEVELS, collapse_to_truth, ground_ids, level_order, macro_f1
 from .results import ResultTable, as_text, default_pred_column, provenance_for, read_results
@@ -110,9 +111,9 @@ class EvaluationResult:
         """
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.summary.to_csv(out / "metrics.csv", index=False)
-        self.per_label.to_csv(out / "per_label.csv", index=False)
-        self.per_cell.to_csv(out / "scores.csv", index=False)
+        for table, name in ((self.summary, "metrics.csv"), (self.per_label, "per_label.csv"),
+                            (self.per_cell, "scores.csv")):  # formulas in names escaped
+            write_spreadsheet_csv(table, out / name, index=False)
         if plots:
             from .. import plot
 
