@@ -507,3 +507,15 @@ def test_spreadsheet_safe_leaves_numbers_and_escapes_categories():
     assert unescape_frame(safe).equals(frame)
     clean = pd.DataFrame({"a": ["B cell"], "b": [1.0]})
     assert spreadsheet_safe(clean) is clean
+
+
+def test_an_unusable_cache_location_warns_and_still_works(tmp_path):
+    """A cache path that cannot be a folder: two warnings naming it, the index from memory."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    r = _python("from cellreasoner.ontology import get_ontology\n"
+                "print(get_ontology().label('CL:0000236'))", _env(blocker / "cache"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "B cell"
+    assert f"Could not create the cellreasoner cache folder {blocker / 'cache'}" in r.stderr
+    assert "Could not cache the Cell Ontology index" in r.stderr
