@@ -408,7 +408,7 @@ def _unsafe_fields(path: Path) -> list[str]:
     """CSV fields that start a formula (plain numbers such as -0.5 are not formulas)."""
     import csv
 
-    from cellreasoner._csv import FORMULA_CHARS
+    from cellreasoner._spreadsheet import FORMULA_CHARS
 
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
@@ -483,7 +483,7 @@ def test_annotate_and_evaluate_csvs_escape_formulas_and_read_back_unchanged(
 @pytest.mark.parametrize("text", ["=1+1", "+A1", "-A1", "@A1", "\tx", "\rx", "'=x", "''+x",
                                   "'x", "x=1", "", "-0.5", "+3", "1e-5", "-inf", "- B cell"])
 def test_escape_cell_round_trip(text):
-    from cellreasoner._csv import FORMULA_CHARS, escape_cell, unescape_cell
+    from cellreasoner._spreadsheet import FORMULA_CHARS, escape_cell, unescape_cell
 
     escaped = escape_cell(text)
     assert unescape_cell(escaped) == text
@@ -496,7 +496,7 @@ def test_spreadsheet_safe_leaves_numbers_and_escapes_categories():
     import numpy as np
     import pandas as pd
 
-    from cellreasoner._csv import spreadsheet_safe, unescape_frame
+    from cellreasoner._spreadsheet import spreadsheet_safe, unescape_frame
 
     frame = pd.DataFrame({"x": [-0.5, 2.0], "n": [-1, 3], "flag": [True, False],
                           "label": pd.Categorical(["=A1", "B cell"]), "=col": ["ok", "-x"]})

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._csv import write_spreadsheet_csv
+from .._spreadsheet import write_spreadsheet_csv
 from ..errors import InputError
 from .metrics import LEVEL_COLUMNS, LEVELS, collapse_to_truth, ground_ids, level_order, macro_f1
 from .results import ResultTable, as_text, default_pred_column, provenance_for, read_results

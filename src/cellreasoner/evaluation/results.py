@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._csv import unescape_frame
+from .._spreadsheet import unescape_frame
 from ..errors import InputError
 
 #: Default prediction column of an annotated AnnData and of a result CSV, tried in this order.
