@@ -396,6 +396,18 @@ def test_redact_url(url, shown):
     assert redact_text(f"failed: {url}.") == f"failed: {shown}."
 
 
+
+def test_redact_text_blanks_credentials_and_registered_secrets_not_prose():
+    from cellreasoner._secrets import redact_text, register_secret
+
+    register_secret("s3cr3t-registered-value")
+    text = ("Authorization: Basic YWxpY2U6UHctdXNl and Bearer sk-abcdefghij; the server said "
+            "s3cr3t-registered-value (percent-encoded s3cr3t%2Dregistered...); basic settings; "
+            "Basic information")
+    assert redact_text(text) == (
+        "Authorization: Basic *** and Bearer ***; the server said *** (percent-encoded "
+        "s3cr3t%2Dregistered...); basic settings; Basic information")
+
 # --------------------------------------------------------------------------- CSV injection
 
 #: Cell names a spreadsheet would run (and two that must stay as they are).

@@ -34,7 +34,10 @@ MIN_SECRET_LEN = 4
 
 #: A URL inside free text (trailing sentence punctuation is not part of it).
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]*[^\s'\"<>`.,;:!?)\]]")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
+#: An HTTP credential in text: ``Bearer <token>``, or ``Basic <base64>`` (a word of plain
+#: letters after "basic" is prose, not a credential).
+_BEARER = re.compile(r"\b(Bearer)\s+[A-Za-z0-9._~+/=\-]{8,}|"
+                     r"\b(Basic)\s+(?=[A-Za-z]*[0-9+/=])[A-Za-z0-9+/]{8,}={0,2}")
 _known: set[str] = set()
 _known_lock = threading.Lock()
 
@@ -105,7 +108,7 @@ def redact_text(text: str) -> str:
     if not text:
         return text
     out = _URL.sub(lambda m: redact_url(m.group(0)), text)
-    out = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", out)
+    out = _BEARER.sub(lambda m: f"{m.group(1) or m.group(2)} {MASK}", out)
     with _known_lock:
         known = sorted(_known, key=len, reverse=True)
     for secret in known:
