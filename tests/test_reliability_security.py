@@ -330,3 +330,20 @@ def test_an_unusable_cache_location_warns_and_still_works(tmp_path):
     assert r.stdout.strip() == "B cell"
     assert f"Could not create the cellreasoner cache folder {blocker / 'cache'}" in r.stderr
     assert "Could not cache the Cell Ontology index" in r.stderr
+
+
+def test_python_api_logs_and_provenance_hold_no_url_credentials(tmp_path, chat_server,
+                                                                  small_h5ad, caplog):
+    """From Python (no CLI): httpx logs each request URL at INFO; uns keeps the URL."""
+    import logging
+
+    import anndata as ad
+
+    from cellreasoner.annotation import annotate
+
+    url = _secret_url(chat_server)
+    with caplog.at_level(logging.DEBUG):
+        res = annotate(ad.read_h5ad(small_h5ad), "openai", model="m", cache=False,
+                       backend_options={"base_url": url}, progress=False)
+    assert "HTTP Request: POST http://***@127.0.0.1" in caplog.text  # the log line is kept
+    assert _leaks({"log": caplog.text.encode(), "uns": repr(res.adata.uns).encode()}) == {}

@@ -152,6 +152,22 @@ def install_log_redaction(logger: logging.Logger | None = None) -> None:
             handler.addFilter(RedactingFilter())
 
 
+#: Loggers that print request URLs (the HTTP clients and our OpenAI backend). A logger's own
+#: filter sees every record it logs, whatever handlers the application has set up.
+URL_LOGGERS = ("httpx", "httpcore", "openai", "openai._base_client",
+               "cellreasoner.backends.openai")
+
+
+def _filter_url_loggers() -> None:
+    for name in URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
+_filter_url_loggers()  # from Python too, not only from the CLI
+
+
 # --------------------------------------------------------------------------- private files
 
 PRIVATE_DIR_MODE = 0o700
