@@ -310,7 +310,7 @@ def test_redact_url(url, shown):
 
 
 def test_redact_text_blanks_credentials_and_registered_secrets_not_prose():
-    from cellreasoner._secrets import redact_text, register_secret
+    from cellreasoner._secrets import redact_text, redact_url, register_secret
 
     register_secret("s3cr3t-registered-value")
     text = ("Authorization: Basic YWxpY2U6UHctdXNl and Bearer sk-abcdefghij; the server said "
@@ -319,6 +319,8 @@ def test_redact_text_blanks_credentials_and_registered_secrets_not_prose():
     assert redact_text(text) == (
         "Authorization: Basic *** and Bearer ***; the server said *** (percent-encoded "
         "s3cr3t%2Dregistered...); basic settings; Basic information")
+    redact_url("http://someuser:An0ther-pw@h/v1")  # registers the password, not the user name
+    assert redact_text("someuser typed An0ther-pw") == "someuser typed ***"
 
 def test_an_unusable_cache_location_warns_and_still_works(tmp_path):
     """A cache path that cannot be a folder: two warnings naming it, the index from memory."""

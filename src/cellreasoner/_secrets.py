@@ -84,8 +84,10 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
-        for piece in userinfo.split(":", 1):
-            register_secret(piece)
+        user, _, password = userinfo.partition(":")
+        # the password, or a bare token used as the user name; a plain user name is not
+        # blanked in free text (it is often an ordinary word)
+        register_secret(password or user)
         netloc = f"{MASK}@{host}"
     query = parts.query
     if query:
