@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 
 import pandas as pd
 import pytest
@@ -48,17 +47,16 @@ def test_index_is_cached_on_disk_and_rebuilt_when_corrupt(tmp_path, monkeypatch)
     get_ontology.cache_clear()
     try:
         o = get_ontology()
-        files = list(tmp_path.glob("cl_index_*.pkl"))
-        assert len(files) == 1 and o.version in files[0].name
-        with open(files[0], "rb") as fh:
-            assert pickle.load(fh)["labels"]["CL:0000236"] == "B cell"
+        files = list(tmp_path.glob("cl_index_*"))
+        assert len(files) == 1 and o.version in files[0].name and files[0].suffix == ".json"
+        header, body = files[0].read_text().split("\n", 1)
+        assert json.loads(body)["labels"]["CL:0000236"] == "B cell"
         get_ontology.cache_clear()
-        assert get_ontology().label("CL:0000576") == "monocyte"  # loaded from the pickle
-        files[0].write_bytes(b"not a pickle")
+        assert get_ontology().label("CL:0000576") == "monocyte"  # loaded from the file
+        files[0].write_bytes(b"not an index")
         get_ontology.cache_clear()
         assert get_ontology().label("CL:0000576") == "monocyte"  # rebuilt
-        with open(files[0], "rb") as fh:
-            assert pickle.load(fh)["version"] == o.version
+        assert json.loads(files[0].read_text().split("\n", 1)[0])["cl_version"] == o.version
     finally:
         get_ontology.cache_clear()
 

@@ -49,13 +49,27 @@ def _check_schema(db: sqlite3.Connection, create_sql: str) -> None:
         )
 
 
+def _private(p: Path) -> None:
+    """Missing parent folders ``0700``, the file (and its WAL/shm files) ``0600``: the cache
+    holds every prompt and answer. SQLite gives the WAL and shm files the database file's mode."""
+    from ._secrets import private_dir, private_file
+
+    private_dir(p.parent, tighten=False)  # the cache root itself: resources.cache_dir()
+    private_file(p)
+    for side in ("-wal", "-shm", "-journal"):
+        extra = p.with_name(p.name + side)
+        if extra.exists():
+            private_file(extra)
+
+
 def connect(path: str | os.PathLike, schema: Sequence[str] = ()) -> sqlite3.Connection:
     """Open (creating when missing) a SQLite file for cellreasoner.
 
     Parameters
     ----------
     path
-        The database file; ``~`` is expanded and missing parent folders are created.
+        The database file; ``~`` is expanded and missing parent folders are created
+        (``0700``); the file is made ``0600``, whatever the umask.
     schema
         ``CREATE TABLE IF NOT EXISTS`` statements run on open; a table that already exists
         must have every column its statement names.
@@ -74,7 +88,7 @@ def connect(path: str | os.PathLike, schema: Sequence[str] = ()) -> sqlite3.Conn
         The folder cannot be created.
     """
     p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
+    _private(p)
     db = sqlite3.connect(p, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")

@@ -22,13 +22,16 @@ GENE_LIST_ENV = "CELLREASONER_GENE_LIST"
 
 
 def cache_dir() -> Path:
-    """The user cache directory (``$CELLREASONER_CACHE`` or the platform cache)."""
+    """The user cache directory (``$CELLREASONER_CACHE`` or the platform cache), created or
+    tightened to ``0700``: it holds every prompt and answer."""
+    from ._secrets import private_cache_dir
+
     env = os.environ.get("CELLREASONER_CACHE")
     if env:
-        return Path(env).expanduser()
+        return private_cache_dir(env)
     import pooch
 
-    return Path(pooch.os_cache("cellreasoner"))
+    return private_cache_dir(pooch.os_cache("cellreasoner"))
 
 
 def _fetch(url: str, sha256: str, fname: str, what: str) -> Path:

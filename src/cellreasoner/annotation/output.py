@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from .._spreadsheet import spreadsheet_safe
 from ..errors import InputError
 from ..io.write import atomic_path, write_isolated
 
@@ -29,9 +30,10 @@ SUFFIXES = (".h5ad", ".csv", ".parquet")
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """``frame`` as CSV (no index), atomically."""
+    """``frame`` as CSV (no index), atomically, text that a spreadsheet would run as a formula
+    prefixed with ``'`` (:func:`cellreasoner._spreadsheet.spreadsheet_safe`)."""
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+        spreadsheet_safe(frame).to_csv(tmp, index=False)
     return Path(path)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._secrets import redact_text
 from ..errors import InputError
 
 #: Per-cell output fields, in CSV order (obs columns are ``f"{key_added}_{field}"``).
@@ -170,7 +171,10 @@ def _typed(field: str, values: np.ndarray):
 
 
 def uns_safe(obj):
-    """JSON/h5ad-safe copy: no ``None`` (dropped), numpy scalars to Python."""
+    """JSON/h5ad-safe copy: no ``None`` (dropped), numpy scalars to Python, credentials in
+    URLs (a server's ``user:password@`` or ``?api-key=``) replaced by ``***``."""
+    if isinstance(obj, str):
+        return redact_text(obj) if "://" in obj else obj
     if isinstance(obj, dict):
         return {str(k): uns_safe(v) for k, v in obj.items() if v is not None}
     if isinstance(obj, list | tuple):

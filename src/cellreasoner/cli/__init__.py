@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 
+from .._secrets import install_log_redaction, redact_text
 from ..errors import CellReasonerError, OutputError
 
 #: Subcommand modules, in the order ``--help`` lists them.
@@ -47,16 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # no credentials of a server URL or API key in any log line
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
     try:
         return int(args.func(args) or 0)
     except OutputError as exc:  # the input was fine; writing failed (disk, folder, lock)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except CellReasonerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is kept in the cache; run the same command to resume.",

@@ -89,9 +89,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def backend_options(args: argparse.Namespace) -> dict:
     """Backend constructor options given on the command line (only those set)."""
+    from .._secrets import register_secret, register_url
+
     opts = {}
     if args.base_url:
+        register_url(args.base_url)  # its credentials are blanked in every message
         opts["base_url"] = args.base_url
+    register_secret(os.environ.get(args.api_key_env or "OPENAI_API_KEY"))
     if args.api_key_env:
         if args.api_key_env not in os.environ:
             from ..errors import InputError

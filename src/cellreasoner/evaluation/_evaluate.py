@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._spreadsheet import write_spreadsheet_csv
 from ..errors import InputError
 from .metrics import (
     LEVEL_COLUMNS,
@@ -125,11 +126,11 @@ class EvaluationResult:
         out.mkdir(parents=True, exist_ok=True)
         from ..io.write import atomic_path
 
-        for frame, name in ((self.summary, "metrics.csv"), (self.per_label, "per_label.csv"),
+        for table, name in ((self.summary, "metrics.csv"), (self.per_label, "per_label.csv"),
                             (self.per_cell, "scores.csv"),
                             (self.truth_readings, "truth_readings.csv")):
-            with atomic_path(out / name) as tmp:
-                frame.to_csv(tmp, index=False)
+            with atomic_path(out / name) as tmp:  # formulas in names escaped
+                write_spreadsheet_csv(table, tmp, index=False)
         if plots:
             from .. import plot
 

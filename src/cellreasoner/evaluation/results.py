@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._spreadsheet import unescape_frame
 from ..errors import InputError
 
 #: Default prediction column of an annotated AnnData and of a result CSV, tried in this order.
@@ -117,7 +118,9 @@ def _read_file(path: Path) -> ResultTable:
     if suffix in (".csv", ".tsv", ".txt"):
         sep = "\t" if suffix == ".tsv" else ","
         try:
-            df = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""])
+            # our CSVs escape formula-like text for spreadsheets: read it back as it was
+            df = unescape_frame(pd.read_csv(path, sep=sep, keep_default_na=False,
+                                            na_values=[""]))
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: cannot be parsed as a result table ({exc})") from exc
         return ResultTable(obs=_frame_from_table(df, str(path)), uns={}, source=str(path),

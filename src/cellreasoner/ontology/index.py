@@ -1,9 +1,10 @@
 """The Cell Ontology (CL) index: labels, synonyms, ancestry, and the lookup-key normaliser.
 
 The ontology ships offline inside the ``cellxgene-ontology-guide`` package. The first call builds
-a compact index (labels, synonyms, ancestors with distances, deprecation) and caches it as a pickle
-under :func:`cellreasoner.resources.cache_dir`, keyed by the package's CL version; later processes
-load the pickle, and :func:`get_ontology` keeps one instance per process.
+a compact index (labels, synonyms, ancestors with distances, deprecation) and caches it as
+checked JSON (:mod:`._store`: nothing executable, verified before use) under
+:func:`cellreasoner.resources.cache_dir`, keyed by the package's CL version; later processes
+load it, and :func:`get_ontology` keeps one instance per process.
 
 :func:`normalize` lives here because it makes the index's lookup keys; grounding
 (:mod:`cellreasoner.ontology.grounding`) uses the same keys.
@@ -12,16 +13,17 @@ load the pickle, and :func:`get_ontology` keeps one instance per process.
 from __future__ import annotations
 
 import functools
-import os
-import pickle
+import logging
 import re
-import tempfile
 import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
+from . import _store
+
+log = logging.getLogger(__name__)
 
 #: Terms too generic to count as an answer (the CL roots above any lineage).
 UNINFORMATIVE = frozenset({
@@ -33,7 +35,7 @@ UNINFORMATIVE = frozenset({
     "CL:0002076", "CL:0000327",
 })
 
-_INDEX_FORMAT = 4  # bump when the pickled index layout changes
+_INDEX_FORMAT = _store.LAYOUT  # bump _store.LAYOUT when the stored index layout changes
 
 
 # --------------------------------------------------------------------------- index
@@ -218,30 +220,27 @@ class CellOntology:
 @functools.lru_cache(maxsize=1)
 def get_ontology() -> CellOntology:
     """The process-wide :class:`CellOntology` (index cached on disk after the first build)."""
+    from .._secrets import private_file
     from ..resources import cache_dir
 
     version = _cl_version()
-    path = Path(cache_dir()) / f"cl_index_{version}_v{_INDEX_FORMAT}.pkl"
+    folder = Path(cache_dir())
+    path = _store.index_path(folder, version)
     index = None
     if path.is_file():
-        try:
-            with open(path, "rb") as fh:
-                index = pickle.load(fh)
-            if index.get("format") != _INDEX_FORMAT or index.get("version") != version:
-                index = None
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
-            index = None  # a stale or truncated cache file is rebuilt below
+        index, why = _store.load_index(path, version)
+        if index is not None:
+            private_file(path)  # a file an older version left 0644 is tightened
+        else:
+            log.warning("Rebuilding the Cell Ontology index: %s %s.", path, why)
     if index is None:
         index = _build_index(*_cl_source())
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=".tmp",
-                                             delete=False) as fh:
-                pickle.dump(index, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(fh.name, path)  # atomic: concurrent processes never see half a file
+            _store.save_index(path, index)
         except OSError as exc:  # read-only cache: keep working from memory
-            warnings.warn(f"Could not cache the Cell Ontology index in {path.parent}: {exc}",
+            warnings.warn(f"Could not cache the Cell Ontology index in {folder}: {exc}",
                           RuntimeWarning, stacklevel=2)
+        _store.remove_legacy(folder)
     return CellOntology(index)
 
 

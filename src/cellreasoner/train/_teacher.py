@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._secrets import redact_value
 from ..prompts import INSTRUCTION_REASONING, Prompt, SamplingParams
 from .records import format_reasoning_output
 
@@ -119,7 +120,7 @@ def reasoning_info(backend, sampling: SamplingParams, n_candidates: int, n_promp
     """The ``info`` of a reasoning build."""
     return {
         "builder": "reasoning",
-        "teacher": backend.describe(),
+        "teacher": redact_value(backend.describe()),  # no credentials from a server URL
         "sampling": sampling.to_dict(),
         "n_candidates": n_candidates,
         "n_prompts": n_prompts,
