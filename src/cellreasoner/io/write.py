@@ -12,9 +12,10 @@ process (:func:`write_isolated`): the HDF5 library can crash the process after a
 
 from __future__ import annotations
 
+import builtins
 import errno
+import json
 import os
-import pickle
 import re
 import sys
 import tempfile
@@ -306,7 +307,7 @@ def claim_outputs(outputs: Mapping[str, PathLike | None],
         yield
 
 
-#: Separates the child's captured stderr from its pickled exception.
+#: Separates the child's captured stderr from its exception (as JSON data, never a pickle).
 _EXC_MARK = b"\n\0cellreasoner-exception\0"
 
 
@@ -331,12 +332,12 @@ def write_isolated(write: Callable[[], object], path: PathLike) -> None:
             _child(write, err.fileno())
         _, status = os.waitpid(pid, 0)
         err.seek(0)
-        text, _, pickled = err.read().partition(_EXC_MARK)
+        text, _, report = err.read().partition(_EXC_MARK)
     if status == 0:
         if text:
             sys.stderr.write(text.decode(errors="replace"))
         return
-    exc = _unpickle(pickled)
+    exc = _exception_from(report)
     if isinstance(exc, CellReasonerError):
         raise exc
     # HDF5 reports the OS error inside its diagnostics (and its exceptions' text)
@@ -352,14 +353,38 @@ def write_isolated(write: Callable[[], object], path: PathLike) -> None:
     raise output_error(path, how)
 
 
-def _unpickle(data: bytes) -> BaseException | None:
+def _exception_data(exc: BaseException) -> bytes:
+    """An exception as JSON: its class name and module, message, and OS error fields."""
+    return json.dumps({
+        "type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc),
+        "errno": getattr(exc, "errno", None), "strerror": getattr(exc, "strerror", None),
+        "filename": str(exc.filename) if getattr(exc, "filename", None) else None,
+    }).encode()
+
+
+def _exception_from(data: bytes) -> BaseException | None:
+    """The child's exception rebuilt from :func:`_exception_data`: our own errors and the
+    built-in exceptions as themselves (nothing is executed), anything else as a
+    RuntimeError carrying its name and message."""
     if not data:
         return None
     try:
-        exc = pickle.loads(data)
-    except Exception:  # noqa: BLE001 - a half-written report (the child crashed meanwhile)
+        info = json.loads(data)
+        name, module, message = str(info["type"]), str(info["module"]), str(info["message"])
+    except (ValueError, KeyError, TypeError):  # a half-written report (the child crashed)
         return None
-    return exc if isinstance(exc, BaseException) else None
+    from .. import errors
+
+    cls = {"builtins": builtins, errors.__name__: errors}.get(module)
+    cls = getattr(cls, name, None) if cls is not None else None
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        return RuntimeError(f"{name}: {message}")
+    if issubclass(cls, OSError) and info.get("errno") is not None:
+        return cls(info["errno"], info.get("strerror") or message, info.get("filename"))
+    try:
+        return cls(message)
+    except TypeError:  # a class that takes other arguments
+        return RuntimeError(f"{name}: {message}")
 
 
 def _child(write: Callable[[], object], err_fd: int) -> None:
@@ -370,10 +395,7 @@ def _child(write: Callable[[], object], err_fd: int) -> None:
         write()
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent
         code = 1
-        try:
-            data = pickle.dumps(exc)
-        except Exception:  # noqa: BLE001 - an unpicklable exception: its text instead
-            data = pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        data = _exception_data(exc)
         sys.stderr.flush()
         os.write(err_fd, _EXC_MARK + data)
     finally:
