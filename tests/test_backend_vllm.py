@@ -83,3 +83,9 @@ def test_sampling_kwargs_follow_upstream_modes():
 def test_missing_vllm_names_the_extra(tmp_path):
     with pytest.raises(MissingDependencyError, match=r"pip install 'cellreasoner\[vllm\]'"):
         get_backend("vllm", model=str(tmp_path))
+
+
+@pytest.mark.parametrize("option", [{"chunk_size": 0}, {"max_input_tokens": 0}])
+def test_bad_sizes_are_refused_before_vllm_is_needed(option, tmp_path):
+    with pytest.raises(InputError, match=f"{next(iter(option))} must be >= 1"):
+        get_backend("vllm", model=str(tmp_path), **option)
