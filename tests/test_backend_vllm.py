@@ -14,7 +14,7 @@ import pytest
 from tiny_model import build_tokenizer
 
 from cellreasoner.backends import get_backend
-from cellreasoner.backends.vllm import prompt_texts, sampling_kwargs
+from cellreasoner.backends.vllm import prompt_texts, prompt_token_ids, sampling_kwargs
 from cellreasoner.errors import InputError, MissingDependencyError
 from cellreasoner.prompts import INSTRUCTION_DIRECT, INSTRUCTION_REASONING, Prompt, SamplingParams
 
@@ -36,6 +36,24 @@ def test_prompt_texts_follow_upstream_rendering(tokenizer, upstream_prompts_dir)
     assert reasoning.endswith(f"{records[1]['input']}<|im_end|>\n<|im_start|>assistant\n<think> ")
     assert "<think>" not in reasoning[:-len("<think> ")]
     assert reasoning.count("</think>") == 1  # the instruction's tag, as upstream leaves it
+
+
+def test_prompt_token_ids_match_the_transformers_backend_and_cut_as_upstream(
+        tokenizer, upstream_prompts_dir):
+    records = json.loads((upstream_prompts_dir / "pbmc68k_raw_labeled.json").read_text())[:3]
+    prompts = [Prompt(INSTRUCTION_DIRECT, r["input"]) for r in records]
+    prompts.append(Prompt(INSTRUCTION_REASONING, records[0]["input"], True))
+    ids, truncated = prompt_token_ids(tokenizer, prompts)
+    # the ids the transformers backend feeds the model: tokenizer(rendered texts)
+    assert ids == tokenizer(prompt_texts(tokenizer, prompts))["input_ids"]
+    assert truncated == [False] * 4 and all(len(i) < 8192 for i in ids)
+    assert tokenizer.decode(ids[3]) == prompt_texts(tokenizer, prompts[3:])[0]
+    # a limit below the longest prompt keeps each prompt's first tokens, as upstream
+    limit = sorted(len(i) for i in ids)[1]
+    cut, cut_flags = prompt_token_ids(tokenizer, prompts, max_input_tokens=limit)
+    assert cut_flags == [len(i) > limit for i in ids] and sum(cut_flags) >= 2
+    assert all(c == i[:limit] for c, i in zip(cut, ids, strict=True))
+    assert prompt_token_ids(tokenizer, []) == ([], [])
 
 
 def test_a_model_without_chat_template_is_refused_clearly(gene_list_path):
@@ -65,3 +83,9 @@ def test_sampling_kwargs_follow_upstream_modes():
 def test_missing_vllm_names_the_extra(tmp_path):
     with pytest.raises(MissingDependencyError, match=r"pip install 'cellreasoner\[vllm\]'"):
         get_backend("vllm", model=str(tmp_path))
+
+
+@pytest.mark.parametrize("option", [{"chunk_size": 0}, {"max_input_tokens": 0}])
+def test_bad_sizes_are_refused_before_vllm_is_needed(option, tmp_path):
+    with pytest.raises(InputError, match=f"{next(iter(option))} must be >= 1"):
+        get_backend("vllm", model=str(tmp_path), **option)
