@@ -121,3 +121,22 @@ def test_cli_export_prints_the_commands(stage_data, tmp_path, capsys):
     assert main(["train", "export-llamafactory", "-o", str(out), "--stage2", str(files[2]),
                  "--lr", "two=1"]) == 2
     assert "STAGE=VALUE" in capsys.readouterr().err
+
+
+def test_export_runs_no_repository_code_unless_asked_and_can_train_without_bf16(stage_data,
+                                                                                tmp_path):
+    from cellreasoner.cli import main
+    from cellreasoner.train import write_records
+
+    f = write_records(stage_data[2], tmp_path / "s2.json")
+    out = tmp_path / "lf"
+    assert main(["train", "export-llamafactory", "-o", str(out), "--stage2", str(f)]) == 0
+    train = yaml.safe_load((out / "stage2_train.yaml").read_text())
+    merge = yaml.safe_load((out / "stage2_merge.yaml").read_text())
+    assert train["trust_remote_code"] is False and merge["trust_remote_code"] is False
+    assert train["bf16"] is True
+    out2 = tmp_path / "lf2"
+    assert main(["train", "export-llamafactory", "-o", str(out2), "--stage2", str(f),
+                 "--no-bf16", "--trust-remote-code"]) == 0
+    train = yaml.safe_load((out2 / "stage2_train.yaml").read_text())
+    assert train["bf16"] is False and train["trust_remote_code"] is True

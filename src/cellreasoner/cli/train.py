@@ -221,6 +221,11 @@ def _register_export(actions) -> None:
     p.add_argument("--epochs", action="append", metavar="STAGE=N",
                    help="epochs of a stage (repeatable)")
     p.add_argument("--deepspeed", help="DeepSpeed config for full fine-tuning")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="train in float32 (CPUs and GPUs without bfloat16)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let llamafactory-cli run code from the model repository (off: "
+                   "Qwen2.5 needs none)")
     p.set_defaults(func=_run_export)
 
 
@@ -236,6 +241,7 @@ def _run_export(args: argparse.Namespace) -> int:
         template=args.template, cutoff_len=args.cutoff_len,
         learning_rates=_stage_values(args.lr, "lr"),
         epochs=_stage_values(args.epochs, "epochs"), deepspeed=args.deepspeed,
+        bf16=not args.no_bf16, trust_remote_code=args.trust_remote_code,
     )
     print(f"wrote a LLaMA-Factory project to {exp.folder} (run.sh runs it); commands:")
     print(f"cd {exp.folder}")

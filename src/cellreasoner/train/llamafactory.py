@@ -135,6 +135,7 @@ def export_llamafactory(
     deepspeed: str | None = None,
     save_steps: int = 200,
     dataset_prefix: str = "cellreasoner",
+    trust_remote_code: bool = False,
 ) -> LlamaFactoryExport:
     """Write datasets, ``dataset_info.json``, per-stage YAML and ``run.sh`` to ``folder``.
 
@@ -170,6 +171,9 @@ def export_llamafactory(
         Checkpoint interval (default 200).
     dataset_prefix
         Prefix of the dataset names (default ``"cellreasoner"``).
+    trust_remote_code
+        Let ``llamafactory-cli`` run Python code shipped in the model repository (default
+        False: Qwen2.5 needs none, and code from a repository is not run unless asked).
 
     Returns
     -------
@@ -182,7 +186,7 @@ def export_llamafactory(
         learning_rates=dict(learning_rates or {}), epochs=dict(epochs or {}),
         batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bf16=bf16,
-        deepspeed=deepspeed, save_steps=save_steps)
+        deepspeed=deepspeed, save_steps=save_steps, trust_remote_code=bool(trust_remote_code))
     root = Path(folder)
     (root / DATA_DIR).mkdir(parents=True, exist_ok=True)
     info_path = root / DATA_DIR / DATASET_INFO
@@ -226,6 +230,7 @@ class _Settings:
     bf16: bool
     deepspeed: str | None
     save_steps: int
+    trust_remote_code: bool = False
 
 
 def _check_stages(stages: Mapping[int, object], finetuning: str) -> None:
@@ -247,7 +252,7 @@ def _train_yaml(stage: int, dataset: str, model: str, output_dir: str, s: _Setti
     elif s.deepspeed:
         method["deepspeed"] = s.deepspeed
     text = _yaml([
-        ("model", {"model_name_or_path": model, "trust_remote_code": True}),
+        ("model", {"model_name_or_path": model, "trust_remote_code": s.trust_remote_code}),
         ("method", method),
         ("dataset", {"dataset": dataset, "dataset_dir": DATA_DIR, "template": s.template,
                      "cutoff_len": s.cutoff_len, "overwrite_cache": True,
@@ -266,12 +271,13 @@ def _train_yaml(stage: int, dataset: str, model: str, output_dir: str, s: _Setti
     return f"# CellReasoner stage {stage}: {STAGES[stage]}\n{text}"
 
 
-def _merge_yaml(stage: int, model: str, adapter_dir: str, export_dir: str, template: str) -> str:
+def _merge_yaml(stage: int, model: str, adapter_dir: str, export_dir: str, template: str,
+                trust_remote_code: bool = False) -> str:
     """The ``llamafactory-cli export`` YAML merging one stage's LoRA adapter."""
     merge = _yaml([
         ("model", {"model_name_or_path": model, "adapter_name_or_path": adapter_dir,
                    "template": template, "finetuning_type": "lora",
-                   "trust_remote_code": True}),
+                   "trust_remote_code": trust_remote_code}),
         ("export", {"export_dir": export_dir, "export_size": 5,
                     "export_device": "cpu", "export_legacy_format": False}),
     ])
@@ -292,7 +298,8 @@ def _write_stage_yaml(root: Path, stage: int, dataset: str, n_records: int, mode
         entry.merge_yaml = f"stage{stage}_merge.yaml"
         entry.merged_dir = f"models/stage{stage}"
         (root / entry.merge_yaml).write_text(
-            _merge_yaml(stage, model, output_dir, entry.merged_dir, s.template))
+            _merge_yaml(stage, model, output_dir, entry.merged_dir, s.template,
+                        s.trust_remote_code))
         commands.append(f"llamafactory-cli export {entry.merge_yaml}")
     return entry
 
