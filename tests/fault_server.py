@@ -15,6 +15,7 @@ character one-line answer).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import socket
@@ -37,6 +38,7 @@ def answer_for(sentence: str) -> str:
     return f"<think>{first} is expressed.</think>{LABEL}"
 
 
+@functools.lru_cache(maxsize=2)  # made once: 2 MB takes a moment
 def _random_text(n: int, seed: int = 0) -> str:
     rng = random.Random(seed)
     return "".join(rng.choices(string.printable, k=n))
@@ -50,13 +52,17 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def _send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
+            self.close_connection = True
+            self.server.owner.clients_gone += 1
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         self._send(200, json.dumps({"data": [{"id": "m"}]}).encode())
@@ -132,6 +138,7 @@ class FaultServer:
         self.asked: Counter = Counter()
         self.headers: list[dict] = []
         self.faults_sent = 0
+        self.clients_gone = 0  # replies the client no longer waited for
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._httpd = self._HTTP(("127.0.0.1", 0), _Handler)

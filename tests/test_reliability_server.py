@@ -140,6 +140,15 @@ def test_a_hung_server_says_it_timed_out_after_n_seconds_and_attempts(genes, tmp
     assert not (tmp_path / "o.h5ad").exists()
 
 
+def test_a_connection_dropped_on_every_request_does_not_claim_the_server_is_down(genes):
+    with FaultServer("reset", times=-1) as server:
+        backend = OpenAIBackend(model="m", base_url=server.url, max_retries=1)
+        with pytest.raises(BackendError, match="was dropped before an answer") as info:
+            backend.generate(_prompts(genes[:1]), SHORT)
+    assert "Cannot reach" not in str(info.value) and "2 attempt(s)" in str(info.value)
+    assert server.asked[genes[0]] == 2
+
+
 @pytest.mark.parametrize("fault", ["huge_random", "huge_line"])
 def test_garbage_answers_are_unknown_with_a_parse_flag_and_the_raw_text_kept(fault, genes,
                                                                             tmp_path):

@@ -464,12 +464,14 @@ class OpenAIBackend(Backend):
                    "Check the address (--base-url) and that the server is running.")
             ) from exc
         except sdk.APIConnectionError as exc:
-            reason = f"{type(exc.__cause__).__name__ if exc.__cause__ else 'connection error'}"
-            if self._reached:
+            cause = exc.__cause__
+            reason = type(cause).__name__ if cause is not None else "connection error"
+            if self._reached or not isinstance(cause, self._httpx.ConnectError):
                 raise BackendError(
-                    f"The connection to the model server at {url} failed ({reason}) "
-                    f"{retries + 1} time(s) in a row; it may have stopped or be overloaded "
-                    "(a lower --concurrency may help)."
+                    f"The connection to the model server at {url} was dropped before an "
+                    f"answer ({reason}), {retries + 1} attempt(s) in a row; the server may "
+                    "have stopped, crashed on the request or be overloaded (a lower "
+                    "--concurrency may help)."
                 ) from exc
             raise BackendError(
                 f"Cannot reach the model server at {url} ({reason}) after {retries + 1} "
