@@ -21,6 +21,7 @@ from fault_server import LABEL, FaultServer, one_gene_cells
 from cellreasoner.annotation import annotate
 from cellreasoner.backends.openai import OpenAIBackend
 from cellreasoner.errors import BackendError
+from cellreasoner.parsing import is_label, parse_response
 from cellreasoner.prompts import INSTRUCTION_DIRECT, Prompt, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +170,20 @@ def test_garbage_answers_are_unknown_with_a_parse_flag_and_the_raw_text_kept(fau
     assert max(len(line) for line in proc.stderr.splitlines()) < 400
     assert "labels: Unknown (8)" in proc.stderr and "8 cell(s) got an answer that is not" \
         in proc.stderr
+
+
+def test_the_label_rule_keeps_real_labels_and_refuses_garbage(shared_data):
+    import pandas as pd
+
+    truth = pd.read_csv(shared_data / "pair_scores_dev.csv")["Ground Truth"].astype(str)
+    assert all(is_label(t) for t in truth.unique())  # 81 real annotation labels
+    for real in ("CD14+ Monocyte", "γδ T cell", "CD4+ T (memory)", "Treg", "B_GC", "pDC"):
+        assert parse_response(f"<think>CD3E.</think>{real}").label == real
+    for garbage in ("T" * 101, "word " * 13, "12345", "B cell</answer>", "ok\x07cell",
+                    "k$3}a ~Xq(b", "x" * 41):
+        parsed = parse_response(garbage)
+        assert not is_label(garbage) and parsed.label == "Unknown" and parsed.unparsed
+    assert parse_response("<think>cut off").label == ""  # no answer at all stays empty
 
 
 def test_real_labels_still_parse(genes):

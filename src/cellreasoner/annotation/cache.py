@@ -9,8 +9,9 @@ Runs that share one cache file share the work: before asking a prompt a run *cla
 (:meth:`GenerationCache.claim`: a ``claims`` row with the run as owner and a lease of
 :data:`LEASE_SECONDS`, renewed by a background thread while the run lives). Other runs skip
 claimed prompts and wait for their answers; storing an answer, or a failure, drops the claim.
-A killed owner stops renewing, so its claims expire and another run asks those prompts again:
-nothing waits forever, and only prompts in flight at a kill are asked twice.
+A killed owner stops renewing, so its claims expire and another run asks those prompts again
+(at once when the owner was a process of this host that no longer exists): nothing waits
+forever, and only prompts in flight at a kill are asked twice.
 
 A broken file (not a database, "database disk image is malformed", tables of another layout)
 is an :class:`~cellreasoner.errors.InputError` naming the file, whenever it shows.
@@ -219,7 +220,7 @@ class GenerationCache:
                     f"SELECT key FROM generations WHERE key IN ({marks})", chunk)}
                 held = {k for k, owner, expires in db.execute(
                     f"SELECT key, owner, expires FROM claims WHERE key IN ({marks})", chunk)
-                    if owner != self.owner and expires > now}
+                    if owner != self.owner and expires > now and not _dead(owner)}
                 free = [k for k in chunk if k not in done and k not in held]
                 free = free[:limit - len(got)]
                 db.executemany("INSERT OR REPLACE INTO claims VALUES (?,?,?)",
@@ -243,7 +244,7 @@ class GenerationCache:
         with self._using() as db:
             return [o for (o,) in db.execute(
                 "SELECT DISTINCT owner FROM claims WHERE owner != ? AND expires > ?",
-                (self.owner, time.time()))]
+                (self.owner, time.time())) if not _dead(o)]
 
     def _start_renewing(self) -> None:
         if self._renewer is not None:
@@ -301,6 +302,22 @@ class GenerationCache:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _dead(owner: str) -> bool:
+    """Whether a claim's owner is a process of this host that no longer exists (its claims
+    need not wait for their lease; owners on other hosts sharing the file always do)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _json_default(obj):

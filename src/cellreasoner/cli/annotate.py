@@ -83,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write obs['cell_type_ontology_term_id'] (CELLxGENE schema; "
                    "'unknown' where no CL term)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log debug information, and one line per HTTP request (the same as "
+                   "cellreasoner -v annotate ...)")
     p.set_defaults(func=run)
 
 
