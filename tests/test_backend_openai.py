@@ -18,7 +18,6 @@ from cellreasoner.backends.openai import (
     OpenAIBackend,
     parse_choices,
     request_body,
-    retry_after_seconds,
 )
 from cellreasoner.errors import BackendError, InputError
 from cellreasoner.prompts import (
@@ -192,14 +191,6 @@ def test_parse_choices_keeps_reasoning_and_usage():
     assert first.meta["completion_tokens"] == 7 and first.meta["finish_reason"] == "stop"
     with pytest.raises(BackendError, match="choices"):
         parse_choices({"error": "boom"})
-
-
-def test_retry_after_header_forms():
-    assert retry_after_seconds("2.5") == 2.5
-    assert retry_after_seconds(None) is None
-    soon = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
-    assert 25 <= retry_after_seconds(soon) <= 31
-    assert retry_after_seconds("not a date") is None
 
 
 class _Overloaded(BaseHTTPRequestHandler):
