@@ -225,3 +225,16 @@ def test_without_a_key_no_authorization_header_is_sent(genes, monkeypatch):
     with FaultServer("ok") as server:
         OpenAIBackend(model="m", base_url=server.url).generate(_prompts(genes[:1]), SHORT)
     assert not any(k.lower() == "authorization" for h in server.headers for k in h)
+
+
+def test_the_llm_judge_reports_a_prompt_the_server_never_answered_well(tmp_path):
+    """A failed prompt reaches the judge as failed generations, not as an empty answer."""
+    from cellreasoner.evaluation import LLMJudge
+
+    with FaultServer("message_string", times=-1) as server:
+        judge = LLMJudge(OpenAIBackend(model="m", base_url=server.url, max_retries=1),
+                         cache_path=tmp_path / "judge.sqlite")
+        with pytest.raises(BackendError, match="gave no usable answer for pair") as info:
+            judge.judge_many([("B cell", "T cell")])
+        judge.close()
+    assert "'message' is a str" in str(info.value)
