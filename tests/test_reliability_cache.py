@@ -132,21 +132,21 @@ def test_a_dead_owners_claims_expire_and_a_live_owner_keeps_its_own(tmp_path):
     assert proc.returncode == -signal.SIGKILL and "p2" in proc.stdout, proc.stderr
     with GenerationCache(path, "b", "m", SamplingParams(), lease=0.8) as live:
         # a killed process of this host: its claims go at once, though its lease runs 60 s
-        assert live.claim(["p1"], 0, 10) == ["p1"]
+        assert live.claim(["p1"], 0, 10) == (["p1"], [])
         # an owner on another host sharing the file: only its lease tells
         with sqlite3.connect(path) as db:
             db.execute("INSERT INTO claims VALUES (?, ?, ?)",
                        (live.key("p3", 0), "elsewhere:1:abcd", time.time() + 1.5))
-        assert live.claim(["p2", "p3"], 0, 10) == ["p2"]
+        assert live.claim(["p2", "p3"], 0, 10) == (["p2"], [])
         time.sleep(1.6)
-        assert live.claim(["p3", "p4"], 0, 1) == ["p3"]  # expired: ours now
+        assert live.claim(["p3", "p4"], 0, 1) == (["p3"], [])  # expired: ours now
         with GenerationCache(path, "b", "m", SamplingParams()) as rival:
             time.sleep(2.0)  # > live's lease: renewed in the background meanwhile
-            assert rival.claim(["p1", "p2", "p3", "p4"], 0, 10) == ["p4"]
+            assert rival.claim(["p1", "p2", "p3", "p4"], 0, 10) == (["p4"], [])
             assert rival.held_by_others() == [live.owner]
             live.put("p1", [Generation("B cell")])  # an answer drops its claim ...
             live.release(["p2"], 0)  # ... and so does a failure
-            assert rival.claim(["p1", "p2"], 0, 10) == ["p2"]  # p1 is answered now
+            assert rival.claim(["p1", "p2"], 0, 10) == (["p2"], ["p1"])  # p1 is answered
     with GenerationCache(path, "b", "m", SamplingParams()) as after:
         assert after.held_by_others() == []  # closed runs leave no claims behind
 

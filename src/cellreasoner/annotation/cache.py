@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -201,36 +202,49 @@ class GenerationCache:
 
     # -- claims: runs sharing this file share the work -------------------------------------
 
-    def claim(self, prompt_keys: Sequence[str], first_sample: int, limit: int) -> list[str]:
+    def claim(self, prompt_keys: Iterable[str], first_sample: int, limit: int,
+              last_sample: int | None = None) -> tuple[list[str], list[str]]:
         """Claim up to ``limit`` of ``prompt_keys`` (samples from ``first_sample``) for this run.
 
-        A prompt is claimable when its sample ``first_sample`` is not stored and no other live
-        run holds it (no claim, an expired one, or this run's own). Returns the claimed keys in
-        the given order; the others are answered (read them with :meth:`get_many`) or held.
+        A prompt is claimable when it is not answered (its sample ``last_sample``, default
+        ``first_sample``, is not stored) and no other live run holds it (no claim, an expired
+        one, one of a process of this host that is gone, or this run's own). ``prompt_keys``
+        is read lazily, 500 at a time, only as far as needed.
+
+        Returns
+        -------
+        tuple
+            ``(claimed, answered)`` prompt keys in the given order: those now this run's, and
+            those seen answered on the way (read them with :meth:`get_many`).
         """
-        rows = {self.key(pk, first_sample): pk for pk in dict.fromkeys(prompt_keys)}
+        last = first_sample if last_sample is None else last_sample
         got: list[str] = []
+        answered: list[str] = []
+        it = iter(prompt_keys)
         now = time.time()
         with self._using(write=True) as db:
-            keys = list(rows)
-            for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
+            while len(got) < limit:
+                chunk = list(itertools.islice(it, 500))
+                if not chunk:
+                    break
+                own = {self.key(pk, first_sample): pk for pk in chunk}
+                done_key = {self.key(pk, last): pk for pk in chunk}
                 marks = ",".join("?" * len(chunk))
-                done = {k for (k,) in db.execute(
-                    f"SELECT key FROM generations WHERE key IN ({marks})", chunk)}
-                held = {k for k, owner, expires in db.execute(
-                    f"SELECT key, owner, expires FROM claims WHERE key IN ({marks})", chunk)
+                done = {done_key[k] for (k,) in db.execute(
+                    f"SELECT key FROM generations WHERE key IN ({marks})", list(done_key))}
+                held = {own[k] for k, owner, expires in db.execute(
+                    f"SELECT key, owner, expires FROM claims WHERE key IN ({marks})", list(own))
                     if owner != self.owner and expires > now and not _dead(owner)}
-                free = [k for k in chunk if k not in done and k not in held]
+                answered.extend(pk for pk in chunk if pk in done)
+                free = [pk for pk in chunk if pk not in done and pk not in held]
                 free = free[:limit - len(got)]
                 db.executemany("INSERT OR REPLACE INTO claims VALUES (?,?,?)",
-                               [(k, self.owner, now + self.lease) for k in free])
-                got.extend(rows[k] for k in free)
-                if len(got) >= limit:
-                    break
+                               [(self.key(pk, first_sample), self.owner, now + self.lease)
+                                for pk in free])
+                got.extend(free)
         if got:
             self._start_renewing()
-        return got
+        return got, answered
 
     def release(self, prompt_keys: Iterable[str], first_sample: int) -> None:
         """Drop this run's claims on ``prompt_keys`` (a failed prompt: others may ask it)."""

@@ -13,6 +13,7 @@ parse to a cell type (:func:`cellreasoner.parsing.is_label`) is "Unknown" with
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -112,31 +113,36 @@ def generate_cached(backend: Backend, prompts: Sequence[Prompt], sampling: Sampl
         # a fresh seed for samples first..n-1, so extra samples differ from the cached ones
         sp = replace(sampling, n=n - first,
                      seed=None if sampling.seed is None else sampling.seed + first)
-        waiting = list(idx)
+        pending = dict.fromkeys(idx)  # ordered, O(1) removal
+        index_of = {keys[i]: i for i in idx} if cache is not None else {}
         told = False
-        while waiting:
+        while pending:
+            done: set[int] = set()
             if cache is None:
-                batch = waiting[:batch_size]
+                batch = list(itertools.islice(pending, batch_size))
             else:
-                mine = set(cache.claim([keys[i] for i in waiting], first, batch_size))
-                batch = [i for i in waiting if keys[i] in mine]
+                mine, answered = cache.claim((keys[i] for i in pending), first, batch_size,
+                                             last_sample=n - 1)
+                seen = [index_of[k] for k in answered]
+                done = _answered_elsewhere(seen, keys, first, n, cache, weights, advance,
+                                           stats, out)
+                # stored only in part (a run with another n): this run asks them itself
+                batch = [index_of[k] for k in mine] + [i for i in seen if i not in done]
             if batch:
                 result = _generate_batch(backend, prompts, keys, batch, sp, first, cache,
                                          [weights[i] for i in batch], advance, stats)
                 for j, i in enumerate(batch):
                     out[i][first:] = list(result[j])
-                done = set(batch)
-            else:  # every prompt left is held by another live run sharing the cache
+                done.update(batch)
+            elif not done:  # every prompt left is held by another live run sharing the cache
                 if not told:
                     told = True
                     log.info("%d prompt(s) are being asked by another run sharing the cache %s "
                              "(%s); waiting for its answers instead of asking again.",
-                             len(waiting), cache.path, ", ".join(cache.held_by_others()))
-                done = _answered_elsewhere(waiting, keys, first, n, cache, weights, advance,
-                                           stats, out)
-                if not done:
-                    time.sleep(POLL_SECONDS)
-            waiting = [i for i in waiting if i not in done]
+                             len(pending), cache.path, ", ".join(cache.held_by_others()))
+                time.sleep(POLL_SECONDS)
+            for i in done:
+                del pending[i]
     return out  # type: ignore[return-value]
 
 
