@@ -21,6 +21,7 @@ import random
 import socket
 import string
 import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -128,6 +129,13 @@ class FaultServer:
     class _HTTP(ThreadingHTTPServer):
         daemon_threads = True
         owner: FaultServer
+
+        def handle_error(self, request, client_address) -> None:
+            """A client that went away (killed, timed out) is counted, not printed."""
+            if isinstance(sys.exc_info()[1], ConnectionError):
+                self.owner.clients_gone += 1
+                return
+            super().handle_error(request, client_address)
 
     def __init__(self, fault: str = "ok", *, times: int = 1, only: str | None = None,
                  delay_s: float = 0.0, hang_s: float = 30.0, retry_after_s: float = 1.0):
