@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,19 @@ _MARKDOWN = re.compile(r"\*\*|__|`+|^#+\s*|^\s*(?:[-*+]|\d+[.)])\s+", re.MULTILI
 _QUOTES = "\"'“”‘’«»"
 _TRAILING = ".,;:!?。 \t"
 
+#: What an answer that does not parse to a cell type is labelled.
+UNPARSED_LABEL = "Unknown"
+#: A label is short: longer (in characters, or words) it is prose or garbage, not a cell type.
+#: Real labels from 1,700 distinct model answers (``pair_scores_dev.csv``) are at most 96
+#: characters; the sentences the cleaner leaves from rambling answers are longer or wordier.
+MAX_LABEL_CHARS = 100
+MAX_LABEL_WORDS = 12
+#: Letters/digits in a row without a separator: the longest in those real labels is 28.
+MAX_LABEL_RUN = 40
+#: Characters of code, markup and random text that no cell-type name uses.
+_NOT_IN_LABELS = frozenset("<>{}[]|\\^~=@#$%*`")
+_RUN = re.compile(rf"[^\W_]{{{MAX_LABEL_RUN + 1},}}")
+
 
 @dataclass(frozen=True)
 class ParsedResponse:
@@ -64,12 +78,17 @@ class ParsedResponse:
         The raw answer part (after ``</think>``), before cleaning.
     complete
         ``False`` when the response stopped inside an unclosed ``<think>`` block.
+    unparsed
+        ``True`` when the answer does not parse to a cell type (see :func:`is_label`); the
+        label is then :data:`UNPARSED_LABEL` (``"Unknown"``) and the raw text stays in
+        ``answer``.
     """
 
     label: str
     reasoning: str
     answer: str
     complete: bool = True
+    unparsed: bool = False
 
 
 def split_reasoning(text: str, reasoning: str | None = None) -> tuple[str, str, bool]:
@@ -143,6 +162,32 @@ def clean_label(answer: str) -> str:
     return _balanced_strip(first)
 
 
+def is_label(label: str) -> bool:
+    """Whether a cleaned answer has the shape of a cell-type label (a structural test).
+
+    A label is at most :data:`MAX_LABEL_CHARS` (100) characters and :data:`MAX_LABEL_WORDS`
+    (12) words, has at least one letter, no control, format or private-use character (Unicode
+    category C), none of the code/markup characters ``< > { } [ ] | \\ ^ ~ = @ # $ % * ` ``, and
+    no run of more than :data:`MAX_LABEL_RUN` (40) letters/digits without a space or
+    punctuation. Everything else (a whole paragraph, 2 MB of random text, mojibake) is not a
+    label, whatever its words. ``""`` (no answer at all) is not a label either.
+    """
+    if not label or len(label) > MAX_LABEL_CHARS or len(label.split()) > MAX_LABEL_WORDS:
+        return False
+    if not any(c.isalpha() for c in label) or _RUN.search(label):
+        return False
+    return not any(c in _NOT_IN_LABELS or unicodedata.category(c)[0] == "C" for c in label)
+
+
+def _label_of(answer: str) -> tuple[str, bool]:
+    """``(label, unparsed)`` of an answer text: its clean label, or "Unknown" when the
+    clean text is not a label (an empty answer stays ``""``: nothing was answered)."""
+    label = clean_label(answer)
+    if label and not is_label(label):
+        return UNPARSED_LABEL, True
+    return label, False
+
+
 # --- the grounding reading of an answer (used by cellreasoner.ontology) ----------------------
 _CLOSE_TAG = re.compile(r"</\s*[a-z]+\s*>", re.I)
 _OPEN_TAG = re.compile(r"<\s*[a-z]+\s*>", re.I)
@@ -208,7 +253,8 @@ def extract_answer(text: str, *, style: Literal["grounding", "label"] = "groundi
         (``"CD14+ Monocyte (classical)"`` -> ``"CD14+ Monocyte"``); ``""`` when no answer is
         found. ``"label"`` (what :func:`parse_response` reports as the label): the text after
         the last ``</think>``, ``""`` when the response stopped inside ``<think>``, cleaned by
-        :func:`clean_label` (markdown, filler and answer markers removed, parentheses kept).
+        :func:`clean_label` (markdown, filler and answer markers removed, parentheses kept);
+        ``"Unknown"`` when the cleaned text is not a label (:func:`is_label`).
 
     Returns
     -------
@@ -219,15 +265,16 @@ def extract_answer(text: str, *, style: Literal["grounding", "label"] = "groundi
         return _grounding_answer(text)
     if style == "label":
         _, answer, complete = split_reasoning(text)
-        return clean_label(answer) if complete else ""
+        return _label_of(answer)[0] if complete else ""
     raise InputError(f"extract_answer: style must be 'grounding' or 'label', not {style!r}")
 
 
 def parse_response(text: str, reasoning: str | None = None) -> ParsedResponse:
     """Parse one response (``Generation.text`` and optional ``Generation.reasoning``)."""
     thought, answer, complete = split_reasoning(text, reasoning)
-    return ParsedResponse(label=clean_label(answer) if complete else "", reasoning=thought,
-                          answer=answer, complete=complete)
+    label, unparsed = _label_of(answer) if complete else ("", False)
+    return ParsedResponse(label=label, reasoning=thought, answer=answer, complete=complete,
+                          unparsed=unparsed)
 
 
 def normalize_label(label: str) -> str:

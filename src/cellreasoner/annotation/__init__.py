@@ -155,7 +155,9 @@ def annotate(
         one fails, so this bounds the work a crash can lose for backends without per-prompt
         callbacks.
     backend_options
-        Extra keyword arguments for the backend constructor (``base_url``, ``concurrency``...).
+        Extra keyword arguments for the backend constructor (``base_url``, ``concurrency``;
+        for ``"openai"`` also ``timeout`` seconds per attempt and ``max_retries``, see
+        :class:`~cellreasoner.backends.openai.OpenAIBackend`).
     copy
         Annotate a copy and leave ``adata`` untouched (default False: write into ``adata``).
     progress
@@ -168,6 +170,11 @@ def annotate(
         ``_ontology_id``, ``_ontology_label``, ``_reasoning``, ``_response``,
         ``_evidence_fraction``, ``_evidence_flag``, ``_cited_present``, ``_cited_absent``
         (+ ``_cluster_label``, ``_cluster_agreement``) and ``uns[key_added]`` provenance.
+        When a prompt got no usable answer (the backend failed it after its retries; it is not
+        cached, so a rerun asks it again) or an answer did not parse to a cell type, its cells
+        are labelled "Unknown", a ``{key_added}_failure`` column says ``"request"`` or
+        ``"parse"`` (``""`` elsewhere), and the provenance counts ``failed_prompts``,
+        ``failed_cells`` and ``unparsed_cells``.
     """
     from ..progress import progress_bar
 
@@ -237,6 +244,7 @@ def annotate(
         key_added=key_added, cache_path=cache_path, layer=layer, use_raw=use_raw,
         input_name=input_name, tissue=tissue, clusters_df=clusters_df,
         unique_prompts=unique_prompts)
+    provenance.update(_failure_counts(table, run.stats))
     result = AnnotationResult(table=table, provenance=provenance, adata=adata,
                               key_added=key_added, truth=_truth(adata, label_key, table),
                               clusters=clusters_df)
@@ -425,6 +433,24 @@ def _provenance(run: _Run, describe: dict, *, n: int, seconds: float, gene_list,
         cl = clusters_df.drop(columns=["response"]).reset_index()
         provenance["clusters"] = {c: cl[c].tolist() for c in cl.columns}
     return provenance
+
+
+def _failure_counts(table: pd.DataFrame, stats: Stats) -> dict:
+    """Counts of what went wrong or was shared, only those that happened (a clean run's
+    provenance is unchanged): failed prompts and their cells (no usable answer from the
+    backend; not cached), cells whose answer did not parse to a cell type, prompts answered
+    by another run sharing the cache."""
+    counts = {}
+    if stats.failed:
+        counts["failed_prompts"] = int(stats.failed)
+    if "failure" in table:
+        kinds = table["failure"].value_counts()
+        for kind, key in (("request", "failed_cells"), ("parse", "unparsed_cells")):
+            if kinds.get(kind, 0):
+                counts[key] = int(kinds[kind])
+    if stats.shared:
+        counts["shared_prompts"] = int(stats.shared)
+    return counts
 
 
 def _truth(adata, label_key: str | None, table: pd.DataFrame) -> pd.Series | None:

@@ -80,8 +80,10 @@ class AnnotationResult:
 
     @property
     def fields(self) -> tuple[str, ...]:
-        """The per-cell fields this run has (cluster fields in cluster/hybrid mode)."""
-        return FIELDS + (CLUSTER_FIELDS if "cluster_label" in self.table else ())
+        """The per-cell fields this run has (cluster fields in cluster/hybrid mode; ``failure``
+        when some prompt failed or did not parse: ``"request"``/``"parse"``, else ``""``)."""
+        return (FIELDS + (CLUSTER_FIELDS if "cluster_label" in self.table else ())
+                + (("failure",) if "failure" in self.table else ()))
 
     def to_table(self) -> pd.DataFrame:
         """A copy of the per-cell table."""

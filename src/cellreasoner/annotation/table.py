@@ -119,5 +119,9 @@ def prompt_table(answers: list[Answer], cell_answer: np.ndarray, prompt_keys: np
     sample_json = [json.dumps(a.samples) for a in answers]
     samples = np.asarray([sample_json[u] for u in cell_answer], dtype=object)
     arrays = {f: np.asarray(v, dtype=object) for f, v in cols.items()}
-    return _frame(arrays, samples, prompt_keys, obs_names)
+    table = _frame(arrays, samples, prompt_keys, obs_names)
+    if any(a.failure for a in answers):  # only then: runs without failures keep their columns
+        failure = np.asarray([a.failure for a in answers], dtype=object)
+        table["failure"] = failure[np.asarray(cell_answer, dtype=np.int64)]
+    return table
 

@@ -45,6 +45,22 @@ class Generation:
     meta: dict = field(default_factory=dict)
 
 
+def failed_generations(reason: str, n: int = 1) -> list[Generation]:
+    """What a backend returns for a prompt it could not get an answer for (after its own
+    retries): ``n`` empty generations with ``meta["error"] = reason``.
+
+    The engine records such a prompt as failed (its cells labelled "Unknown", flagged
+    ``request``), counts it in the run's summary and never caches it, so a rerun asks it again.
+    """
+    reason = str(reason) or "no answer"
+    return [Generation("", None, {"error": reason}) for _ in range(n)]
+
+
+def is_failed(generations: Sequence[Generation]) -> bool:
+    """Whether any of a prompt's generations is a failure (see :func:`failed_generations`)."""
+    return any(g.meta.get("error") for g in generations)
+
+
 #: Called with a prompt's index and its generations as soon as they are finished (caching).
 ResultCallback = Callable[[int, list[Generation]], None]
 

@@ -1,8 +1,24 @@
 """Any OpenAI-compatible chat server (vLLM, SGLang, Ollama, llama.cpp, transformers serve, APIs).
 
-Requests go straight to ``POST {base_url}/chat/completions`` with ``httpx`` (no SDK), a bounded
-number at a time, with retries and exponential backoff on rate limits, server errors and
-dropped connections.
+Requests go to ``POST {base_url}/chat/completions`` through the official ``openai`` SDK
+(``AsyncOpenAI``): a bounded number at a time, with its bounded retries and jittered exponential
+backoff on rate limits, server errors, dropped connections and timeouts (a ``Retry-After`` of up
+to two minutes is honoured), and its typed errors. The reply body is read as plain JSON here, not
+through the SDK's response models, so that fields the OpenAI schema lacks
+(``reasoning_content``/``reasoning``) are kept and a malformed reply is recognised as such.
+
+Faults, and what each becomes:
+
+- connection refused before the server ever answered: at most 2 retries, then
+  :class:`BackendError` "Cannot reach the model server ... Is it running?";
+- no answer within ``timeout`` seconds (``max_retries + 1`` attempts): :class:`BackendError`
+  saying it timed out after N s and N attempts (the server was reached);
+- HTTP 429/5xx after ``max_retries`` retries, or any other HTTP error: :class:`BackendError`
+  with the server's own message (and the models it serves, when the model may be wrong);
+- a malformed 200 reply (not JSON, not an object, no or empty ``choices``, ``message`` or
+  ``content`` of the wrong type): asked again up to ``max_retries`` times, then the *prompt*
+  is recorded as failed (:func:`~cellreasoner.backends.base.failed_generations`) and the run
+  carries on; the engine labels its cells "Unknown" and never caches it.
 
 Reasoning mode. Upstream CellReasoner renders the chat template itself and appends ``"<think> "``
 after the assistant header. A chat API renders the template on the server and has no standard
@@ -17,7 +33,6 @@ block stays in :attr:`Generation.text` for the answer parser.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import os
 import random
@@ -26,95 +41,21 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
-import httpx
-
 from ..errors import BackendError, InputError
 from ..prompts import Prompt, SamplingParams
-from .base import Backend, Generation, ProgressCallback, ResultCallback
+from ._openai_wire import MalformedReply, error_detail, parse_choices, request_body
+from .base import Backend, Generation, ProgressCallback, ResultCallback, failed_generations
+
+__all__ = ["DEFAULT_BASE_URL", "MalformedReply", "OpenAIBackend", "parse_choices",
+           "request_body"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-#: HTTP statuses worth retrying (rate limit, server overload/errors).
+#: HTTP statuses the SDK retries (rate limit, conflicts, server overload/errors).
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-
-def request_body(
-    model: str,
-    prompt: Prompt,
-    sampling: SamplingParams,
-    n: int | None = None,
-    seed: int | None = None,
-    send_repetition_penalty: bool = False,
-    max_tokens_field: str = "max_tokens",
-    extra_body: dict | None = None,
-) -> dict:
-    """The JSON body of one chat-completions request.
-
-    ``n`` and ``seed`` override ``sampling.n``/``sampling.seed`` (used to top up answers
-    from servers that ignore ``n``). ``repetition_penalty`` is sent only when
-    ``send_repetition_penalty`` (not part of the OpenAI API; vLLM and SGLang accept it).
-    ``sampling.extra`` and then ``extra_body`` are merged in last; a value of ``None`` there
-    removes a field (e.g. ``{"top_p": None}`` for APIs that reject it).
-    """
-    n = sampling.n if n is None else n
-    seed = sampling.seed if seed is None else seed
-    body: dict = {
-        "model": model,
-        "messages": prompt.messages(),
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        max_tokens_field: sampling.max_new_tokens,
-    }
-    if n != 1:
-        body["n"] = n
-    if seed is not None:
-        body["seed"] = seed
-    if send_repetition_penalty:
-        body["repetition_penalty"] = sampling.repetition_penalty
-    for extra in (sampling.extra, extra_body or {}):
-        for key, value in extra.items():
-            if value is None:
-                body.pop(key, None)
-            else:
-                body[key] = value
-    return body
-
-
-def parse_choices(data: dict) -> list[Generation]:
-    """Generations from a chat-completions response (``reasoning_content`` kept apart)."""
-    choices = data.get("choices")
-    if not isinstance(choices, list):
-        raise BackendError(f"The server's answer has no 'choices' list: {str(data)[:300]}")
-    usage = data.get("usage") or {}
-    gens = []
-    for choice in sorted(choices, key=lambda c: c.get("index", 0)):
-        message = choice.get("message") or {}
-        reasoning = message.get("reasoning_content") or message.get("reasoning") or None
-        meta = {
-            "finish_reason": choice.get("finish_reason"),
-            "model": data.get("model"),
-            # token counts are per request, shared by the request's choices
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens"),
-            "request_choices": len(choices),
-        }
-        gens.append(Generation(text=message.get("content") or "", reasoning=reasoning,
-                               meta=meta))
-    return gens
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    if value.strip().replace(".", "", 1).isdigit():  # delta-seconds
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+#: Retries of a request to a server that has not answered once yet (a wrong address fails fast).
+UNREACHED_RETRIES = 2
 
 
 class OpenAIBackend(Backend):
@@ -134,13 +75,14 @@ class OpenAIBackend(Backend):
     concurrency
         Requests in flight at once (default 8).
     timeout
-        Seconds allowed per request (default 120). Answers are not streamed, so a long
-        reasoning answer from a slow server needs more.
+        Seconds allowed per attempt (default 120). Answers are not streamed, so a long
+        reasoning answer from a slow server needs more; a hung server fails after
+        ``max_retries + 1`` attempts, about ``(max_retries + 1) * timeout`` seconds.
     max_retries
-        Retries per request on HTTP 408/409/429/5xx and lost connections (default 5), with
-        exponential backoff from ``backoff`` seconds (default 0.5) up to ``max_backoff``
-        (default 30), jittered; a ``Retry-After`` header is honoured. A server that was never
-        reached is given at most 2 retries, so a wrong address fails fast.
+        Retries per request (default 3) on HTTP 408/409/429/5xx, lost connections, timeouts
+        and malformed replies, with the SDK's jittered exponential backoff (0.5 s doubling up
+        to 8 s; a ``Retry-After`` of up to 120 s is honoured). A server that was never reached
+        is given at most 2 retries, so a wrong address fails fast.
     send_repetition_penalty
         Also send ``repetition_penalty`` (default False: not an OpenAI API field; vLLM and
         SGLang accept it).
@@ -160,9 +102,7 @@ class OpenAIBackend(Backend):
         api_key_env: str | None = "OPENAI_API_KEY",
         concurrency: int = 8,
         timeout: float = 120.0,
-        max_retries: int = 5,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
+        max_retries: int = 3,
         send_repetition_penalty: bool = False,
         max_tokens_field: str = "max_tokens",
         extra_body: dict | None = None,
@@ -174,21 +114,24 @@ class OpenAIBackend(Backend):
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise InputError(f"base_url '{base_url}' is not an http(s) URL; pass e.g. "
                              "http://127.0.0.1:8000/v1")
-        if concurrency < 1 or max_retries < 0 or timeout <= 0:
-            raise InputError("concurrency must be >= 1, max_retries >= 0 and timeout > 0 "
-                             f"(got {concurrency}, {max_retries}, {timeout}).")
+        if concurrency < 1 or max_retries < 0 or not timeout > 0:
+            raise InputError("concurrency must be >= 1, max_retries (--max-retries) >= 0 and "
+                             f"timeout (--timeout) > 0 (got {concurrency}, {max_retries}, "
+                             f"{timeout}).")
+        import openai  # a core dependency, imported only when this backend is used
+
+        self._sdk = openai
         self.model = str(model)
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
-        self.concurrency = concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self.concurrency = int(concurrency)
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
         self.send_repetition_penalty = send_repetition_penalty
         self.max_tokens_field = max_tokens_field
         self.extra_body = dict(extra_body or {})
         self._reached = False
+        self._send_key = False  # whether the current client sends an Authorization header
         self._in_flight = 0
         #: Counters of the last ``generate``/``agenerate`` call (for benchmarks).
         self.stats: dict = {}
@@ -230,21 +173,19 @@ class OpenAIBackend(Backend):
         """Answer ``prompts`` with at most ``concurrency`` requests in flight.
 
         ``on_result(index, generations)`` and ``progress(1)`` are called as each prompt
-        finishes (in completion order), so callers can persist results immediately. The first
-        prompt that fails for good cancels the rest and raises :class:`BackendError`.
+        finishes (in completion order), so callers can persist results immediately. A prompt
+        whose replies stay malformed gets failed generations (``meta["error"]``; see
+        :func:`~cellreasoner.backends.base.failed_generations`) and the others go on; any other
+        lasting failure cancels the rest and raises :class:`BackendError`.
         """
         results: list[list[Generation] | None] = [None] * len(prompts)
         self.stats = {"requests": 0, "retries": 0, "max_in_flight": 0, "prompt_tokens": 0,
-                      "completion_tokens": 0, "seconds": 0.0}
+                      "completion_tokens": 0, "failed_prompts": 0, "seconds": 0.0}
         if not prompts:
             return []
-        headers = self._headers()
         started = time.perf_counter()
         pending = iter(range(len(prompts)))
-        limits = httpx.Limits(max_connections=self.concurrency,
-                              max_keepalive_connections=self.concurrency)
-        timeout = httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
-        async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers) as client:
+        async with self._client() as client:
 
             async def worker() -> None:
                 for i in pending:  # one shared iterator: each index is taken once
@@ -268,18 +209,82 @@ class OpenAIBackend(Backend):
                 self.stats["seconds"] = time.perf_counter() - started
         return results  # type: ignore[return-value]
 
+    async def list_models(self) -> list[str]:
+        """Model ids from ``GET {base_url}/models``; raises :class:`BackendError` if unavailable.
+
+        Uses a fresh connection: a server may close the pooled one after an error.
+        """
+        url = f"{self.base_url}/models"
+        try:
+            async with self._client(timeout=10.0) as client:
+                response = await client.get("/models", cast_to=self._httpx.Response,
+                                            options=self._options(0))
+            return [m["id"] for m in response.json().get("data", [])]
+        except (self._sdk.OpenAIError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BackendError(f"Could not list the models of {url} "
+                               f"({type(exc).__name__}: {exc}).") from exc
+
     # -- internals -------------------------------------------------------------------------
 
-    def _headers(self) -> dict[str, str]:
+    @property
+    def _httpx(self):
+        """The HTTP library the installed SDK is built on (``httpx2``, or ``httpx`` before)."""
+        import sys
+
+        base = next(c for c in type.mro(self._sdk.DefaultAsyncHttpxClient)
+                    if c.__name__ == "AsyncClient")
+        return sys.modules[base.__module__.split(".")[0]]
+
+    def _api_key(self) -> str:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if not key and urlparse(self.base_url).hostname == "api.openai.com":
             raise BackendError(f"The OpenAI API needs an API key: set the environment variable "
                                f"{self.api_key_env or 'OPENAI_API_KEY'}.")
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return key or ""
 
-    async def _answer(self, client: httpx.AsyncClient, prompt: Prompt,
-                      sampling: SamplingParams) -> list[Generation]:
-        """All ``sampling.n`` answers of one prompt (topping up if the server ignores ``n``)."""
+    def _client(self, timeout: float | None = None):
+        """A fresh ``AsyncOpenAI`` (retries are set per request, see :meth:`_options`)."""
+        sdk, httpx = self._sdk, self._httpx
+        timeout = self.timeout if timeout is None else timeout
+        key_now = self._api_key()  # fails early for api.openai.com without a key
+
+        async def api_key() -> str:  # read at request time, never stored on the backend
+            return self._api_key()
+
+        async def on_request(request) -> None:
+            if not request.url.path.endswith("/chat/completions"):
+                return  # the model list asked for an error message is not a chat request
+            self.stats["requests"] = self.stats.get("requests", 0) + 1
+            retry = request.headers.get("x-stainless-retry-count", "0")
+            if retry not in ("", "0"):
+                self.stats["retries"] = self.stats.get("retries", 0) + 1
+
+        async def on_response(response) -> None:
+            self._reached = True
+
+        http = sdk.DefaultAsyncHttpxClient(
+            limits=httpx.Limits(max_connections=self.concurrency,
+                                max_keepalive_connections=self.concurrency),
+            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+            event_hooks={"request": [on_request], "response": [on_response]})
+        self._send_key = bool(key_now)
+        return sdk.AsyncOpenAI(api_key=api_key, base_url=self.base_url, http_client=http,
+                               max_retries=self.max_retries, timeout=timeout)
+
+    def _options(self, retries: int | None = None) -> dict:
+        """Per-request SDK options: the retry budget, and no ``Authorization`` without a key."""
+        if retries is None:
+            retries = self.max_retries if self._reached else min(self.max_retries,
+                                                                 UNREACHED_RETRIES)
+        options: dict = {"max_retries": retries}
+        if not self._send_key:
+            options["headers"] = {"Authorization": self._sdk.Omit()}
+        return options
+
+    async def _answer(self, client, prompt: Prompt, sampling: SamplingParams
+                      ) -> list[Generation]:
+        """All ``sampling.n`` answers of one prompt (topping up if the server ignores ``n``),
+        or failed generations when the replies stay malformed."""
         gens: list[Generation] = []
         top_up = 0
         while len(gens) < sampling.n:
@@ -288,10 +293,13 @@ class OpenAIBackend(Backend):
                                 seed=seed, send_repetition_penalty=self.send_repetition_penalty,
                                 max_tokens_field=self.max_tokens_field,
                                 extra_body=self.extra_body)
-            new = parse_choices(await self._post(client, body))
-            if not new:
-                raise BackendError(f"{self.base_url} answered with no choices for model "
-                                   f"'{self.model}'.")
+            try:
+                new = await self._ask(client, body)
+            except MalformedReply as exc:
+                self.stats["failed_prompts"] += 1
+                logger.warning("%s; this prompt is recorded as failed (its cells 'Unknown') "
+                               "and the run goes on.", exc)
+                return failed_generations(str(exc), sampling.n)
             usage_counted = new[0].meta
             self.stats["prompt_tokens"] += usage_counted.get("prompt_tokens") or 0
             self.stats["completion_tokens"] += usage_counted.get("completion_tokens") or 0
@@ -299,74 +307,81 @@ class OpenAIBackend(Backend):
             top_up += 1
         return gens[:sampling.n]
 
-    def _delay(self, attempt: int) -> float:
-        delay = min(self.max_backoff, self.backoff * 2 ** attempt)
-        return delay / 2 + random.uniform(0, delay / 2)
+    async def _ask(self, client, body: dict) -> list[Generation]:
+        """One request's generations; malformed replies are asked again ``max_retries`` times.
 
-    async def _post(self, client: httpx.AsyncClient, body: dict) -> dict:
-        url = f"{self.base_url}/chat/completions"
-        attempt = 0
-        while True:
-            self._in_flight += 1
-            self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._in_flight)
-            self.stats["requests"] += 1
-            try:
-                response = await client.post(url, json=body)
-            except httpx.TransportError as exc:
-                # a server never reached is probably not running: fail fast
-                limit = self.max_retries if self._reached else min(self.max_retries, 2)
-                if attempt >= limit:
-                    reason = f"{type(exc).__name__}: {exc or 'no answer'}"
-                    if self._reached:
-                        raise BackendError(
-                            f"The connection to the model server at {url} failed ({reason}) "
-                            f"{attempt + 1} time(s) in a row; it may have stopped or be "
-                            "overloaded (a lower concurrency may help)."
-                        ) from exc
-                    raise BackendError(
-                        f"Cannot reach the model server at {url} ({reason}) after "
-                        f"{attempt + 1} attempt(s). Is it running? Start it (e.g. `vllm serve "
-                        "MODEL`, `transformers serve`, `ollama serve`) or pass the right "
-                        "base_url."
-                    ) from exc
-                wait = self._delay(attempt) if self._reached else min(0.2, self.backoff)
-            else:
-                self._reached = True
-                if response.status_code == 200:
-                    try:
-                        return response.json()
-                    except ValueError as exc:
-                        raise BackendError(f"{url} answered with invalid JSON: "
-                                           f"{response.text[:300]}") from exc
-                if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
-                    raise await self._http_error(response, attempt)
-                wait = retry_after_seconds(response.headers.get("retry-after"))
-                wait = self._delay(attempt) if wait is None else min(wait, 300.0)
-            finally:
-                self._in_flight -= 1
-            self.stats["retries"] += 1
-            logger.info("Retrying %s in %.1f s (attempt %d).", url, wait, attempt + 1)
-            await asyncio.sleep(wait)
-            attempt += 1
-
-    async def list_models(self) -> list[str]:
-        """Model ids from ``GET {base_url}/models``; raises :class:`BackendError` if unavailable.
-
-        Uses a fresh connection: a server may close the pooled one after an error.
+        Raises
+        ------
+        MalformedReply
+            Every attempt got a malformed reply.
+        BackendError
+            Any other lasting failure (see the module docstring).
         """
-        url = f"{self.base_url}/models"
-        try:
-            async with httpx.AsyncClient(timeout=10.0, headers=self._headers()) as client:
-                response = await client.get(url)
-            response.raise_for_status()
-            return [m["id"] for m in response.json().get("data", [])]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise BackendError(f"Could not list the models of {url} "
-                               f"({type(exc).__name__}: {exc}).") from exc
+        url = f"{self.base_url}/chat/completions"
+        for attempt in range(self.max_retries + 1):
+            response = await self._post(client, body)
+            try:
+                return parse_choices(response.json())
+            except ValueError as exc:  # not JSON (json.JSONDecodeError is a ValueError)
+                problem = MalformedReply(f"the reply is not JSON ({exc}): "
+                                         f"{response.text[:200]!r}")
+            except MalformedReply as exc:
+                problem = exc
+            if attempt < self.max_retries:
+                self.stats["retries"] += 1
+                wait = min(8.0, 0.5 * 2 ** attempt) * (1 - 0.25 * random.random())
+                logger.info("Malformed reply from %s (%s); asking again in %.1f s.", url,
+                            problem, wait)
+                await asyncio.sleep(wait)
+        raise MalformedReply(f"{url} gave a malformed reply {self.max_retries + 1} time(s) in a "
+                             f"row for model '{self.model}' ({problem})")
 
-    async def _http_error(self, response: httpx.Response, retries: int) -> BackendError:
+    async def _post(self, client, body: dict):
+        """The raw 200 response of one chat request (the SDK retries transient faults)."""
+        sdk = self._sdk
+        url = f"{self.base_url}/chat/completions"
+        retries = self._options()["max_retries"]
+        self._in_flight += 1
+        self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._in_flight)
+        started = time.monotonic()
+        try:
+            return await client.post("/chat/completions", body=body,
+                                     cast_to=self._httpx.Response,
+                                     options=self._options(retries))
+        except sdk.APITimeoutError as exc:
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else "timeout"
+            what = ("could not connect" if "Connect" in cause else "did not answer")
+            raise BackendError(
+                f"The model server at {url} {what} within {self.timeout:g} s ({cause}), "
+                f"{retries + 1} attempt(s), {time.monotonic() - started:.0f} s in all. "
+                + ("It was reached but seems hung or overloaded: lower --concurrency, or "
+                   "raise --timeout for long reasoning answers."
+                   if self._reached or what == "did not answer" else
+                   "Check the address (--base-url) and that the server is running.")
+            ) from exc
+        except sdk.APIConnectionError as exc:
+            cause = exc.__cause__
+            reason = type(cause).__name__ if cause is not None else "connection error"
+            if self._reached or not isinstance(cause, self._httpx.ConnectError):
+                raise BackendError(
+                    f"The connection to the model server at {url} was dropped before an "
+                    f"answer ({reason}), {retries + 1} attempt(s) in a row; the server may "
+                    "have stopped, crashed on the request or be overloaded (a lower "
+                    "--concurrency may help)."
+                ) from exc
+            raise BackendError(
+                f"Cannot reach the model server at {url} ({reason}) after {retries + 1} "
+                "attempt(s). Is it running? Start it (e.g. `vllm serve MODEL`, `transformers "
+                "serve`, `ollama serve`) or pass the right base_url."
+            ) from exc
+        except sdk.APIStatusError as exc:
+            raise await self._http_error(exc.response, retries) from exc
+        finally:
+            self._in_flight -= 1
+
+    async def _http_error(self, response, retries: int) -> BackendError:
         status = response.status_code
-        detail = _error_detail(response)
+        detail = error_detail(response)
         where = f"{self.base_url}/chat/completions"
         if status in (401, 403):
             return BackendError(
@@ -377,39 +392,25 @@ class OpenAIBackend(Backend):
         if status in RETRY_STATUSES:
             message += f" (after {retries} retries)"
         if status in (404, 400, 422) or status >= 500:
-            try:
-                models = await self.list_models()
-            except BackendError as exc:
-                models_note = f" {exc}"
-            else:
-                if self.model in models:
-                    models_note = ""
-                elif models:
-                    models_note = (f" Model '{self.model}' is not one the server lists; it "
-                                   f"serves: {', '.join(models[:20])}.")
-                else:
-                    models_note = (f" The server lists no models, so model '{self.model}' must "
-                                   "be one it can load on demand (a local folder or Hub id).")
+            message += await self._models_note()
             if status == 404:
-                message = f"Model '{self.model}' was not found at {where} ({detail})."
-            message += models_note
+                message = (f"Model '{self.model}' was not found at {where} ({detail})."
+                           + await self._models_note())
         if status == 422 or (status == 400 and "field" in detail.lower()):
             message += (" If a field is rejected, drop it with extra_body={'FIELD': None} or "
                         "send_repetition_penalty=False.")
         return BackendError(message)
 
-
-def _error_detail(response: httpx.Response) -> str:
-    """The server's error message (OpenAI ``{"error": {"message"}}``, FastAPI ``detail``)."""
-    try:
-        data = response.json()
-    except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:300]
-        for key in ("error", "detail", "message"):
-            if data.get(key):
-                return str(data[key])[:300]
-    return str(data)[:300]
+    async def _models_note(self) -> str:
+        """What the server's model list says about ``self.model`` (``""`` when it is listed)."""
+        try:
+            models = await self.list_models()
+        except BackendError as exc:
+            return f" {exc}"
+        if self.model in models:
+            return ""
+        if models:
+            return (f" Model '{self.model}' is not one the server lists; it serves: "
+                    f"{', '.join(models[:20])}.")
+        return (f" The server lists no models, so model '{self.model}' must be one it can load "
+                "on demand (a local folder or Hub id).")

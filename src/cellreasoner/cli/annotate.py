@@ -56,6 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="parallel requests (openai backend)")
     p.add_argument("--threads", type=int,
                    help="CPU threads (gguf backend; default: every core this process may use)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="seconds allowed per request attempt (openai backend; default 120)")
+    p.add_argument("--max-retries", type=int, metavar="N",
+                   help="retries per request on rate limits, server errors, lost connections, "
+                   "timeouts and malformed replies (openai backend; default 3)")
+    p.add_argument("--fail-on-error", action="store_true",
+                   help="exit with status 3 when some prompt got no usable answer (its cells "
+                   "are written as 'Unknown' either way, and a rerun asks it again)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="prompts per backend call (default 256)")
     p.add_argument("--gene-list", help="ranked gene list file (default: the published list)")
@@ -84,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write obs['cell_type_ontology_term_id'] (CELLxGENE schema; "
                    "'unknown' where no CL term)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log debug information, and one line per HTTP request (the same as "
+                   "cellreasoner -v annotate ...)")
     p.set_defaults(func=run)
 
 
@@ -103,8 +114,9 @@ def backend_options(args: argparse.Namespace) -> dict:
             raise InputError(f"--api-key-env {args.api_key_env}: that environment variable is "
                              "not set. Export it first (the key is read, never stored).")
         opts["api_key_env"] = args.api_key_env
-    if args.concurrency is not None:
-        opts["concurrency"] = args.concurrency
+    for name in ("concurrency", "timeout", "max_retries"):
+        if getattr(args, name, None) is not None:
+            opts[name] = getattr(args, name)
     if getattr(args, "threads", None) is not None:
         opts["n_threads"] = args.threads
     if getattr(args, "markers", None):
@@ -161,4 +173,21 @@ def _run(args: argparse.Namespace) -> int:
     top = ", ".join(f"{k or '(no label)'} ({v})" for k, v in labels.head(5).items())
     print(f"labels: {top}" + (" ..." if len(labels) > 5 else ""), file=sys.stderr)
     print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
+    return _report_failures(result.provenance, args.fail_on_error)
+
+
+def _report_failures(provenance: dict, fail_on_error: bool) -> int:
+    """Say which prompts failed or did not parse; exit status 3 with ``--fail-on-error``."""
+    failed, cells = provenance.get("failed_prompts", 0), provenance.get("failed_cells", 0)
+    unparsed = provenance.get("unparsed_cells", 0)
+    if unparsed:
+        print(f"note: {unparsed} cell(s) got an answer that is not a cell type; they are "
+              "labelled Unknown (failure column 'parse', raw answer kept in the response "
+              "column).", file=sys.stderr)
+    if failed:
+        print(f"warning: {failed} prompt(s) ({cells} cell(s)) got no usable answer from the "
+              "model server after retries; they are labelled Unknown (failure column "
+              "'request') and were not cached: run the same command again to ask them again.",
+              file=sys.stderr)
+        return 3 if fail_on_error else 0
     return 0

@@ -115,6 +115,9 @@ class LLMJudge:
                                f"{len(todo)} prompts.")
         rows = []
         for k, g in zip(todo, gens, strict=True):
+            if g and g[0].meta.get("error"):  # the backend gave up on it (failed_generations)
+                raise BackendError(f"The judge backend gave no usable answer for pair {k}: "
+                                   f"{g[0].meta['error']}")
             raw = g[0].text if g else ""
             score = parse_judgment(raw)
             if score is None:

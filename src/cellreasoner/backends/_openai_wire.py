@@ -1,0 +1,120 @@
+"""The chat-completions wire format of :mod:`cellreasoner.backends.openai`: the request body
+it sends, and the strict reading of a reply (``reasoning_content`` kept; anything malformed is a
+:class:`MalformedReply`, which the backend asks again and then records as a failed prompt).
+"""
+
+from __future__ import annotations
+
+from ..errors import BackendError
+from ..prompts import Prompt, SamplingParams
+from .base import Generation
+
+
+class MalformedReply(BackendError):
+    """A 200 reply whose body is not a chat-completions object (retried, then the prompt fails)."""
+
+
+def request_body(
+    model: str,
+    prompt: Prompt,
+    sampling: SamplingParams,
+    n: int | None = None,
+    seed: int | None = None,
+    send_repetition_penalty: bool = False,
+    max_tokens_field: str = "max_tokens",
+    extra_body: dict | None = None,
+) -> dict:
+    """The JSON body of one chat-completions request.
+
+    ``n`` and ``seed`` override ``sampling.n``/``sampling.seed`` (used to top up answers
+    from servers that ignore ``n``). ``repetition_penalty`` is sent only when
+    ``send_repetition_penalty`` (not part of the OpenAI API; vLLM and SGLang accept it).
+    ``sampling.extra`` and then ``extra_body`` are merged in last; a value of ``None`` there
+    removes a field (e.g. ``{"top_p": None}`` for APIs that reject it).
+    """
+    n = sampling.n if n is None else n
+    seed = sampling.seed if seed is None else seed
+    body: dict = {
+        "model": model,
+        "messages": prompt.messages(),
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        max_tokens_field: sampling.max_new_tokens,
+    }
+    if n != 1:
+        body["n"] = n
+    if seed is not None:
+        body["seed"] = seed
+    if send_repetition_penalty:
+        body["repetition_penalty"] = sampling.repetition_penalty
+    for extra in (sampling.extra, extra_body or {}):
+        for key, value in extra.items():
+            if value is None:
+                body.pop(key, None)
+            else:
+                body[key] = value
+    return body
+
+
+def _text_field(message: dict, name: str) -> str | None:
+    value = message.get(name)
+    if value is not None and not isinstance(value, str):
+        raise MalformedReply(f"the reply's message '{name}' is a {type(value).__name__}, "
+                             "not text")
+    return value
+
+
+def parse_choices(data: object) -> list[Generation]:
+    """Generations from a chat-completions reply (``reasoning_content`` kept apart).
+
+    Raises
+    ------
+    MalformedReply
+        ``data`` is not an object with a non-empty ``choices`` list of objects whose
+        ``message`` is an object with text (or null) ``content``.
+    """
+    if not isinstance(data, dict):
+        raise MalformedReply(f"the reply is a JSON {type(data).__name__}, not an object: "
+                             f"{str(data)[:200]}")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise MalformedReply(f"the reply has no (or an empty) 'choices' list: {str(data)[:200]}")
+    if not all(isinstance(c, dict) for c in choices):
+        raise MalformedReply(f"the reply's 'choices' are not objects: {str(choices)[:200]}")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    gens = []
+    for choice in sorted(choices, key=lambda c: c.get("index", 0)
+                         if isinstance(c.get("index", 0), int) else 0):
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise MalformedReply(f"the reply's 'message' is a {type(message).__name__}, not an "
+                                 f"object: {str(message)[:200]}")
+        text = _text_field(message, "content") or ""
+        reasoning = (_text_field(message, "reasoning_content")
+                     or _text_field(message, "reasoning") or None)
+        meta = {
+            "finish_reason": choice.get("finish_reason"),
+            "model": data.get("model"),
+            # token counts are per request, shared by the request's choices
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "request_choices": len(choices),
+        }
+        gens.append(Generation(text=text, reasoning=reasoning, meta=meta))
+    return gens
+
+
+def error_detail(response) -> str:
+    """The server's error message (OpenAI ``{"error": {"message"}}``, FastAPI ``detail``)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:300]
+        for key in ("error", "detail", "message"):
+            if data.get(key):
+                return str(data[key])[:300]
+    return str(data)[:300]
