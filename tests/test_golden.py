@@ -67,7 +67,7 @@ def _assert_same(got: pd.DataFrame, want: pd.DataFrame, what: str) -> None:
 #: the Seurat assay read (#13), the prompt style and instruction of prompt backends (#13),
 #: prompts that failed (#12).
 PROVENANCE_ADDED = ("assay", "prompt_style", "instruction", "failed_prompts", "failed_cells",
-                    "unparsed_cells")
+                    "unparsed_cells", "incomplete_cells")
 
 
 @pytest.mark.parametrize("name", list(ANNOTATE_CASES))

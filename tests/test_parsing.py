@@ -58,9 +58,9 @@ def test_server_reasoning_content_is_the_reasoning():
     assert parsed.reasoning == "LYZ and CD14 are high."
 
 
-def test_truncated_reasoning_has_no_label():
+def test_truncated_reasoning_is_unknown_and_incomplete():
     parsed = parse_response("<think> The cell expresses CD3E, CD8A and then the budget ran")
-    assert parsed.label == ""
+    assert parsed.label == "Unknown"  # an incomplete answer is no label (#13)
     assert not parsed.complete
     assert parsed.reasoning.startswith("The cell expresses CD3E")
 

@@ -179,11 +179,14 @@ def test_the_label_rule_keeps_real_labels_and_refuses_garbage(shared_data):
     assert all(is_label(t) for t in truth.unique())  # 81 real annotation labels
     for real in ("CD14+ Monocyte", "γδ T cell", "CD4+ T (memory)", "Treg", "B_GC", "pDC"):
         assert parse_response(f"<think>CD3E.</think>{real}").label == real
-    for garbage in ("T" * 101, "word " * 13, "12345", "B cell</answer>", "ok\x07cell",
+    for garbage in ("T" * 101, "word " * 13, "12345", "B cell {1}", "ok\x07cell",
                     "k$3}a ~Xq(b", "x" * 41):
         parsed = parse_response(garbage)
         assert not is_label(garbage) and parsed.label == "Unknown" and parsed.unparsed
-    assert parse_response("<think>cut off").label == ""  # no answer at all stays empty
+    # a response cut off inside <think> is incomplete: "Unknown", not a label (#13)
+    cut = parse_response("<think>cut off")
+    assert cut.label == "Unknown" and not cut.complete and not cut.unparsed
+    assert parse_response("").label == ""  # no answer at all stays empty
 
 
 def test_real_labels_still_parse(genes):

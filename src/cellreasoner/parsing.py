@@ -70,14 +70,15 @@ class ParsedResponse:
     Attributes
     ----------
     label
-        The clean final label (``""`` when the response holds no answer, e.g. it was cut off
-        inside ``<think>``).
+        The clean final label; ``"Unknown"`` when the response is incomplete (cut off at the
+        token limit or inside ``<think>``), ``""`` when it is empty.
     reasoning
         The reasoning text (without the tags), ``""`` when there is none.
     answer
         The raw answer part (after ``</think>``), before cleaning.
     complete
-        ``False`` when the response stopped inside an unclosed ``<think>`` block.
+        ``False`` when the response was cut off (token limit, unclosed ``<think>``, a
+        reasoning text with no final answer).
     unparsed
         ``True`` when the answer does not parse to a cell type (see :func:`is_label`); the
         label is then :data:`UNPARSED_LABEL` (``"Unknown"``) and the raw text stays in
@@ -179,10 +180,62 @@ def is_label(label: str) -> bool:
     return not any(c in _NOT_IN_LABELS or unicodedata.category(c)[0] == "C" for c in label)
 
 
+#: Tags a model may leave in its answer (``<answer>...</answer>``, ``Naive CD4+</answer>``,
+#: a second ``</think>``): dropped before the label is read.
+_STRAY_TAG = re.compile(r"</?\s*[A-Za-z][\w-]*\s*/?>")
+#: A response this long (or with this many lines) without any think tag is a reasoning text
+#: whose opening ``<think>`` was in the prompt, not a direct answer.
+_REASONING_CHARS = 400
+_REASONING_LINES = 3
+#: What introduces a final answer at the end of a reasoning text ("... is:", "Final answer").
+_INTRODUCES = re.compile(r"(?::\s*$|\b(?:final|conclusion|answer|annotation|therefore|thus|"
+                         r"in summary|overall)\b)", re.IGNORECASE)
+
+
+def _final_answer(text: str) -> tuple[str, str] | None:
+    """``(reasoning, answer)`` of a reasoning text that never closed ``</think>`` but ends on
+    a clear final answer: a short last line that is a label, introduced by the line before
+    it ("... the primary annotation based on the provided markers is:") or by its own
+    marker ("Final answer: B cell"). ``None`` when it ends anywhere else (cut off in the
+    middle of a gene-by-gene listing, say)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return None
+    last = lines[-1].strip()
+    label = clean_label(last)
+    if not label or not is_label(label) or len(label.split()) > 8:
+        return None
+    own_marker = _ANSWER_MARKERS.search(last) is not None
+    if own_marker or _INTRODUCES.search(lines[-2]):
+        return "\n".join(lines[:-1]).strip(), last
+    return None
+
+
+def _answer_parts(text: str, reasoning: str | None, finish_reason: str | None,
+                  reasoning_mode: bool) -> tuple[str, str, bool]:
+    """:func:`split_reasoning`, plus what real responses need: an answer cut off at the
+    token limit (``finish_reason="length"``) is incomplete; in reasoning mode (``<think>``
+    in the prompt) a long text with no think tag at all is reasoning whose answer is its
+    clear final line, else incomplete."""
+    thought, answer, complete = split_reasoning(text, reasoning)
+    if finish_reason == "length":
+        return thought or answer, answer, False
+    raw = text or ""
+    if reasoning_mode and complete and THINK_OPEN not in raw and THINK_CLOSE not in raw:
+        n_lines = sum(1 for ln in raw.splitlines() if ln.strip())
+        if n_lines >= _REASONING_LINES or len(raw) > _REASONING_CHARS:
+            found = _final_answer(_STRAY_TAG.sub(" ", raw))
+            if found is None:
+                return "\n".join(p for p in (thought, answer) if p), answer, False
+            before, answer = found
+            thought = "\n".join(p for p in ((reasoning or "").strip(), before) if p)
+    return thought, answer, complete
+
+
 def _label_of(answer: str) -> tuple[str, bool]:
     """``(label, unparsed)`` of an answer text: its clean label, or "Unknown" when the
     clean text is not a label (an empty answer stays ``""``: nothing was answered)."""
-    label = clean_label(answer)
+    label = clean_label(_STRAY_TAG.sub(" ", answer))
     if label and not is_label(label):
         return UNPARSED_LABEL, True
     return label, False
@@ -264,15 +317,27 @@ def extract_answer(text: str, *, style: Literal["grounding", "label"] = "groundi
     if style == "grounding":
         return _grounding_answer(text)
     if style == "label":
-        _, answer, complete = split_reasoning(text)
-        return _label_of(answer)[0] if complete else ""
+        _, answer, complete = _answer_parts(text, None, None, True)
+        return _label_of(answer)[0] if complete else UNPARSED_LABEL
     raise InputError(f"extract_answer: style must be 'grounding' or 'label', not {style!r}")
 
 
-def parse_response(text: str, reasoning: str | None = None) -> ParsedResponse:
-    """Parse one response (``Generation.text`` and optional ``Generation.reasoning``)."""
-    thought, answer, complete = split_reasoning(text, reasoning)
-    label, unparsed = _label_of(answer) if complete else ("", False)
+def parse_response(text: str, reasoning: str | None = None, *,
+                   finish_reason: str | None = None,
+                   reasoning_mode: bool = False) -> ParsedResponse:
+    """Parse one response (``Generation.text``, ``Generation.reasoning`` and the backend's
+    ``finish_reason``).
+
+    An incomplete response (cut off at the token limit: ``finish_reason="length"``; stopped
+    inside an unclosed ``<think>``; or, with ``reasoning_mode`` (the prompt ended with
+    ``"<think> "``), a long text with no think tag that never reaches a clear final
+    answer) is labelled "Unknown" with ``complete=False``, the raw text kept. Such a text
+    that ends on a clear final answer keeps its reasoning and takes that answer. Stray tags
+    (``<answer>``, ``</answer>``, a second ``</think>``) are dropped. Hedged answers
+    ("macrophages or monocytes") are kept as labels: the scorer decides.
+    """
+    thought, answer, complete = _answer_parts(text, reasoning, finish_reason, reasoning_mode)
+    label, unparsed = _label_of(answer) if complete else (UNPARSED_LABEL, False)
     return ParsedResponse(label=label, reasoning=thought, answer=answer, complete=complete,
                           unparsed=unparsed)
 

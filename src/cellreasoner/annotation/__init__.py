@@ -171,10 +171,12 @@ def annotate(
         ``_evidence_fraction``, ``_evidence_flag``, ``_cited_present``, ``_cited_absent``
         (+ ``_cluster_label``, ``_cluster_agreement``) and ``uns[key_added]`` provenance.
         When a prompt got no usable answer (the backend failed it after its retries; it is not
-        cached, so a rerun asks it again) or an answer did not parse to a cell type, its cells
-        are labelled "Unknown", a ``{key_added}_failure`` column says ``"request"`` or
-        ``"parse"`` (``""`` elsewhere), and the provenance counts ``failed_prompts``,
-        ``failed_cells`` and ``unparsed_cells``.
+        cached, so a rerun asks it again), an answer was cut off (token limit, or a reasoning
+        text that never reaches an answer) or did not parse to a cell type, its cells are
+        labelled "Unknown", a ``{key_added}_failure`` column says ``"request"``,
+        ``"incomplete"`` or ``"parse"`` (``""`` elsewhere; the raw text stays in
+        ``_response``), and the provenance counts ``failed_prompts``, ``failed_cells``,
+        ``incomplete_cells`` and ``unparsed_cells``.
     """
     from ..progress import progress_bar
 
@@ -445,7 +447,8 @@ def _failure_counts(table: pd.DataFrame, stats: Stats) -> dict:
         counts["failed_prompts"] = int(stats.failed)
     if "failure" in table:
         kinds = table["failure"].value_counts()
-        for kind, key in (("request", "failed_cells"), ("parse", "unparsed_cells")):
+        for kind, key in (("request", "failed_cells"), ("parse", "unparsed_cells"),
+                          ("incomplete", "incomplete_cells")):
             if kinds.get(kind, 0):
                 counts[key] = int(kinds[kind])
     if stats.shared:

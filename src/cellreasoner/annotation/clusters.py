@@ -266,7 +266,7 @@ def run_cluster_prompts(be, source: MatrixSource, groups: pd.Series, genes: Sequ
     gens = generate_cached(be, [by_key[k] for k in order], sampling, gen_cache,
                            batch_size=batch_size, weights=[weights[k] for k in order],
                            advance=advance, stats=stats)
-    unique_answers = [vote(g) for g in gens]
+    unique_answers = [vote(g, reasoning) for g in gens]
     cluster_answers = [unique_answers[uniq[p.key()]] for p in prompts]
     index = {c: i for i, c in enumerate(names)}
     cell_answer = np.array([index[c] for c in groups.to_numpy()], dtype=np.int64)

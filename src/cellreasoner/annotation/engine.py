@@ -224,18 +224,23 @@ def _release_unstored(cache: GenerationCache | None, keys: Sequence[str], batch:
         cache.release([keys[i] for j, i in enumerate(batch) if j not in stored], first)
 
 
-def vote(generations: Sequence[Generation]) -> Answer:
+def vote(generations: Sequence[Generation], reasoning: bool = False) -> Answer:
     """Parse every sample and take the majority label.
 
+    ``reasoning``: the prompts ended with ``"<think> "`` (see :func:`parse_response`).
     Confidence is the backend's own ``meta["confidence"]`` when it reports one (builtin),
     else the agreement fraction of several samples, else NaN (one sample: not measured).
-    A failed prompt is "Unknown" with ``failure="request"``; a winning answer that does not
-    parse to a cell type is "Unknown" with ``failure="parse"``.
+    A failed prompt is "Unknown" with ``failure="request"``; a winning answer that was cut
+    off (the backend's ``finish_reason`` is ``"length"``, or the text never reaches an
+    answer) is "Unknown" with ``failure="incomplete"``; one that does not parse to a cell
+    type is "Unknown" with ``failure="parse"``.
     """
     if is_failed(generations):
         return Answer(label=UNPARSED_LABEL, confidence=math.nan, response="", reasoning="",
                       samples=[UNPARSED_LABEL] * len(generations), failure="request")
-    parsed = [parse_response(g.text, g.reasoning) for g in generations]
+    parsed = [parse_response(g.text, g.reasoning, reasoning_mode=reasoning,
+                             finish_reason=(g.meta or {}).get("finish_reason"))
+              for g in generations]
     labels = [p.label for p in parsed]
     label, agreement, k = majority_label(labels)
     chosen = generations[k] if generations else Generation("")
@@ -253,7 +258,15 @@ def vote(generations: Sequence[Generation]) -> Answer:
     return Answer(label=label, confidence=confidence, response=chosen.text or "",
                   reasoning=parsed[k].reasoning if parsed else "", samples=labels,
                   ontology=ontology,
-                  failure="parse" if parsed and label and parsed[k].unparsed else "")
+                  failure=_failure_of(parsed[k]) if parsed and label else "")
+
+
+def _failure_of(parsed) -> str:
+    """``"incomplete"`` (cut off: token limit, unclosed ``<think>``, no final answer),
+    ``"parse"`` (not a cell type) or ``""``."""
+    if not parsed.complete:
+        return "incomplete"
+    return "parse" if parsed.unparsed else ""
 
 
 def run_cell_prompts(backend: Backend, sentences, instruction: str, reasoning: bool,
@@ -280,4 +293,4 @@ def run_cell_prompts(backend: Backend, sentences, instruction: str, reasoning: b
     prompts = [Prompt(instruction, sentences.sentence(int(i)), reasoning) for i in reps]
     gens = generate_cached(backend, prompts, sampling, cache, batch_size=batch_size,
                            weights=weights.tolist(), advance=advance, stats=stats)
-    return [vote(g) for g in gens], cell_answer, keys
+    return [vote(g, reasoning) for g in gens], cell_answer, keys

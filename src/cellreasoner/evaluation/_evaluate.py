@@ -256,8 +256,9 @@ def _parsed_labels(table: ResultTable, col: str) -> str:
     if out not in table.obs.columns:
         texts = as_text(table.obs[col])
         memo: dict[str, str] = {}
-        table.obs[out] = [memo[t] if t in memo else memo.setdefault(t, parse_response(t).label)
-                          for t in texts]
+        for t in dict.fromkeys(texts):  # upstream results may be of either mode
+            memo[t] = parse_response(t, reasoning_mode=True).label
+        table.obs[out] = [memo[t] for t in texts]
         table.notes.append(f"{table.source}: labels parsed from the '{col}' column "
                            f"({len(memo)} distinct responses -> "
                            f"{len(set(memo.values()) - {''})} labels)")

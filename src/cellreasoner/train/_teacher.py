@@ -89,7 +89,8 @@ def select_traces(candidates: Sequence[dict], generations: Sequence[list],
         truth = rec["output"]
         for gen in gens:
             counts["generated"] += 1
-            parsed = parse_response(gen.text, gen.reasoning)
+            parsed = parse_response(gen.text, gen.reasoning, reasoning_mode=True,
+                                    finish_reason=(gen.meta or {}).get("finish_reason"))
             if not parsed.reasoning.strip():
                 counts["no_reasoning"] += 1
                 continue
