@@ -344,7 +344,9 @@ def test_python_api_logs_and_provenance_hold_no_url_credentials(tmp_path, chat_s
     from cellreasoner.annotation import annotate
 
     url = _secret_url(chat_server)
-    with caplog.at_level(logging.DEBUG):
+    # the HTTP client's own level too: an earlier CLI run in this process quiets it (as it
+    # should); the openai SDK 3.x logs through httpx2
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="httpx2"):
         res = annotate(ad.read_h5ad(small_h5ad), "openai", model="m", cache=False,
                        backend_options={"base_url": url}, progress=False)
     assert "HTTP Request: POST http://***@127.0.0.1" in caplog.text  # the log line is kept

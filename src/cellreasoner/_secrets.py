@@ -156,8 +156,8 @@ def install_log_redaction(logger: logging.Logger | None = None) -> None:
 
 #: Loggers that print request URLs (the HTTP clients and our OpenAI backend). A logger's own
 #: filter sees every record it logs, whatever handlers the application has set up.
-URL_LOGGERS = ("httpx", "httpcore", "openai", "openai._base_client",
-               "cellreasoner.backends.openai")
+URL_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "openai._base_client",
+               "cellreasoner.backends.openai")  # the openai SDK 3.x runs on httpx2
 
 
 def _filter_url_loggers() -> None:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     install_log_redaction()  # no credentials of a server URL or API key in any log line
     if not args.verbose:  # one INFO line per HTTP request is noise; -v shows them
-        for name in ("httpx", "httpx2", "httpcore"):
+        for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
             logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
