@@ -75,7 +75,7 @@ def annotate(
     assay: str | None = None,
     label_key: str | None = None,
     cluster_markers: str | os.PathLike | dict | None = None,
-    n_markers: int = 100,
+    n_markers: int | None = None,
     marker_order: str = "ranked",
     tissue: str | None = None,
     key_added: str = "cellreasoner",
@@ -139,7 +139,9 @@ def annotate(
         Cluster mode: a marker file (see :func:`cellreasoner.annotation.clusters.read_markers`) or a
         ``{cluster: [genes]}`` dict used instead of the computed markers.
     n_markers
-        Markers per cluster sentence (default 100).
+        Markers per cluster sentence (default: 100 with the CellReasoner prompt style, 10
+        with the neutral style, where longer lists made a real general model worse;
+        recorded in the provenance).
     marker_order
         ``"ranked"`` (default; gene-list order, as in training) or ``"score"``.
     tissue
@@ -239,6 +241,12 @@ def annotate(
             from .clusters import resolve_groups
 
             run.groups, run.by_key = resolve_groups(adata, by, source)
+        if n_markers is None:
+            from .clusters import DEFAULT_N_MARKERS, DEFAULT_N_MARKERS_NEUTRAL
+
+            n_markers = (DEFAULT_N_MARKERS_NEUTRAL if style == "neutral"
+                         else DEFAULT_N_MARKERS)
+        run.n_markers = int(n_markers)
         table, clusters_df, unique_prompts = _answer(run, cluster_markers, n_markers,
                                                      marker_order)
     provenance = _provenance(
@@ -272,6 +280,7 @@ class _Run:
     instruction: str
     use_matrix: bool
     prompt_style: str = "cellreasoner"
+    n_markers: int | None = None
     cache: GenerationCache | None = None
     advance: Callable[[float], None] | None = None
     groups: pd.Series | None = None
@@ -430,6 +439,8 @@ def _provenance(run: _Run, describe: dict, *, n: int, seconds: float, gene_list,
         provenance["tissue"] = tissue
     if run.mode in ("cluster", "hybrid"):
         provenance["by"] = run.by_key
+    if run.mode == "cluster" and be.capabilities.reads == "prompts":
+        provenance["n_markers"] = run.n_markers
     if clusters_df is not None:
         # column lists, not a dict keyed by cluster name: names may hold "/" (h5ad paths)
         cl = clusters_df.drop(columns=["response"]).reset_index()

@@ -83,8 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster-markers", help="cluster mode: marker file (JSON "
                    "{cluster: [genes]} or a CSV/TSV with cluster and gene columns, e.g. "
                    "Seurat FindAllMarkers)")
-    p.add_argument("--n-markers", type=int, default=100,
-                   help="markers per cluster sentence (default 100)")
+    p.add_argument("--n-markers", type=int,
+                   help="markers per cluster sentence (default 100 for CellReasoner models, "
+                   "10 for other models)")
     p.add_argument("--tissue", help="builtin: restrict the knowledge base to this tissue's "
                    "cell types (e.g. blood); LLM backends: tissue name added to the instruction")
     p.add_argument("--key-added", default="cellreasoner", help="obs column prefix")
