@@ -382,3 +382,17 @@ def test_pair_table_only_reproduces_the_judged_scores(shared_data):
     assert 0 < disputed.sum() < 40
     np.testing.assert_array_equal(got[~disputed], dev["Evaluation Score"].to_numpy()[~disputed])
     assert np.isnan(scorer.score("T cell", "a label no one judged"))
+
+
+def test_report_reads_the_upstream_result_csv_with_parsed_labels(annotated, tmp_path):
+    from cellreasoner.report import write_report
+
+    names = annotated.obs_names[:60].tolist()
+    truth = annotated.obs["bulk_labels"].astype(str).to_numpy()[:60]
+    pred = annotated.obs["cellreasoner_label"].to_numpy()[:60]
+    csv = _upstream_csv(tmp_path / "upstream_result.csv", names, truth, pred)
+    html = write_report(str(csv), tmp_path / "r.html", truth="labels").read_text()
+    for label in set(pred):
+        assert label in html
+    # labels, not whole responses, name the predictions (each response is one cell's text)
+    assert html.count("weighing them gives") <= len(names)

@@ -26,7 +26,13 @@ from .metrics import (
     level_order,
     macro_f1,
 )
-from .results import ResultTable, as_text, default_pred_column, provenance_for, read_results
+from .results import (
+    ResultTable,
+    as_text,
+    prediction_column,
+    provenance_for,
+    read_results,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +116,7 @@ def _collect_runs(tables: list[ResultTable], preds: list[str | None]) -> list[_R
     runs: list[_Run] = []
     for table in tables:
         for p in preds:
-            col = p if p is not None else _default_or_response(table)
-            if col in table.obs.columns and _is_response_column(col):
-                col = _parsed_labels(table, col)
+            col = prediction_column(table, p)
             if col not in table.obs.columns:
                 raise InputError(
                     f"{table.source}: prediction column '{col}' not found; available columns: "
@@ -125,42 +129,6 @@ def _collect_runs(tables: list[ResultTable], preds: list[str | None]) -> list[_R
                 default = str(prov.get("model") or prov.get("backend") or table.stem or col)
             runs.append((table, col, default, prov))
     return runs
-
-
-def _is_response_column(col: str) -> bool:
-    """Raw model responses (``response``, ``<key>_response``), not labels."""
-    return col == "response" or col.endswith("_response")
-
-
-def _default_or_response(table: ResultTable) -> str:
-    """The default prediction column, else a ``response`` column (the upstream result CSV,
-    ``cell_name,response[,labels]``, has no label column: its labels are parsed)."""
-    try:
-        return default_pred_column(table)
-    except InputError:
-        if "response" in table.obs.columns:
-            return "response"
-        raise
-
-
-def _parsed_labels(table: ResultTable, col: str) -> str:
-    """Parse the responses in ``obs[col]`` into labels (one parser: the one ``annotate``
-    uses) in a new column, so scores, per-label tables, heatmaps and reports show labels,
-    never whole reasoning texts; the new column's name."""
-    from ..parsing import parse_response
-    from .results import as_text
-
-    out = f"{col} (parsed)"
-    if out not in table.obs.columns:
-        texts = as_text(table.obs[col])
-        memo: dict[str, str] = {}
-        for t in dict.fromkeys(texts):  # upstream results may be of either mode
-            memo[t] = parse_response(t, reasoning_mode=True).label
-        table.obs[out] = [memo[t] for t in texts]
-        table.notes.append(f"{table.source}: labels parsed from the '{col}' column "
-                           f"({len(memo)} distinct responses -> "
-                           f"{len(set(memo.values()) - {''})} labels)")
-    return out
 
 
 def _run_names(runs: list[_Run], given_names: list | None) -> list[str]:

@@ -190,6 +190,60 @@ def default_pred_column(table: ResultTable) -> str:
     )
 
 
+def _is_response_column(col: str) -> bool:
+    """Raw model responses (``response``, ``<key>_response``), not labels."""
+    return col == "response" or col.endswith("_response")
+
+
+def _default_or_response(table: ResultTable) -> str:
+    """The default prediction column, else a ``response`` column (the upstream result CSV,
+    ``cell_name,response[,labels]``, has no label column: its labels are parsed)."""
+    try:
+        return default_pred_column(table)
+    except InputError:
+        if "response" in table.obs.columns:
+            return "response"
+        raise
+
+
+def _parsed_labels(table: ResultTable, col: str) -> str:
+    """Parse the responses in ``obs[col]`` into labels (one parser: the one ``annotate``
+    uses) in a new column, so scores, per-label tables, heatmaps and reports show labels,
+    never whole reasoning texts; the new column's name."""
+    from ..parsing import parse_response
+
+    out = f"{col} (parsed)"
+    if out not in table.obs.columns:
+        texts = as_text(table.obs[col])
+        memo: dict[str, str] = {}
+        for t in dict.fromkeys(texts):  # upstream results may be of either mode
+            memo[t] = parse_response(t, reasoning_mode=True).label
+        table.obs[out] = [memo[t] for t in texts]
+        table.notes.append(f"{table.source}: labels parsed from the '{col}' column "
+                           f"({len(memo)} distinct responses -> "
+                           f"{len(set(memo.values()) - {''})} labels)")
+    return out
+
+
+def prediction_column(table: ResultTable, pred: str | None = None) -> str:
+    """The column holding a run's labels: ``pred`` or the default one; a column of raw
+    responses (``response``, ``*_response``; the upstream result CSV has no other) is parsed
+    into labels in a new column, whose name is returned.
+
+    Parameters
+    ----------
+    table
+        A loaded result.
+    pred
+        The prediction column asked for (default: :func:`default_pred_column`, else
+        ``response``).
+    """
+    col = pred if pred is not None else _default_or_response(table)
+    if col in table.obs.columns and _is_response_column(col):
+        col = _parsed_labels(table, col)
+    return col
+
+
 def provenance_for(table: ResultTable, pred: str) -> dict[str, Any]:
     """Provenance dict of the annotation run that wrote ``pred`` (``{}`` when unknown).
 

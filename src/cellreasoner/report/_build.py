@@ -30,8 +30,8 @@ from ..evaluation.results import (
     ResultTable,
     as_text,
     column,
-    default_pred_column,
     field_prefix,
+    prediction_column,
     provenance_for,
     read_results,
 )
@@ -91,7 +91,7 @@ def _load_run(results: Any, pred: str | None, groupby: str | None) -> _Run:
     """Read the result and settle its prediction and cluster columns."""
     table = read_results(results)
     obs = table.obs
-    pred = pred or default_pred_column(table)
+    pred = prediction_column(table, pred)  # responses (upstream CSV) parsed into labels
     if pred not in obs.columns:
         raise _missing(table, "prediction", pred)
     prov = provenance_for(table, pred)
