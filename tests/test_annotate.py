@@ -125,7 +125,7 @@ def test_rank_markers_matches_direct_computation_and_biology(raw68k, gene_list_p
 
 
 def test_cluster_mode_one_prompt_per_cluster(tiny_model, raw68k, tmp_path):
-    # 100 markers, as for CellReasoner models (the tiny model's folder name gets 10)
+    # 100 markers, as for CellReasoner models (the tiny model's folder name gets 30)
     res = annotate(raw68k, "transformers", model=tiny_model, mode="cluster", by="bulk_labels",
                    n_markers=100, cache=tmp_path / "c.sqlite", progress=False, **TINY)
     n_groups = raw68k.obs["bulk_labels"].nunique()

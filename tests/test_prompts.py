@@ -120,18 +120,18 @@ def test_reasoning_with_the_direct_instruction_reproduces_the_notebook_prompt():
 
 def test_cluster_prompts_are_short_for_general_models_and_as_published_for_cellreasoner():
     rng = np.random.default_rng(0)
-    X = sp.csr_matrix(rng.poisson(1.0, size=(40, 60)).astype(np.float32))
+    X = sp.csr_matrix(rng.poisson(1.0, size=(40, 150)).astype(np.float32))
     a = ad.AnnData(X)
-    a.var_names = [f"G{i}" for i in range(60)]
+    a.var_names = [f"G{i}" for i in range(150)]
     a.obs["group"] = np.repeat(["a", "b"], 20)
     genes = list(a.var_names)
     general = FakeBackend(model="some-chat-model")
     res = annotate(a.copy(), general, mode="cluster", by="group", gene_list=genes,
                    cache=False, progress=False)
-    assert res.provenance["n_markers"] == 10
-    assert max(len(p.sentence.split(", ")) for p in general.calls) <= 10
+    assert res.provenance["n_markers"] == 30
+    assert max(len(p.sentence.split(", ")) for p in general.calls) <= 30
     cr = FakeBackend(model="guangshuo/CellReasoner-7B")
     res = annotate(a.copy(), cr, mode="cluster", by="group", gene_list=genes, cache=False,
                    progress=False)
     assert res.provenance["n_markers"] == 100
-    assert max(len(p.sentence.split(", ")) for p in cr.calls) > 10
+    assert max(len(p.sentence.split(", ")) for p in cr.calls) > 30

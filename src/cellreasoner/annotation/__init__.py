@@ -139,9 +139,9 @@ def annotate(
         Cluster mode: a marker file (see :func:`cellreasoner.annotation.clusters.read_markers`) or a
         ``{cluster: [genes]}`` dict used instead of the computed markers.
     n_markers
-        Markers per cluster sentence (default: 100 with the CellReasoner prompt style, 10
-        with the neutral style, where longer lists made a real general model worse;
-        recorded in the provenance).
+        Markers per cluster sentence (default: 100 with the CellReasoner prompt style, 30
+        with the neutral style, the best of 10/30/100 for a real general model in
+        ``bench/real_llm.py``; recorded in the provenance).
     marker_order
         ``"ranked"`` (default; gene-list order, as in training) or ``"score"``.
     tissue

@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "Seurat FindAllMarkers)")
     p.add_argument("--n-markers", type=int,
                    help="markers per cluster sentence (default 100 for CellReasoner models, "
-                   "10 for other models)")
+                   "30 for other models)")
     p.add_argument("--tissue", help="builtin: restrict the knowledge base to this tissue's "
                    "cell types (e.g. blood); LLM backends: tissue name added to the instruction")
     p.add_argument("--key-added", default="cellreasoner", help="obs column prefix")
