@@ -87,3 +87,10 @@ def test_the_engine_uses_the_backends_finish_reason():
     assert fine.label == "B cell" and fine.failure == ""
     structural = vote([Generation(LISTING)], reasoning=True)
     assert structural.label == "Unknown" and structural.failure == "incomplete"
+
+
+def test_a_real_models_answer_phrasing():
+    # Qwen2.5-Coder-1.5B-Instruct through the gguf backend (bench/real_llm.py) wrote this
+    parsed = parse_response("MS4A1 and CD79A point to B cells.\n</think>\nThe cell type name is: "
+                            "Lymphocyte")
+    assert parsed.label == "Lymphocyte"

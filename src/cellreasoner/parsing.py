@@ -32,8 +32,9 @@ THINK_CLOSE = "</think>"
 _ANSWER_MARKERS = re.compile(
     r"(?:final\s+(?:annotation(?:\s+result)?|answer|cell\s*type|label)"
     r"|(?:predicted|annotated|most\s+likely)\s+cell\s*type"
-    r"|cell\s*type\s+annotation|annotation\s+result|cell\s*type|annotation|answer|label)"
-    r"\s*(?:\*\*|__)?\s*(?:is|would\s+be|:|=|-)\s*",
+    r"|cell\s*type\s+annotation|annotation\s+result|cell\s*type(?:\s+name)?|annotation"
+    r"|answer|label)"
+    r"\s*(?:\*\*|__)?\s*(?:is|would\s+be|:|=|-)\s*:?\s*",
     re.IGNORECASE,
 )
 #: Sentence openers that introduce the answer without a marker word.
