@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
+from .._secrets import redact_url
 from ..errors import BackendError, InputError
 from ..prompts import Prompt, SamplingParams
 from ._openai_wire import MalformedReply, error_detail, parse_choices, request_body
@@ -137,7 +138,7 @@ class OpenAIBackend(Backend):
         self.stats: dict = {}
 
     def __repr__(self) -> str:
-        return (f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, "
+        return (f"OpenAIBackend(model={self.model!r}, base_url={redact_url(self.base_url)!r}, "
                 f"concurrency={self.concurrency})")
 
     def describe(self) -> dict:
@@ -215,13 +216,14 @@ class OpenAIBackend(Backend):
         Uses a fresh connection: a server may close the pooled one after an error.
         """
         url = f"{self.base_url}/models"
+        shown = redact_url(url)  # what messages show: no credentials
         try:
             async with self._client(timeout=10.0) as client:
                 response = await client.get("/models", cast_to=self._httpx.Response,
                                             options=self._options(0))
             return [m["id"] for m in response.json().get("data", [])]
         except (self._sdk.OpenAIError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise BackendError(f"Could not list the models of {url} "
+            raise BackendError(f"Could not list the models of {shown} "
                                f"({type(exc).__name__}: {exc}).") from exc
 
     # -- internals -------------------------------------------------------------------------
@@ -318,6 +320,7 @@ class OpenAIBackend(Backend):
             Any other lasting failure (see the module docstring).
         """
         url = f"{self.base_url}/chat/completions"
+        shown = redact_url(url)  # what messages show: no credentials
         for attempt in range(self.max_retries + 1):
             response = await self._post(client, body)
             try:
@@ -333,13 +336,14 @@ class OpenAIBackend(Backend):
                 logger.info("Malformed reply from %s (%s); asking again in %.1f s.", url,
                             problem, wait)
                 await asyncio.sleep(wait)
-        raise MalformedReply(f"{url} gave a malformed reply {self.max_retries + 1} time(s) in a "
+        raise MalformedReply(f"{shown} gave a malformed reply {self.max_retries + 1} time(s) in a "
                              f"row for model '{self.model}' ({problem})")
 
     async def _post(self, client, body: dict):
         """The raw 200 response of one chat request (the SDK retries transient faults)."""
         sdk = self._sdk
         url = f"{self.base_url}/chat/completions"
+        shown = redact_url(url)  # what messages show: no credentials
         retries = self._options()["max_retries"]
         self._in_flight += 1
         self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._in_flight)
@@ -352,7 +356,7 @@ class OpenAIBackend(Backend):
             cause = type(exc.__cause__).__name__ if exc.__cause__ else "timeout"
             what = ("could not connect" if "Connect" in cause else "did not answer")
             raise BackendError(
-                f"The model server at {url} {what} within {self.timeout:g} s ({cause}), "
+                f"The model server at {shown} {what} within {self.timeout:g} s ({cause}), "
                 f"{retries + 1} attempt(s), {time.monotonic() - started:.0f} s in all. "
                 + ("It was reached but seems hung or overloaded: lower --concurrency, or "
                    "raise --timeout for long reasoning answers."
@@ -364,13 +368,13 @@ class OpenAIBackend(Backend):
             reason = type(cause).__name__ if cause is not None else "connection error"
             if self._reached or not isinstance(cause, self._httpx.ConnectError):
                 raise BackendError(
-                    f"The connection to the model server at {url} was dropped before an "
+                    f"The connection to the model server at {shown} was dropped before an "
                     f"answer ({reason}), {retries + 1} attempt(s) in a row; the server may "
                     "have stopped, crashed on the request or be overloaded (a lower "
                     "--concurrency may help)."
                 ) from exc
             raise BackendError(
-                f"Cannot reach the model server at {url} ({reason}) after {retries + 1} "
+                f"Cannot reach the model server at {shown} ({reason}) after {retries + 1} "
                 "attempt(s). Is it running? Start it (e.g. `vllm serve MODEL`, `transformers "
                 "serve`, `ollama serve`) or pass the right base_url."
             ) from exc
@@ -382,7 +386,7 @@ class OpenAIBackend(Backend):
     async def _http_error(self, response, retries: int) -> BackendError:
         status = response.status_code
         detail = error_detail(response)
-        where = f"{self.base_url}/chat/completions"
+        where = redact_url(f"{self.base_url}/chat/completions")  # messages show no secrets
         if status in (401, 403):
             return BackendError(
                 f"{where} refused the request (HTTP {status}: {detail}). Check the API key in "
