@@ -22,6 +22,7 @@ Part 3: the builtin backend end to end on pbmc68k_reduced and on it tiled ``--co
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -31,20 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _common import table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
 
-def _gene_list_env() -> None:
-    shared = ROOT.parent / "shared" / "data" / "ranked_hvg.list"
-    if "CELLREASONER_GENE_LIST" not in os.environ and shared.is_file():
-        os.environ["CELLREASONER_GENE_LIST"] = str(shared)
+_table = functools.partial(table, align="auto")  # the shared bench table
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    line = " | ".join(c.ljust(widths[c]) for c in columns)
-    sep = "-+-".join("-" * widths[c] for c in columns)
-    body = [" | ".join(str(r[c]).rjust(widths[c]) if not isinstance(r[c], str) else
-                       str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join([line, sep, *body])
+
+
 
 
 def prompt_work(tokenizer) -> list[dict]:
@@ -169,7 +163,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=143,
                         help="part 3: pbmc68k copies for the builtin scale run (143 = 100,100)")
     args = parser.parse_args()
-    _gene_list_env()
+    use_shared_gene_list()
     from tiny_model import build_tiny_qwen2, build_tokenizer
 
     from cellreasoner.resources import load_gene_list

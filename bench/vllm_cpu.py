@@ -62,6 +62,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _common import table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
+
 #: ``vllm.LLM`` settings every run here needs on CPU (see the module docstring).
 CPU_OPTIONS = {"dtype": "float32", "gpu_memory_utilization": 0.1,
                "llm_kwargs": {"enforce_eager": True, "disable_log_stats": False,
@@ -69,19 +71,11 @@ CPU_OPTIONS = {"dtype": "float32", "gpu_memory_utilization": 0.1,
 
 
 def _env() -> None:
-    shared = ROOT.parent / "shared" / "data" / "ranked_hvg.list"
-    if "CELLREASONER_GENE_LIST" not in os.environ and shared.is_file():
-        os.environ["CELLREASONER_GENE_LIST"] = str(shared)
+    use_shared_gene_list()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    line = " | ".join(c.ljust(widths[c]) for c in columns)
-    sep = "-+-".join("-" * widths[c] for c in columns)
-    body = [" | ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join([line, sep, *body])
 
 
 def _prefix_counters(llm) -> tuple[int, int]:
@@ -239,15 +233,15 @@ def main() -> int:
     print(f"\nengine start: {init_on:.0f} s (prefix caching on), {init_off:.0f} s (off); "
           f"max_input_tokens {off.max_input_tokens}")
     print("\nVLLMBackend.generate, n=4 (reasoning sampling, seed 1234):")
-    print(_table(gen_rows, list(gen_rows[0])))
+    print(table(gen_rows, list(gen_rows[0])))
     print(f"the third prompt sent to vllm.LLM.generate as text, uncut: {raw}")
     print(f"\nannotate(pbmc68k_reduced[:{args.cells}], backend=vllm, "
           f"max_new_tokens={args.max_new_tokens}):")
-    print(_table(rows, list(rows[0])))
+    print(table(rows, list(rows[0])))
     print("\nfirst cell's answer (random weights, so nonsense that still parses):")
-    print(_table(samples, list(samples[0])))
+    print(table(samples, list(samples[0])))
     print("\nnear-greedy direct answers, vLLM vs transformers backend (same model, fp32):")
-    print(_table([agree], list(agree)))
+    print(table([agree], list(agree)))
     return 0
 
 
