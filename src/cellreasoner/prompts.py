@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .errors import InputError
 
 _TASK = (
     "These are highly expressed genes within a certain type of tumor cells; please annotate the "
@@ -43,10 +47,6 @@ def resolve_prompt_style(style: str, model: str | None) -> str:
     ``cellreasoner train`` wrote (it holds ``cellreasoner_train.json``); any other model
     gets ``"neutral"``.
     """
-    from pathlib import Path
-
-    from .errors import InputError
-
     if style not in PROMPT_STYLES:
         raise InputError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, "
                          f"not {style!r}.")
@@ -85,11 +85,6 @@ def resolve_instruction(instruction: str | None, *, reasoning: bool, style: str,
     ``"reasoning"`` (the upstream text of that mode), or the path of a text file.
     In the CellReasoner style a tissue adds a sentence after the upstream text.
     """
-    import os
-    from pathlib import Path
-
-    from .errors import InputError
-
     if instruction is None:
         if style == "neutral":
             return neutral_instruction(reasoning, tissue, cluster)

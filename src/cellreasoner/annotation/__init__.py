@@ -28,9 +28,10 @@ import pandas as pd
 
 from ..backends import Backend, RunContext, backend_class, get_backend
 from ..errors import BackendError, InputError
-from ..io._detect import UNS_KEY
+from ..io import UNS_KEY
 from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
 from .cache import GenerationCache, default_cache_path
+from .clusters import default_n_markers
 from .engine import Stats, generate_cached, vote
 from .result import (
     CATEGORICAL_FIELDS,
@@ -222,7 +223,8 @@ def annotate(
                instruction=resolve_instruction(
                    instruction, reasoning=reasoning, style=style,
                    tissue=None if caps.tissue else tissue, cluster=mode == "cluster"),
-               use_matrix=use_matrix, prompt_style=style)
+               use_matrix=use_matrix, prompt_style=style,
+               n_markers=int(n_markers) if n_markers is not None else default_n_markers(style))
     cache_path: Path | None = None
     if cache is not False and not use_matrix:
         cache_path = default_cache_path() if cache in (None, True) else Path(cache)
@@ -241,13 +243,7 @@ def annotate(
             from .clusters import resolve_groups
 
             run.groups, run.by_key = resolve_groups(adata, by, source)
-        if n_markers is None:
-            from .clusters import DEFAULT_N_MARKERS, DEFAULT_N_MARKERS_NEUTRAL
-
-            n_markers = (DEFAULT_N_MARKERS_NEUTRAL if style == "neutral"
-                         else DEFAULT_N_MARKERS)
-        run.n_markers = int(n_markers)
-        table, clusters_df, unique_prompts = _answer(run, cluster_markers, n_markers,
+        table, clusters_df, unique_prompts = _answer(run, cluster_markers, run.n_markers,
                                                      marker_order)
     provenance = _provenance(
         run, describe, n=n, seconds=time.perf_counter() - t0, gene_list=gene_list,
@@ -280,7 +276,7 @@ class _Run:
     instruction: str
     use_matrix: bool
     prompt_style: str = "cellreasoner"
-    n_markers: int | None = None
+    n_markers: int = 100
     cache: GenerationCache | None = None
     advance: Callable[[float], None] | None = None
     groups: pd.Series | None = None
@@ -427,7 +423,8 @@ def _provenance(run: _Run, describe: dict, *, n: int, seconds: float, gene_list,
         "cache": str(cache_path) if cache_path else "",
         "layer": "raw" if use_raw else (layer or "X"),
     }
-    if be.capabilities.reads == "prompts":
+    reads_prompts = be.capabilities.reads == "prompts"
+    if reads_prompts:
         provenance["prompt_style"] = run.prompt_style
         provenance["instruction"] = run.instruction
     if input_name:
@@ -439,7 +436,7 @@ def _provenance(run: _Run, describe: dict, *, n: int, seconds: float, gene_list,
         provenance["tissue"] = tissue
     if run.mode in ("cluster", "hybrid"):
         provenance["by"] = run.by_key
-    if run.mode == "cluster" and be.capabilities.reads == "prompts":
+    if run.mode == "cluster" and reads_prompts:
         provenance["n_markers"] = run.n_markers
     if clusters_df is not None:
         # column lists, not a dict keyed by cluster name: names may hold "/" (h5ad paths)

@@ -27,6 +27,11 @@ DEFAULT_N_MARKERS = 100
 #: with 30 markers, 0.272 with 10; 100 was worst where measured). Shorter helped pbmc68k and
 #: hurt the other two, so no single dataset decides it.
 DEFAULT_N_MARKERS_NEUTRAL = 30
+
+
+def default_n_markers(prompt_style: str) -> int:
+    """Markers per cluster sentence for a prompt style (``"neutral"``: general models)."""
+    return DEFAULT_N_MARKERS_NEUTRAL if prompt_style == "neutral" else DEFAULT_N_MARKERS
 #: Marker orders: ranked gene list order (as the models were trained) or by score.
 MARKER_ORDERS = ("ranked", "score")
 
