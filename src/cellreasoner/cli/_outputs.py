@@ -40,14 +40,13 @@ def report_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
                          {"RESULTS": args.results, "--pair-table": _get(args, "pair_table")})
 
 
-#: The tables ``evaluate -o OUTDIR`` writes (figures are named after the runs).
-EVALUATE_TABLES = ("metrics.csv", "per_label.csv", "scores.csv")
-
-
 def evaluate_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
     """``evaluate``: the tables in ``-o OUTDIR``; against every results file and pair table."""
     outdir = _get(args, "outdir")
-    outputs = {f"-o {outdir}/{n}": Path(outdir) / n for n in EVALUATE_TABLES} if outdir else {}
+    from ..evaluation._result import TABLE_FILES  # figures are named after the runs
+
+    outputs = {f"-o {outdir}/{n}": Path(outdir) / n for n in TABLE_FILES} if outdir else {}
     inputs = {f"RESULTS #{i + 1}": r for i, r in enumerate(args.results)}
     inputs["--pair-table"] = _get(args, "pair_table")
+    inputs["--truth-map"] = _get(args, "truth_map")
     return claim_outputs(outputs, inputs)

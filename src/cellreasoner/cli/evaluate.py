@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="score only the pairs in --pair-table (the upstream notebook's "
                    "semantics); the others are left unscored and the coverage is printed")
     p.add_argument("-o", "--outdir", metavar="OUTDIR",
-                   help="write metrics.csv, per_label.csv, scores.csv and plots here")
+                   help="write metrics.csv, per_label.csv, scores.csv, truth_readings.csv and "
+                        "plots here")
     p.add_argument("--format", choices=("png", "pdf", "svg"), default="png",
                    help="figure format in OUTDIR (default: png)")
     p.add_argument("--no-plots", action="store_true", help="write tables only")
@@ -71,6 +72,8 @@ def _run(args: argparse.Namespace) -> int:
         print(result.summary[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if args.outdir:
         out = result.to_dir(args.outdir, plots=not args.no_plots, fmt=args.format)
-        print(f"wrote {out}/metrics.csv, per_label.csv, scores.csv"
+        from ..evaluation._result import TABLE_FILES
+
+        print(f"wrote {out}/{', '.join(TABLE_FILES)}"
               + ("" if args.no_plots else " and plots"), file=sys.stderr)
     return 0

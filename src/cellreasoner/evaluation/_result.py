@@ -11,6 +11,10 @@ import pandas as pd
 
 from .._spreadsheet import write_spreadsheet_csv
 
+#: The tables :meth:`EvaluationResult.to_dir` writes, in this order: summary, per label,
+#: per cell, truth readings (the CLI claims these names before it evaluates).
+TABLE_FILES = ("metrics.csv", "per_label.csv", "scores.csv", "truth_readings.csv")
+
 
 @dataclass
 class EvaluationResult:
@@ -88,9 +92,8 @@ class EvaluationResult:
         out.mkdir(parents=True, exist_ok=True)
         from ..io.write import atomic_path
 
-        for table, name in ((self.summary, "metrics.csv"), (self.per_label, "per_label.csv"),
-                            (self.per_cell, "scores.csv"),
-                            (self.truth_readings, "truth_readings.csv")):
+        tables = (self.summary, self.per_label, self.per_cell, self.truth_readings)
+        for table, name in zip(tables, TABLE_FILES, strict=True):
             with atomic_path(out / name) as tmp:  # formulas in names escaped
                 write_spreadsheet_csv(table, tmp, index=False)
         if plots:
