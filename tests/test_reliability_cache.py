@@ -72,14 +72,18 @@ def test_concurrent_runs_on_one_cache_ask_each_prompt_once(runs, genes, inputs, 
         asked = dict(server.asked)
     assert [p.returncode for p in procs] == [0] * runs, errs
     assert len(asked) == len(genes) and set(asked.values()) == {1}  # each asked once
-    calls = []
+    calls, shared = [], []
     for k in range(runs):
         back = ad.read_h5ad(tmp_path / f"o{k}.h5ad")
         assert back.n_obs == len(genes)  # no cell lost
         assert set(back.obs["cellreasoner_label"].astype(str)) == {LABEL}
         calls.append(back.uns["cellreasoner"]["model_calls"])
+        shared.append(back.uns["cellreasoner"].get("shared_prompts", 0))
     assert sum(calls) == len(genes) and sum(c > 0 for c in calls) >= 2  # the work was shared
-    assert any("being asked by another run sharing the cache" in e for e in errs)
+    # The run that looked in the cache first found it empty, so every answer another run asked
+    # reached it through the shared cache while it ran (whether it also logged waiting on a
+    # claim depends on timing, so the count is what is checked, not the log line).
+    assert max(shared) >= min(c for c in calls if c > 0)
 
 
 def test_a_killed_runs_claims_expire_and_only_its_in_flight_prompts_are_asked_twice(
