@@ -88,6 +88,21 @@ def test_generate_returns_text_in_order_with_progress(tiny_backend):
         assert g[0].meta["finish_reason"] in {"stop", "length"}
 
 
+def test_progress_moves_while_a_batch_is_decoded(tiny_backend):
+    """A streamer counts decoding steps: long answers move the bar in parts, and each batch
+    still adds up to its number of prompts."""
+    prompts = [Prompt(INSTRUCTION_DIRECT, s) for s in SENTENCES]
+    calls: list[float] = []
+    sampling = SamplingParams.for_mode(False, max_new_tokens=34)
+    out = tiny_backend.generate(prompts, sampling, progress=calls.append)
+    assert any(g[0].meta["finish_reason"] == "length" for g in out)  # some used all 34 steps
+    parts = [c for c in calls if 0 < c < 1]
+    assert len(parts) >= 2  # steps 16 and 32 of a batch that ran 34 steps
+    assert sum(calls) == pytest.approx(3.0) and all(c > 0 for c in calls)
+    plain = tiny_backend.generate(prompts, sampling)
+    assert [g[0].text for g in plain] == [g[0].text for g in out]  # the streamer changes nothing
+
+
 def test_left_padding_keeps_greedy_answers_independent_of_batch(tiny_backend):
     tok = tiny_backend.tokenizer
     assert tok.padding_side == "left"

@@ -159,7 +159,7 @@ def annotate(
         callbacks.
     backend_options
         Extra keyword arguments for the backend constructor (``base_url``, ``concurrency``;
-        for ``"openai"`` also ``timeout`` seconds per attempt and ``max_retries``, see
+        for ``"openai"`` also ``timeout`` seconds per attempt, ``max_retries`` and ``stream``, see
         :class:`~cellreasoner.backends.openai.OpenAIBackend`).
     copy
         Annotate a copy and leave ``adata`` untouched (default False: write into ``adata``).

@@ -5,6 +5,8 @@ it sends, and the strict reading of a reply (``reasoning_content`` kept; anythin
 
 from __future__ import annotations
 
+import json
+
 from ..errors import BackendError
 from ..prompts import Prompt, SamplingParams
 from .base import Generation
@@ -118,3 +120,113 @@ def error_detail(response) -> str:
             if data.get(key):
                 return str(data[key])[:300]
     return str(data)[:300]
+
+
+class StreamAssembler:
+    """The generations of one streamed chat-completions reply, built from its SSE events.
+
+    Feed each server-sent-event ``data`` payload to :meth:`add` (``[DONE]`` returns False);
+    :meth:`generations` then gives the same :class:`Generation` objects :func:`parse_choices`
+    gives for the unstreamed reply: ``content`` and ``reasoning_content``/``reasoning``
+    deltas joined per choice ``index``, the last ``finish_reason``, and the ``usage`` of the
+    closing chunk when the server sends one (``stream_options.include_usage``).
+    """
+
+    def __init__(self) -> None:
+        self._text: dict[int, list[str]] = {}
+        self._reasoning: dict[int, list[str]] = {}
+        self._finish: dict[int, str | None] = {}
+        self.model: str | None = None
+        self.usage: dict = {}
+        #: Content and reasoning deltas received (about one per token).
+        self.deltas = 0
+
+    def add(self, data: str) -> bool:
+        """Take one event's ``data``; False once the stream says ``[DONE]``.
+
+        Raises
+        ------
+        MalformedReply
+            The event is not JSON, or not a chunk object with a ``choices`` list of objects
+            whose ``delta`` is an object with text (or null) fields.
+        """
+        if data.strip() == "[DONE]":
+            return False
+        try:
+            chunk = json.loads(data)
+        except ValueError as exc:
+            raise MalformedReply(f"a streamed event is not JSON ({exc}): {data[:200]!r}") from None
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
+            raise MalformedReply(f"a streamed event is not a chunk object: {data[:200]}")
+        if isinstance(chunk.get("error"), dict):
+            raise MalformedReply(f"the server reported an error mid-answer: "
+                                 f"{str(chunk['error'].get('message', chunk['error']))[:200]}")
+        self.model = chunk.get("model") or self.model
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if delta is None and isinstance(choice, dict) and "finish_reason" in choice:
+                delta = {}
+            if not isinstance(delta, dict):
+                raise MalformedReply(f"a streamed choice has no 'delta' object: "
+                                     f"{str(choice)[:200]}")
+            index = choice.get("index", 0) if isinstance(choice.get("index", 0), int) else 0
+            self._text.setdefault(index, [])
+            piece = _text_field(delta, "content")
+            thought = _text_field(delta, "reasoning_content") or _text_field(delta, "reasoning")
+            if piece:
+                self._text[index].append(piece)
+            if thought:
+                self._reasoning.setdefault(index, []).append(thought)
+            self.deltas += bool(piece) + bool(thought)
+            if choice.get("finish_reason"):
+                self._finish[index] = choice["finish_reason"]
+        return True
+
+    def generations(self) -> list[Generation]:
+        """One :class:`Generation` per choice, by ``index``.
+
+        Raises
+        ------
+        MalformedReply
+            The stream carried no choice at all.
+        """
+        if not self._text:
+            raise MalformedReply("the streamed reply ended without any choice")
+        gens = []
+        for index in sorted(self._text):
+            reasoning = "".join(self._reasoning.get(index, [])) or None
+            gens.append(Generation(text="".join(self._text[index]), reasoning=reasoning, meta={
+                "finish_reason": self._finish.get(index),
+                "model": self.model,
+                "prompt_tokens": self.usage.get("prompt_tokens"),
+                "completion_tokens": self.usage.get("completion_tokens"),
+                "request_choices": len(self._text),
+                "streamed": True,
+            }))
+        return gens
+
+
+def sse_data(lines):
+    """The ``data`` payload of each server-sent event in an async iterable of text lines
+    (multi-line ``data`` fields joined with newlines; comments and other fields skipped)."""
+
+    async def events():
+        buffer: list[str] = []
+        async for line in lines:
+            line = line.rstrip("\r\n")
+            if not line:
+                if buffer:
+                    yield "\n".join(buffer)
+                    buffer = []
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            if field == "data":
+                buffer.append(value[1:] if value.startswith(" ") else value)
+        if buffer:
+            yield "\n".join(buffer)
+
+    return events()

@@ -37,14 +37,21 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 from .._secrets import redact_url
 from ..errors import BackendError, InputError
 from ..prompts import Prompt, SamplingParams
-from ._openai_wire import MalformedReply, error_detail, parse_choices, request_body
+from ._openai_wire import (
+    MalformedReply,
+    StreamAssembler,
+    error_detail,
+    parse_choices,
+    request_body,
+    sse_data,
+)
 from .base import Backend, Generation, ProgressCallback, ResultCallback, failed_generations
 
 __all__ = ["DEFAULT_BASE_URL", "MalformedReply", "OpenAIBackend", "parse_choices",
@@ -76,9 +83,10 @@ class OpenAIBackend(Backend):
     concurrency
         Requests in flight at once (default 8).
     timeout
-        Seconds allowed per attempt (default 120). Answers are not streamed, so a long
-        reasoning answer from a slow server needs more; a hung server fails after
-        ``max_retries + 1`` attempts, about ``(max_retries + 1) * timeout`` seconds.
+        Seconds allowed per attempt (default 120); with ``stream=True``, seconds allowed
+        between two pieces of the answer instead. Without streaming a long reasoning answer
+        from a slow server needs more; a hung server fails after ``max_retries + 1``
+        attempts, about ``(max_retries + 1) * timeout`` seconds.
     max_retries
         Retries per request (default 3) on HTTP 408/409/429/5xx, lost connections, timeouts
         and malformed replies, with the SDK's jittered exponential backoff (0.5 s doubling up
@@ -92,6 +100,14 @@ class OpenAIBackend(Backend):
         want ``"max_completion_tokens"``).
     extra_body
         Extra JSON fields for every request (default None); a ``None`` value removes a field.
+    stream
+        Ask for the answer as server-sent events (default False): the progress bar moves
+        while a long (reasoning) answer is written, and ``timeout`` bounds the silence between
+        tokens rather than the whole answer. The answers are the same; token counts come from
+        the closing ``usage`` chunk (``stream_options.include_usage``, sent unless
+        ``extra_body={"stream_options": None}``). A server that ignores ``stream`` and answers
+        with one JSON body is read as usual; a stream cut off mid-answer is asked again like
+        a dropped connection.
     """
 
     name = "openai"
@@ -107,6 +123,7 @@ class OpenAIBackend(Backend):
         send_repetition_penalty: bool = False,
         max_tokens_field: str = "max_tokens",
         extra_body: dict | None = None,
+        stream: bool = False,
     ) -> None:
         if not model:
             raise InputError("The 'openai' backend needs model=NAME: the model name the server "
@@ -131,6 +148,7 @@ class OpenAIBackend(Backend):
         self.send_repetition_penalty = send_repetition_penalty
         self.max_tokens_field = max_tokens_field
         self.extra_body = dict(extra_body or {})
+        self.stream = bool(stream)
         self._reached = False
         self._send_key = False  # whether the current client sends an Authorization header
         self._in_flight = 0
@@ -144,7 +162,7 @@ class OpenAIBackend(Backend):
     def describe(self) -> dict:
         """Backend, model, server URL and concurrency (never the API key)."""
         return {"backend": self.name, "model": self.model, "base_url": self.base_url,
-                "concurrency": self.concurrency}
+                "concurrency": self.concurrency, "stream": self.stream}
 
     # -- public API ------------------------------------------------------------------------
 
@@ -190,12 +208,20 @@ class OpenAIBackend(Backend):
 
             async def worker() -> None:
                 for i in pending:  # one shared iterator: each index is taken once
-                    gens = await self._answer(client, prompts[i], sampling)
+                    moved = [0.0]  # the prompt's share of the bar shown while streaming
+
+                    def tick(share: float, moved: list[float] = moved) -> None:
+                        share = min(share, 0.9 - moved[0])
+                        if share > 0 and progress is not None:
+                            moved[0] += share
+                            progress(share)
+
+                    gens = await self._answer(client, prompts[i], sampling, tick)
                     results[i] = gens
                     if on_result is not None:
                         on_result(i, gens)
                     if progress is not None:
-                        progress(1)
+                        progress(1 - moved[0])
 
             workers = [asyncio.create_task(worker())
                        for _ in range(min(self.concurrency, len(prompts)))]
@@ -283,10 +309,12 @@ class OpenAIBackend(Backend):
             options["headers"] = {"Authorization": self._sdk.Omit()}
         return options
 
-    async def _answer(self, client, prompt: Prompt, sampling: SamplingParams
-                      ) -> list[Generation]:
+    async def _answer(self, client, prompt: Prompt, sampling: SamplingParams,
+                      tick: Callable[[float], None] | None = None) -> list[Generation]:
         """All ``sampling.n`` answers of one prompt (topping up if the server ignores ``n``),
-        or failed generations when the replies stay malformed."""
+        or failed generations when the replies stay malformed. ``tick(share)`` moves the
+        progress bar by parts of this prompt while streamed tokens arrive."""
+        per_delta = 0.9 / max(1, sampling.n * (sampling.max_new_tokens or 1))
         gens: list[Generation] = []
         top_up = 0
         while len(gens) < sampling.n:
@@ -296,7 +324,10 @@ class OpenAIBackend(Backend):
                                 max_tokens_field=self.max_tokens_field,
                                 extra_body=self.extra_body)
             try:
-                new = await self._ask(client, body)
+                if self.stream:
+                    new = await self._ask_streamed(client, body, per_delta, tick)
+                else:
+                    new = await self._ask(client, body)
             except MalformedReply as exc:
                 self.stats["failed_prompts"] += 1
                 logger.warning("%s; this prompt is recorded as failed (its cells 'Unknown') "
@@ -339,8 +370,63 @@ class OpenAIBackend(Backend):
         raise MalformedReply(f"{shown} gave a malformed reply {self.max_retries + 1} time(s) in a "
                              f"row for model '{self.model}' ({problem})")
 
-    async def _post(self, client, body: dict):
-        """The raw 200 response of one chat request (the SDK retries transient faults)."""
+    async def _ask_streamed(self, client, body: dict, per_delta: float,
+                            tick: Callable[[float], None] | None) -> list[Generation]:
+        """One streamed request's generations (see ``stream``); a malformed or cut-off
+        stream is asked again ``max_retries`` times.
+
+        Raises
+        ------
+        MalformedReply
+            Every attempt got a malformed stream.
+        BackendError
+            Every attempt's stream was cut off, or any other lasting failure.
+        """
+        shown = redact_url(f"{self.base_url}/chat/completions")
+        body = {**body, "stream": True}
+        if "stream_options" not in self.extra_body:  # extra_body may set or drop it
+            body["stream_options"] = {"include_usage": True}
+        dropped = False
+        for attempt in range(self.max_retries + 1):
+            response = await self._post(client, body, stream=True)
+            try:
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    await response.aread()  # a server that ignored "stream": one JSON body
+                    return parse_choices(response.json())
+                assembler, shown_deltas = StreamAssembler(), 0
+                async for data in sse_data(response.aiter_lines()):
+                    if not assembler.add(data):
+                        break
+                    if tick is not None and assembler.deltas - shown_deltas >= 16:
+                        tick((assembler.deltas - shown_deltas) * per_delta)
+                        shown_deltas = assembler.deltas
+                return assembler.generations()
+            except ValueError as exc:  # not JSON (json.JSONDecodeError is a ValueError)
+                problem, dropped = MalformedReply(f"the reply is not JSON ({exc})"), False
+            except MalformedReply as exc:
+                problem, dropped = exc, False
+            except self._httpx.TransportError as exc:  # cut off mid-answer, or silent too long
+                problem, dropped = exc, True
+            finally:
+                await response.aclose()
+            if attempt < self.max_retries:
+                self.stats["retries"] += 1
+                wait = min(8.0, 0.5 * 2 ** attempt) * (1 - 0.25 * random.random())
+                logger.info("Streamed reply from %s failed (%s: %s); asking again in %.1f s.",
+                            shown, type(problem).__name__, problem, wait)
+                await asyncio.sleep(wait)
+        if dropped:
+            raise BackendError(
+                f"The model server at {shown} stopped streaming mid-answer "
+                f"({type(problem).__name__}) {self.max_retries + 1} time(s) in a row for model "
+                f"'{self.model}'. It may have crashed or be overloaded (lower --concurrency), or "
+                f"have been silent for more than --timeout {self.timeout:g} s.")
+        raise MalformedReply(f"{shown} gave a malformed stream {self.max_retries + 1} time(s) "
+                             f"in a row for model '{self.model}' ({problem})")
+
+    async def _post(self, client, body: dict, stream: bool = False):
+        """The raw 200 response of one chat request (the SDK retries transient faults);
+        with ``stream`` its body is not read yet (the caller reads and closes it)."""
         sdk = self._sdk
         url = f"{self.base_url}/chat/completions"
         shown = redact_url(url)  # what messages show: no credentials
@@ -351,7 +437,7 @@ class OpenAIBackend(Backend):
         try:
             return await client.post("/chat/completions", body=body,
                                      cast_to=self._httpx.Response,
-                                     options=self._options(retries))
+                                     options=self._options(retries), stream=stream)
         except sdk.APITimeoutError as exc:
             cause = type(exc.__cause__).__name__ if exc.__cause__ else "timeout"
             what = ("could not connect" if "Connect" in cause else "did not answer")

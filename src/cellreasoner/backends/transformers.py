@@ -57,6 +57,39 @@ def reject_greedy_n(sampling: SamplingParams) -> None:
         )
 
 
+class _DecodeProgress:
+    """A ``transformers`` streamer that moves the progress bar once per decoding step, so a
+    batch of long (reasoning) answers shows progress while it is written.
+
+    ``generate`` hands it the prompt first, then each step's new tokens; every step moves the
+    bar by ``share / max_new_tokens`` (``share``: the batch's prompts, less a tenth kept for
+    the end), in strides of 16 steps. :meth:`rest` is what is left to show once the batch is
+    done (answers that stop early never use their whole budget).
+    """
+
+    def __init__(self, share: float, max_new_tokens: int, progress: ProgressCallback) -> None:
+        self._per_step = 0.9 * share / max(1, max_new_tokens)
+        self._share = share
+        self._progress = progress
+        self._steps = -1  # the first put() is the prompt
+        self.shown = 0.0
+
+    def put(self, value) -> None:  # noqa: D102 - transformers' streamer API
+        self._steps += 1
+        if self._steps and self._steps % 16 == 0:
+            step = min(16 * self._per_step, 0.9 * self._share - self.shown)
+            if step > 0:
+                self.shown += step
+                self._progress(step)
+
+    def end(self) -> None:  # noqa: D102 - transformers' streamer API
+        return
+
+    def rest(self) -> float:
+        """The part of ``share`` not shown yet."""
+        return self._share - self.shown
+
+
 def generate_kwargs(sampling: SamplingParams, pad_token_id: int | None) -> dict:
     """``model.generate`` keyword arguments for ``sampling`` (upstream conventions).
 
@@ -199,8 +232,9 @@ class TransformersBackend(Backend):
     ) -> list[list[Generation]]:
         """Answer ``prompts`` in length-sorted batches; ``sampling.n`` answers each, in order.
 
-        After each batch ``on_result(index, generations)`` is called for its prompts and
-        ``progress(batch length)`` once, so callers can persist results as they come.
+        ``progress`` moves while each batch is decoded (every 16 steps), and by the rest
+        of the batch's length after ``on_result(index, generations)`` is called for its
+        prompts, so callers can persist results as they come.
         When ``sampling.seed`` is set the global torch/numpy/random seeds are set once per
         call, so the same prompts, batch size and device give the same answers.
         """
@@ -223,16 +257,19 @@ class TransformersBackend(Backend):
         start = 0
         while start < len(order):
             batch = order[start:start + self.batch_size]
-            for i, gens in zip(batch, self._run_batch([encoded[i] for i in batch], kwargs),
-                               strict=True):
+            steps = None if progress is None else _DecodeProgress(
+                len(batch), sampling.max_new_tokens, progress)
+            answers = self._run_batch([encoded[i] for i in batch],
+                                      kwargs if steps is None else {**kwargs, "streamer": steps})
+            for i, gens in zip(batch, answers, strict=True):
                 for g in gens:
                     g.meta["truncated"] = truncated[i]
                 results[i] = gens
                 if on_result is not None:
                     on_result(i, gens)
             start += len(batch)
-            if progress is not None:
-                progress(len(batch))
+            if steps is not None:
+                progress(steps.rest())
         return results  # type: ignore[return-value]
 
     def _run_batch(self, batch_ids: list[list[int]], kwargs: dict) -> list[list[Generation]]:

@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-retries", type=int, metavar="N",
                    help="retries per request on rate limits, server errors, lost connections, "
                    "timeouts and malformed replies (openai backend; default 3)")
+    p.add_argument("--stream", action="store_true",
+                   help="stream answers as they are written (openai backend): the progress bar "
+                   "moves within long reasoning answers and --timeout bounds the silence between "
+                   "tokens instead of the whole answer")
     p.add_argument("--fail-on-error", action="store_true",
                    help="exit with status 3 when some prompt got no usable answer (its cells "
                    "are written as 'Unknown' either way, and a rerun asks it again)")
@@ -118,6 +122,8 @@ def backend_options(args: argparse.Namespace) -> dict:
     for name in ("concurrency", "timeout", "max_retries"):
         if getattr(args, name, None) is not None:
             opts[name] = getattr(args, name)
+    if getattr(args, "stream", False):
+        opts["stream"] = True
     if getattr(args, "threads", None) is not None:
         opts["n_threads"] = args.threads
     if getattr(args, "markers", None):
