@@ -206,3 +206,23 @@ def test_streamed_answers_from_a_real_server_match_unstreamed_ones(tmp_path_fact
         text = b.text.strip()
         assert len(text) >= 0.7 * len(a.text) and a.text.startswith(text)
     assert sum(ticks) == pytest.approx(2.0) and any(0 < t < 1 for t in ticks)
+
+
+def test_annotate_stream_flag_reaches_the_backend(sse_url, gene_list_path, tmp_path):
+    import anndata as ad
+    from fault_server import one_gene_cells
+
+    from cellreasoner.cli import main
+
+    genes = [g.strip() for g in gene_list_path.read_text().splitlines() if g.strip()][:6]
+    src, gene_file, out = tmp_path / "in.h5ad", tmp_path / "genes.txt", tmp_path / "out.h5ad"
+    one_gene_cells(genes).write_h5ad(src)
+    gene_file.write_text("\n".join(genes) + "\n")
+    code = main(["annotate", str(src), "-o", str(out), "--backend", "openai", "--model", "m",
+                 "--base-url", sse_url, "--gene-list", str(gene_file), "--stream", "--no-cache",
+                 "--no-progress"])
+    assert code == 0
+    back = ad.read_h5ad(out)
+    assert set(back.obs["cellreasoner_label"].astype(str)) == {"B cell"}
+    assert all(b["stream"] is True for b in _SSE.bodies) and len(_SSE.bodies) == len(genes)
+    assert back.uns["cellreasoner"]["stream"]  # the provenance says the answers were streamed
