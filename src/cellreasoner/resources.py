@@ -20,6 +20,19 @@ PBMC_DEMO_SHA256 = "640c6e759f3b5c286407f860b47c65ad6707f0b9800b02e7963827fe6408
 #: Environment variable pointing at a local copy of the ranked gene list.
 GENE_LIST_ENV = "CELLREASONER_GENE_LIST"
 
+#: Ensembl 105 human -> mouse gene symbols, as CellTypist ships them (MIT licence), pinned to
+#: a commit of its repository; the same bytes as ``celltypist/data/samples/`` in the
+#: celltypist 1.7.1 wheel.
+ORTHOLOGS_URL = (
+    "https://raw.githubusercontent.com/Teichlab/celltypist/"
+    "c7a01f07f324518f22a71e712c545756ab4cbc9d/celltypist/data/samples/"
+    "Ensembl105_Human2Mouse_Genes.csv"
+)
+ORTHOLOGS_SHA256 = "4a174c83cfa70aad7c470d8e453fda94d8fb5d70f8a2f0ae196d54c9e31369f1"
+ORTHOLOGS_FILE = "Ensembl105_Human2Mouse_Genes.csv"
+#: Environment variable pointing at a local copy of the ortholog table.
+ORTHOLOGS_ENV = "CELLREASONER_ORTHOLOGS"
+
 
 def cache_dir() -> Path:
     """The user cache directory (``$CELLREASONER_CACHE`` or the platform cache), created or
@@ -34,7 +47,8 @@ def cache_dir() -> Path:
     return private_cache_dir(pooch.os_cache("cellreasoner"))
 
 
-def _fetch(url: str, sha256: str, fname: str, what: str) -> Path:
+def _fetch(url: str, sha256: str, fname: str, what: str,
+           explicit: str = f"--gene-list PATH / ${GENE_LIST_ENV}") -> Path:
     import pooch
 
     target = cache_dir() / fname
@@ -47,7 +61,7 @@ def _fetch(url: str, sha256: str, fname: str, what: str) -> Path:
         raise InputError(
             f"Could not download {what} from {url} ({type(exc).__name__}: {exc}). "
             f"If this machine is offline, download it elsewhere and either put it at {target} "
-            f"or pass its path explicitly (--gene-list PATH / ${GENE_LIST_ENV})."
+            f"or pass its path explicitly ({explicit})."
         ) from exc
 
 
@@ -83,6 +97,33 @@ def load_gene_list(path: str | os.PathLike | None = None) -> list[str]:
     if not genes:
         raise InputError(f"Gene list {p} is empty: it needs one gene symbol per line.")
     return genes
+
+
+def ortholog_table_path(path: str | os.PathLike | None = None) -> Path:
+    """Path of the human -> mouse ortholog table: ``path``, ``$CELLREASONER_ORTHOLOGS``, the
+    cache, or a download from :data:`ORTHOLOGS_URL` checked against its pinned hash.
+
+    Parameters
+    ----------
+    path
+        A local copy (e.g. the one inside an installed ``celltypist``); default ``None``.
+
+    Returns
+    -------
+    Path
+        The table (CSV, two columns: human symbol, mouse symbol; no header).
+    """
+    if path is None:
+        path = os.environ.get(ORTHOLOGS_ENV) or None
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise InputError(f"Ortholog table not found: {p}. Pass the Ensembl 105 "
+                             f"{ORTHOLOGS_FILE} (human,mouse symbol per line), e.g. the copy "
+                             "in celltypist/data/samples/.")
+        return p
+    return _fetch(ORTHOLOGS_URL, ORTHOLOGS_SHA256, ORTHOLOGS_FILE,
+                  "the human-mouse ortholog table", f"${ORTHOLOGS_ENV}")
 
 
 def pbmc_demo_path() -> Path:
