@@ -17,7 +17,11 @@ import pytest
 
 import cellreasoner as cr
 from cellreasoner import resources
-from cellreasoner.backends.builtin.markers import builtin_marker_path, read_marker_file
+from cellreasoner.backends.builtin.markers import (
+    builtin_marker_path,
+    load_markers,
+    read_marker_file,
+)
 from cellreasoner.errors import InputError
 from cellreasoner.species import (
     detect_species,
@@ -172,8 +176,16 @@ def test_mouse_symbols_give_the_human_labels(dataset, pbmc68k, shared_data, o2o)
     assert (got == _labels(same_genes, species="human")).mean() >= 0.99
     # against the human originals the genes with no mouse ortholog (GNLY, GZMH, FGFBP2,
     # IL32, HLA-DPB1, CD1C, S100A12 ...) are missing: measured 0.899 and 0.844
-    assert (got == _labels(human)).mean() >= {"pbmc68k_reduced": 0.88,
-                                              "tumour_immune_1000": 0.82}[dataset]
+    want = _labels(human)
+    assert (got == want).mean() >= {"pbmc68k_reduced": 0.88,
+                                    "tumour_immune_1000": 0.82}[dataset]
+    # ... and they move labels within a lineage only (measured 0.971 and 0.974)
+    db = load_markers()
+
+    def root(label: str) -> str:
+        return db.lineage(label)[0] if label in db else label
+
+    assert np.mean([root(a) == root(b) for a, b in zip(got, want, strict=True)]) >= 0.95
     traces = " ".join(res.table["reasoning"].head(50))
     assert "Cd3e" in traces or "Cd3d" in traces or "Ms4a1" in traces
     assert "CD3E" not in traces and "MS4A1" not in traces
