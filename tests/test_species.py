@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import http.server
 import importlib.util
+import json
 import threading
 from pathlib import Path
 
@@ -252,6 +253,10 @@ def test_cli_species_mouse_end_to_end(pbmc68k, o2o, tmp_path, caplog, capsys):
     assert got.uns["cellreasoner"]["species"] == "mouse"
     assert "mouse-style" in got.uns["cellreasoner"]["species_detection"]
     assert (got.obs["cellreasoner_label"] != "Unknown").mean() > 0.9
+    prompts = tmp_path / "prompts.json"
+    assert main(["prepare", str(path), "-o", str(prompts), "--species", "mouse"]) == 0
+    first = json.loads(prompts.read_text())[0]["input"].split(", ")
+    assert first and all(g in set(o2o.values()) for g in first)
     with pytest.raises(SystemExit):
         main(["annotate", str(path), "-o", str(tmp_path / "x.h5ad"), "--species", "rat"])
     assert "invalid choice: 'rat'" in capsys.readouterr().err
