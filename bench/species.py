@@ -70,6 +70,11 @@ def _score(adata, res, truth: str, truth_map) -> float:
     return float(out.obs["cellreasoner_score"].mean())
 
 
+def _plain(labels) -> np.ndarray:
+    """Labels without the species of CL's species-specific terms (ILC2 ', human'/', mouse')."""
+    return np.array([str(x).removesuffix(", human").removesuffix(", mouse") for x in labels])
+
+
 def _same_root(a, b, root) -> float:
     return float(np.mean([root(x) == root(y) for x, y in zip(a, b, strict=True)]))
 
@@ -78,7 +83,7 @@ def agreement_rows(shared: Path, o2o: dict[str, str]) -> list[dict]:
     db = load_markers()
 
     def root(label: str) -> str:
-        return db.lineage(label)[0] if label in db else label
+        return db.lineage(label)[0] if label in db else label.split(",")[0]
 
     rows = []
     for name, human, truth, truth_map in _datasets(shared):
@@ -88,7 +93,7 @@ def agreement_rows(shared: Path, o2o: dict[str, str]) -> list[dict]:
         h, th = _run(human.copy(), "human")
         same, _ = _run(human[:, keep].copy(), "human")
         m, tm = _run(mouse, "auto")
-        lh, ls, lm = (r.table["label"].to_numpy() for r in (h, same, m))
+        lh, ls, lm = (_plain(r.table["label"]) for r in (h, same, m))
         rows.append({
             "dataset": name, "cells": human.n_obs,
             "genes human/mouse": f"{human.n_vars}/{mouse.n_vars}",

@@ -65,7 +65,31 @@ def mouse_marker_db(db: MarkerDB, orthologs: Orthologs) -> MarkerDB:
             del neg[g]
         source = t.source + (f"; mouse: {add.source}" if add is not None else "")
         types.append(replace(t, positive=pos, negative=neg, source=source))
-    return MarkerDB(_without_empty_leaves(types), version=f"{db.version}+mouse")
+    return MarkerDB(_mouse_terms(_without_empty_leaves(types)), version=f"{db.version}+mouse")
+
+
+def _mouse_terms(types: list[CellType]) -> list[CellType]:
+    """Types the Cell Ontology names for humans ("group 2 innate lymphoid cell, human") get
+    the mouse term when CL has one, else the species-neutral term (matched exactly)."""
+    from ..ontology import map_label
+
+    renamed: dict[str, tuple[str, str]] = {}
+    for t in types:
+        if t.name.endswith(", human"):
+            base = t.name[: -len(", human")]
+            for name in (f"{base}, mouse", base):
+                match = map_label(name)
+                if match.id and match.how == "exact":
+                    renamed[t.name] = (name, match.id)
+                    break
+    if not renamed:
+        return types
+    out = []
+    for t in types:
+        name, cl_id = renamed.get(t.name, (t.name, t.cl_id))
+        parent = renamed[t.parent][0] if t.parent in renamed else t.parent
+        out.append(replace(t, name=name, cl_id=cl_id, parent=parent))
+    return out
 
 
 def _without_empty_leaves(types: list[CellType]) -> list[CellType]:
