@@ -196,7 +196,7 @@ def annotate(
     from ..checks import prefer_raw
     from ..io import open_input
     from ..matrix import from_anndata
-    from ..species import resolve_species
+    from ..species import resolve_species, species_vocabulary
 
     given = isinstance(adata, str | os.PathLike)
     adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw, assay=assay)
@@ -216,8 +216,11 @@ def annotate(
     use_matrix = caps.reads == "matrix" and mode in ("cell", "hybrid")
     published = gene_list is None
     gene_list = _default_gene_list(gene_list, caps.reads, source)
-    genes = _species_genes(_gene_vocab(gene_list), found.species, source,
-                           published and not isinstance(gene_list, list))
+    # the published (human) list in the data's species; a list the user gave, or the data's
+    # own genes, as they are
+    genes = species_vocabulary(_gene_vocab(gene_list), found.species, source.var_names,
+                               translate=published and not isinstance(gene_list, list),
+                               source=source.description or "the data")
     _validate(adata, layer, use_raw, genes, label_key, mode, by)
     sampling = SamplingParams.for_mode(
         reasoning, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
@@ -347,19 +350,6 @@ def _default_gene_list(gene_list, reads: str, source):
     from ..resources import local_gene_list_path
 
     return local_gene_list_path() or [str(g) for g in source.var_names]
-
-
-def _species_genes(genes: list[str], species: str, source, published: bool) -> list[str]:
-    """The run's vocabulary in the data's species: the published (human) list through the
-    one-to-one orthologs for mouse data; a list the user gave, or the data's own genes, as
-    they are. Mouse runs first check that the data holds mouse symbols at all."""
-    if species == "human":
-        return genes
-    from ..species import check_mouse_symbols, load_orthologs, species_gene_list
-
-    orthologs = load_orthologs()
-    check_mouse_symbols(source.var_names, orthologs, source.description or "the data")
-    return species_gene_list(genes, species, orthologs) if published else genes
 
 
 def _validate(adata, layer, use_raw: bool, genes, label_key, mode: str, by) -> None:

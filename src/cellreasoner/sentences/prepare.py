@@ -193,7 +193,7 @@ def prepare(
     ``output``) and a :class:`PrepareSummary`.
     """
     from ..resources import load_gene_list
-    from ..species import resolve_species, species_gene_list
+    from ..species import resolve_species, species_vocabulary
 
     t0 = time.perf_counter()
     if gene_list is None and order == "expression":
@@ -206,13 +206,9 @@ def prepare(
                                        assay=assay)
     check_has_cells(source.n_obs, name)
     found = resolve_species(species, source.var_names)
-    if genes is not None and found.species != "human" and (
-            gene_list is None or isinstance(gene_list, str | os.PathLike)):
-        from ..species import check_mouse_symbols, load_orthologs
-
-        orthologs = load_orthologs()
-        check_mouse_symbols(source.var_names, orthologs, name)
-        genes = species_gene_list(genes, found.species, orthologs)
+    if genes is not None:  # the published list is human: translated for mouse data
+        genes = species_vocabulary(genes, found.species, source.var_names,
+                                   translate=gene_list is None, source=name)
     summary = PrepareSummary(n_genes_data=len(source.var_names))
     summary.notes.append(f"species: {found}")
     vocab = genes if genes is not None else list(source.var_names)

@@ -47,6 +47,36 @@ def species_gene_list(genes: Sequence[str], species: str,
     return out
 
 
+def species_vocabulary(genes: Sequence[str], species: str, data_genes: Sequence[str], *,
+                       translate: bool = True, source: str = "the data") -> list[str]:
+    """A run's gene vocabulary for data of ``species`` (what ``annotate`` and ``prepare`` use).
+
+    Parameters
+    ----------
+    genes
+        The run's gene list (the published ranked list, or one the user gave).
+    species
+        The data's species.
+    data_genes
+        The data's gene symbols; mouse runs refuse data without a mouse symbol.
+    translate
+        Map ``genes`` (human symbols) to mouse with :func:`species_gene_list` (default
+        ``True``: for the published list); ``False`` keeps a list the user gave as it is.
+    source
+        Name of the input in messages.
+
+    Returns
+    -------
+    list of str
+        The vocabulary, in the data's symbols.
+    """
+    if species == "human":
+        return list(genes)
+    orthologs = load_orthologs()
+    check_mouse_symbols(data_genes, orthologs, source)
+    return species_gene_list(genes, species, orthologs) if translate else list(genes)
+
+
 def check_mouse_symbols(genes: Sequence[str], orthologs: Orthologs,
                        source: str = "the data") -> None:
     """Refuse mouse runs on data holding no mouse symbol (human data, or Ensembl ids).
@@ -78,4 +108,4 @@ def check_mouse_symbols(genes: Sequence[str], orthologs: Orthologs,
 
 __all__ = ["CHOICES", "SPECIES", "Detection", "Orthologs", "check_mouse_symbols",
            "detect_species", "load_orthologs", "mouse_marker_db", "mouse_marker_path",
-           "resolve_species", "species_gene_list", "supplement_path"]
+           "resolve_species", "species_gene_list", "species_vocabulary", "supplement_path"]
