@@ -52,6 +52,9 @@ def _datasets(shared: Path):
 
     pbmc = sc.datasets.pbmc68k_reduced()
     yield "pbmc68k_reduced", pbmc.raw.to_adata(), "bulk_labels", None
+    demo = shared / "data" / "pbmc_demo.rds"
+    if demo.is_file():
+        yield "pbmc_demo (35 cells)", cr.read(demo), "seurat_annotations", None
     tum = shared / "data" / "tumour_immune_1000.h5ad"
     if tum.is_file():
         yield ("tumour_immune_1000", ad.read_h5ad(tum), "cell_type_annotations",
