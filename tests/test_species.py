@@ -108,7 +108,11 @@ def test_mouse_marker_rows_name_builtin_types_and_add_only_mouse_genes(o2o):
             assert gene not in reachable, f"{t.name}: {gene} is a human marker's ortholog"
 
 
-def test_pinned_download_cache_and_tampering(tmp_path, monkeypatch, ortholog_table):
+def test_pinned_download_second_source_cache_and_tampering(tmp_path, monkeypatch,
+                                                           ortholog_table):
+    import hashlib
+    import zipfile
+
     www = tmp_path / "www"
     www.mkdir()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
@@ -116,19 +120,36 @@ def test_pinned_download_cache_and_tampering(tmp_path, monkeypatch, ortholog_tab
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     monkeypatch.delenv(resources.ORTHOLOGS_ENV)
+    monkeypatch.setattr(resources, "ORTHOLOGS_URL", f"{base}/t.csv")
+    monkeypatch.setattr(resources, "ORTHOLOGS_WHEEL_URL", f"{base}/ct.whl")
+    wheel = www / "ct.whl"  # a wheel holding the table where celltypist's does
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(resources.ORTHOLOGS_WHEEL_MEMBER, ortholog_table.read_bytes())
+    monkeypatch.setattr(resources, "ORTHOLOGS_WHEEL_SHA256",
+                        hashlib.sha256(wheel.read_bytes()).hexdigest())
     try:
+        # both sources tampered: refused, nothing cached
         monkeypatch.setenv("CELLREASONER_CACHE", str(tmp_path / "bad"))
         (www / "t.csv").write_text("CD3E,Cd3e\n")
-        monkeypatch.setattr(resources, "ORTHOLOGS_URL", f"{base}/t.csv")
-        with pytest.raises(InputError, match="SHA256|hash"):
+        good_wheel = wheel.read_bytes()
+        wheel.write_bytes(b"PK not the wheel")
+        with pytest.raises(InputError, match="(?s)hash.*second source failed too.*hash"):
             load_orthologs()
+        assert not (tmp_path / "bad" / resources.ORTHOLOGS_FILE).exists()
+        # the first source answers: downloaded once, then the cache answers
         cache = tmp_path / "cache"
         monkeypatch.setenv("CELLREASONER_CACHE", str(cache))
         (www / "t.csv").write_bytes(ortholog_table.read_bytes())
         assert load_orthologs().one_to_one()["CD3E"] == "Cd3e"
-        assert (cache / resources.ORTHOLOGS_FILE).is_file()
-        (www / "t.csv").unlink()  # the second time the cache answers
+        (www / "t.csv").unlink()
         assert load_orthologs().one_to_one()["CD8A"] == "Cd8a"
+        # the first source gone: the table comes out of the wheel, checked, the wheel deleted
+        wheel.write_bytes(good_wheel)
+        monkeypatch.setenv("CELLREASONER_CACHE", str(tmp_path / "second"))
+        path = resources.ortholog_table_path()
+        assert path == tmp_path / "second" / resources.ORTHOLOGS_FILE
+        assert path.read_bytes() == ortholog_table.read_bytes()
+        assert sorted(p.name for p in path.parent.iterdir()) == [resources.ORTHOLOGS_FILE]
     finally:
         server.shutdown()
         server.server_close()
