@@ -218,6 +218,17 @@ def test_mouse_symbols_give_the_human_labels(dataset, pbmc68k, shared_data, o2o)
     assert "CD3E" not in traces and "MS4A1" not in traces
 
 
+def test_cluster_mode_reads_mouse_marker_sentences(pbmc68k, o2o):
+    human = pbmc68k.raw.to_adata()
+    human.obs["louvain"] = pbmc68k.obs["louvain"].to_numpy()
+    same_genes = human[:, [g in o2o for g in human.var_names]].copy()
+    mouse = _to_mouse(human, o2o)
+    kw = {"mode": "cluster", "by": "louvain"}
+    got = _labels(mouse, **kw)
+    assert (got == _labels(same_genes, species="human", **kw)).all()
+    assert (got != "Unknown").mean() > 0.9
+
+
 def test_mouse_knowledge_base_uses_mouse_symbols_and_mouse_terms():
     from cellreasoner.species import mouse_marker_db
 
