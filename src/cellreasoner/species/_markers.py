@@ -20,15 +20,15 @@ def mouse_marker_path() -> Path:
     return Path(str(_pkg.files("cellreasoner") / "data" / "markers_mouse.tsv"))
 
 
-def _translate(markers: dict[str, float], to_mouse: dict[str, str],
-               mouse: frozenset[str]) -> dict[str, float]:
+def _translate(markers: dict[str, float], to_mouse: dict[str, str], mouse: frozenset[str],
+               human: frozenset[str]) -> dict[str, float]:
     """Markers in mouse symbols: a human symbol through its ortholog (paralogs sharing one
-    keep the larger weight), a symbol already mouse-style kept, one without ortholog left
-    out (it counts as unmeasured, as any marker the data lacks)."""
+    keep the larger weight), a mouse symbol kept, a human one without ortholog left out (it
+    counts as unmeasured, as any marker the data lacks)."""
     out: dict[str, float] = {}
     for gene, weight in markers.items():
         m = to_mouse.get(gene)
-        if m is None and (gene in mouse or not gene.isupper()):
+        if m is None and (gene in mouse or (gene not in human and not gene.isupper())):
             m = gene  # already a mouse symbol (a user's own mouse marker file)
         if m is not None:
             out[m] = max(weight, out.get(m, 0.0))
@@ -51,12 +51,13 @@ def mouse_marker_db(db: MarkerDB, orthologs: Orthologs) -> MarkerDB:
         The same types, tree and CL terms, markers in mouse symbols, with the mouse-only
         markers added to their types; ``version`` ends in ``+mouse``.
     """
-    to_mouse, mouse = orthologs.to_mouse(), orthologs.mouse_symbols
+    to_mouse, mouse, human = (orthologs.to_mouse(), orthologs.mouse_symbols,
+                              orthologs.human_symbols)
     extra = {t.name: t for t in read_marker_file(mouse_marker_path(), require_tree=False)}
     types: list[CellType] = []
     for t in db.types:
-        pos = _translate(t.positive, to_mouse, mouse)
-        neg = _translate(t.negative, to_mouse, mouse)
+        pos = _translate(t.positive, to_mouse, mouse, human)
+        neg = _translate(t.negative, to_mouse, mouse, human)
         add = extra.pop(t.name, None)
         if add is not None:
             pos.update(add.positive)
