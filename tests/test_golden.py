@@ -65,9 +65,9 @@ def _assert_same(got: pd.DataFrame, want: pd.DataFrame, what: str) -> None:
 
 #: Provenance keys added after the golden outputs were written, each by a feature asked for:
 #: the Seurat assay read (#13), the prompt style and instruction of prompt backends (#13),
-#: prompts that failed (#12).
+#: prompts that failed (#12), the data's species and how it was decided (#14).
 PROVENANCE_ADDED = ("assay", "prompt_style", "instruction", "failed_prompts", "failed_cells",
-                    "unparsed_cells", "incomplete_cells")
+                    "unparsed_cells", "incomplete_cells", "species", "species_detection")
 
 
 @pytest.mark.parametrize("name", list(ANNOTATE_CASES))

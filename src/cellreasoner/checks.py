@@ -343,7 +343,8 @@ def check_gene_overlap(
     if n_case:
         hints.append(
             f"{n_case} genes match when ignoring case: the data may be from another species "
-            "(mouse 'Cd3e' vs human 'CD3E'); the published models expect human gene symbols"
+            "(mouse 'Cd3e' vs human 'CD3E'); for mouse data pass species='mouse' (--species "
+            "mouse or auto)"
         )
     if not hints:
         hints.append(

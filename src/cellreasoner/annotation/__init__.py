@@ -79,6 +79,7 @@ def annotate(
     n_markers: int | None = None,
     marker_order: str = "ranked",
     tissue: str | None = None,
+    species: str = "auto",
     key_added: str = "cellreasoner",
     cache: str | os.PathLike | bool | None = None,
     batch_size: int = 256,
@@ -149,6 +150,13 @@ def annotate(
         Optional tissue (default none). Model backends: a sentence naming it is appended to the
         instruction (the prompt then differs from upstream's); builtin: restricts its
         knowledge base to the tissue.
+    species
+        ``"auto"`` (default): read from the gene symbols' case (``Cd3e``: mouse, ``CD3E``:
+        human; logged); ``"human"`` or ``"mouse"`` to say it. Mouse data keeps its own symbols:
+        the builtin reads it through its knowledge base in mouse symbols (human markers
+        through their Ensembl 105 orthologs, plus mouse-only markers such as Ly6c2), and model
+        prompts order the mouse genes by the published list's orthologs. Recorded in the
+        provenance (``species``, ``species_detection``).
     key_added
         Prefix of the ``obs`` columns and the ``uns`` key (default ``"cellreasoner"``).
     cache
@@ -188,9 +196,11 @@ def annotate(
     from ..checks import prefer_raw
     from ..io import open_input
     from ..matrix import from_anndata
+    from ..species import resolve_species, species_vocabulary
 
     given = isinstance(adata, str | os.PathLike)
     adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw, assay=assay)
+    found = resolve_species(species, source.var_names)
     input_name = input_name if given else ""
     if layer is None and not use_raw and prefer_raw(adata):  # scaled X, log-normalised .raw
         use_raw = True
@@ -204,8 +214,13 @@ def annotate(
     # what the backend reads decides the defaults; it is made only once the input is checked
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
     use_matrix = caps.reads == "matrix" and mode in ("cell", "hybrid")
+    published = gene_list is None
     gene_list = _default_gene_list(gene_list, caps.reads, source)
-    genes = _gene_vocab(gene_list)
+    # the published (human) list in the data's species; a list the user gave, or the data's
+    # own genes, as they are
+    genes = species_vocabulary(_gene_vocab(gene_list), found.species, source.var_names,
+                               translate=published and not isinstance(gene_list, list),
+                               source=source.description or "the data")
     _validate(adata, layer, use_raw, genes, label_key, mode, by)
     sampling = SamplingParams.for_mode(
         reasoning, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
@@ -231,7 +246,8 @@ def annotate(
     with ExitStack() as stack:
         if own_backend:
             stack.callback(be.close)
-        be.configure(RunContext(tuple(genes), int(max_genes), tissue, bool(reasoning)))
+        be.configure(RunContext(tuple(genes), int(max_genes), tissue, bool(reasoning),
+                                found.species))
         if cache_path is not None:
             run.cache = GenerationCache(cache_path, be.name, be.model, sampling)
             stack.callback(run.cache.close)
@@ -250,6 +266,7 @@ def annotate(
         key_added=key_added, cache_path=cache_path, layer=layer, use_raw=use_raw,
         input_name=input_name, tissue=tissue, clusters_df=clusters_df,
         unique_prompts=unique_prompts)
+    provenance.update(species=found.species, species_detection=found.how)
     provenance.update(_failure_counts(table, run.stats))
     result = AnnotationResult(table=table, provenance=provenance, adata=adata,
                               key_added=key_added, truth=_truth(adata, label_key, table),

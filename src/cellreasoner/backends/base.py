@@ -107,12 +107,16 @@ class RunContext:
         The run's tissue, or ``None``.
     reasoning
         Whether reasoning traces are asked for.
+    species
+        The data's species (``"human"`` or ``"mouse"``): its gene symbols are that
+        species' (:mod:`cellreasoner.species`).
     """
 
     gene_list: tuple[str, ...]
     max_genes: int = 1000
     tissue: str | None = None
     reasoning: bool = False
+    species: str = "human"
 
 
 @dataclass

@@ -92,6 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "30 for other models)")
     p.add_argument("--tissue", help="builtin: restrict the knowledge base to this tissue's "
                    "cell types (e.g. blood); LLM backends: tissue name added to the instruction")
+    p.add_argument("--species", choices=["auto", "human", "mouse"], default="auto",
+                   help="auto (default): read from the gene symbols' case (Cd3e: mouse, CD3E: "
+                   "human); mouse data keeps its own symbols (orthologs: Ensembl 105, "
+                   "downloaded once with a pinned hash, or $CELLREASONER_ORTHOLOGS)")
     p.add_argument("--key-added", default="cellreasoner", help="obs column prefix")
     p.add_argument("--cellxgene", action="store_true",
                    help="also write obs['cell_type_ontology_term_id'] (CELLxGENE schema; "
@@ -158,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed, gene_list=args.gene_list, max_genes=args.max_genes, layer=args.layer,
         use_raw=args.use_raw, assay=args.assay, label_key=args.label_column,
         cluster_markers=args.cluster_markers, n_markers=args.n_markers, tissue=args.tissue,
+        species=args.species,
         key_added=args.key_added, cache=False if args.no_cache else args.cache,
         batch_size=args.batch_size, backend_options=backend_options(args),
         progress=not args.no_progress,

@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--use-raw", action="store_true", help="read adata.raw")
     p.add_argument("--assay", help="Seurat assay (default: the active assay; upstream: "
                    "integrated, else RNA, as upstream CellReasoner)")
+    p.add_argument("--species", choices=["auto", "human", "mouse"], default="auto",
+                   help="auto (default): read from the gene symbols' case; mouse data is "
+                   "ordered by the published list's one-to-one orthologs and keeps its own "
+                   "symbols in the sentences")
     p.add_argument("--chunk-size", type=int, default=8192, help="cells per chunk (8192)")
     p.add_argument("--allow-empty", action="store_true",
                    help="keep cells without any expressed list gene")
@@ -55,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
             args.input, args.output, assay=args.assay, gene_list=args.gene_list, order=args.order,
             max_genes=args.max_genes, label_key=args.label_column, reasoning=args.reasoning,
             layer=args.layer, use_raw=args.use_raw, chunk_size=args.chunk_size,
-            allow_empty=args.allow_empty, progress=advance,
+            allow_empty=args.allow_empty, species=args.species, progress=advance,
         )
     console.print(summary.line())
     return 0

@@ -148,6 +148,7 @@ def prepare(
     assay: str | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     allow_empty: bool = False,
+    species: str = "auto",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[CellSentences | None, PrepareSummary]:
     """Build CellReasoner cell sentences (and prompts) for every cell.
@@ -178,6 +179,11 @@ def prepare(
         Cells per chunk (default 8192): memory is bounded by this, not by the dataset.
     allow_empty
         Keep cells whose sentence is empty instead of raising (default False).
+    species
+        ``"auto"`` (default: read from the symbols' case, ``Cd3e`` is mouse), ``"human"`` or
+        ``"mouse"``. For mouse data the published (human) list orders the genes through its
+        one-to-one orthologs, and the sentences keep the data's own symbols (``Cd3e``); a
+        ``gene_list`` you pass is used as it is. Noted in the summary.
     progress
         Called with the number of cells of each finished chunk (default ``None``).
 
@@ -187,6 +193,7 @@ def prepare(
     ``output``) and a :class:`PrepareSummary`.
     """
     from ..resources import load_gene_list
+    from ..species import resolve_species, species_vocabulary
 
     t0 = time.perf_counter()
     if gene_list is None and order == "expression":
@@ -198,7 +205,12 @@ def prepare(
     source, labels, name = open_source(data, layer=layer, use_raw=use_raw, label_key=label_key,
                                        assay=assay)
     check_has_cells(source.n_obs, name)
+    found = resolve_species(species, source.var_names)
+    if genes is not None:  # the published list is human: translated for mouse data
+        genes = species_vocabulary(genes, found.species, source.var_names,
+                                   translate=gene_list is None, source=name)
     summary = PrepareSummary(n_genes_data=len(source.var_names))
+    summary.notes.append(f"species: {found}")
     vocab = genes if genes is not None else list(source.var_names)
     summary.n_genes_list = len(vocab)
     summary.n_genes_matched = len(set(vocab) & set(source.var_names))

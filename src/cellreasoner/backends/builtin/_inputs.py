@@ -60,10 +60,15 @@ class Inputs:
         cols, idx, spelled = self._gene_columns(genes)
         if len(idx) == 0:
             example = ", ".join(list(genes)[:3])
+            upper = {str(g).upper() for g in self.genes}
+            other = (" They match when ignoring case: for mouse data (Cd3e) pass "
+                     "species='mouse' (--species mouse or auto)."
+                     if any(str(g).upper() in upper for g in genes) else "")
             raise InputError(
                 f"None of the {len(self.genes)} marker genes is among the {len(genes)} gene "
                 f"names (e.g. {example}). Pass gene symbols (HGNC, e.g. CD3E), not Ensembl ids: "
-                "use the var column holding symbols (adata.var['gene_symbols'] or similar).")
+                "use the var column holding symbols (adata.var['gene_symbols'] or similar)."
+                + other)
         measured = np.zeros(len(self.genes), dtype=bool)
         measured[idx] = True
         sub = X[:, cols].astype(np.float32)

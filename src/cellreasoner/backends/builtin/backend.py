@@ -89,6 +89,7 @@ class BuiltinBackend(Backend):
         self.reasoner = Reasoner(markers, tissue, **options)
         self.model = self.reasoner.model
         self.tissue = tissue
+        self.species = "human"
         self.max_genes = DEFAULT_MAX_GENES if max_genes is None else int(max_genes)
         self._gene_list = self._resolve_gene_list(gene_list)
 
@@ -111,7 +112,8 @@ class BuiltinBackend(Backend):
 
     def configure(self, context: RunContext) -> None:
         """Take the run's gene list, sentence length and tissue, where the constructor did
-        not set them (so a ``BuiltinBackend()`` object behaves like ``"builtin"``)."""
+        not set them (so a ``BuiltinBackend()`` object behaves like ``"builtin"``), and its
+        species: mouse data is read through the knowledge base in mouse symbols."""
         if not self._given["gene_list"]:
             self._gene_list = [str(g) for g in context.gene_list]
         if not self._given["max_genes"]:
@@ -119,10 +121,22 @@ class BuiltinBackend(Backend):
         # a run without a tissue gets the whole knowledge base back (an object reused across
         # runs must not keep an earlier run's tissue)
         want = self.tissue if self._given["tissue"] else (context.tissue or None)
-        if want != self.tissue:
-            self.reasoner = Reasoner(self._markers, want, **self._options)
+        species = getattr(context, "species", "human")
+        if want != self.tissue or species != self.species:
+            self.reasoner = Reasoner(self._species_markers(species), want, **self._options)
             self.model = self.reasoner.model
-            self.tissue = want
+            self.tissue, self.species = want, species
+
+    def _species_markers(self, species: str) -> MarkerDB | str | os.PathLike | None:
+        """The knowledge base for ``species``: as given for human, translated for mouse."""
+        if species == "human":
+            return self._markers
+        from ...species import load_orthologs, mouse_marker_db
+        from .markers import load_markers
+
+        db = self._markers if isinstance(self._markers, MarkerDB) else load_markers(
+            self._markers)
+        return mouse_marker_db(db, load_orthologs())
 
     def generate(
         self,
@@ -194,6 +208,7 @@ class BuiltinBackend(Backend):
             "knowledge_base": self.reasoner.db.version,
             "cell_types": len(self.reasoner.db),
             "tissue": self.tissue,
+            "species": self.species,
             "smoothing": self.reasoner.smoothing,
             "refine": self.reasoner.refine,
         }
