@@ -55,7 +55,7 @@ __all__ = [
 # annotate() is over 80 lines only through its numpydoc docstring and 30-line signature
 def annotate(
     adata,
-    backend: str | Backend = "builtin",
+    backend: str | Backend | Sequence[str | Backend] = "builtin",
     *,
     model: str | None = None,
     reasoning: bool = False,
@@ -85,6 +85,7 @@ def annotate(
     backend_options: dict | None = None,
     copy: bool = False,
     progress: bool | Callable[[float], None] = True,
+    deliberate: bool = False,
 ) -> AnnotationResult:
     """Annotate every cell of ``adata`` with a cell type, confidence and reasoning.
 
@@ -95,7 +96,12 @@ def annotate(
         (``"pbmc68k_reduced"``, ``"pbmc_demo"``).
     backend
         Registry name (``"builtin"`` default, ``"transformers"``, ``"openai"``, ``"vllm"``,
-        ``"gguf"``) or a ready :class:`~cellreasoner.backends.Backend`.
+        ``"gguf"``), optionally with its model after a colon (``"openai:gpt-4o"``), or a
+        ready :class:`~cellreasoner.backends.Backend`. Several of them (a list, or
+        ``"builtin,openai:MODEL,gguf:PATH"``) make a consensus run: each backend labels the
+        data as it would alone (its own cache entries), then an ontology-aware vote decides
+        (:mod:`cellreasoner.annotation.vote`); ``obs`` gets ``{key_added}_agreement``,
+        ``_entropy`` and each backend's own ``{key_added}_label_<name>`` too.
     model
         Model name/path for the backend (default: the backend's default).
     reasoning
@@ -165,6 +171,10 @@ def annotate(
         Annotate a copy and leave ``adata`` untouched (default False: write into ``adata``).
     progress
         Show a progress bar on a terminal (default True), or a callback ``advance(cells)``.
+    deliberate
+        Consensus runs only: one deliberation round (default False) in which every language
+        model backend sees, for each item the backends disagree on, the others' answers and
+        the markers they cite, and may revise its answer (cached like any prompt).
 
     Returns
     -------
@@ -181,8 +191,28 @@ def annotate(
         ``_response``), and the provenance counts ``failed_prompts``, ``failed_cells``,
         ``incomplete_cells`` and ``unparsed_cells``.
     """
+    options = {k: v for k, v in locals().items() if k not in ("adata", "backend")}
     from ..progress import progress_bar
+    from .consensus import is_consensus, parse_backend_spec
 
+    if is_consensus(backend):
+        from .consensus import annotate_consensus
+
+        return annotate_consensus(adata, backend, **options)
+    if deliberate:
+        raise InputError("deliberate (--deliberate) needs several backends, e.g. "
+                         "backend='builtin,openai:MODEL'.")
+    if not isinstance(backend, Backend):  # "name", "name:model" or a one-item list
+        (single,) = parse_backend_spec(backend)
+        if isinstance(single, Backend):
+            backend = single
+        else:
+            backend, spec_model = single
+            if spec_model is not None:
+                if model is not None and model != spec_model:
+                    raise InputError(f"backend '{backend}:{spec_model}' and model '{model}' "
+                                     "name two models; give one.")
+                model = spec_model
     t0 = time.perf_counter()
     _check_options(mode, n, batch_size, key_added, cluster_markers)
     from ..checks import prefer_raw
