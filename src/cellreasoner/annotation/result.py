@@ -176,7 +176,8 @@ def _typed(field: str, values: np.ndarray):
     # text stays Python str objects: a fixed-width numpy str copy of a million traces would
     # cost gigabytes
     text = values if values.dtype == object else values.astype(str).astype(object)
-    if field in CATEGORICAL_FIELDS or field.startswith("label_"):  # few distinct values: ready for sc.pl.* colouring
+    # few distinct values: ready for sc.pl.* colouring
+    if field in CATEGORICAL_FIELDS or field.startswith("label_"):
         return pd.Categorical(text)
     return text
 
