@@ -183,6 +183,10 @@ def annotate(
         ``_ontology_id``, ``_ontology_label``, ``_reasoning``, ``_response``,
         ``_evidence_fraction``, ``_evidence_flag``, ``_cited_present``, ``_cited_absent``
         (+ ``_cluster_label``, ``_cluster_agreement``) and ``uns[key_added]`` provenance.
+        A consensus run (several backends) also writes ``_agreement`` (fraction of the
+        backends whose answer lies in the consensus term's subtree; also its
+        ``_confidence``), ``_entropy`` (bits) and one ``_label_<name>`` per backend, and its
+        provenance lists the backends.
         When a prompt got no usable answer (the backend failed it after its retries; it is not
         cached, so a rerun asks it again), an answer was cut off (token limit, or a reasoning
         text that never reaches an answer) or did not parse to a cell type, its cells are

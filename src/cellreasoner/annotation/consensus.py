@@ -316,9 +316,11 @@ def _provenance(members: list[Member], votes: pd.DataFrame, table: pd.DataFrame,
         "backend": "consensus",
         "model": " + ".join(m.name for m in members),
         "mode": first["mode"],
-        "backends": [uns_safe({"name": m.name, **{k: v for k, v in p.items()
-                                                  if k not in ("clusters", "instruction")}})
-                     for m, p in zip(members, provs, strict=True)],
+        # a dict (h5ad stores no list of dicts); the names keep the order
+        "backend_names": [m.name for m in members],
+        "backends": {m.name: uns_safe({k: v for k, v in p.items()
+                                       if k not in ("clusters", "instruction")})
+                     for m, p in zip(members, provs, strict=True)},
         "consensus": {
             "rule": "ontology vote: majority on the CL term, else the closest common CL "
                     "ancestor holding a majority, else plurality",

@@ -87,6 +87,7 @@ def audit(
     min_support: float = 0.15,
     min_negative: float = 2.0,
     key_added: str = "audit",
+    copy: bool = False,
     chunk_size: int = 20_000,
 ) -> AuditResult:
     """Audit the cell-type labels in ``adata.obs[labels]`` against each cell's expression.
@@ -116,6 +117,8 @@ def audit(
         the label's negative markers (default 2.0: one strong or two ordinary markers).
     key_added
         Prefix of the ``obs`` columns and the ``uns`` key (default ``"audit"``).
+    copy
+        Audit a copy and leave ``adata`` untouched (default False: write into ``adata``).
     chunk_size
         Cells scored at a time (default 20,000).
 
@@ -124,7 +127,8 @@ def audit(
     AuditResult
         ``obs`` gets ``{key_added}_status`` (``consistent`` / ``contradicted`` /
         ``unsupported``), ``_supporting``, ``_contradicting``, ``_alternative``,
-        ``_label_score`` and ``_alternative_score``; ``uns[key_added]`` the summary.
+        ``_label_score`` and ``_alternative_score`` (each ``{key_added}_...``);
+        ``uns[key_added]`` the settings, counts and summary.
     """
     from ..backends.builtin.reasoner import Reasoner
     from ..checks import check_obs_column, prefer_raw
@@ -140,6 +144,12 @@ def audit(
     given = isinstance(adata, str | os.PathLike)
     adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw)
     check_obs_column(adata, labels, "Label", "Pass --labels COLUMN with the labels to audit.")
+    if copy and not given:
+        if getattr(adata, "isbacked", False):
+            raise InputError("copy=True needs an AnnData in memory; pass adata.to_memory(), or "
+                             "leave copy off to write the columns into the backed AnnData.")
+        adata = adata.copy()
+        source = from_anndata(adata, layer=layer, use_raw=use_raw)
     if layer is None and not use_raw and prefer_raw(adata):
         use_raw = True
         source = from_anndata(adata, use_raw=True)
