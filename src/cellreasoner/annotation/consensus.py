@@ -157,8 +157,31 @@ def annotate_consensus(adata, backend, *, model: str | None = None,
     """Annotate with every backend of ``backend`` and vote (see
     :func:`cellreasoner.annotation.annotate`, which calls this for a list of backends).
 
-    ``options`` are :func:`~cellreasoner.annotation.annotate`'s other keyword arguments,
-    passed to each backend's run unchanged.
+    Parameters
+    ----------
+    adata
+        AnnData or a path (opened once, shared by the backends' runs).
+    backend
+        Several backends (see :func:`parse_backend_spec`).
+    model
+        Must be ``None``: each backend's model is named in its entry.
+    backend_options
+        Constructor options, each given to the backends that accept it.
+    deliberate
+        One deliberation round for the language-model backends (default False).
+    key_added
+        Prefix of the ``obs`` columns and the ``uns`` key.
+    copy
+        Annotate a copy of an in-memory AnnData.
+    **options
+        :func:`~cellreasoner.annotation.annotate`'s other keyword arguments, passed to each
+        backend's run unchanged.
+
+    Returns
+    -------
+    AnnotationResult
+        The consensus table (with ``agreement``, ``entropy`` and ``label_<name>``), written
+        into the AnnData.
     """
     from ..io import open_input
     from . import annotate
@@ -276,10 +299,16 @@ def _source_member(votes: pd.DataFrame, ids: pd.DataFrame, labels: pd.DataFrame)
     cons_label = votes["label"].to_numpy()
     id_arr = ids.astype(object).where(ids.notna(), "").to_numpy()
     lab_arr = labels.to_numpy()
+    memo: dict[tuple[str, str], bool] = {}  # (consensus, answer) pairs repeat a lot
+
+    def holds(c: str, i: str) -> bool:
+        if (c, i) not in memo:
+            memo[c, i] = bool(c) and bool(i) and (i == c or onto.is_ancestor(c, i))
+        return memo[c, i]
+
     for j in range(m - 1, -1, -1):
         mine = id_arr[:, j]
-        inside = np.array([bool(c) and bool(i) and (i == c or onto.is_ancestor(c, i))
-                           for i, c in zip(mine, cons, strict=True)], dtype=bool)
+        inside = np.array([holds(c, i) for i, c in zip(mine, cons, strict=True)], dtype=bool)
         same_text = (cons == "") & (lab_arr[:, j] == cons_label) & (cons_label != "Unknown")
         out[inside | same_text] = j
     return out
