@@ -138,6 +138,14 @@ def _t_cell(prompt, sample):
     return "<think>CD3E is expressed.</think>T cell"
 
 
+def _revise(prompt, sample):
+    """First answer 'hepatocyte'; in the deliberation, adopt the first other answer."""
+    if "Other annotators answered:" in prompt.sentence:
+        line = next(x for x in prompt.sentence.splitlines() if x.startswith("- "))
+        return "<think>reconsidered</think>" + line.split(": ", 1)[1].split(" (")[0]
+    return "<think>ALB is expressed.</think>hepatocyte"
+
+
 def test_consensus_run_keeps_each_backend_and_votes(cells, tmp_path):
     cache = tmp_path / "c.sqlite"
     res = annotate(cells, ["builtin", FakeBackend(), FakeBackend(_t_cell, model="t-only")],
@@ -182,10 +190,15 @@ def test_consensus_run_keeps_each_backend_and_votes(cells, tmp_path):
 
 @pytest.mark.parametrize("mode", ["cluster", "hybrid"])
 def test_consensus_in_cluster_and_hybrid_mode(cells, mode):
-    res = annotate(cells, ["builtin", FakeBackend()], mode=mode, by="bulk_labels", cache=False,
-                   progress=False)
+    fake = FakeBackend(_revise, model="deliberating")
+    res = annotate(cells, ["builtin", fake], mode=mode, by="bulk_labels", cache=False,
+                   deliberate=True, progress=False)
     obs = cells.obs
     assert res.provenance["mode"] == mode and res.provenance["by"] == "bulk_labels"
+    assert res.provenance["consensus"]["revised"]["fake_deliberating"] > 0
+    first = [p for p in fake.calls if "Other annotators" not in p.sentence]
+    asked = [p for p in fake.calls if "Other annotators" in p.sentence]
+    assert asked and asked[0].sentence.startswith(first[0].sentence.split("\n")[0][:40])
     groups = obs.groupby("bulk_labels", observed=True)
     assert (groups["cellreasoner_cluster_label"].nunique() == 1).all()
     if mode == "cluster":  # one answer per cluster and backend: one vote per cluster
@@ -197,14 +210,6 @@ def test_consensus_in_cluster_and_hybrid_mode(cells, mode):
         for _, part in groups:
             top = part["cellreasoner_label"].astype(str).value_counts()
             assert part["cellreasoner_cluster_label"].iat[0] in top[top == top.max()].index
-
-
-def _revise(prompt, sample):
-    """First answer 'hepatocyte'; in the deliberation, adopt the first other answer."""
-    if "Other annotators answered:" in prompt.sentence:
-        line = next(x for x in prompt.sentence.splitlines() if x.startswith("- "))
-        return "<think>reconsidered</think>" + line.split(": ", 1)[1].split(" (")[0]
-    return "<think>ALB is expressed.</think>hepatocyte"
 
 
 def test_deliberation_round_lets_llm_backends_revise_once_and_is_cached(cells, tmp_path):
