@@ -30,7 +30,7 @@ from ..backends import Backend, RunContext, backend_class, get_backend
 from ..errors import BackendError, InputError
 from ..io import UNS_KEY
 from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
-from .cache import GenerationCache, default_cache_path
+from .cache import GenerationCache, resolve_cache_path
 from .clusters import default_n_markers
 from .engine import Stats, generate_cached, vote
 from .result import (
@@ -230,10 +230,9 @@ def annotate(
         use_raw = True
         source = from_anndata(adata, use_raw=True)
     if copy and not given:
-        if getattr(adata, "isbacked", False):
-            raise InputError("copy=True needs an AnnData in memory; pass adata.to_memory(), or "
-                             "leave copy off to write the columns into the backed AnnData.")
-        adata = adata.copy()
+        from ..checks import in_memory_copy
+
+        adata = in_memory_copy(adata)
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
     # what the backend reads decides the defaults; it is made only once the input is checked
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
@@ -259,9 +258,7 @@ def annotate(
                    tissue=None if caps.tissue else tissue, cluster=mode == "cluster"),
                use_matrix=use_matrix, prompt_style=style,
                n_markers=int(n_markers) if n_markers is not None else default_n_markers(style))
-    cache_path: Path | None = None
-    if cache is not False and not use_matrix:
-        cache_path = default_cache_path() if cache in (None, True) else Path(cache)
+    cache_path = None if use_matrix else resolve_cache_path(cache)
     with ExitStack() as stack:
         if own_backend:
             stack.callback(be.close)
@@ -332,8 +329,9 @@ def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_m
         raise InputError(f"n (self-consistency samples) must be at least 1, not {n}.")
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, not {batch_size}.")
-    if not key_added or not str(key_added).isidentifier():
-        raise InputError(f"key_added must be a simple name like 'cellreasoner', not {key_added!r}.")
+    from ..checks import check_key_added
+
+    check_key_added(key_added)
     if cluster_markers is not None and mode != "cluster":
         raise InputError("cluster_markers (--cluster-markers) give the marker genes of each "
                          "cluster and only "

@@ -183,21 +183,18 @@ def annotate_consensus(adata, backend, *, model: str | None = None,
         The consensus table (with ``agreement``, ``entropy`` and ``label_<name>``), written
         into the AnnData.
     """
+    from ..checks import check_key_added, in_memory_copy
     from ..io import open_input
     from . import annotate
 
     t0 = time.perf_counter()
-    if not key_added or not str(key_added).isidentifier():
-        raise InputError(f"key_added must be a simple name like 'cellreasoner', not {key_added!r}.")
+    check_key_added(key_added)
     given = isinstance(adata, str | os.PathLike)
     adata, _, input_name, _ = open_input(adata, layer=options.get("layer"),
                                          use_raw=options.get("use_raw", False),
                                          assay=options.get("assay"))
     if copy and not given:
-        if getattr(adata, "isbacked", False):
-            raise InputError("copy=True needs an AnnData in memory; pass adata.to_memory(), or "
-                             "leave copy off to write the columns into the backed AnnData.")
-        adata = adata.copy()
+        adata = in_memory_copy(adata)
     members = make_members(backend, model, backend_options)
     with ExitStack() as stack:
         for m in members:
@@ -386,7 +383,7 @@ def _deliberate(members: list[Member], adata, options: dict) -> dict[str, int]:
     """
     from ..ontology import ground_labels
     from ..prompts import Prompt, SamplingParams
-    from .cache import GenerationCache, default_cache_path
+    from .cache import GenerationCache, resolve_cache_path
     from .engine import generate_cached, vote
 
     tables = [m.result.table for m in members]
@@ -417,8 +414,8 @@ def _deliberate(members: list[Member], adata, options: dict) -> dict[str, int]:
         prompts = [Prompt(instruction, t, reasoning) for t in uniq]
         with ExitStack() as stack:
             cache = None
-            if cache_opt is not False:
-                path = default_cache_path() if cache_opt in (None, True) else Path(cache_opt)
+            path = resolve_cache_path(cache_opt)
+            if path is not None:
                 cache = GenerationCache(path, m.backend.name, m.backend.model, sampling)
                 stack.callback(cache.close)
             gens = generate_cached(m.backend, prompts, sampling, cache,

@@ -131,12 +131,11 @@ def audit(
         ``uns[key_added]`` the settings, counts and summary.
     """
     from ..backends.builtin.reasoner import Reasoner
-    from ..checks import check_obs_column, prefer_raw
+    from ..checks import check_key_added, check_obs_column, in_memory_copy, prefer_raw
     from ..io import open_input
     from ..matrix import from_anndata
 
-    if not key_added or not str(key_added).isidentifier():
-        raise InputError(f"key_added must be a simple name like 'audit', not {key_added!r}.")
+    check_key_added(key_added, "audit")
     for name, value in (("margin", margin), ("min_alternative", min_alternative),
                         ("min_support", min_support)):
         if not 0.0 <= float(value) <= 1.0:
@@ -145,10 +144,7 @@ def audit(
     adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw)
     check_obs_column(adata, labels, "Label", "Pass --labels COLUMN with the labels to audit.")
     if copy and not given:
-        if getattr(adata, "isbacked", False):
-            raise InputError("copy=True needs an AnnData in memory; pass adata.to_memory(), or "
-                             "leave copy off to write the columns into the backed AnnData.")
-        adata = adata.copy()
+        adata = in_memory_copy(adata)
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
     if layer is None and not use_raw and prefer_raw(adata):
         use_raw = True
