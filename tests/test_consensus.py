@@ -246,6 +246,10 @@ def test_cli_consensus_with_a_real_openai_compatible_server(cells, tmp_path, cap
         assert asked > 0
         assert main([*args, "-o", str(tmp_path / "again.h5ad")]) == 0
         assert sum(server.asked.values()) == asked  # the second run is served by the cache
+        alone = annotate(cells.copy(), "openai:m1", backend_options={"base_url": server.url},
+                         cache=cache, progress=False)  # "name:model" alone: the same entries
+        assert sum(server.asked.values()) == asked
+        assert alone.provenance["model"] == "m1" and alone.provenance["cache_hits"] > 0
     back = ad.read_h5ad(tmp_path / "out.h5ad")
     assert set(back.obs["cellreasoner_label_openai_m1"].astype(str)) == {LABEL}
     b_cells = back.obs["cellreasoner_label_builtin"].astype(str) == "B cell"

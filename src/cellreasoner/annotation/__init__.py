@@ -195,6 +195,7 @@ def annotate(
         ``_response``), and the provenance counts ``failed_prompts``, ``failed_cells``,
         ``incomplete_cells`` and ``unparsed_cells``.
     """
+    # this call's arguments (taken before any other local exists), for a consensus run
     options = {k: v for k, v in locals().items() if k not in ("adata", "backend")}
     from ..progress import progress_bar
     from .consensus import is_consensus, parse_backend_spec

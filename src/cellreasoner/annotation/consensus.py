@@ -204,8 +204,7 @@ def annotate_consensus(adata, backend, *, model: str | None = None,
             scratch = f"_consensus{j}"
             m.result = annotate(adata, m.backend, key_added=scratch, **options)
             _drop_scratch(adata, scratch)
-        revised = (_deliberate(members, adata, options) if deliberate
-                   else {})
+        revised = _deliberate(members, adata, options) if deliberate else {}
     table, votes = _consensus_table(members, options.get("mode", "cell"), adata)
     provenance = _provenance(members, votes, table, adata, options, key_added=key_added,
                              deliberate=deliberate, revised=revised,
