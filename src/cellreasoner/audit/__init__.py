@@ -154,14 +154,14 @@ def audit(
     texts = raw.astype(object).where(raw.notna(), "").astype(str).to_numpy()
     codes, distinct = pd.factorize(texts)
     kinds = [label_types(t, reasoner) if t else None for t in distinct]
-    lineage = _lineage_matrix(reasoner)
+    rules = _Rules(float(margin), float(min_alternative), float(min_support),
+                   float(min_negative), *_tree(reasoner))
     genes = [str(g) for g in source.var_names]
     parts = []
     start = 0
     for chunk in source.iter_chunks(chunk_size):
         stop = start + chunk.shape[0]
-        parts.append(_audit_chunk(reasoner, chunk, genes, codes[start:stop], kinds, lineage,
-                                  margin, min_alternative, min_support, min_negative))
+        parts.append(_audit_chunk(reasoner, chunk, genes, codes[start:stop], kinds, rules))
         start = stop
     cells = pd.concat(parts) if parts else _empty_cells()
     cells.index = pd.Index(np.asarray(source.obs_names).astype(str), name="cell")
@@ -181,14 +181,17 @@ def audit(
     return AuditResult(cells=cells, summary=summary, provenance=provenance, adata=adata)
 
 
-def _lineage_matrix(reasoner) -> np.ndarray:
-    """types x types: row ``t`` averages the scores along ``t``'s lineage (root..t)."""
+def _tree(reasoner) -> tuple[np.ndarray, np.ndarray]:
+    """(types x types matrix whose row ``t`` averages the scores along ``t``'s lineage, root
+    to ``t``; each type's lineage root)."""
     n = len(reasoner.names)
     L = np.zeros((n, n), dtype=np.float32)
+    roots = np.zeros(n, dtype=np.int64)
     for t, name in enumerate(reasoner.names):
         path = [reasoner.db.index(p) for p in reasoner.db.lineage(name)]
         L[t, path] = 1.0 / len(path)
-    return L
+        roots[t] = path[0]
+    return L, roots
 
 
 def _empty_cells() -> pd.DataFrame:
@@ -196,16 +199,25 @@ def _empty_cells() -> pd.DataFrame:
                                          "alternative", "label_score", "alternative_score")})
 
 
+@dataclass(frozen=True)
+class _Rules:
+    """The thresholds of :func:`audit`, and the knowledge base's tree as arrays."""
+
+    margin: float
+    min_alternative: float
+    min_support: float
+    min_negative: float
+    lineage: np.ndarray  # types x types: row t averages the scores along t's lineage
+    roots: np.ndarray  # each type's lineage root
+
+
 def _audit_chunk(reasoner, X, genes: list[str], codes: np.ndarray,
-                 kinds: list[LabelTypes | None], lineage: np.ndarray, margin: float,
-                 min_alternative: float, min_support: float,
-                 min_negative: float) -> pd.DataFrame:
+                 kinds: list[LabelTypes | None], rules: _Rules) -> pd.DataFrame:
     """The audit of one block of cells (``codes``: each cell's label index in ``kinds``)."""
     E, measured, spelled = reasoner._marker_matrix(X, genes)
     S = reasoner.score(E, measured)
-    path = S @ lineage.T  # cells x types: mean score along each type's lineage
+    path = S @ rules.lineage.T  # cells x types: mean score along each type's lineage
     NE = np.asarray(E @ reasoner.N.T)  # cells x types: weight units of expressed negatives
-    roots = np.array([reasoner.db.index(reasoner.db.lineage(n)[0]) for n in reasoner.names])
     n = X.shape[0]
     status = np.full(n, "unsupported", dtype=object)
     supporting = np.full(n, "", dtype=object)
@@ -229,49 +241,48 @@ def _audit_chunk(reasoner, X, genes: list[str], codes: np.ndarray,
             alt_score[rows] = others[np.arange(len(rows)), alt]
         else:
             alt = np.full(len(rows), -1)
-        contra = ((alt >= 0) & (alt_score[rows] >= min_alternative)
-                  & (alt_score[rows] - own_score[rows] >= margin))
+        contra = ((alt >= 0) & (alt_score[rows] >= rules.min_alternative)
+                  & (alt_score[rows] - own_score[rows] >= rules.margin))
         # an alternative of the label's own lineage (a sibling subtype) contradicts it only
         # when the cell also expresses the label's negative markers: a missing subtype marker
         # alone is dropout, not evidence against the label
         label_root = np.array([kind.paths[b][0] for b in best_own])
-        same_lineage = roots[np.maximum(alt, 0)] == label_root
-        against = np.array([NE[i, list(kind.paths[b])].max() for i, b in zip(rows, best_own,
-                                                                             strict=True)])
-        contra &= ~same_lineage | (against >= min_negative)
+        same_lineage = rules.roots[np.maximum(alt, 0)] == label_root
+        negative_units = np.array([NE[i, list(kind.paths[b])].max()
+                                   for i, b in zip(rows, best_own, strict=True)])
+        contra &= ~same_lineage | (negative_units >= rules.min_negative)
         status[rows] = np.where(contra, "contradicted",
-                                np.where(own_score[rows] >= min_support, "consistent",
+                                np.where(own_score[rows] >= rules.min_support, "consistent",
                                          "unsupported"))
         for k, i in enumerate(rows):
-            lineage_path = kind.paths[best_own[k]]
+            mine = list(kind.paths[best_own[k]])
             present = E.indices[E.indptr[i]:E.indptr[i + 1]]
-            supporting[i] = _named(reasoner.P, lineage_path, present, spelled)
-            against = _named(reasoner.N, lineage_path, present, spelled)
+            supporting[i] = ", ".join(_named(reasoner.P, mine, present, spelled))
+            against = _named(reasoner.N, mine, present, spelled)
             if contra[k]:
                 a = int(alt[k])
                 alternative[i] = str(reasoner.names[a])
-                alt_path = [reasoner.db.index(p) for p in reasoner.db.lineage(reasoner.names[a])]
-                theirs = _named(reasoner.P, alt_path, present, spelled,
-                                exclude=reasoner.P[list(lineage_path)].max(axis=0) > 0)
-                against = ", ".join(x for x in (against, theirs) if x)
-            contradicting[i] = against
+                theirs = [reasoner.db.index(p) for p in reasoner.db.lineage(reasoner.names[a])]
+                against += _named(reasoner.P, theirs, present, spelled,
+                                  exclude=reasoner.P[mine].max(axis=0) > 0)
+            contradicting[i] = ", ".join(dict.fromkeys(against))
     return pd.DataFrame({"status": status, "supporting": supporting,
                          "contradicting": contradicting, "alternative": alternative,
                          "label_score": own_score, "alternative_score": alt_score})
 
 
 def _named(W: np.ndarray, types, present: np.ndarray, spelled: list[str],
-           exclude: np.ndarray | None = None) -> str:
+           exclude: np.ndarray | None = None) -> list[str]:
     """The expressed markers of ``types`` (weight matrix ``W``), heaviest first."""
     if len(present) == 0:
-        return ""
+        return []
     weight = W[list(types)][:, present].max(axis=0)
     keep = weight > 0
     if exclude is not None:
         keep &= ~exclude[present]
     idx = present[keep]
     order = np.argsort(-weight[keep], kind="stable")[:MAX_NAMED]
-    return ", ".join(spelled[m] for m in idx[order])
+    return [spelled[m] for m in idx[order]]
 
 
 def _summary(cells: pd.DataFrame, distinct, kinds: list[LabelTypes | None]) -> pd.DataFrame:
