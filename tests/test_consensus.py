@@ -95,6 +95,8 @@ def test_consensus_frame_equals_the_vote_of_each_row():
         assert out.loc[cell, "agreement"] == pytest.approx(v.agreement)
         assert out.loc[cell, "how"] == v.how
     assert out.loc["y", "label"] == "T cell" and out.loc["w", "how"] == "majority"
+    with pytest.raises(InputError, match="same shape"):
+        consensus_frame(labels, ids.iloc[:, :2])
 
 
 # --- names and parsing -------------------------------------------------------------------------

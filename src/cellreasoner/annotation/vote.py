@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from ..ontology import UNINFORMATIVE, get_ontology, normalize
 
 UNKNOWN = "Unknown"
@@ -123,7 +124,7 @@ def consensus_vote(labels: Sequence[str], ontology_ids: Sequence[str]) -> Vote:
     labels = ["" if x is None else str(x) for x in labels]
     ids = ["" if x is None or x != x else str(x) for x in ontology_ids]
     if len(labels) != len(ids) or not labels:
-        raise ValueError("consensus_vote needs one ontology id per label, and some labels")
+        raise InputError("consensus_vote needs one ontology id per label, and some labels.")
     n = len(labels)
     keys = [_key(lab, i) for lab, i in zip(labels, ids, strict=True)]
     entropy = _entropy(keys)
@@ -173,7 +174,8 @@ def consensus_frame(labels: pd.DataFrame, ontology_ids: pd.DataFrame) -> pd.Data
         of answers is voted once.
     """
     if labels.shape != ontology_ids.shape:
-        raise ValueError("labels and ontology_ids must have the same shape")
+        raise InputError(f"labels {labels.shape} and ontology_ids {ontology_ids.shape} must have "
+                         "the same shape: one column per backend, one row per item.")
     lab = labels.astype(object).where(labels.notna(), "").astype(str).to_numpy()
     ids = ontology_ids.astype(object).where(ontology_ids.notna(), "").astype(str).to_numpy()
     rows = [tuple(a) + tuple(b) for a, b in zip(lab, ids, strict=True)]
