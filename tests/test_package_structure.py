@@ -26,6 +26,7 @@ POSITIONAL = {
     "pp.prepare": ("data", "output"),  # the input and the output file, as ``cellreasoner prepare``
     "pp.sentences": ("adata_or_source", "gene_list"),
     "tl.annotate": ("adata", "backend"),  # the model, as celltypist.annotate(adata, model)
+    "tl.audit": ("adata", "labels"),  # the column audited, as ``cellreasoner audit --labels``
     "tl.score": ("adata", "truth_key"),
     "tl.evaluate": ("results", "truth"),  # one or many runs
     "pl.label_counts": ("labels",),
@@ -39,7 +40,10 @@ WRITES = {
     "tl.annotate": [f"_{f}" for f in ("label", "confidence", "ontology_id", "ontology_label",
                                       "reasoning", "response", "evidence_fraction",
                                       "evidence_flag", "cited_present", "cited_absent",
-                                      "cluster_label", "cluster_agreement")] + ["uns[key_added]"],
+                                      "cluster_label", "cluster_agreement", "agreement",
+                                      "entropy", "label_<name>")] + ["uns[key_added]"],
+    "tl.audit": [f"_{f}" for f in ("status", "supporting", "contradicting", "alternative",
+                                   "label_score", "alternative_score")] + ["uns[key_added]"],
     "tl.score": ["key_added", "_level", "uns[key_added]"],
 }
 

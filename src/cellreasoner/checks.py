@@ -267,6 +267,22 @@ def validate_for_annotation(
     return summary
 
 
+def check_key_added(key_added: str, example: str = "cellreasoner") -> None:
+    """Raise an :class:`InputError` unless ``key_added`` can prefix ``obs`` columns and key
+    ``uns`` (a simple identifier such as ``example``)."""
+    if not key_added or not str(key_added).isidentifier():
+        raise InputError(f"key_added must be a simple name like {example!r}, not {key_added!r}.")
+
+
+def in_memory_copy(adata: AnnData) -> AnnData:
+    """``adata.copy()`` for ``copy=True``; a backed AnnData (a streamed ``.h5ad``) raises an
+    :class:`InputError` saying what to do instead."""
+    if getattr(adata, "isbacked", False):
+        raise InputError("copy=True needs an AnnData in memory; pass adata.to_memory(), or "
+                         "leave copy off to write the columns into the backed AnnData.")
+    return adata.copy()
+
+
 def check_obs_column(adata: AnnData, key: str, what: str = "Label", hint: str = "") -> None:
     """Raise an :class:`InputError` listing ``obs``'s columns unless ``key`` is one of them.
 

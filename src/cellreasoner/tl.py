@@ -1,4 +1,5 @@
-"""Tools (scanpy ``tl``-style): annotate cells, score predictions, evaluate runs."""
+"""Tools (scanpy ``tl``-style): annotate cells, audit existing labels, score predictions,
+evaluate runs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from ._lazy import lazy_getattr
 
 _EXPORTS = {
     "annotate": "cellreasoner.annotation:annotate",
+    "audit": "cellreasoner.audit:audit",
     "score": "cellreasoner.evaluation:score_adata",
     "evaluate": "cellreasoner.evaluation:evaluate",
 }

@@ -30,7 +30,7 @@ from ..backends import Backend, RunContext, backend_class, get_backend
 from ..errors import BackendError, InputError
 from ..io import UNS_KEY
 from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
-from .cache import GenerationCache, default_cache_path
+from .cache import GenerationCache, resolve_cache_path
 from .clusters import default_n_markers
 from .engine import Stats, generate_cached, vote
 from .result import (
@@ -55,7 +55,7 @@ __all__ = [
 # annotate() is over 80 lines only through its numpydoc docstring and 30-line signature
 def annotate(
     adata,
-    backend: str | Backend = "builtin",
+    backend: str | Backend | Sequence[str | Backend] = "builtin",
     *,
     model: str | None = None,
     reasoning: bool = False,
@@ -86,6 +86,7 @@ def annotate(
     backend_options: dict | None = None,
     copy: bool = False,
     progress: bool | Callable[[float], None] = True,
+    deliberate: bool = False,
 ) -> AnnotationResult:
     """Annotate every cell of ``adata`` with a cell type, confidence and reasoning.
 
@@ -96,7 +97,12 @@ def annotate(
         (``"pbmc68k_reduced"``, ``"pbmc_demo"``).
     backend
         Registry name (``"builtin"`` default, ``"transformers"``, ``"openai"``, ``"vllm"``,
-        ``"gguf"``) or a ready :class:`~cellreasoner.backends.Backend`.
+        ``"gguf"``), optionally with its model after a colon (``"openai:gpt-4o"``), or a
+        ready :class:`~cellreasoner.backends.Backend`. Several of them (a list, or
+        ``"builtin,openai:MODEL,gguf:PATH"``) make a consensus run: each backend labels the
+        data as it would alone (its own cache entries), then an ontology-aware vote decides
+        (:mod:`cellreasoner.annotation.vote`); ``obs`` gets ``{key_added}_agreement``,
+        ``_entropy`` and each backend's own ``{key_added}_label_<name>`` too.
     model
         Model name/path for the backend (default: the backend's default).
     reasoning
@@ -173,6 +179,10 @@ def annotate(
         Annotate a copy and leave ``adata`` untouched (default False: write into ``adata``).
     progress
         Show a progress bar on a terminal (default True), or a callback ``advance(cells)``.
+    deliberate
+        Consensus runs only: one deliberation round (default False) in which every language
+        model backend sees, for each item the backends disagree on, the others' answers and
+        the markers they cite, and may revise its answer (cached like any prompt).
 
     Returns
     -------
@@ -181,6 +191,10 @@ def annotate(
         ``_ontology_id``, ``_ontology_label``, ``_reasoning``, ``_response``,
         ``_evidence_fraction``, ``_evidence_flag``, ``_cited_present``, ``_cited_absent``
         (+ ``_cluster_label``, ``_cluster_agreement``) and ``uns[key_added]`` provenance.
+        A consensus run (several backends) also writes ``_agreement`` (fraction of the
+        backends whose answer lies in the consensus term's subtree; also its
+        ``_confidence``), ``_entropy`` (bits) and one ``_label_<name>`` per backend, and its
+        provenance lists the backends.
         When a prompt got no usable answer (the backend failed it after its retries; it is not
         cached, so a rerun asks it again), an answer was cut off (token limit, or a reasoning
         text that never reaches an answer) or did not parse to a cell type, its cells are
@@ -189,8 +203,29 @@ def annotate(
         ``_response``), and the provenance counts ``failed_prompts``, ``failed_cells``,
         ``incomplete_cells`` and ``unparsed_cells``.
     """
+    # this call's arguments (taken before any other local exists), for a consensus run
+    options = {k: v for k, v in locals().items() if k not in ("adata", "backend")}
     from ..progress import progress_bar
+    from .consensus import is_consensus, parse_backend_spec
 
+    if is_consensus(backend):
+        from .consensus import annotate_consensus
+
+        return annotate_consensus(adata, backend, **options)
+    if deliberate:
+        raise InputError("deliberate (--deliberate) needs several backends, e.g. "
+                         "backend='builtin,openai:MODEL'.")
+    if not isinstance(backend, Backend):  # "name", "name:model" or a one-item list
+        (single,) = parse_backend_spec(backend)
+        if isinstance(single, Backend):
+            backend = single
+        else:
+            backend, spec_model = single
+            if spec_model is not None:
+                if model is not None and model != spec_model:
+                    raise InputError(f"backend '{backend}:{spec_model}' and model '{model}' "
+                                     "name two models; give one.")
+                model = spec_model
     t0 = time.perf_counter()
     _check_options(mode, n, batch_size, key_added, cluster_markers)
     from ..checks import prefer_raw
@@ -206,10 +241,9 @@ def annotate(
         use_raw = True
         source = from_anndata(adata, use_raw=True)
     if copy and not given:
-        if getattr(adata, "isbacked", False):
-            raise InputError("copy=True needs an AnnData in memory; pass adata.to_memory(), or "
-                             "leave copy off to write the columns into the backed AnnData.")
-        adata = adata.copy()
+        from ..checks import in_memory_copy
+
+        adata = in_memory_copy(adata)
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
     # what the backend reads decides the defaults; it is made only once the input is checked
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
@@ -240,9 +274,7 @@ def annotate(
                    tissue=None if caps.tissue else tissue, cluster=mode == "cluster"),
                use_matrix=use_matrix, prompt_style=style,
                n_markers=int(n_markers) if n_markers is not None else default_n_markers(style))
-    cache_path: Path | None = None
-    if cache is not False and not use_matrix:
-        cache_path = default_cache_path() if cache in (None, True) else Path(cache)
+    cache_path = None if use_matrix else resolve_cache_path(cache)
     with ExitStack() as stack:
         if own_backend:
             stack.callback(be.close)
@@ -315,8 +347,9 @@ def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_m
         raise InputError(f"n (self-consistency samples) must be at least 1, not {n}.")
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, not {batch_size}.")
-    if not key_added or not str(key_added).isidentifier():
-        raise InputError(f"key_added must be a simple name like 'cellreasoner', not {key_added!r}.")
+    from ..checks import check_key_added
+
+    check_key_added(key_added)
     if cluster_markers is not None and mode != "cluster":
         raise InputError("cluster_markers (--cluster-markers) give the marker genes of each "
                          "cluster and only "

@@ -86,6 +86,14 @@ def default_cache_path() -> Path:
     return cache_dir() / DEFAULT_CACHE_NAME
 
 
+def resolve_cache_path(cache: str | os.PathLike | bool | None) -> Path | None:
+    """The cache file of a run's ``cache`` option: ``None``/``True`` the default
+    (:func:`default_cache_path`), a path itself, ``False`` none."""
+    if cache is False:
+        return None
+    return default_cache_path() if cache in (None, True) else Path(cache)
+
+
 class GenerationCache:
     """A SQLite store of generations, safe to share between threads and processes.
 

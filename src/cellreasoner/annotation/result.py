@@ -16,10 +16,13 @@ from ..errors import InputError
 FIELDS = ("label", "confidence", "ontology_id", "ontology_label", "reasoning", "response",
           "evidence_fraction", "evidence_flag", "cited_present", "cited_absent")
 CLUSTER_FIELDS = ("cluster_label", "cluster_agreement")
+#: Consensus runs (several backends): agreement and entropy of the vote; each backend's own
+#: answer is the field ``label_<name>``.
+CONSENSUS_FIELDS = ("agreement", "entropy")
 #: Fields written as categorical ``obs`` columns (labels); the rest of the text stays text.
 CATEGORICAL_FIELDS = ("label", "ontology_id", "ontology_label", "cluster_label")
 #: Float fields (NaN where not measured).
-FLOAT_FIELDS = ("confidence", "evidence_fraction", "cluster_agreement")
+FLOAT_FIELDS = ("confidence", "evidence_fraction", "cluster_agreement", *CONSENSUS_FIELDS)
 #: Leading columns of the upstream CellReasoner result CSV.
 CSV_UPSTREAM = ("cell_name", "response", "labels")
 
@@ -81,9 +84,12 @@ class AnnotationResult:
     @property
     def fields(self) -> tuple[str, ...]:
         """The per-cell fields this run has (cluster fields in cluster/hybrid mode; ``failure``
-        when some prompt failed or did not parse: ``"request"``/``"parse"``, else ``""``)."""
+        when some prompt failed or did not parse: ``"request"``/``"parse"``, else ``""``;
+        in a consensus run :data:`CONSENSUS_FIELDS` and one ``label_<name>`` per backend)."""
         return (FIELDS + (CLUSTER_FIELDS if "cluster_label" in self.table else ())
-                + (("failure",) if "failure" in self.table else ()))
+                + (("failure",) if "failure" in self.table else ())
+                + (CONSENSUS_FIELDS if "agreement" in self.table else ())
+                + tuple(c for c in self.table.columns if str(c).startswith("label_")))
 
     def to_table(self) -> pd.DataFrame:
         """A copy of the per-cell table."""
@@ -101,7 +107,10 @@ class AnnotationResult:
             raise InputError(
                 "to_adata: the AnnData's cells (obs_names) differ from the annotated cells.")
         # columns of an earlier run with another mode would contradict this one
-        stale = [f"{key}_{f}" for f in CLUSTER_FIELDS if f not in self.fields]
+        stale = [f"{key}_{f}" for f in (*CLUSTER_FIELDS, *CONSENSUS_FIELDS)
+                 if f not in self.fields]
+        stale += [c for c in adata.obs.columns if str(c).startswith(f"{key}_label_")
+                  and str(c)[len(key) + 1:] not in self.fields]
         adata.obs.drop(columns=[c for c in stale if c in adata.obs], inplace=True)
         for f in self.fields:
             adata.obs[f"{key}_{f}"] = _typed(f, self.table[f].to_numpy())
@@ -167,7 +176,8 @@ def _typed(field: str, values: np.ndarray):
     # text stays Python str objects: a fixed-width numpy str copy of a million traces would
     # cost gigabytes
     text = values if values.dtype == object else values.astype(str).astype(object)
-    if field in CATEGORICAL_FIELDS:  # few distinct values: ready for sc.pl.* colouring
+    # few distinct values: ready for sc.pl.* colouring
+    if field in CATEGORICAL_FIELDS or field.startswith("label_"):
         return pd.Categorical(text)
     return text
 

@@ -50,3 +50,12 @@ def evaluate_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
     inputs["--pair-table"] = _get(args, "pair_table")
     inputs["--truth-map"] = _get(args, "truth_map")
     return claim_outputs(outputs, inputs)
+
+
+def audit_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """``audit``: ``-o``, ``--summary``, ``--report``; against the input and the markers."""
+    return claim_outputs(
+        {"-o": _get(args, "output"), "--summary": _get(args, "summary"),
+         "--report": _get(args, "report")},
+        {"input": args.input, "--markers": _get(args, "markers")},
+    )

@@ -24,10 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", help="also write the upstream-layout result table here")
     p.add_argument("--report", metavar="HTML", help="also write the offline HTML report here "
                    "(with metrics when --label-column is given)")
-    from ..backends import BACKENDS
-
-    p.add_argument("--backend", default="builtin", choices=sorted(BACKENDS),
-                   help="builtin (default, no model needed), transformers, openai, vllm, gguf")
+    p.add_argument("--backend", default="builtin", metavar="NAME[:MODEL][,...]",
+                   type=backend_list,
+                   help="builtin (default, no model needed), transformers, openai, vllm, gguf; "
+                   "NAME:MODEL names the model too; several, comma-separated (e.g. "
+                   "builtin,openai:MODEL_A,gguf:PATH), make a consensus run: an ontology-aware "
+                   "vote, with per-cell agreement, entropy and each backend's own label")
+    p.add_argument("--deliberate", action="store_true",
+                   help="consensus runs: one deliberation round in which the LLM backends see "
+                   "the other answers and their cited markers and may revise (cached)")
     p.add_argument("--model", help="model name, folder or file for the backend")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
     p.add_argument("--api-key-env", help="environment variable holding the API key (openai "
@@ -107,6 +112,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def backend_list(text: str) -> str:
+    """``--backend``'s value checked at parse time: each comma-separated ``NAME[:MODEL]`` names
+    a registered backend (argparse reports the first that does not)."""
+    from ..backends import BACKENDS
+
+    for item in text.split(","):
+        name = item.strip().partition(":")[0].strip()
+        if name not in BACKENDS:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {name!r} (choose from {', '.join(sorted(BACKENDS))}; "
+                "several as builtin,openai:MODEL,...)")
+    return text
+
+
 def backend_options(args: argparse.Namespace) -> dict:
     """Backend constructor options given on the command line (only those set)."""
     from .._secrets import register_secret, register_url
@@ -165,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
         species=args.species,
         key_added=args.key_added, cache=False if args.no_cache else args.cache,
         batch_size=args.batch_size, backend_options=backend_options(args),
-        progress=not args.no_progress,
+        progress=not args.no_progress, deliberate=args.deliberate,
     )
     written = [result.write(out, cellxgene=args.cellxgene)]
     if args.csv:

@@ -36,6 +36,7 @@ from ..evaluation.results import (
     read_results,
 )
 from ..io.write import atomic_path
+from ._audit import audit_section
 from ._data import CellArrays, _clean, _subsample, _TextPool, cell_columns, cluster_rows
 from ._evidence import cited_genes
 from ._html import render
@@ -280,6 +281,7 @@ def build_report(
         data=data,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         version=__version__,
+        audit=audit_section(run.obs, table.uns),
     )
 
 

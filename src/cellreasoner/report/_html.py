@@ -41,6 +41,7 @@ def render(
     data: dict[str, Any],
     generated: str,
     version: str,
+    audit: str = "",
 ) -> str:
     """The page: ``report.html`` with its placeholders filled, the script pinned by hash."""
     script = template("report.js")
@@ -89,6 +90,7 @@ def render(
         "VERSION": html.escape(version),
         "SUMMARY": _kv_table(summary, "summary-table"),
         "METRICS": metrics_html,
+        "AUDIT": audit,  # static HTML, escaped by report._audit
         "PLOTS": plots_html if images else "",
         "CLUSTERS": clusters_html,
         "CLUSTER_CONTROL": cluster_control,
