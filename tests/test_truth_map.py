@@ -139,3 +139,21 @@ def test_annotate_truth_map_needs_a_report(tmp_path, shared_data, capsys):
     assert rc != 0 and "--truth-map reads the truth labels of the report" in (
         capsys.readouterr().err)
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_annotate_report_reads_truth_through_the_map(tmp_path, _pbmc68k_cached):
+    a = _pbmc68k_cached[:120].copy()
+    a.X = a.raw[:120].X.toarray() if hasattr(a.raw.X, "toarray") else a.raw[:120].X
+    a.raw = None
+    h5 = tmp_path / "in.h5ad"
+    a.write_h5ad(h5)
+    tmap = tmp_path / "map.tsv"
+    tmap.write_text("truth\tcl_id\nDendritic\tCL:0000784\n")  # plasmacytoid, not the lookup's
+    report = tmp_path / "r.html"
+    assert main(["annotate", str(h5), "-o", str(tmp_path / "o.csv"), "--report",
+                 str(report), "--label-column", "bulk_labels", "--truth-map",
+                 str(tmap), "--no-cache"]) == 0
+    html = report.read_text(encoding="utf-8")
+    assert "exact Cell Ontology term accuracy" in html
+    assert "plasmacytoid dendritic cell (CL:0000784, truth map)" in html
+    assert "CD14-positive monocyte (CL:0001054)" in html  # read by the ontology lookup
