@@ -35,6 +35,7 @@ from ..evaluation.results import (
     provenance_for,
     read_results,
 )
+from ..evaluation.truth import READINGS_NOTE_PREFIX
 from ..io.write import atomic_path
 from ._data import CellArrays, _clean, _subsample, _TextPool, cell_columns, cluster_rows
 from ._evidence import cited_genes
@@ -235,8 +236,6 @@ def _metrics_rows(ev: EvaluationResult | None, truth: str | None) -> list[tuple[
     for value, col in LEVEL_COLUMNS.items():
         rows.append((f"{LEVELS[value]} (score {value:g})", f"{s[col]:.3f}"))
     # each truth label's reading gets a row of its own (the joined note says the same)
-    from ..evaluation.truth import READINGS_NOTE_PREFIX
-
     for label, text in _reading_texts(ev.truth_readings).items():
         rows.append((f"truth label {label!r} read as", text))
     for note in ev.notes:
