@@ -639,7 +639,9 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, scorer: PairScorer,
     print(table(rows, cols, align="auto"))
     for note in notes:
         print(f"  note: {note}")
-    print("\nCoverage-accuracy: mean score of the most confident cells when the rest abstain:")
+    print("\nCoverage-accuracy: mean score of the most confident cells when the rest abstain "
+          "(pooled over the held-out halves, so 100% weights a cell by how often it was held "
+          "out):")
     cov_rows = [{"method": s.name, **{k: f3(v) for k, v in coverage_curve(s.conf, s.score)
                                       .items()}} for s in scored]
     print(table(cov_rows, ["method", *(f"{c:.0%}" for c in COVERAGES)], align="auto"))
