@@ -23,9 +23,10 @@ Methods:
   sees a label, so its answer for a held-out cell is its answer on the whole dataset.
 - trained on a stratified half of the same data and evaluated on the other half (``--seeds``
   splits; every method is evaluated on the same held-out halves): SingleR (``singler``) and
-  CellTypist (``celltypist.train`` with ``use_SGD=True``, its logistic-regression path being
-  broken on scikit-learn >= 1.8; then ``celltypist.annotate`` without and with majority
-  voting). Their predictions are author labels and are read like the truth (the same map).
+  CellTypist (``celltypist.train`` with its default one-vs-rest logistic regression, restored
+  for scikit-learn >= 1.8 by :class:`_OvRLogisticRegression`; then ``celltypist.annotate``'s
+  steps without and with majority voting, see :func:`celltypist_annotate`). Their predictions
+  are author labels and are read like the truth (the same map).
 - published reference models that install offline, label-free here too: STCAT's
   CellTypist-format T-cell models (``STCAT/data/{T_cell,cd4,cd8}.pkl`` in the stcat 1.1.2 wheel)
   on the cells whose truth is a T cell, following STCAT's own steps (CD3 gate, ``T_cell.pkl``
@@ -276,18 +277,51 @@ def celltypist_annotate(model, q, majority_voting: bool, min_prop: float = 0.0):
     return classifier.Classifier.majority_vote(predictions, over, min_prop=min_prop)
 
 
+class _OvRLogisticRegression:
+    """CellTypist's classifier, ``LogisticRegression(multi_class="ovr")``, which scikit-learn
+    1.8 removed (celltypist 1.7.1 still passes it): one binary logistic regression per class,
+    stacked into a plain ``LogisticRegression`` so that CellTypist predicts with it as before
+    (same one-vs-rest decision values). Bench only: patched into ``celltypist.train`` for the
+    duration of a :func:`celltypist_train` call."""
+
+    def __new__(cls, C: float = 1.0, solver: str | None = None, max_iter: int | None = None,
+                multi_class: str = "ovr", n_jobs: int | None = None, **kwargs: Any):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+
+        class Fitted(LogisticRegression):
+            def fit(self, X, y):
+                ovr = OneVsRestClassifier(
+                    LogisticRegression(C=C, solver=solver or "lbfgs", max_iter=max_iter or 1000,
+                                       **kwargs), n_jobs=n_jobs).fit(X, y)
+                self.classes_ = ovr.classes_
+                self.coef_ = np.vstack([e.coef_ for e in ovr.estimators_])
+                self.intercept_ = np.concatenate([e.intercept_ for e in ovr.estimators_])
+                self.n_features_in_ = X.shape[1]
+                return self
+
+        return Fitted(C=C)
+
+
+def celltypist_train(X, labels: list[str], genes: list[str]):
+    """``celltypist.train`` with its defaults (one-vs-rest logistic regression, all genes)."""
+    import celltypist
+
+    module = sys.modules["celltypist.train"]  # the package's ``train`` is the function
+    original = module.LogisticRegression
+    module.LogisticRegression = _OvRLogisticRegression
+    try:
+        return celltypist.train(X, labels=labels, genes=genes, check_expression=False, n_jobs=1)
+    finally:
+        module.LogisticRegression = original
+
+
 def celltypist_predict(ds: Dataset, train: np.ndarray, test: np.ndarray, seed: int
                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """CellTypist trained on ``train`` (``celltypist.train``), applied to ``test`` without and
     with majority voting (its own over-clustering of the query)."""
-    import celltypist
-
     np.random.seed(seed)
-    # SGD: celltypist 1.7.1's LogisticRegression path passes multi_class, which scikit-learn
-    # 1.8 removed (as in bench/annotate_scale.py)
-    model = celltypist.train(ds.adata.X[train], labels=list(ds.truth[train]),
-                             genes=list(ds.adata.var_names), check_expression=False, n_jobs=1,
-                             use_SGD=True, random_state=seed)
+    model = celltypist_train(ds.adata.X[train], list(ds.truth[train]), list(ds.adata.var_names))
     res = celltypist_annotate(model, _query(ds, test), majority_voting=True)
     pred, probs = res.predicted_labels, res.probability_matrix
     out = {"CellTypist": (pred["predicted_labels"].astype(str).to_numpy(),
