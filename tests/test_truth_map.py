@@ -84,13 +84,16 @@ def test_cli_and_score_adata_take_the_map(tumour, shared_data, tmp_path, capsys)
     assert any("truth map" in n for n in tumour.uns["cellreasoner_score"]["truth_readings"])
 
 
-def test_tl_score_reads_the_map_and_lists_unmapped_labels(tumour, shared_data, tmp_path):
+def test_tl_score_reads_the_map_and_lists_unmapped_labels(tumour, shared_data, tmp_path,
+                                                          caplog):
     tmap = shared_data / "tumour_immune_1000.truth_map.tsv"
     a = tumour.copy()
     truth = a.obs["cell_type_annotations"].to_numpy()
     a.obs["cell_type_annotations"] = np.where(truth == "ILC3", "Zq7 blobs", truth)
     a.obs["pred"] = np.where(truth == "MDC", "macrophage", truth)
-    cr.tl.score(a, "cell_type_annotations", pred_key="pred", truth_map=tmap)
+    with caplog.at_level("WARNING", logger="cellreasoner"):
+        cr.tl.score(a, "cell_type_annotations", pred_key="pred", truth_map=tmap)
+    assert "could not be read" in caplog.text and "Zq7 blobs" in caplog.text
     info = a.uns["cellreasoner_score"]
     read = dict(zip(info["truth_labels"], info["truth_cl_ids"], strict=True))
     assert read["MDC"] == "CL:0000113" and read["Zq7 blobs"] == ""

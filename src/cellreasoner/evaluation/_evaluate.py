@@ -441,6 +441,8 @@ def score_adata(
     readings = truth_readings(truth[has], None if truth_map is None
                               else read_truth_map(truth_map))
     scores[has] = _score(_scorer(pair_table), scoring_text(truth[has], readings), pred[has])
+    if (readings["source"] == "unmapped").any():  # these score 0 against every prediction
+        logger.warning(describe_readings(readings)[-1])
     adata.obs[key_added] = scores
     adata.obs[f"{key_added}_level"] = pd.Categorical(
         [LEVELS.get(float(s), "") if np.isfinite(s) else "" for s in scores],
