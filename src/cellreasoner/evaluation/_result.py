@@ -16,8 +16,8 @@ from .._spreadsheet import write_spreadsheet_csv
 TABLE_FILES = ("metrics.csv", "per_label.csv", "scores.csv", "truth_readings.csv")
 
 #: Deprecated summary columns -> the column they alias. ``exact_accuracy`` was the fraction at
-#: score 1, which counts a sibling subtype (Treg for central memory CD4) as exact; it is now
-#: ``subtype_accuracy``, beside ``exact_cl_accuracy`` (the same CL term). The alias stays in
+#: score 1, which counts a sibling subtype (naive CD8 called effector memory CD8) as exact; it
+#: is now ``subtype_accuracy``, beside ``exact_cl_accuracy`` (the same CL term). The alias stays in
 #: :attr:`EvaluationResult.summary` for old scripts; it is not written, printed or reported.
 DEPRECATED_SUMMARY_ALIASES: dict[str, str] = {"exact_accuracy": "subtype_accuracy"}
 
@@ -35,7 +35,7 @@ class EvaluationResult:
     summary
         One row per run: ``run``, ``model``, ``backend``, ``source``, ``pred_column``,
         ``n_cells``, ``mean_score``, ``subtype_accuracy`` (score 1: the right subtype *level*,
-        which counts a sibling subtype such as Treg for central memory CD4 T cell),
+        which counts a sibling subtype such as effector memory for naive CD8 T cell),
         ``exact_cl_accuracy`` (the predicted CL term is the truth's term), ``major_accuracy``
         (score >= 0.5), ``macro_f1_cl`` (exact CL terms), ``macro_f1_cl_hierarchical`` (a
         prediction at or below the truth's CL term counts as it; see :func:`collapse_to_truth`)

@@ -76,7 +76,7 @@ def exact_cl_accuracy(truth_cl: Sequence[str], pred_cl: Sequence[str]) -> float:
     """Fraction of cells whose predicted CL id is the truth's CL id.
 
     Stricter than the subtype level (score 1), which also counts a neighbouring subtype of the
-    same anchor (regulatory T cell for central memory CD4 T cell). A truth without a CL term
+    same anchor (effector memory CD8 T cell for naive CD8 T cell). A truth without a CL term
     (:data:`UNMAPPED`) never matches.
 
     Parameters
