@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,10 +66,11 @@ def test_metrics_match_scorer_and_counts(annotated):
     np.testing.assert_allclose(pc["score"].to_numpy(), expected)
     assert s["n_cells"] == 700
     assert s["mean_score"] == pytest.approx(expected.mean())
-    assert s["exact_accuracy"] == pytest.approx(np.mean(expected == 1.0))
+    assert s["subtype_accuracy"] == pytest.approx(np.mean(expected == 1.0))
     assert s["major_accuracy"] == pytest.approx(np.mean(expected >= 0.5))
-    # identical labels are subtype-correct, so exact accuracy is at least the identity rate
-    assert s["exact_accuracy"] >= np.mean(truth == pred) - 1e-12
+    # identical labels are subtype-correct, so subtype accuracy is at least the identity rate
+    assert s["subtype_accuracy"] >= np.mean(truth == pred) - 1e-12
+    assert s["exact_cl_accuracy"] <= s["subtype_accuracy"]
     levels = s[["subtype_correct", "major_correct", "partially_correct", "incorrect"]]
     assert levels.sum() == pytest.approx(1.0)
     assert set(pc["level"]) <= set(LEVELS.values())
@@ -117,12 +119,12 @@ def test_runs_from_files_are_aligned_and_named(annotated, tmp_path):
     b = ev.per_cell[ev.per_cell["run"] == "model_b"]
     truth_is_b = b["truth"] == "CD19+ B"
     assert (b.loc[truth_is_b, "score"] == 1.0).all()
-    assert ev.summary.set_index("run").loc["model_b", "exact_accuracy"] == pytest.approx(
+    assert ev.summary.set_index("run").loc["model_b", "subtype_accuracy"] == pytest.approx(
         truth_is_b.mean())
     # the csv's own truth column is called 'labels' (upstream layout); truth can come from there
     ev2 = evaluate(csv, truth="labels", names=["B everywhere"])
     assert ev2.runs == ["B everywhere"]
-    assert ev2.summary.iloc[0]["exact_accuracy"] == pytest.approx(truth_is_b.mean())
+    assert ev2.summary.iloc[0]["subtype_accuracy"] == pytest.approx(truth_is_b.mean())
 
 
 def test_several_prediction_columns_in_one_anndata(annotated):
@@ -130,7 +132,7 @@ def test_several_prediction_columns_in_one_anndata(annotated):
     ev = evaluate(annotated, truth="bulk_labels", pred=["cellreasoner_label", "always_mono"])
     assert ev.runs == ["cellreasoner_label", "always_mono"]
     by_run = ev.summary.set_index("run")
-    assert by_run.loc["always_mono", "exact_accuracy"] == pytest.approx(
+    assert by_run.loc["always_mono", "subtype_accuracy"] == pytest.approx(
         np.mean(annotated.obs["bulk_labels"] == "CD14+ Monocyte"))
     assert by_run.loc["cellreasoner_label", "mean_score"] > by_run.loc["always_mono",
                                                                          "mean_score"]
@@ -396,3 +398,35 @@ def test_report_reads_the_upstream_result_csv_with_parsed_labels(annotated, tmp_
         assert label in html
     # labels, not whole responses, name the predictions (each response is one cell's text)
     assert html.count("weighing them gives") <= len(names)
+
+
+def test_subtype_level_is_not_the_exact_cl_term(tmp_path):
+    """Score 1 counts a sibling subtype (naive CD8 called effector memory CD8): that is
+    subtype-level accuracy; the exact-CL-term accuracy beside it does not count it."""
+    naive = "naive thymus-derived CD8-positive, alpha-beta T cell"
+    em = "effector memory CD8-positive, alpha-beta T cell"
+    obs = pd.DataFrame({"truth": [naive, naive, naive, "B cell"],
+                        "pred": [em, naive, em, "B cell"]}, index=list("abcd"))
+    ev = evaluate(ad.AnnData(obs=obs), truth="truth", pred="pred")
+    assert ev.per_cell["score"].tolist() == [1.0, 1.0, 1.0, 1.0]
+    s = ev.summary.iloc[0]
+    assert s["subtype_accuracy"] == 1.0 and s["exact_cl_accuracy"] == 0.5
+    assert ev.per_cell["exact_cl"].tolist() == [False, True, False, True]
+    pl = ev.per_label.set_index("truth")
+    assert pl.loc[naive, "exact_cl_accuracy"] == pytest.approx(1 / 3)
+    assert pl.loc["B cell", "exact_cl_accuracy"] == 1.0
+    assert s["exact_accuracy"] == s["subtype_accuracy"]  # the deprecated alias, in memory only
+    assert "exact_accuracy" not in repr(ev) and "exact_cl_accuracy" in repr(ev)
+    out = ev.to_dir(tmp_path / "ev", plots=False)
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert "exact_accuracy" not in metrics.columns
+    assert metrics.loc[0, ["subtype_accuracy", "exact_cl_accuracy"]].tolist() == [1.0, 0.5]
+    assert pd.read_csv(out / "scores.csv")["exact_cl"].tolist() == [False, True, False, True]
+
+
+def test_unmapped_truth_is_never_an_exact_cl_match():
+    obs = pd.DataFrame({"truth": ["Zq7 blobs", "T cell"], "pred": ["Zq7 blobs", "T cell"]},
+                       index=["a", "b"])
+    ev = evaluate(ad.AnnData(obs=obs), truth="truth", pred="pred")
+    assert ev.per_cell["exact_cl"].tolist() == [False, True]
+    assert ev.summary.loc[0, "exact_cl_accuracy"] == 0.5

@@ -204,6 +204,12 @@ def test_page_renders_summary_plots_and_rows(page, report_data):
     n_clusters = report_data.obs["louvain"].nunique()
     assert page.locator("#cluster-table tbody tr").count() == n_clusters
     assert page.locator("#per-label tbody tr").count() == report_data.obs["bulk_labels"].nunique()
+    # how each truth label was read, and the exact-term accuracy beside the subtype level
+    per_label = page.locator("#per-label").inner_text()
+    assert "read as" in per_label and "exact CL term" in per_label
+    assert "CD14-positive monocyte (CL:0001054)" in per_label
+    assert "subtype-level accuracy" in metrics and "exact Cell Ontology term accuracy" in metrics
+    assert "truth label 'CD14+ Monocyte' read as" in metrics
     assert page.errors == []
 
 

@@ -24,7 +24,8 @@ def annotate_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
         {"-o": args.output, "--csv": _get(args, "csv"), "--report": _get(args, "report")},
         {"input": args.input, "--cache": _get(args, "cache"),
          "--gene-list": _get(args, "gene_list"), "--markers": _get(args, "markers"),
-         "--cluster-markers": _get(args, "cluster_markers")},
+         "--cluster-markers": _get(args, "cluster_markers"),
+         "--truth-map": _get(args, "truth_map")},
     )
 
 
@@ -35,9 +36,10 @@ def prepare_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
 
 
 def report_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
-    """``report``: ``-o``; against the results and the pair table."""
+    """``report``: ``-o``; against the results, the pair table and the truth map."""
     return claim_outputs({"-o": args.output},
-                         {"RESULTS": args.results, "--pair-table": _get(args, "pair_table")})
+                         {"RESULTS": args.results, "--pair-table": _get(args, "pair_table"),
+                          "--truth-map": _get(args, "truth_map")})
 
 
 def evaluate_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:

@@ -83,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "integrated, else RNA, as upstream CellReasoner)")
     p.add_argument("--label-column",
                    help="obs column with ground truth (the CSV 'labels' column)")
+    p.add_argument("--truth-map", metavar="TSV",
+                   help="with --report and --label-column: how to read the truth labels (a TSV "
+                   "with columns truth and cl_id)")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--cache", help="SQLite cache file (default: "
                        "$CELLREASONER_CACHE/annotations.sqlite)")
@@ -171,6 +174,13 @@ def _run(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in SUFFIXES:
         raise InputError(f"Output {out}: use a .h5ad (annotated AnnData), .csv or .parquet "
                          "path.")
+    if args.truth_map and not (args.report and args.label_column):
+        raise InputError("--truth-map reads the truth labels of the report: give it with "
+                         "--report HTML and --label-column COLUMN.")
+    if args.truth_map:  # a bad map stops here, not after the annotation
+        from ..evaluation.truth import read_truth_map
+
+        read_truth_map(args.truth_map)
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--report {args.report}: use an .html path.")
     result = annotate(
@@ -197,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
         # cluster / hybrid runs: the report browses the clusters recorded in the provenance
         written.append(write_report(result.adata, args.report, truth=args.label_column,
-                                    pred=f"{args.key_added}_label"))
+                                    pred=f"{args.key_added}_label", truth_map=args.truth_map))
     # plain lines (no wrapping): scripts and logs parse the summary
     print(result.summary_line(), file=sys.stderr)
     labels = result.table["label"].value_counts()

@@ -13,9 +13,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score annotation runs against ground-truth labels",
         description=(
-            "Hierarchical score (1 subtype / .5 major / .25 partial / 0), exact and major-level "
-            "accuracy, macro-F1 on Cell Ontology terms and a per-label table, for one or many "
-            "annotation runs (.h5ad or result CSV) compared side by side."
+            "Hierarchical score (1 subtype / .5 major / .25 partial / 0), subtype-level, "
+            "exact-CL-term and major-level accuracy, macro-F1 on Cell Ontology terms and a "
+            "per-label table, for one or many annotation runs (.h5ad or result CSV) compared "
+            "side by side; how each truth label was read is printed."
         ),
     )
     p.add_argument("results", nargs="+", metavar="RESULTS",
@@ -57,6 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..evaluation import evaluate
+    from ..evaluation._result import SHOWN_SUMMARY_COLUMNS, TABLE_FILES
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # seaborn's category-unit chatter
 
@@ -65,15 +67,12 @@ def _run(args: argparse.Namespace) -> int:
                       truth_map=args.truth_map)
     for note in result.notes:
         print(note, file=sys.stderr)
-    cols = ["run", "n_cells", "mean_score", "exact_accuracy", "major_accuracy", "macro_f1_cl",
-            "macro_f1_cl_hierarchical",
+    cols = [*SHOWN_SUMMARY_COLUMNS,
             "subtype_correct", "major_correct", "partially_correct", "incorrect"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(result.summary[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if args.outdir:
         out = result.to_dir(args.outdir, plots=not args.no_plots, fmt=args.format)
-        from ..evaluation._result import TABLE_FILES
-
         print(f"wrote {out}/{', '.join(TABLE_FILES)}"
               + ("" if args.no_plots else " and plots"), file=sys.stderr)
     return 0

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--title", help="page title (default: from the model name)")
     p.add_argument("--pair-table", metavar="CSV",
                    help="judged (truth, prediction) pairs that override the automatic scorer")
+    p.add_argument("--truth-map", metavar="TSV",
+                   help="how to read truth labels: a TSV with columns truth and cl_id (e.g. "
+                   "MDC -> CL:0000113); the report shows each label's reading")
     p.add_argument("--max-cells", type=int, default=None, metavar="N",
                    help="cells embedded in the browser; larger runs are subsampled, stratified "
                         "by label (default: 20000)")
@@ -54,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError("--max-cells must be at least 1")
     path = write_report(args.results, args.output, truth=args.truth, pred=args.pred,
                         groupby=args.groupby, title=args.title, pair_table=args.pair_table,
-                        max_cells=max_cells, plots=not args.no_plots)
+                        max_cells=max_cells, plots=not args.no_plots,
+                        truth_map=args.truth_map)
     print(f"wrote {path}", file=sys.stderr)
     return 0

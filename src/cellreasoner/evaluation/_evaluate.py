@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ._result import EvaluationResult
+from ._result import DEPRECATED_SUMMARY_ALIASES, EvaluationResult
 from .metrics import (
     LEVEL_COLUMNS,
     LEVELS,
     UNMAPPED,
     collapse_to_truth,
+    exact_cl_accuracy,
     ground_ids,
     level_order,
     macro_f1,
@@ -222,6 +223,7 @@ def _per_cell_frame(run: _Run, name: str, cells: pd.Index, truth_text: np.ndarra
             "pred_cl": ground_ids(pred_text),
         }
     )
+    frame["exact_cl"] = (frame["truth_cl"] == frame["pred_cl"]) & (frame["truth_cl"] != UNMAPPED)
     prefix = col[: -len("label")] if col.endswith("label") else ""
     if f"{prefix}confidence" in table.obs.columns and col != "confidence":
         frame["confidence"] = pd.to_numeric(
@@ -257,13 +259,18 @@ def _summary_row(run: _Run, name: str, frame: pd.DataFrame) -> dict[str, Any]:
         "pred_column": col,
         "n_cells": len(frame),
         "mean_score": float(np.mean(scores)),
-        "exact_accuracy": float(np.mean(scores == 1.0)),
+        "subtype_accuracy": float(np.mean(scores == 1.0)),
+        "exact_cl_accuracy": exact_cl_accuracy(truth_cl, pred_cl),
         "major_accuracy": float(np.mean(scores >= 0.5)),
         "macro_f1_cl": macro_f1(truth_cl, pred_cl),
         "macro_f1_cl_hierarchical": macro_f1(truth_cl, collapse_to_truth(truth_cl, pred_cl)),
     }
     for value, colname in LEVEL_COLUMNS.items():
         row[colname] = float(np.mean(np.isclose(scores, value)))
+    # deprecated alias of subtype_accuracy (the old name claimed more than score 1 means);
+    # kept in memory for old scripts, never written or shown
+    for old, new in DEPRECATED_SUMMARY_ALIASES.items():
+        row[old] = row[new]
     return row
 
 
@@ -277,6 +284,7 @@ def _per_label_rows(name: str, frame: pd.DataFrame) -> list[dict[str, Any]]:
             "truth": label,
             "n": len(grp),
             "mean_score": float(grp["score"].mean()),
+            "exact_cl_accuracy": exact_cl_accuracy(grp["truth_cl"], grp["pred_cl"]),
         }
         for value, colname in LEVEL_COLUMNS.items():
             lrow[colname] = float(np.mean(np.isclose(grp["score"], value)))
@@ -411,7 +419,10 @@ def score_adata(
     AnnData or None
         The copy when ``copy=True``, else ``None``. Written: ``obs[key_added]`` (the score
         1 / 0.5 / 0.25 / 0), ``obs[f"{key_added}_level"]`` (its level name) and
-        ``uns[key_added]`` (truth and prediction keys, cells scored, mean score).
+        ``uns[key_added]`` (truth and prediction keys, cells scored, mean score, and how the
+        truth labels were read: ``truth_readings`` notes, ``truth_labels`` with their
+        ``truth_cl_ids`` (``""`` when unmapped), ``unmapped_truth`` the labels without a term,
+        which score 0).
     """
     if copy:
         adata = adata.copy()
@@ -430,6 +441,8 @@ def score_adata(
     readings = truth_readings(truth[has], None if truth_map is None
                               else read_truth_map(truth_map))
     scores[has] = _score(_scorer(pair_table), scoring_text(truth[has], readings), pred[has])
+    if (readings["source"] == "unmapped").any():  # these score 0 against every prediction
+        logger.warning(describe_readings(readings)[-1])
     adata.obs[key_added] = scores
     adata.obs[f"{key_added}_level"] = pd.Categorical(
         [LEVELS.get(float(s), "") if np.isfinite(s) else "" for s in scores],
@@ -441,5 +454,9 @@ def score_adata(
         "n_scored": int(has.sum()),
         "mean_score": float(np.nanmean(scores)) if has.any() else float("nan"),
         "truth_readings": describe_readings(readings),
+        # parallel lists, not a dict: a label such as "NK/T" cannot be an .h5ad key
+        "truth_labels": readings["truth"].tolist(),
+        "truth_cl_ids": readings["cl_id"].tolist(),
+        "unmapped_truth": readings.loc[readings["source"] == "unmapped", "truth"].tolist(),
     }
     return adata if copy else None

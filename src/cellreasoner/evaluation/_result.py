@@ -15,6 +15,16 @@ from .._spreadsheet import write_spreadsheet_csv
 #: per cell, truth readings (the CLI claims these names before it evaluates).
 TABLE_FILES = ("metrics.csv", "per_label.csv", "scores.csv", "truth_readings.csv")
 
+#: Deprecated summary columns -> the column they alias. ``exact_accuracy`` was the fraction at
+#: score 1, which counts a sibling subtype (naive CD8 called effector memory CD8) as exact; it
+#: is now ``subtype_accuracy``, beside ``exact_cl_accuracy`` (the same CL term). The alias stays in
+#: :attr:`EvaluationResult.summary` for old scripts; it is not written, printed or reported.
+DEPRECATED_SUMMARY_ALIASES: dict[str, str] = {"exact_accuracy": "subtype_accuracy"}
+
+#: Summary columns shown by ``repr``, ``cellreasoner evaluate`` and the report, in this order.
+SHOWN_SUMMARY_COLUMNS = ("run", "n_cells", "mean_score", "subtype_accuracy", "exact_cl_accuracy",
+                         "major_accuracy", "macro_f1_cl", "macro_f1_cl_hierarchical")
+
 
 @dataclass
 class EvaluationResult:
@@ -24,17 +34,22 @@ class EvaluationResult:
     ----------
     summary
         One row per run: ``run``, ``model``, ``backend``, ``source``, ``pred_column``,
-        ``n_cells``, ``mean_score``, ``exact_accuracy`` (score 1), ``major_accuracy``
+        ``n_cells``, ``mean_score``, ``subtype_accuracy`` (score 1: the right subtype *level*,
+        which counts a sibling subtype such as effector memory for naive CD8 T cell),
+        ``exact_cl_accuracy`` (the predicted CL term is the truth's term), ``major_accuracy``
         (score >= 0.5), ``macro_f1_cl`` (exact CL terms), ``macro_f1_cl_hierarchical`` (a
         prediction at or below the truth's CL term counts as it; see :func:`collapse_to_truth`)
         and the fraction of cells at each level
         (``subtype_correct``, ``major_correct``, ``partially_correct``, ``incorrect``).
+        ``exact_accuracy`` is a deprecated alias of ``subtype_accuracy``
+        (:data:`DEPRECATED_SUMMARY_ALIASES`), kept in memory only.
     per_label
-        One row per (run, truth label): ``n``, ``mean_score``, level fractions,
-        ``top_prediction`` and ``top_prediction_fraction``.
+        One row per (run, truth label): ``n``, ``mean_score``, ``exact_cl_accuracy``, level
+        fractions, ``top_prediction`` and ``top_prediction_fraction``.
     per_cell
         Long table, one row per (run, cell): ``cell``, ``run``, ``truth``, ``prediction``,
-        ``score``, ``level``, ``truth_cl``, ``pred_cl`` (and ``confidence`` when the run has it).
+        ``score``, ``level``, ``truth_cl``, ``pred_cl``, ``exact_cl`` (the two ids are the
+        same term) and ``confidence`` when the run has it.
     truth
         Name of the ground-truth column.
     notes
@@ -59,8 +74,7 @@ class EvaluationResult:
     truth_readings: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def __repr__(self) -> str:
-        cols = ["run", "n_cells", "mean_score", "exact_accuracy", "major_accuracy", "macro_f1_cl",
-                "macro_f1_cl_hierarchical"]
+        cols = list(SHOWN_SUMMARY_COLUMNS)
         return (f"EvaluationResult(truth={self.truth!r}, runs={len(self.summary)})\n"
                 + self.summary[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
@@ -92,7 +106,8 @@ class EvaluationResult:
         out.mkdir(parents=True, exist_ok=True)
         from ..io.write import atomic_path
 
-        tables = (self.summary, self.per_label, self.per_cell, self.truth_readings)
+        summary = self.summary.drop(columns=list(DEPRECATED_SUMMARY_ALIASES), errors="ignore")
+        tables = (summary, self.per_label, self.per_cell, self.truth_readings)
         for table, name in zip(tables, TABLE_FILES, strict=True):
             with atomic_path(out / name) as tmp:  # formulas in names escaped
                 write_spreadsheet_csv(table, tmp, index=False)

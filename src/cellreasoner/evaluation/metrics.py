@@ -72,6 +72,30 @@ def macro_f1(truth: Sequence[str], pred: Sequence[str]) -> float:
     return float(np.mean(f1s))
 
 
+def exact_cl_accuracy(truth_cl: Sequence[str], pred_cl: Sequence[str]) -> float:
+    """Fraction of cells whose predicted CL id is the truth's CL id.
+
+    Stricter than the subtype level (score 1), which also counts a neighbouring subtype of the
+    same anchor (effector memory CD8 T cell for naive CD8 T cell). A truth without a CL term
+    (:data:`UNMAPPED`) never matches.
+
+    Parameters
+    ----------
+    truth_cl, pred_cl
+        CL ids of the truth and the prediction per cell (:data:`UNMAPPED` allowed).
+
+    Returns
+    -------
+    float
+        The fraction; ``nan`` for empty input.
+    """
+    t = np.asarray(truth_cl, dtype=object)
+    p = np.asarray(pred_cl, dtype=object)
+    if len(t) == 0:
+        return float("nan")
+    return float(np.mean((t == p) & (t != UNMAPPED)))
+
+
 def collapse_to_truth(truth_cl: Sequence[str], pred_cl: Sequence[str]) -> np.ndarray:
     """Predicted CL ids, with a prediction at or below the truth's term replaced by that term.
 

@@ -19,6 +19,9 @@ import pandas as pd
 
 from ..errors import InputError
 
+#: How the note of :func:`describe_readings` that lists every reading begins.
+READINGS_NOTE_PREFIX = "truth labels read as: "
+
 #: Columns of a truth-map file (tab- or comma-separated; other columns are kept as notes).
 TRUTH_MAP_COLUMNS = ("truth", "cl_id")
 
@@ -125,7 +128,7 @@ def scoring_text(truth: np.ndarray, readings: pd.DataFrame) -> np.ndarray:
 def describe_readings(readings: pd.DataFrame) -> list[str]:
     """Notes for a user: each label's reading, and the labels that could not be read."""
     read = readings[readings["source"] != "unmapped"]
-    notes = ["truth labels read as: " + "; ".join(
+    notes = [READINGS_NOTE_PREFIX + "; ".join(
         f"{r.truth} -> {r.cl_label} ({r.cl_id}{', truth map' if r.source == 'truth map' else ''})"
         for r in read.itertuples())] if len(read) else []
     unmapped = readings.loc[readings["source"] == "unmapped", "truth"].tolist()
@@ -136,5 +139,5 @@ def describe_readings(readings: pd.DataFrame) -> list[str]:
     return notes
 
 
-__all__ = ["TRUTH_MAP_COLUMNS", "describe_readings", "read_truth_map", "scoring_text",
-           "truth_readings"]
+__all__ = ["READINGS_NOTE_PREFIX", "TRUTH_MAP_COLUMNS", "describe_readings", "read_truth_map",
+           "scoring_text", "truth_readings"]

@@ -35,6 +35,7 @@ from ..evaluation.results import (
     provenance_for,
     read_results,
 )
+from ..evaluation.truth import READINGS_NOTE_PREFIX
 from ..io.write import atomic_path
 from ._audit import audit_section
 from ._data import CellArrays, _clean, _subsample, _TextPool, cell_columns, cluster_rows
@@ -105,16 +106,17 @@ def _load_run(results: Any, pred: str | None, groupby: str | None) -> _Run:
     return _Run(table=table, pred=pred, prov=prov, groupby=groupby, labels=as_text(obs[pred]))
 
 
-def _scores(run: _Run, truth: str | None, pair_table: Any
+def _scores(run: _Run, truth: str | None, pair_table: Any, truth_map: Any = None
             ) -> tuple[EvaluationResult | None, np.ndarray, np.ndarray]:
-    """The evaluation against ``truth`` and per-cell score and level (NaN / ``""`` if none)."""
+    """The evaluation against ``truth`` (labels read through ``truth_map``) and per-cell score
+    and level (NaN / ``""`` if none)."""
     n_total = len(run.obs)
     score = np.full(n_total, np.nan)
     level = np.array([""] * n_total, dtype=object)
     if truth is None:
         return None, score, level
     ev = evaluate(run.table, truth=truth, pred=run.pred, names=[run.prov.get("model") or "run"],
-                  pair_table=pair_table)
+                  pair_table=pair_table, truth_map=truth_map)
     pc = ev.per_cell.set_index("cell")
     pos = run.obs.index.get_indexer(pc.index)
     score[pos] = pc["score"].to_numpy(float)
@@ -167,8 +169,11 @@ def _page_data(run: _Run, cells: CellArrays, ev: EvaluationResult | None,
     level_names: list[str] = []
     if ev is not None:
         level_names = level_order()
+        read_as = _reading_texts(ev.truth_readings)
         for row in ev.per_label.to_dict(orient="records"):
-            per_label.append({k: _clean(v) for k, v in row.items() if k != "run"})
+            entry = {k: _clean(v) for k, v in row.items() if k != "run"}
+            entry["read_as"] = read_as.get(str(row["truth"]), "")
+            per_label.append(entry)
     return {
         "n": len(keep),
         "n_total": len(run.obs),
@@ -201,6 +206,18 @@ def _images(run: _Run, ev: EvaluationResult | None, score: np.ndarray) -> list[t
     return [(name, _fig_to_data_uri(fig)) for name, fig in figs]
 
 
+def _reading_texts(readings: pd.DataFrame) -> dict[str, str]:
+    """Truth label -> how it was read (``"CL term (CL id[, truth map])"``, or unmapped)."""
+    out = {}
+    for r in readings.itertuples():
+        if r.source == "unmapped":
+            out[r.truth] = "unmapped: scores 0 (give a truth map)"
+        else:
+            out[r.truth] = (f"{r.cl_label} ({r.cl_id}"
+                            f"{', truth map' if r.source == 'truth map' else ''})")
+    return out
+
+
 def _metrics_rows(ev: EvaluationResult | None, truth: str | None) -> list[tuple[str, str]]:
     """The metrics table (empty without ``truth``)."""
     if ev is None:
@@ -210,7 +227,8 @@ def _metrics_rows(ev: EvaluationResult | None, truth: str | None) -> list[tuple[
         ("truth column", truth),
         ("cells scored", f"{int(s['n_cells']):,}"),
         ("mean hierarchical score", f"{s['mean_score']:.3f}"),
-        ("exact accuracy (score 1)", f"{s['exact_accuracy']:.3f}"),
+        ("subtype-level accuracy (score 1)", f"{s['subtype_accuracy']:.3f}"),
+        ("exact Cell Ontology term accuracy", f"{s['exact_cl_accuracy']:.3f}"),
         ("major-level accuracy (score \u2265 0.5)", f"{s['major_accuracy']:.3f}"),
         ("macro-F1 on Cell Ontology terms (exact)", f"{s['macro_f1_cl']:.3f}"),
         ("macro-F1 on Cell Ontology terms (more specific counts)",
@@ -218,8 +236,12 @@ def _metrics_rows(ev: EvaluationResult | None, truth: str | None) -> list[tuple[
     ]
     for value, col in LEVEL_COLUMNS.items():
         rows.append((f"{LEVELS[value]} (score {value:g})", f"{s[col]:.3f}"))
+    # each truth label's reading gets a row of its own (the joined note says the same)
+    for label, text in _reading_texts(ev.truth_readings).items():
+        rows.append((f"truth label {label!r} read as", text))
     for note in ev.notes:
-        rows.append(("note", note))
+        if not note.startswith(READINGS_NOTE_PREFIX):
+            rows.append(("note", note))
     return rows
 
 
@@ -260,10 +282,11 @@ def build_report(
     max_cells: int = DEFAULT_MAX_CELLS,
     seed: int = 0,
     plots: bool = True,
+    truth_map: Any = None,
 ) -> str:
     """The HTML text of the report (see :func:`write_report`)."""
     run = _load_run(results, pred, groupby)
-    ev, score, level = _scores(run, truth, pair_table)
+    ev, score, level = _scores(run, truth, pair_table, truth_map)
     keep = _subsample(run.labels, max_cells, seed)
     cells = _cell_arrays(run, truth, score, level, keep)
     data = _page_data(run, cells, ev, keep)
@@ -297,6 +320,7 @@ def write_report(
     max_cells: int = DEFAULT_MAX_CELLS,
     seed: int = 0,
     plots: bool = True,
+    truth_map: Any = None,
 ) -> Path:
     """Write a self-contained HTML report of one annotation run.
 
@@ -323,6 +347,10 @@ def write_report(
         Seed of that subsampling (default 0).
     plots
         Embed plots (default ``True``).
+    truth_map
+        How to read truth labels as Cell Ontology terms: a TSV path (``truth``, ``cl_id``), a
+        DataFrame or a dict (see :func:`cellreasoner.evaluation.evaluate`; default ``None``).
+        The metrics table shows each truth label's reading either way, and the unmapped ones.
 
     Returns
     -------
@@ -333,7 +361,8 @@ def write_report(
     if out.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"report path {out}: use an .html file name")
     text = build_report(results, truth=truth, pred=pred, groupby=groupby, title=title,
-                        pair_table=pair_table, max_cells=max_cells, seed=seed, plots=plots)
+                        pair_table=pair_table, max_cells=max_cells, seed=seed, plots=plots,
+                        truth_map=truth_map)
     with atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return out

@@ -214,11 +214,12 @@ if (D.has_cluster) {
 
 if (D.per_label.length && $("per-label")) {
   var pl = $("per-label");
-  header(pl, ["truth label", "cells", "mean score", "subtype", "major", "partial", "incorrect",
-              "most common prediction", "fraction"]);
+  header(pl, ["truth label", "read as", "cells", "mean score", "exact CL term", "subtype",
+              "major", "partial", "incorrect", "most common prediction", "fraction"]);
   D.per_label.forEach(function (r) {
     var tr = el("tr");
-    [r.truth, r.n, fmt(r.mean_score, 3), fmt(r.subtype_correct, 2), fmt(r.major_correct, 2),
+    [r.truth, r.read_as, r.n, fmt(r.mean_score, 3), fmt(r.exact_cl_accuracy, 2),
+     fmt(r.subtype_correct, 2), fmt(r.major_correct, 2),
      fmt(r.partially_correct, 2), fmt(r.incorrect, 2), r.top_prediction,
      fmt(r.top_prediction_fraction, 2)].forEach(function (v) {
       tr.appendChild(el("td", null, v));
