@@ -39,7 +39,8 @@ WRITES = {
     "tl.annotate": [f"_{f}" for f in ("label", "confidence", "ontology_id", "ontology_label",
                                       "reasoning", "response", "evidence_fraction",
                                       "evidence_flag", "cited_present", "cited_absent",
-                                      "cluster_label", "cluster_agreement")] + ["uns[key_added]"],
+                                      "cluster_label", "cluster_agreement",
+                                      "cluster_mixed")] + ["uns[key_added]"],
     "tl.score": ["key_added", "_level", "uns[key_added]"],
 }
 

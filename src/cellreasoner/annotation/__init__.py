@@ -63,6 +63,7 @@ def annotate(
     instruction: str | os.PathLike | None = None,
     mode: str = "cell",
     by: str | None = None,
+    resolution: float = 1.0,
     n: int = 1,
     temperature: float | None = None,
     top_p: float | None = None,
@@ -113,10 +114,16 @@ def annotate(
     mode
         ``"cell"`` (default): one answer per cell (identical prompts generated once);
         ``"cluster"``: one prompt per cluster from its top markers, label broadcast to its
-        cells; ``"hybrid"``: per-cell answers plus each cluster's majority and agreement.
+        cells (a matrix backend such as the built-in reasoner answers every cell and labels
+        the cluster with the most specific Cell Ontology term at least 75% of its cells agree
+        on, see :mod:`.consensus`: a mixed cluster is flagged and stops at the common parent);
+        ``"hybrid"``: per-cell answers plus each cluster's majority and agreement.
     by
         ``obs`` column with clusters for cluster/hybrid mode; ``None``/``"leiden"`` uses
         ``obs["leiden"]`` or computes it with scanpy.
+    resolution
+        Leiden resolution when the clusters are computed (default 1.0; higher: more, smaller
+        clusters).
     n
         Self-consistency samples per prompt (default 1): the majority label wins and the
         agreement fraction is the confidence.
@@ -172,7 +179,8 @@ def annotate(
         ``result.adata`` holds the ``obs`` columns ``{key_added}_label``, ``_confidence``,
         ``_ontology_id``, ``_ontology_label``, ``_reasoning``, ``_response``,
         ``_evidence_fraction``, ``_evidence_flag``, ``_cited_present``, ``_cited_absent``
-        (+ ``_cluster_label``, ``_cluster_agreement``) and ``uns[key_added]`` provenance.
+        (+ ``_cluster_label``, ``_cluster_agreement``, ``_cluster_mixed``) and
+        ``uns[key_added]`` provenance.
         When a prompt got no usable answer (the backend failed it after its retries; it is not
         cached, so a rerun asks it again), an answer was cut off (token limit, or a reasoning
         text that never reaches an answer) or did not parse to a cell type, its cells are
@@ -185,6 +193,9 @@ def annotate(
 
     t0 = time.perf_counter()
     _check_options(mode, n, batch_size, key_added, cluster_markers)
+    if not float(resolution) > 0:
+        raise InputError(f"resolution={resolution}: the Leiden resolution must be a positive "
+                         "number (1.0 is the default; higher gives more, smaller clusters).")
     from ..checks import prefer_raw
     from ..io import open_input
     from ..matrix import from_anndata
@@ -203,7 +214,8 @@ def annotate(
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
     # what the backend reads decides the defaults; it is made only once the input is checked
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
-    use_matrix = caps.reads == "matrix" and mode in ("cell", "hybrid")
+    use_matrix = caps.reads == "matrix" and (
+        mode in ("cell", "hybrid") or (mode == "cluster" and cluster_markers is None))
     gene_list = _default_gene_list(gene_list, caps.reads, source)
     genes = _gene_vocab(gene_list)
     _validate(adata, layer, use_raw, genes, label_key, mode, by)
@@ -242,7 +254,7 @@ def annotate(
         if mode in ("cluster", "hybrid"):
             from .clusters import resolve_groups
 
-            run.groups, run.by_key = resolve_groups(adata, by, source)
+            run.groups, run.by_key = resolve_groups(adata, by, source, resolution=resolution)
         table, clusters_df, unique_prompts = _answer(run, cluster_markers, run.n_markers,
                                                      marker_order)
     provenance = _provenance(
@@ -377,15 +389,45 @@ def _answer(run: _Run, cluster_markers, n_markers: int,
             keys = np.asarray(unique_keys, dtype=object)[cell_answer]
         table = prompt_table(answers, cell_answer, keys, obs_names, sentences,
                              run.mode == "cluster", run.vocabulary)
-    if run.mode == "cluster":
+    if run.mode == "cluster" and run.use_matrix:
+        clusters_df = _consensus(table, run.groups)
+    elif run.mode == "cluster":
         table["cluster_label"] = table["label"].to_numpy()
         table["cluster_agreement"] = table["confidence"].to_numpy()
     elif run.mode == "hybrid":
         from .clusters import majority_by_group
+        from .consensus import MIN_AGREEMENT
 
         table["cluster_label"], table["cluster_agreement"] = majority_by_group(
             table["label"].tolist(), run.groups)
+        table["cluster_mixed"] = table["cluster_agreement"].to_numpy() < MIN_AGREEMENT
+    if "cluster_mixed" in table:
+        mixed = table["cluster_mixed"].to_numpy(dtype=bool)
+        if mixed.any():
+            log.info("%d of %d cells are in clusters whose cells disagree (cluster_mixed)",
+                     int(mixed.sum()), len(mixed))
     return table, clusters_df, unique
+
+
+def _consensus(table: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
+    """Cluster mode from per-cell answers: each cell gets its cluster's consensus label and
+    confidence (:func:`.consensus.cluster_consensus`); its own answer stays in the reasoning.
+    Returns the cluster table."""
+    from .consensus import cluster_consensus
+
+    calls = cluster_consensus(table, groups)
+    at = groups.astype(str).to_numpy()
+    own = table["label"].astype(str).to_numpy()
+    for col in ("label", "ontology_id", "ontology_label", "confidence"):
+        table[col] = calls[col].reindex(at).to_numpy()
+    table["cluster_label"] = table["label"].to_numpy()
+    table["cluster_agreement"] = calls["agreement"].reindex(at).to_numpy()
+    table["cluster_mixed"] = calls["mixed"].reindex(at).to_numpy(dtype=bool)
+    note = np.array([f"Cluster {c} ({calls.at[c, 'composition']}) -> {calls.at[c, 'label']}"
+                     f"{' (mixed)' if calls.at[c, 'mixed'] else ''}. Own answer: {o}. "
+                     for c, o in zip(at, own, strict=True)], dtype=object)
+    table["reasoning"] = note + table["reasoning"].astype(str).to_numpy()
+    return calls.assign(response=calls["composition"])
 
 
 def _matrix_answers(run: _Run) -> list:

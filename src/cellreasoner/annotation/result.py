@@ -15,7 +15,7 @@ from ..errors import InputError
 #: Per-cell output fields, in CSV order (obs columns are ``f"{key_added}_{field}"``).
 FIELDS = ("label", "confidence", "ontology_id", "ontology_label", "reasoning", "response",
           "evidence_fraction", "evidence_flag", "cited_present", "cited_absent")
-CLUSTER_FIELDS = ("cluster_label", "cluster_agreement")
+CLUSTER_FIELDS = ("cluster_label", "cluster_agreement", "cluster_mixed")
 #: Fields written as categorical ``obs`` columns (labels); the rest of the text stays text.
 CATEGORICAL_FIELDS = ("label", "ontology_id", "ontology_label", "cluster_label")
 #: Float fields (NaN where not measured).
@@ -32,7 +32,8 @@ class AnnotationResult:
     ----------
     table
         One row per cell (index = cell names): the fields of :data:`FIELDS` (plus
-        ``cluster_label``/``cluster_agreement`` in cluster/hybrid mode), ``prompt_key`` and
+        ``cluster_label``/``cluster_agreement`` in cluster/hybrid mode, ``cluster_mixed``
+        where the cells' own answers are known), ``prompt_key`` and
         ``samples`` (JSON list of every self-consistency sample's parsed label).
     provenance
         Backend, model, mode, sampling, counts and timing (also ``adata.uns[key_added]``).
@@ -82,7 +83,7 @@ class AnnotationResult:
     def fields(self) -> tuple[str, ...]:
         """The per-cell fields this run has (cluster fields in cluster/hybrid mode; ``failure``
         when some prompt failed or did not parse: ``"request"``/``"parse"``, else ``""``)."""
-        return (FIELDS + (CLUSTER_FIELDS if "cluster_label" in self.table else ())
+        return (FIELDS + tuple(f for f in CLUSTER_FIELDS if f in self.table)
                 + (("failure",) if "failure" in self.table else ()))
 
     def to_table(self) -> pd.DataFrame:
@@ -160,7 +161,7 @@ class AnnotationResult:
 
 def _typed(field: str, values: np.ndarray):
     """A field's values as the ``obs`` column type it is written with."""
-    if field == "evidence_flag":
+    if field in ("evidence_flag", "cluster_mixed"):
         return values.astype(bool)
     if field in FLOAT_FIELDS:
         return values.astype(np.float64)
