@@ -203,7 +203,7 @@ def test_cluster_confidence_counts_disagreeing_cells():
     ids = ["CL:0000623"] * 8 + ["CL:0000236"] * 2
     call_ = consensus_call(labels, ids, np.full(10, 0.9))
     # 80% agree: the majority holds (above MIN_AGREEMENT) but the B cells count as 0
-    assert 0.8 >= MIN_AGREEMENT and call_.label == "NK cell" and not call_.mixed
+    assert MIN_AGREEMENT <= 0.8 and call_.label == "NK cell" and not call_.mixed
     assert call_.confidence == pytest.approx(0.72)
     split = consensus_call(["NK cell"] * 5 + ["B cell"] * 5, ["CL:0000623"] * 5 +
                            ["CL:0000236"] * 5, np.full(10, 0.9))
