@@ -143,13 +143,17 @@ class Decisions:
             for a, b in EXCLUSIVE_SIBLINGS:
                 if a in where and b in where:
                     self._exclusive[where[a], where[b]] = self._exclusive[where[b], where[a]] = True
-        H = np.asarray((sp.csr_matrix(present, dtype=np.float32) @ self._decisive_weights)
-                       .todense()) if present.shape[0] else np.zeros((0, len(self.names)))
-        rows = np.arange(len(chosen))
-        own = H[rows, chosen]
-        sib_mask = self.child_mask[parents] & self._exclusive[chosen]
-        sib = np.where(sib_mask, H, 0.0).max(axis=1) if len(rows) else own
-        return (own > 0) & (sib >= 0.5 * own) & (own >= 0.5 * sib)
+        out = np.zeros(len(chosen), dtype=bool)
+        rows = np.flatnonzero((self.child_mask[parents] & self._exclusive[chosen]).any(axis=1))
+        if not len(rows):  # most steps have no exclusive siblings: nothing to weigh
+            return out
+        H = np.asarray((sp.csr_matrix(present[rows], dtype=np.float32)
+                        @ self._decisive_weights).todense())
+        own = H[np.arange(len(rows)), chosen[rows]]
+        sib_mask = self.child_mask[parents[rows]] & self._exclusive[chosen[rows]]
+        sib = np.where(sib_mask, H, 0.0).max(axis=1)
+        out[rows] = (own > 0) & (sib >= 0.5 * own) & (own >= 0.5 * sib)
+        return out
 
     def _refine_step(self, depth: int, rows: np.ndarray, parents: np.ndarray,
                      c1: np.ndarray, ok: np.ndarray, pc: np.ndarray, present: sp.csr_matrix,
