@@ -67,8 +67,10 @@ class Decisions:
         ``neighbours`` (the kNN neighbours' mean scores) and ``own`` (the cell's unsmoothed
         scores), every subtype step is first tried on the cell's own scores; only a step its
         own markers cannot take (a T cell with no CD4, CD8 or other subtype reads) is taken on
-        its own scores mixed with its neighbours' (weight ``smoothing``), with a confidence
-        discount. A subtype the cell's own markers decide is never overruled by the neighbours.
+        its own scores mixed with its neighbours' (weight ``smoothing``), as sure as the mixed
+        scores are sharp (measured on tumour_immune_1000 and pbmc68k, such steps score 0.86-0.89
+        on average: an extra discount made them under-confident). A subtype the cell's own
+        markers decide is never overruled by the neighbours.
 
         With ``present`` (the cells x markers evidence), every step that rests on a decisive
         marker is recorded in ``hard``; with a ``refiner`` (see :mod:`.refine`), a
@@ -110,7 +112,7 @@ class Decisions:
                 mixed = (1 - a) * steps[rows[stuck]] + a * neighbours[rows[stuck]]
                 c2, ok2, pc2 = self._child_step(np.where(mask[stuck], mixed, -np.inf),
                                                 mask[stuck])
-                c1[stuck], ok[stuck], pc[stuck] = c2, ok2, (1 - a) * pc2
+                c1[stuck], ok[stuck], pc[stuck] = c2, ok2, pc2
                 borrowed[rows[stuck[ok2]]] |= np.uint8(1 << depth)
             if present is not None:
                 contested = self._contested(present[rows], node[rows], c1)
@@ -163,7 +165,8 @@ class Decisions:
 
         A classifier fills in a missing step, or overrules a soft marker call only when that
         call is one of the subtypes it was trained on (it knows nothing of the others). Its
-        step counts half as sure as its probability in the confidence.
+        step counts as sure as its probability (halving it made these steps, right 0.82-0.89
+        of the time on the tumour and pbmc68k data, read as 0.63-0.67).
         """
         if hard is None and not refiner:
             return c1, ok, pc
@@ -189,6 +192,6 @@ class Decisions:
             # a confident classifier that agrees with the markers leaves their call alone
             go = (prob >= self.refine_threshold) & (~ok[sel] | (child != c1[sel]))
             sel = sel[go]
-            c1[sel], ok[sel], pc[sel] = child[go], True, 0.5 * prob[go]
+            c1[sel], ok[sel], pc[sel] = child[go], True, prob[go]
             refined[rows[sel]] |= np.uint8(1 << depth)
         return c1, ok, pc
