@@ -208,6 +208,10 @@ def test_cluster_confidence_counts_disagreeing_cells():
     split = consensus_call(["NK cell"] * 5 + ["B cell"] * 5, ["CL:0000623"] * 5 +
                            ["CL:0000236"] * 5, np.full(10, 0.9))
     assert split.mixed and split.ontology_id == "CL:0000542"  # lymphocyte
+    # subtypes under the majority answer agree with it: a monocyte cluster is not mixed
+    mono = consensus_call(["monocyte"] * 7 + ["classical monocyte"] * 3,
+                          ["CL:0000576"] * 7 + ["CL:0000860"] * 3, np.full(10, 0.9))
+    assert mono.label == "monocyte" and not mono.mixed and mono.agreement == 1.0
 
 
 def test_resolution_reaches_the_automatic_leiden(pbmc68k, tmp_path):

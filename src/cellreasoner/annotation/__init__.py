@@ -396,11 +396,13 @@ def _answer(run: _Run, cluster_markers, n_markers: int,
         table["cluster_agreement"] = table["confidence"].to_numpy()
     elif run.mode == "hybrid":
         from .clusters import majority_by_group
-        from .consensus import MIN_AGREEMENT
+        from .consensus import cluster_consensus
 
         table["cluster_label"], table["cluster_agreement"] = majority_by_group(
             table["label"].tolist(), run.groups)
-        table["cluster_mixed"] = table["cluster_agreement"].to_numpy() < MIN_AGREEMENT
+        mixed = cluster_consensus(table, run.groups)["mixed"]
+        table["cluster_mixed"] = mixed.reindex(run.groups.astype(str).to_numpy()).to_numpy(
+            dtype=bool)
     if "cluster_mixed" in table:
         mixed = table["cluster_mixed"].to_numpy(dtype=bool)
         if mixed.any():

@@ -4,10 +4,11 @@ its cells agree on.
 A cluster that merges two types (a Leiden cluster of NK and CD8 T cells) must not be labelled
 with one of them at full confidence. Each cluster's label is the most specific CL term that
 covers (is, or is an ancestor of) the answers of at least ``min_agreement`` of its cells; when
-the majority answer itself falls short, the cluster is *mixed* and its label stops at the
-common parent (NK + CD8 T -> lymphocyte). The cluster's confidence is the mean of its cells'
-own confidences, counting 0 for the cells its label does not cover, so disagreement inside the
-cluster lowers it.
+the majority answer (with the answers below it) falls short, the cluster is *mixed* and its
+label stops at the common parent (NK + CD8 T -> lymphocyte); a cluster of monocytes, some
+called classical, stays "monocyte" and is not mixed. The cluster's confidence is the mean
+of its cells' own confidences, counting 0 for the cells its label does not cover, so
+disagreement inside the cluster lowers it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-#: Share of a cluster's cells that its label must cover; below it for the majority answer,
-#: the cluster is flagged mixed and labelled at the common parent.
+#: Share of a cluster's cells that its label must cover; below it for the majority answer
+#: (and the answers below it in the ontology), the cluster is flagged mixed and labelled at
+#: the common parent.
 MIN_AGREEMENT = 0.75
 UNKNOWN = "Unknown"
 
@@ -75,7 +77,7 @@ def consensus_call(labels: list[str], ids: list[str], confidence: np.ndarray, *,
         chosen = max(ok, key=lambda a: (_depth(onto, a), cover[a].mean(), a))
         label = onto.label(chosen)
     covered = cover[chosen]
-    mixed = chosen != top_id or top_n / n < min_agreement
+    mixed = chosen != top_id  # the label had to move above the cells' majority answer
     return ClusterCall(label, chosen, onto.label(chosen), float(covered.mean()),
                        float(np.where(covered, conf, 0.0).mean()), bool(mixed), composition)
 
