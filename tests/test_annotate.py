@@ -323,6 +323,8 @@ def test_builtin_cluster_and_hybrid(raw68k):
     assert hyb.provenance["model_calls"] == 700
     agree = raw68k.obs["hy_cluster_agreement"]
     assert agree.between(0, 1).all() and agree.mean() > 0.5
+    # hybrid flags the clusters whose consensus had to move above their majority answer
+    assert raw68k.obs["hy_cluster_mixed"].dtype == bool
     assert "700 cells, backend='builtin'" in repr(hyb)
     # a later per-cell run under the same key drops the now meaningless cluster columns
     annotate(raw68k, progress=False, key_added="hy")
