@@ -314,12 +314,17 @@ def test_builtin_end_to_end_on_pbmc68k(raw68k, tmp_path):
 def test_builtin_cluster_and_hybrid(raw68k):
     res = annotate(raw68k, mode="cluster", by="bulk_labels", cache=False, progress=False,
                    key_added="cl")
-    assert res.provenance["model_calls"] == 10
+    # the builtin reads every cell's own evidence and labels each cluster with its consensus
+    assert res.provenance["model_calls"] == 700
     assert raw68k.obs.groupby("bulk_labels", observed=True)["cl_label"].nunique().eq(1).all()
+    assert raw68k.obs["cl_cluster_mixed"].dtype == bool
+    assert set(res.clusters.columns) >= {"label", "agreement", "mixed", "composition"}
     hyb = annotate(raw68k, mode="hybrid", by="louvain", progress=False, key_added="hy")
     assert hyb.provenance["model_calls"] == 700
     agree = raw68k.obs["hy_cluster_agreement"]
     assert agree.between(0, 1).all() and agree.mean() > 0.5
+    # hybrid flags the clusters whose consensus had to move above their majority answer
+    assert raw68k.obs["hy_cluster_mixed"].dtype == bool
     assert "700 cells, backend='builtin'" in repr(hyb)
     # a later per-cell run under the same key drops the now meaningless cluster columns
     annotate(raw68k, progress=False, key_added="hy")

@@ -63,6 +63,7 @@ def annotate(
     instruction: str | os.PathLike | None = None,
     mode: str = "cell",
     by: str | None = None,
+    resolution: float = 1.0,
     n: int = 1,
     temperature: float | None = None,
     top_p: float | None = None,
@@ -120,10 +121,16 @@ def annotate(
     mode
         ``"cell"`` (default): one answer per cell (identical prompts generated once);
         ``"cluster"``: one prompt per cluster from its top markers, label broadcast to its
-        cells; ``"hybrid"``: per-cell answers plus each cluster's majority and agreement.
+        cells (a matrix backend such as the built-in reasoner answers every cell and labels
+        the cluster with the most specific Cell Ontology term at least 75% of its cells agree
+        on, see :mod:`.consensus`: a mixed cluster is flagged and stops at the common parent);
+        ``"hybrid"``: per-cell answers plus each cluster's majority and agreement.
     by
         ``obs`` column with clusters for cluster/hybrid mode; ``None``/``"leiden"`` uses
         ``obs["leiden"]`` or computes it with scanpy.
+    resolution
+        Leiden resolution when the clusters are computed (default 1.0; higher: more, smaller
+        clusters).
     n
         Self-consistency samples per prompt (default 1): the majority label wins and the
         agreement fraction is the confidence.
@@ -190,7 +197,8 @@ def annotate(
         ``result.adata`` holds the ``obs`` columns ``{key_added}_label``, ``_confidence``,
         ``_ontology_id``, ``_ontology_label``, ``_reasoning``, ``_response``,
         ``_evidence_fraction``, ``_evidence_flag``, ``_cited_present``, ``_cited_absent``
-        (+ ``_cluster_label``, ``_cluster_agreement``) and ``uns[key_added]`` provenance.
+        (+ ``_cluster_label``, ``_cluster_agreement``, ``_cluster_mixed``) and
+        ``uns[key_added]`` provenance.
         A consensus run (several backends) also writes ``_agreement`` (fraction of the
         backends whose answer lies in the consensus term's subtree; also its
         ``_confidence``), ``_entropy`` (bits) and one ``_label_<name>`` per backend, and its
@@ -228,6 +236,9 @@ def annotate(
                 model = spec_model
     t0 = time.perf_counter()
     _check_options(mode, n, batch_size, key_added, cluster_markers)
+    if not float(resolution) > 0:
+        raise InputError(f"resolution={resolution}: the Leiden resolution must be a positive "
+                         "number (1.0 is the default; higher gives more, smaller clusters).")
     from ..checks import prefer_raw
     from ..io import open_input
     from ..matrix import from_anndata
@@ -247,7 +258,8 @@ def annotate(
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
     # what the backend reads decides the defaults; it is made only once the input is checked
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
-    use_matrix = caps.reads == "matrix" and mode in ("cell", "hybrid")
+    use_matrix = caps.reads == "matrix" and (
+        mode in ("cell", "hybrid") or (mode == "cluster" and cluster_markers is None))
     published = gene_list is None
     gene_list = _default_gene_list(gene_list, caps.reads, source)
     # the published (human) list in the data's species; a list the user gave, or the data's
@@ -290,7 +302,7 @@ def annotate(
         if mode in ("cluster", "hybrid"):
             from .clusters import resolve_groups
 
-            run.groups, run.by_key = resolve_groups(adata, by, source)
+            run.groups, run.by_key = resolve_groups(adata, by, source, resolution=resolution)
         table, clusters_df, unique_prompts = _answer(run, cluster_markers, run.n_markers,
                                                      marker_order)
     provenance = _provenance(
@@ -427,15 +439,47 @@ def _answer(run: _Run, cluster_markers, n_markers: int,
             keys = np.asarray(unique_keys, dtype=object)[cell_answer]
         table = prompt_table(answers, cell_answer, keys, obs_names, sentences,
                              run.mode == "cluster", run.vocabulary)
-    if run.mode == "cluster":
+    if run.mode == "cluster" and run.use_matrix:
+        clusters_df = _consensus(table, run.groups)
+    elif run.mode == "cluster":
         table["cluster_label"] = table["label"].to_numpy()
         table["cluster_agreement"] = table["confidence"].to_numpy()
     elif run.mode == "hybrid":
         from .clusters import majority_by_group
+        from .vote import cluster_consensus
 
         table["cluster_label"], table["cluster_agreement"] = majority_by_group(
             table["label"].tolist(), run.groups)
+        mixed = cluster_consensus(table, run.groups)["mixed"]
+        table["cluster_mixed"] = mixed.reindex(run.groups.astype(str).to_numpy()).to_numpy(
+            dtype=bool)
+    if "cluster_mixed" in table:
+        mixed = table["cluster_mixed"].to_numpy(dtype=bool)
+        if mixed.any():
+            log.info("%d of %d cells are in clusters whose cells disagree (cluster_mixed)",
+                     int(mixed.sum()), len(mixed))
     return table, clusters_df, unique
+
+
+def _consensus(table: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
+    """Cluster mode from per-cell answers: each cell gets its cluster's consensus label and
+    confidence (:func:`.consensus.cluster_consensus`); its own answer stays in the reasoning.
+    Returns the cluster table."""
+    from .vote import cluster_consensus
+
+    calls = cluster_consensus(table, groups)
+    at = groups.astype(str).to_numpy()
+    own = table["label"].astype(str).to_numpy()
+    for col in ("label", "ontology_id", "ontology_label", "confidence"):
+        table[col] = calls[col].reindex(at).to_numpy()
+    table["cluster_label"] = table["label"].to_numpy()
+    table["cluster_agreement"] = calls["agreement"].reindex(at).to_numpy()
+    table["cluster_mixed"] = calls["mixed"].reindex(at).to_numpy(dtype=bool)
+    note = np.array([f"Cluster {c} ({calls.at[c, 'composition']}) -> {calls.at[c, 'label']}"
+                     f"{' (mixed)' if calls.at[c, 'mixed'] else ''}. Own answer: {o}. "
+                     for c, o in zip(at, own, strict=True)], dtype=object)
+    table["reasoning"] = note + table["reasoning"].astype(str).to_numpy()
+    return calls.assign(response=calls["composition"])
 
 
 def _matrix_answers(run: _Run) -> list:

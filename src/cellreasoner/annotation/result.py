@@ -15,7 +15,7 @@ from ..errors import InputError
 #: Per-cell output fields, in CSV order (obs columns are ``f"{key_added}_{field}"``).
 FIELDS = ("label", "confidence", "ontology_id", "ontology_label", "reasoning", "response",
           "evidence_fraction", "evidence_flag", "cited_present", "cited_absent")
-CLUSTER_FIELDS = ("cluster_label", "cluster_agreement")
+CLUSTER_FIELDS = ("cluster_label", "cluster_agreement", "cluster_mixed")
 #: Consensus runs (several backends): agreement and entropy of the vote; each backend's own
 #: answer is the field ``label_<name>``.
 CONSENSUS_FIELDS = ("agreement", "entropy")
@@ -35,7 +35,8 @@ class AnnotationResult:
     ----------
     table
         One row per cell (index = cell names): the fields of :data:`FIELDS` (plus
-        ``cluster_label``/``cluster_agreement`` in cluster/hybrid mode), ``prompt_key`` and
+        ``cluster_label``/``cluster_agreement`` in cluster/hybrid mode, ``cluster_mixed``
+        where the cells' own answers are known), ``prompt_key`` and
         ``samples`` (JSON list of every self-consistency sample's parsed label).
     provenance
         Backend, model, mode, sampling, counts and timing (also ``adata.uns[key_added]``).
@@ -86,7 +87,7 @@ class AnnotationResult:
         """The per-cell fields this run has (cluster fields in cluster/hybrid mode; ``failure``
         when some prompt failed or did not parse: ``"request"``/``"parse"``, else ``""``;
         in a consensus run :data:`CONSENSUS_FIELDS` and one ``label_<name>`` per backend)."""
-        return (FIELDS + (CLUSTER_FIELDS if "cluster_label" in self.table else ())
+        return (FIELDS + tuple(f for f in CLUSTER_FIELDS if f in self.table)
                 + (("failure",) if "failure" in self.table else ())
                 + (CONSENSUS_FIELDS if "agreement" in self.table else ())
                 + tuple(c for c in self.table.columns if str(c).startswith("label_")))
@@ -169,7 +170,7 @@ class AnnotationResult:
 
 def _typed(field: str, values: np.ndarray):
     """A field's values as the ``obs`` column type it is written with."""
-    if field == "evidence_flag":
+    if field in ("evidence_flag", "cluster_mixed"):
         return values.astype(bool)
     if field in FLOAT_FIELDS:
         return values.astype(np.float64)

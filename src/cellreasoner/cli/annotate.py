@@ -46,10 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instruction", help="system instruction: direct or reasoning (the "
                    "upstream text of that mode) or a text file")
     p.add_argument("--mode", choices=["cell", "cluster", "hybrid"], default="cell",
-                   help="cell (default), cluster (one prompt per cluster), hybrid (per cell + "
-                   "cluster majority)")
+                   help="cell (default), cluster (one prompt per cluster; the builtin labels a "
+                   "cluster with what 75%% of its cells agree on and flags mixed clusters), "
+                   "hybrid (per cell + cluster majority)")
     p.add_argument("--by", help="obs column with clusters (cluster/hybrid); default leiden "
                    "(computed when absent)")
+    p.add_argument("--resolution", type=float, default=1.0,
+                   help="Leiden resolution when the clusters are computed (default 1.0)")
     p.add_argument("--n", type=int, default=1,
                    help="self-consistency samples per prompt (default 1)")
     p.add_argument("--temperature", type=float, help="default 0.01 direct, 0.6 reasoning")
@@ -186,7 +189,8 @@ def _run(args: argparse.Namespace) -> int:
     result = annotate(
         args.input, args.backend, model=args.model, reasoning=args.reasoning,
         prompt_style=args.prompt_style, instruction=args.instruction, mode=args.mode,
-        by=args.by, n=args.n, temperature=args.temperature, top_p=args.top_p,
+        by=args.by, resolution=args.resolution, n=args.n, temperature=args.temperature,
+        top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
         seed=args.seed, gene_list=args.gene_list, max_genes=args.max_genes, layer=args.layer,
         use_raw=args.use_raw, assay=args.assay, label_key=args.label_column,
