@@ -1,4 +1,5 @@
-"""Tools (scanpy ``tl``-style): annotate cells, score predictions, evaluate runs."""
+"""Tools (scanpy ``tl``-style): annotate cells or marker tables, score predictions, evaluate
+runs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from ._lazy import lazy_getattr
 
 _EXPORTS = {
     "annotate": "cellreasoner.annotation:annotate",
+    "annotate_markers": "cellreasoner.markers:annotate_markers",
     "score": "cellreasoner.evaluation:score_adata",
     "evaluate": "cellreasoner.evaluation:evaluate",
 }
