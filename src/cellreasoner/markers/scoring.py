@@ -227,28 +227,24 @@ def trace(reasoner: Reasoner, ts: TableScores, i: int) -> str:
                 f"({_cite(reasoner, ts, i, listed(ts, i, reasoner._pos_sorted[b])[:CITED])}) "
                 f"score {S[a]:.2f} and {S[b]:.2f}. Final answer: {UNKNOWN}.")
     t = int(ts.node[i])
-    parts = [head]
+    steps = []
     for step in reasoner.db.lineage(str(reasoner.names[t])):
         u = reasoner.db.index(step)
         pos = listed(ts, i, reasoner._pos_sorted[u])[:CITED]
         text = f"{step}: {_cite(reasoner, ts, i, pos) or 'no own marker listed'}"
         text += f" (score {S[u]:.2f}"
         ru = _runner_up(reasoner, S, u)
-        text += f"; next {ru[0]} {ru[1]:.2f})" if ru else ")"
-        parts.append(text)
+        text += f"; next {ru[0]} {ru[1]:.2f})" if ru and ru[1] > 0 else ")"
+        steps.append(text)
+    parts = [head, " -> ".join(steps) + "."]
     neg = contradicting(reasoner, ts, i, t)[:CITED]
     if neg:
         parts.append(f"Against it: {_cite(reasoner, ts, i, neg)} listed.")
     miss = absent(reasoner, ts, i, t)
     if miss:
         parts.append("Expected but not listed: " + ", ".join(ts.spelled[m] for m in miss) + ".")
-    text = parts[0] + " " + " -> ".join(parts[1:1 + len(reasoner.db.lineage(
-        str(reasoner.names[t])))])
-    rest = parts[1 + len(reasoner.db.lineage(str(reasoner.names[t]))):]
-    if rest:
-        text += ". " + " ".join(rest)
-    return (f"{text} Confidence {float(ts.confidence[i]):.2f}. "
-            f"Final answer: {reasoner.names[t]}.")
+    parts.append(f"Confidence {float(ts.confidence[i]):.2f}. Final answer: {reasoner.names[t]}.")
+    return " ".join(parts)
 
 
 def builtin_frame(reasoner: Reasoner, ts: TableScores) -> pd.DataFrame:

@@ -216,8 +216,7 @@ def _read_text(p: Path, layout: str) -> MarkerTable:
     sep = "\t" if first.count("\t") >= first.count(",") else ","
     header = [h.strip().strip('"') for h in first.split(sep)]
     if layout == "plain" or (layout == "auto" and sep == "\t" and len(header) == 2
-                             and not {"gene", "names", "genes", "marker"}
-                             & {h.lower() for h in header}):
+                             and header[1].lower() not in ("gene", "names", "marker")):
         return _read_plain(p, lines)
     try:
         df = pd.read_csv(p, sep=sep, encoding="utf-8-sig")
