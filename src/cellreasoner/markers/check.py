@@ -8,8 +8,11 @@ reasoner's decision on the same markers:
 
 - ``agrees``: the decision lies on the name's lineage path (the same type, a subtype of it,
   or a broader type whose subtype step the markers leave open);
-- ``disagrees``: the two paths part at some level and the markers score the decision's branch
-  at least :data:`DISAGREE_MARGIN` above the name's;
+- ``disagrees``: the two paths part between unrelated lineages (B cell and T cell; not T
+  cell and NK cell, nor a precursor and a mature type: the reasoner's related groups, which
+  it never reads as contradicting each other) and the markers score the decision's branch at
+  least :data:`DISAGREE_MARGIN` above the name's; or they part at a subtype step with twice
+  that margin and no support at all for the name's branch;
 - ``uncertain``: anything else (the name is not a known cell type, no lineage is supported,
   or the branches score too close to tell).
 """
@@ -22,13 +25,15 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..backends.builtin.reasoner import Reasoner
+from ..backends.builtin.reasoner import B_LINEAGE, RELATED_GROUPS, Reasoner
 from .scoring import TableScores, absent, contradicting, listed
 
 #: Score difference between the evidence's branch and the name's branch that contradicts the name.
 DISAGREE_MARGIN = 0.15
 #: Values of the ``label_check`` column.
 CHECK_VALUES = ("agrees", "disagrees", "uncertain")
+#: hematopoietic precursor cell
+HEMATOPOIETIC_PRECURSOR = "CL:0008001"
 _NOTE = re.compile(r"\s*[\(\[][^()\[\]]*[\)\]]\s*")
 
 
@@ -58,6 +63,30 @@ def _kb_type(reasoner: Reasoner, cl_id: str, S: np.ndarray) -> int:
     below = onto.descendants(cl_id)
     kids = [t for t, c in enumerate(ids) if c in below]
     return max(kids, key=lambda t: S[t]) if kids else -1
+
+
+def _groups(cl_id: str) -> set[str]:
+    """The related groups of a CL term, as the reasoner reads them (B cells their own
+    group), with only a hematopoietic precursor related to every lineage (a monocyte, a
+    "precursor cell" of macrophages in CL, is not a precursor of B or T cells)."""
+    from ..ontology import get_ontology
+
+    onto = get_ontology()
+    if not onto.exists(cl_id):
+        return set()
+    anc = set(onto.ancestors_self(cl_id))
+    g = anc & set(RELATED_GROUPS)
+    if B_LINEAGE in anc:
+        g = (g - {"CL:0000542"}) | {B_LINEAGE}
+    if HEMATOPOIETIC_PRECURSOR in anc:
+        g = set(RELATED_GROUPS) | {B_LINEAGE}
+    return g
+
+
+def _related(reasoner: Reasoner, a: int, b: int) -> bool:
+    """Whether lineages ``a`` and ``b`` are related states (T and NK cells, a haematopoietic
+    precursor and a mature type), which co-express markers without contradicting each other."""
+    return bool(_groups(str(reasoner.cl_ids[a])) & _groups(str(reasoner.cl_ids[b])))
 
 
 def _markers(reasoner: Reasoner, ts: TableScores, i: int, t: int, k: int = 4) -> str:
@@ -134,7 +163,13 @@ def check_labels(reasoner: Reasoner, ts: TableScores,
         a, b = reasoner.db.index(path_c[d]), reasoner.db.index(path_p[d])
         margin = float(S[b] - S[a])
         evid = _markers(reasoner, ts, i, b)
-        if margin >= DISAGREE_MARGIN:
+        # parting between unrelated lineages with a clear margin contradicts the name;
+        # parting at a subtype step only when the name's own branch has no support at all
+        # and the other one a clear lead; related lineages (T and NK cells, a precursor and
+        # what it gives rise to: the reasoner's own co-expressed states) never do
+        related = d == 0 and _related(reasoner, a, b)
+        if (margin >= DISAGREE_MARGIN if d == 0
+                else margin >= 2 * DISAGREE_MARGIN and S[a] <= 0) and not related:
             against = contradicting(reasoner, ts, i, a)[:4]
             miss = absent(reasoner, ts, i, a)
             why = f"{given} disagrees with the markers: they point to {reasoner.names[b]}"
@@ -147,6 +182,10 @@ def check_labels(reasoner: Reasoner, ts: TableScores,
             own = _markers(reasoner, ts, i, a)
             why += f"; its own markers listed: {own}." if own else "; none of its markers listed."
             out.append(("disagrees", why))
+        elif related and margin >= DISAGREE_MARGIN:
+            out.append(("uncertain", f"{given}: the markers favour {reasoner.names[b]} "
+                        f"({evid}), a related lineage (co-expressed states, not a "
+                        f"contradiction), by {margin:.2f} over {reasoner.names[a]}."))
         else:
             out.append(("uncertain", f"{given}: the markers favour {reasoner.names[b]} "
                         f"({evid or 'weakly'}) by only {margin:.2f} over {reasoner.names[a]}."))

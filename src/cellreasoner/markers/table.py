@@ -9,6 +9,7 @@ them. :func:`filter_markers` keeps the significant, up-regulated, top-ranked mar
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -18,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: Layouts :func:`read_marker_table` knows (``"auto"`` detects them).
 LAYOUTS = ("auto", "seurat", "scanpy", "plain", "json")
@@ -305,7 +308,8 @@ def filter_markers(
         A :class:`MarkerTable`.
     max_padj
         Keep markers with adjusted p value at most this (default 0.05; ``None``: no filter).
-        Only applies where the table has adjusted p values.
+        Only applies where the table has adjusted p values; a cluster none of whose markers
+        reaches it (a small cluster) keeps its up-regulated markers, with a warning.
     min_logfc
         Keep markers with log2 fold change at least this (default 0.25; ``None``: no
         filter). Only applies where the table has fold changes.
@@ -320,14 +324,25 @@ def filter_markers(
     Raises
     ------
     InputError
-        When a cluster has no marker left, naming the cluster and the thresholds.
+        When a cluster has no up-regulated marker, naming the cluster and the threshold.
     """
     f = table.frame
-    keep = np.ones(len(f), dtype=bool)
+    up = np.ones(len(f), dtype=bool)
+    if min_logfc is not None:
+        up &= ~(f["logfc"] < float(min_logfc)).to_numpy()
+    keep = up.copy()
     if max_padj is not None:
         keep &= ~(f["padj"] > float(max_padj)).to_numpy()
-    if min_logfc is not None:
-        keep &= ~(f["logfc"] < float(min_logfc)).to_numpy()
+    # a small cluster may reach no adjusted p at all (5 cells against thousands of tests):
+    # it keeps its up-regulated markers in rank order, with a warning, rather than failing
+    clusters = f["cluster"].to_numpy()
+    lenient = [c for c in table.clusters
+               if not keep[clusters == c].any() and up[clusters == c].any()]
+    if lenient:
+        log.warning("Marker table %s: cluster(s) %s have no marker with adjusted p <= %s "
+                    "(small clusters?); their up-regulated markers are used in rank order.",
+                    table.source, ", ".join(map(repr, lenient[:5])), max_padj)
+        keep |= up & np.isin(clusters, lenient)
     kept = f[keep].copy()
     kept["rank"] = kept.groupby("cluster", sort=False).cumcount()
     if top is not None:
@@ -338,8 +353,8 @@ def filter_markers(
     if empty:
         raise InputError(
             f"Marker table {table.source}: cluster(s) {', '.join(map(repr, empty[:5]))} have "
-            f"no marker with adjusted p <= {max_padj} and log2 fold change >= {min_logfc}; "
-            "relax --max-padj / --min-logfc, or drop those clusters.")
+            f"no marker with log2 fold change >= {min_logfc}; relax --min-logfc, or drop "
+            "those clusters.")
     return replace(table, frame=kept.reset_index(drop=True))
 
 
