@@ -1,4 +1,4 @@
-"""``cellreasoner annotate-markers``: name the clusters of a marker table, write one CSV row each."""
+"""``cellreasoner annotate-markers``: name the clusters of a marker table, one CSV row each."""
 
 from __future__ import annotations
 
