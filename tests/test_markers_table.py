@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import cellreasoner as cr
 from cellreasoner.backends.fake import FakeBackend
 from cellreasoner.errors import InputError
 from cellreasoner.markers import (
