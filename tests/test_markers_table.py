@@ -286,6 +286,30 @@ def test_external_knowledge_is_merged_by_cl_id_and_used(tmp_path):
     assert "CellMarker2" in res.provenance["knowledge"]
 
 
+def test_cellmarker_layout_file_written_here_feeds_annotate_builtin(tmp_path):
+    """A small file in the CellMarker 2.0 layout (UTF-8 with BOM), read by the builtin backend
+    of ``annotate --markers`` too."""
+    rows = [("Human", "Blood", "Peripheral blood", "Normal", "Normal cell", "T cell",
+             "CL_0000084", g, g, str(pmid)) for g, pmid in
+            [("CD3E", 1), ("CD3E", 2), ("CD3E", 3), ("CD3E", 4), ("ZNF999", 5), ("ZNF999", 6)]]
+    rows += [("Mouse", "Blood", "Peripheral blood", "Normal", "Normal cell", "T cell",
+              "CL_0000084", "Cd3g", "Cd3g", "7"),
+             ("Human", "Brain", "Cortex", "Normal", "Normal cell", "T cell", "CL_0000084",
+              "GFAP", "GFAP", "8")]
+    cols = ["species", "tissue_class", "tissue_type", "cancer_type", "cell_type", "cell_name",
+            "cellontology_id", "marker", "Symbol", "PMID"]
+    path = tmp_path / "Cell_marker_Small.csv"
+    pd.DataFrame(rows, columns=cols).to_csv(path, index=False, encoding="utf-8-sig")
+    assert read_cellmarker(path, tissue="blood") == {"CL:0000084": {"CD3E": 3.0, "ZNF999": 2.0}}
+    assert "GFAP" in read_cellmarker(path)["CL:0000084"]
+    from cellreasoner.backends import get_backend
+
+    be = get_backend("builtin", markers=path, tissue="blood")
+    t = be.reasoner.db["T cell"]
+    assert t.positive["ZNF999"] == 2.0 and t.positive["CD3E"] == 3.0  # curated CD3E:3 kept
+    assert "Cell_marker_Small" in be.model
+
+
 # --- command line -------------------------------------------------------------------------------
 def test_cli_end_to_end_with_formula_escaping(tmp_path):
     table = tmp_path / "m.tsv"

@@ -188,7 +188,8 @@ def annotate_markers(
         Filters where the table has those columns (default 0.05 and 0.25; ``None``: off).
     check_labels
         Add ``label_check`` (agrees / disagrees / uncertain) and ``label_check_reason``,
-        reading the cluster names as cell-type labels (default ``False``).
+        reading the cluster names as cell-type labels and weighing them against the built-in
+        reasoner's evidence, whatever the backend (default ``False``).
     label_map
         How to read cluster names as CL terms for the check (a TSV with ``truth`` and
         ``cl_id`` columns, or a dict); default ``None``: the ontology's reading.
@@ -247,6 +248,9 @@ def annotate_markers(
         table, layout=layout, key=uns_key)
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
     is_model = caps.reads == "prompts"
+    if not is_model and (backend_options or model):
+        raise InputError("model/backend_options apply to model backends; the built-in reasoner "
+                         "takes markers= and tissue=.")
     db = _knowledge(markers, tissue, species)
     from ..backends.builtin.backend import BuiltinBackend
 
