@@ -72,18 +72,6 @@ class MarkerAnnotation:
         return write_csv(self.table, path)
 
 
-def _knowledge(markers, tissue: str | None, species: str):
-    from .knowledge import load_knowledge
-
-    return load_knowledge(markers, tissue=tissue, species=species)
-
-
-def _builtin_rows(reasoner: Reasoner, ts) -> pd.DataFrame:
-    from .scoring import builtin_frame
-
-    return builtin_frame(reasoner, ts)
-
-
 def _model_rows(be: Backend, lists: dict[str, list[str]], *, style: str, instruction: str,
                 reasoning: bool, clusters_per_call: int, sampling, cache, batch_size: int
                 ) -> tuple[pd.DataFrame, int]:
@@ -235,7 +223,7 @@ def annotate_markers(
         gptcelltype_instruction,
         rows_instruction,
     )
-    from .scoring import check_species, score_table
+    from .scoring import builtin_frame, check_species, score_table
 
     t0 = time.perf_counter()
     species = check_species(species)
@@ -251,7 +239,9 @@ def annotate_markers(
     if not is_model and (backend_options or model):
         raise InputError("model/backend_options apply to model backends; the built-in reasoner "
                          "takes markers= and tissue=.")
-    db = _knowledge(markers, tissue, species)
+    from .knowledge import load_knowledge
+
+    db = load_knowledge(markers, tissue=tissue, species=species)
     from ..backends.builtin.backend import BuiltinBackend
 
     if isinstance(backend, BuiltinBackend) and markers is None and tissue is None:
@@ -278,7 +268,7 @@ def annotate_markers(
                          species=species) if is_model else score_table(
             reasoner, filtered, species=species)
         if not is_model:
-            rows = _builtin_rows(reasoner, ts)
+            rows = builtin_frame(reasoner, ts)
             name, model_name, unique = "builtin", reasoner.model, 0
             cache_path = None
         else:
