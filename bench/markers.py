@@ -90,14 +90,24 @@ def truth_text(truth_map, cluster: str) -> str:
     return cluster
 
 
-def score_rows(res, truth_map) -> float:
+def score_rows(res, truth_map) -> dict:
+    """Mean hierarchical score, and the mean confidence of full-score and other answers (a
+    calibrated confidence is higher for the right ones)."""
     import numpy as np
 
     from cellreasoner.evaluation import PairScorer
 
     t = res.table
     truth = [truth_text(truth_map, c) for c in t["cluster"]]
-    return float(np.mean(PairScorer().score_many(truth, t["cellreasoner_label"].tolist())))
+    s = PairScorer().score_many(truth, t["cellreasoner_label"].tolist())
+    conf = t["cellreasoner_confidence"].to_numpy(dtype=float)
+
+    def mean(x) -> str:
+        x = x[np.isfinite(x)]
+        return f"{x.mean():.2f}" if len(x) else "-"
+
+    return {"mean score": f"{np.mean(s):.3f}", "conf | score 1": mean(conf[s == 1]),
+            "conf | score < 1": mean(conf[s < 1])}
 
 
 def plant(clusters, truth_map) -> dict[str, str]:
@@ -153,15 +163,14 @@ def main() -> None:
             t0 = time.perf_counter()
             res = annotate_markers(tab)
             rows.append({"dataset": name, "backend": "builtin", "clusters": len(tab),
-                         "mean score": f"{score_rows(res, truth_map):.3f}",
+                         **score_rows(res, truth_map),
                          "seconds": f"{time.perf_counter() - t0:.1f}"})
             if llm is not None:
                 t0 = time.perf_counter()
                 res_llm = annotate_markers(tab, llm, prompt_style="gptcelltype", cache=False,
                                            max_new_tokens=48)
                 rows.append({"dataset": name, "backend": "gguf 1.5B (gptcelltype)",
-                             "clusters": len(tab),
-                             "mean score": f"{score_rows(res_llm, truth_map):.3f}",
+                             "clusters": len(tab), **score_rows(res_llm, truth_map),
                              "seconds": f"{time.perf_counter() - t0:.1f}"})
             planted = plant(list(tab.clusters), truth_map)
             renamed = tab.rename(planted)
@@ -180,7 +189,8 @@ def main() -> None:
                            "agrees": int((chk["label_check"] == "agrees").sum())})
     if llm is not None:
         llm.close()
-    print(_table(rows, ["dataset", "backend", "clusters", "mean score", "seconds"]))
+    print(_table(rows, ["dataset", "backend", "clusters", "mean score", "conf | score 1",
+                        "conf | score < 1", "seconds"]))
     by_backend: dict[str, list[float]] = {}
     for r in rows:
         by_backend.setdefault(r["backend"], []).append(float(r["mean score"]))
