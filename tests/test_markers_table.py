@@ -25,7 +25,12 @@ from cellreasoner.markers.knowledge import load_knowledge
 from cellreasoner.markers.prompting import split_rows
 
 REPO = Path(__file__).resolve().parents[1]
-MARKERS_DIR = REPO / ".." / "shared" / "data" / "markers"
+
+
+@pytest.fixture
+def markers_dir(shared_data: Path) -> Path:
+    """``../shared/data/markers``: CellMarker 2.0 and a PanglaoDB matrix (read by path)."""
+    return shared_data / "markers"
 
 #: Four clusters with textbook markers (and one mislabelled: its markers are T-cell ones).
 LISTS = {
@@ -245,18 +250,18 @@ def test_split_rows_matches_names_then_order():
 
 
 # --- external knowledge -----------------------------------------------------------------------
-def test_cellmarker_table_weights_by_sources():
-    km = read_cellmarker(MARKERS_DIR / "CellMarker2_Cell_marker_All.csv", tissue="blood")
+def test_cellmarker_table_weights_by_sources(markers_dir):
+    km = read_cellmarker(markers_dir / "CellMarker2_Cell_marker_All.csv", tissue="blood")
     b = km["CL:0000236"]
     assert b["MS4A1"] == 3.0 and b["CD19"] >= 2.0  # reported by many papers
     assert all(1.0 <= w <= 3.0 for w in b.values()) and len(b) <= 30
-    mouse = read_cellmarker(MARKERS_DIR / "CellMarker2_Cell_marker_All.csv", species="mouse")
+    mouse = read_cellmarker(markers_dir / "CellMarker2_Cell_marker_All.csv", species="mouse")
     assert mouse.keys() != km.keys()
 
 
-def test_panglaodb_matrix_and_tsv(tmp_path):
+def test_panglaodb_matrix_and_tsv(tmp_path, markers_dir):
     pytest.importorskip("openpyxl")
-    m = read_panglaodb(MARKERS_DIR / "PanglaoDB_Hs_44celltypes.xlsx")
+    m = read_panglaodb(markers_dir / "PanglaoDB_Hs_44celltypes.xlsx")
     assert "CL:0000236" in m and "MS4A1" in m["CL:0000236"]
     tsv = tmp_path / "PanglaoDB_markers.tsv"
     pd.DataFrame({
@@ -270,16 +275,16 @@ def test_panglaodb_matrix_and_tsv(tmp_path):
     assert t == {"CD3E": 3.0, "TRAC": 2.0, "CD3D": 1.0}  # mouse-only and ubiquitous left out
 
 
-def test_external_knowledge_is_merged_by_cl_id_and_used(tmp_path):
+def test_external_knowledge_is_merged_by_cl_id_and_used(markers_dir):
     base = load_knowledge()
-    merged = load_knowledge(MARKERS_DIR / "CellMarker2_Cell_marker_All.csv", tissue="blood")
+    merged = load_knowledge(markers_dir / "CellMarker2_Cell_marker_All.csv", tissue="blood")
     assert "CellMarker2" in merged.version
     before, after = base["B cell"].positive, merged["B cell"].positive
     assert all(after[g] == w for g, w in before.items())  # curated weights kept
     new = sorted(set(after) - set(before))
     assert new
     # a cluster listing only markers the external table adds is named with them
-    res = annotate_markers({"x": new[:6]}, markers=MARKERS_DIR /
+    res = annotate_markers({"x": new[:6]}, markers=markers_dir /
                            "CellMarker2_Cell_marker_All.csv", tissue="blood")
     plain = annotate_markers({"x": new[:6] + ["CD3E"]}, tissue="blood")
     assert res.table["cellreasoner_ontology_id"][0] != plain.table["cellreasoner_ontology_id"][0]
