@@ -27,6 +27,7 @@ POSITIONAL = {
     "pp.sentences": ("adata_or_source", "gene_list"),
     "tl.annotate": ("adata", "backend"),  # the model, as celltypist.annotate(adata, model)
     "tl.audit": ("adata", "labels"),  # the column audited, as ``cellreasoner audit --labels``
+    "tl.annotate_markers": ("table", "backend"),  # as tl.annotate, a marker table for the data
     "tl.score": ("adata", "truth_key"),
     "tl.evaluate": ("results", "truth"),  # one or many runs
     "pl.label_counts": ("labels",),

@@ -1,5 +1,5 @@
-"""Tools (scanpy ``tl``-style): annotate cells, audit existing labels, score predictions,
-evaluate runs."""
+"""Tools (scanpy ``tl``-style): annotate cells or marker tables, audit existing labels, score
+predictions, evaluate runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from ._lazy import lazy_getattr
 _EXPORTS = {
     "annotate": "cellreasoner.annotation:annotate",
     "audit": "cellreasoner.audit:audit",
+    "annotate_markers": "cellreasoner.markers:annotate_markers",
     "score": "cellreasoner.evaluation:score_adata",
     "evaluate": "cellreasoner.evaluation:evaluate",
 }

@@ -8,10 +8,8 @@ models used — and joined by ``", "`` like a cell sentence.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -165,43 +163,17 @@ def rank_markers(source: MatrixSource, groups: pd.Series, gene_list: Sequence[st
 
 
 def read_markers(path: str | os.PathLike) -> dict[str, list[str]]:
-    """Marker genes per cluster from a file.
+    """Marker genes per cluster from a file, in the file's order of importance.
 
-    Accepted layouts: JSON ``{"cluster": ["GENE", ...]}``; or a CSV/TSV table with a cluster
-    column (``cluster``/``group``) and a gene column (``gene``/``names``/``marker``), one row
-    per marker in order of importance (Seurat ``FindAllMarkers`` and scanpy
-    ``rank_genes_groups_df`` exports work as they are).
+    Every layout of :func:`cellreasoner.markers.read_marker_table` is accepted: JSON
+    ``{"cluster": ["GENE", ...]}``, ``cluster<TAB>gene1,gene2`` lines, a Seurat
+    ``FindAllMarkers`` or ``sc.get.rank_genes_groups_df`` export, any CSV/TSV with a cluster
+    column (``cluster``/``group``) and a gene column (``gene``/``names``/``marker``), or an
+    ``.h5ad`` holding a ``rank_genes_groups`` result. No filter is applied.
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InputError(f"Marker file not found: {p}.")
-    if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{p} is not valid JSON ({exc}).") from None
-        if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-            raise InputError(f"{p} must map each cluster name to a list of gene symbols.")
-        return {str(k): [str(g) for g in v] for k, v in data.items()}
-    sep = "\t" if p.suffix.lower() in (".tsv", ".txt") else ","
-    try:
-        df = pd.read_csv(p, sep=sep)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"Cannot read marker table {p} ({exc}).") from None
-    lower = {c.lower(): c for c in df.columns}
-    ccol = next((lower[c] for c in ("cluster", "group", "clusters") if c in lower), None)
-    gcol = next((lower[c] for c in ("gene", "names", "marker", "genes") if c in lower), None)
-    if ccol is None or gcol is None:
-        raise InputError(
-            f"Marker table {p} needs a 'cluster' (or 'group') column and a 'gene' (or 'names') "
-            f"column; it has: {', '.join(map(str, df.columns))}."
-        )
-    out: dict[str, list[str]] = {}
-    for cluster, gene in zip(df[ccol].astype(str), df[gcol].astype(str), strict=True):
-        lst = out.setdefault(cluster, [])
-        if gene not in lst:
-            lst.append(gene)
-    return out
+    from ..markers.table import read_marker_table
+
+    return read_marker_table(path).lists()
 
 
 def order_markers(markers: Sequence[str], gene_list: Sequence[str], n_markers: int,

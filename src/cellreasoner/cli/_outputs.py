@@ -29,6 +29,15 @@ def annotate_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
     )
 
 
+def annotate_markers_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """``annotate-markers``: ``-o``; against the table and the files it reads."""
+    inputs = {"TABLE": args.table, "--cache": _get(args, "cache"),
+              "--label-map": _get(args, "label_map")}
+    for i, m in enumerate(_get(args, "markers") or []):
+        inputs[f"--markers #{i + 1}"] = m
+    return claim_outputs({"-o": args.output}, inputs)
+
+
 def prepare_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
     """``prepare``: ``-o``; against the input and the gene list."""
     return claim_outputs({"-o": args.output},

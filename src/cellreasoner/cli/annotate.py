@@ -94,7 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "$CELLREASONER_CACHE/annotations.sqlite)")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
     p.add_argument("--markers", help="builtin backend: your own marker knowledge-base file "
-                   "(same TSV columns as the shipped one), merged into the built-in one")
+                   "(same TSV columns as the shipped one, a CellMarker 2.0 table or a "
+                   "PanglaoDB TSV/xlsx), merged into the built-in one")
     p.add_argument("--cluster-markers", help="cluster mode: marker file (JSON "
                    "{cluster: [genes]} or a CSV/TSV with cluster and gene columns, e.g. "
                    "Seurat FindAllMarkers)")

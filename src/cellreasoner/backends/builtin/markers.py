@@ -291,6 +291,7 @@ def load_markers(
     *,
     extra: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     replace: bool = False,
+    species: str = "human",
 ) -> MarkerDB:
     """Load the marker knowledge base.
 
@@ -303,10 +304,14 @@ def load_markers(
         default ``None`` keeps all.
     extra
         User marker file(s) in the same format, merged in: a row whose name exists replaces the
-        built-in row, new names are added (their parent may be a built-in type).
+        built-in row, new names are added (their parent may be a built-in type). CellMarker
+        2.0 tables and PanglaoDB exports are read too and merged by CL id (see
+        :mod:`cellreasoner.markers.knowledge`).
     replace
         With ``path`` given, use only that file (default ``False``: ``path`` is merged into the
         built-in base like ``extra``).
+    species
+        Rows of CellMarker/PanglaoDB files to read (default ``"human"``).
     """
     base = read_marker_file(builtin_marker_path())
     version = KB_VERSION
@@ -319,7 +324,17 @@ def load_markers(
             user_files.append(path)
     if extra is not None:
         user_files.extend([extra] if isinstance(extra, str | os.PathLike) else list(extra))
+    added: dict = {}
     for f in user_files:
+        from ...markers.knowledge import external_layout, merge_external, read_external
+
+        if external_layout(f) is not None:  # CellMarker / PanglaoDB: merged by CL id
+            external = read_external(f, species=species,
+                                     tissue=tissue if isinstance(tissue, str) else None)
+            base = merge_external(base, external, Path(f).name, added)
+            _check_tree(base, str(f))
+            version = f"{version}+{Path(f).stem}"
+            continue
         user = read_marker_file(f, require_tree=False)
         merged = {t.name: t for t in base}
         for t in user:

@@ -1,0 +1,335 @@
+"""``annotate_markers``: name every cluster of a marker table, with reasons, on any backend.
+
+The result is one table per backend with the same columns (:data:`OUTPUT_COLUMNS`), so
+answers of several backends can be set side by side or voted on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..backends import Backend, backend_class
+from ..backends.builtin.reasoner import UNKNOWN, Reasoner
+from ..errors import InputError
+from .table import (
+    DEFAULT_MAX_PADJ,
+    DEFAULT_MIN_LOGFC,
+    MarkerTable,
+    filter_markers,
+    read_marker_table,
+)
+
+#: The per-cluster output columns, in order.
+OUTPUT_COLUMNS = ("cluster", "cellreasoner_label", "cellreasoner_ontology_id",
+                  "cellreasoner_ontology_label", "cellreasoner_confidence",
+                  "cellreasoner_reasoning", "cellreasoner_supporting_markers",
+                  "cellreasoner_backend")
+#: Added by ``check_labels=True``.
+CHECK_COLUMNS = ("label_check", "label_check_reason")
+#: Markers per cluster the built-in reasoner reads by default.
+BUILTIN_TOP = 50
+
+
+@dataclass
+class MarkerAnnotation:
+    """The answers for one marker table from one backend.
+
+    Attributes
+    ----------
+    table
+        One row per cluster: :data:`OUTPUT_COLUMNS` (plus :data:`CHECK_COLUMNS` when the
+        labels were checked).
+    backend
+        The backend's name (``"builtin"``, ``"openai"``, ...).
+    model
+        The backend's model (the knowledge-base version for the built-in reasoner).
+    provenance
+        How the run was made: input, layout, filters, prompt style, cache, seconds.
+    """
+
+    table: pd.DataFrame
+    backend: str
+    model: str
+    provenance: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"MarkerAnnotation({len(self.table)} clusters, backend={self.backend!r}, "
+                f"model={self.model!r})")
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write :attr:`table` as CSV (atomically, spreadsheet formulas escaped)."""
+        from ..annotation.output import write_csv
+
+        return write_csv(self.table, path)
+
+
+def _model_rows(be: Backend, lists: dict[str, list[str]], *, style: str, instruction: str,
+                reasoning: bool, clusters_per_call: int, sampling, cache, batch_size: int
+                ) -> tuple[pd.DataFrame, int]:
+    """Ask the model about every cluster; (rows, unique prompts)."""
+    from ..annotation.engine import Stats, generate_cached, vote
+    from ..ontology import ground_labels
+    from .prompting import build_prompts, vote_rows
+
+    prompts = build_prompts(lists, style=style, instruction=instruction, reasoning=reasoning,
+                            clusters_per_call=clusters_per_call)
+    uniq = list({p.key(): p for p, _ in prompts}.values())
+    gens = generate_cached(be, uniq, sampling, cache, batch_size=batch_size, stats=Stats())
+    by_key = {p.key(): g for p, g in zip(uniq, gens, strict=True)}
+    answers: dict[str, tuple[str, float, str, str]] = {}
+    for p, group in prompts:
+        g = by_key[p.key()]
+        if len(group) == 1 and style != "gptcelltype" and clusters_per_call == 1:
+            a = vote(g, reasoning)
+            answers[group[0]] = (a.label or UNKNOWN, a.confidence, a.reasoning or a.response,
+                                 a.response)
+        else:
+            for c, (label, conf, resp) in zip(group, vote_rows(g, group, reasoning),
+                                              strict=True):
+                answers[c] = (label, conf, resp, resp)
+    names = list(lists)
+    labels = [answers[c][0] for c in names]
+    ids, onto_labels = ground_labels([lb if lb != UNKNOWN else "" for lb in labels])
+    frame = pd.DataFrame({
+        "cluster": names, "label": labels, "ontology_id": ids, "ontology_label": onto_labels,
+        "confidence": [answers[c][1] for c in names],
+        "reasoning": [answers[c][2] for c in names],
+    })
+    return frame, len(uniq)
+
+
+def _llm_support(reasoner: Reasoner, ts, ids: Sequence[str]) -> list[str]:
+    """The knowledge-base markers of each answer's CL term that its cluster lists."""
+    from .check import _kb_type
+    from .scoring import supporting
+
+    out = []
+    for i, cid in enumerate(ids):
+        t = _kb_type(reasoner, cid, ts.scores[i]) if cid else -1
+        out.append(", ".join(ts.spelled[m] for m in supporting(reasoner, ts, i, t))
+                   if t >= 0 else "")
+    return out
+
+
+def annotate_markers(
+    table: str | os.PathLike | Mapping[str, Sequence[str]] | pd.DataFrame | MarkerTable,
+    backend: str | Backend = "builtin",
+    *,
+    model: str | None = None,
+    tissue: str | None = None,
+    species: str = "human",
+    markers: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    top: int | None = None,
+    max_padj: float | None = DEFAULT_MAX_PADJ,
+    min_logfc: float | None = DEFAULT_MIN_LOGFC,
+    check_labels: bool = False,
+    label_map: str | os.PathLike | Mapping[str, str] | None = None,
+    prompt_style: str = "auto",
+    clusters_per_call: int = 1,
+    reasoning: bool = False,
+    instruction: str | os.PathLike | None = None,
+    n: int = 1,
+    temperature: float | None = None,
+    max_new_tokens: int | None = None,
+    seed: int | None = None,
+    cache: str | os.PathLike | bool | None = None,
+    batch_size: int = 16,
+    backend_options: dict | None = None,
+    layout: str = "auto",
+    uns_key: str | None = None,
+) -> MarkerAnnotation:
+    """Name every cluster of a marker table, with reasons and a CL term.
+
+    Parameters
+    ----------
+    table
+        A marker table file (Seurat ``FindAllMarkers`` CSV, ``sc.get.rank_genes_groups_df``
+        CSV, ``.h5ad`` with a ``rank_genes_groups`` result, ``cluster<TAB>genes`` lines, JSON
+        ``{cluster: [genes]}``), a dict, a DataFrame or a :class:`~.table.MarkerTable`.
+    backend
+        ``"builtin"`` (default: the knowledge-base reasoner, no download), any registry name
+        (``"openai"``, ``"gguf"``, ``"transformers"``, ``"vllm"``) or a ready backend.
+    model
+        Model name/path for a model backend.
+    tissue
+        Tissue of the cells (default none): restricts the built-in knowledge; named in model
+        prompts.
+    species
+        ``"human"`` (default) or ``"mouse"``: which rows of external marker databases count,
+        and how table symbols meet the knowledge base.
+    markers
+        Extra marker knowledge: a file in the built-in format, a CellMarker 2.0 table or a
+        PanglaoDB TSV/xlsx (several allowed), merged into the built-in knowledge base.
+    top
+        Markers per cluster after filtering (default: 50 for the built-in reasoner, 10 for the
+        GPTCelltype prompt, 100/30 for the CellReasoner/neutral prompts as in ``annotate``).
+    max_padj, min_logfc
+        Filters where the table has those columns (default 0.05 and 0.25; ``None``: off).
+    check_labels
+        Add ``label_check`` (agrees / disagrees / uncertain) and ``label_check_reason``,
+        reading the cluster names as cell-type labels and weighing them against the built-in
+        reasoner's evidence, whatever the backend (default ``False``).
+    label_map
+        How to read cluster names as CL terms for the check (a TSV with ``truth`` and
+        ``cl_id`` columns, or a dict); default ``None``: the ontology's reading.
+    prompt_style
+        Model backends: ``"auto"`` (default), ``"cellreasoner"``, ``"neutral"`` or
+        ``"gptcelltype"``.
+    clusters_per_call
+        Clusters asked in one prompt (default 1); above 1 the prompt lists one row per
+        cluster.
+    reasoning
+        Ask model backends for ``<think>`` reasoning (default ``False``).
+    instruction
+        Override the system instruction (as in ``annotate``; CellReasoner/neutral styles).
+    n
+        Samples per prompt (default 1); the majority wins and its share is the confidence.
+    temperature, max_new_tokens, seed
+        Sampling overrides (default: the upstream settings of the mode).
+    cache
+        ``None`` (default): the shared annotation cache; a path; or ``False``.
+    batch_size
+        Prompts per backend call (default 16).
+    backend_options
+        Extra backend constructor options (``base_url``, ``api_key_env``, ...).
+    layout
+        Table layout (default ``"auto"``: detected).
+    uns_key
+        ``.h5ad`` input: the ``uns`` key of the ``rank_genes_groups`` result.
+
+    Returns
+    -------
+    MarkerAnnotation
+        ``.table`` with one row per cluster and the columns :data:`OUTPUT_COLUMNS` (plus
+        ``label_check`` and ``label_check_reason``).
+    """
+    from ..annotation import _backend as make_backend
+    from ..annotation.cache import GenerationCache, default_cache_path
+    from ..annotation.clusters import default_n_markers
+    from ..backends.base import RunContext
+    from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
+    from .prompting import (
+        GPTCELLTYPE_TOP,
+        MARKER_PROMPT_STYLES,
+        gptcelltype_instruction,
+        rows_instruction,
+    )
+    from .scoring import builtin_frame, check_species, score_table
+
+    t0 = time.perf_counter()
+    species = check_species(species)
+    if prompt_style not in MARKER_PROMPT_STYLES:
+        raise InputError(f"prompt_style must be one of {', '.join(MARKER_PROMPT_STYLES)}, "
+                         f"not {prompt_style!r}.")
+    if int(n) < 1:
+        raise InputError(f"n (samples per prompt) must be at least 1, not {n}.")
+    raw = table if isinstance(table, MarkerTable) else read_marker_table(
+        table, layout=layout, key=uns_key)
+    caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
+    is_model = caps.reads == "prompts"
+    if not is_model and (backend_options or model):
+        raise InputError("model/backend_options apply to model backends; the built-in reasoner "
+                         "takes markers= and tissue=.")
+    from .knowledge import load_knowledge
+
+    db = load_knowledge(markers, tissue=tissue, species=species)
+    from ..backends.builtin.backend import BuiltinBackend
+
+    if isinstance(backend, BuiltinBackend) and markers is None and tissue is None:
+        reasoner = backend.reasoner
+    else:
+        reasoner = Reasoner(db)
+    with ExitStack() as stack:
+        be = None
+        style = "builtin"
+        if is_model:
+            be, own = make_backend(backend, model, backend_options)
+            if own:
+                stack.callback(be.close)
+            style = (prompt_style if prompt_style == "gptcelltype"
+                     else resolve_prompt_style(prompt_style, be.model))
+        if top is None:
+            top = (BUILTIN_TOP if not is_model else GPTCELLTYPE_TOP if style == "gptcelltype"
+                   else default_n_markers(style))
+        filtered = filter_markers(raw, max_padj=max_padj, min_logfc=min_logfc, top=top)
+        # the built-in evidence: the answer of the builtin backend, the supporting markers and
+        # the label check of every backend
+        ts = score_table(reasoner, filter_markers(raw, max_padj=max_padj, min_logfc=min_logfc,
+                                                  top=max(int(top), BUILTIN_TOP)),
+                         species=species) if is_model else score_table(
+            reasoner, filtered, species=species)
+        if not is_model:
+            rows = builtin_frame(reasoner, ts)
+            name, model_name, unique = "builtin", reasoner.model, 0
+            cache_path = None
+        else:
+            sampling = SamplingParams.for_mode(reasoning, temperature=temperature,
+                                               max_new_tokens=max_new_tokens, seed=seed,
+                                               n=int(n))
+            if style == "gptcelltype":
+                text = gptcelltype_instruction(tissue)
+            elif int(clusters_per_call) > 1 and instruction is None:
+                text = rows_instruction(reasoning, tissue)
+            else:
+                text = resolve_instruction(instruction, reasoning=reasoning, style=style,
+                                           tissue=tissue, cluster=True)
+            cache_path = None
+            run_cache = None
+            if cache is not False:
+                cache_path = default_cache_path() if cache in (None, True) else Path(cache)
+                run_cache = GenerationCache(cache_path, be.name, be.model, sampling)
+                stack.callback(run_cache.close)
+            be.configure(RunContext((), 1000, tissue, bool(reasoning)))
+            rows, unique = _model_rows(be, filtered.lists(), style=style, instruction=text,
+                                       reasoning=bool(reasoning),
+                                       clusters_per_call=int(clusters_per_call),
+                                       sampling=sampling, cache=run_cache,
+                                       batch_size=int(batch_size))
+            rows["supporting_markers"] = _llm_support(reasoner, ts, list(rows["ontology_id"]))
+            name, model_name = be.name, str(be.model)
+    out = pd.DataFrame({
+        "cluster": rows["cluster"].astype(str),
+        "cellreasoner_label": rows["label"].astype(str),
+        "cellreasoner_ontology_id": rows["ontology_id"].astype(str),
+        "cellreasoner_ontology_label": rows["ontology_label"].astype(str),
+        "cellreasoner_confidence": rows["confidence"].astype(float),
+        "cellreasoner_reasoning": rows["reasoning"].astype(str),
+        "cellreasoner_supporting_markers": rows["supporting_markers"].astype(str),
+        "cellreasoner_backend": name,
+    })
+    if check_labels:
+        from .check import check_labels as run_check
+
+        lm = None
+        if label_map is not None:
+            from ..evaluation.truth import read_truth_map
+
+            lm = read_truth_map(label_map)
+        checked = run_check(reasoner, ts, lm)
+        out["label_check"] = checked["label_check"].to_numpy()
+        out["label_check_reason"] = checked["label_check_reason"].to_numpy()
+    provenance = {
+        "input": raw.source, "layout": raw.layout, "clusters": len(raw),
+        "backend": name, "model": model_name, "knowledge": reasoner.model,
+        "tissue": tissue or "", "species": species, "top": int(top),
+        "max_padj": max_padj, "min_logfc": min_logfc, "prompt_style": style,
+        "clusters_per_call": int(clusters_per_call), "unique_prompts": unique,
+        "cache": str(cache_path) if cache_path else "",
+        "seconds": round(time.perf_counter() - t0, 3),
+        "unknown": int((out["cellreasoner_label"] == UNKNOWN).sum()),
+        "mean_confidence": (float(np.nanmean(out["cellreasoner_confidence"]))
+                            if out["cellreasoner_confidence"].notna().any() else math.nan),
+    }
+    return MarkerAnnotation(out, name, model_name, provenance)
+
+
+__all__ = ["CHECK_COLUMNS", "OUTPUT_COLUMNS", "MarkerAnnotation", "annotate_markers"]
