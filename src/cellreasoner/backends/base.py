@@ -107,12 +107,16 @@ class RunContext:
         The run's tissue, or ``None``.
     reasoning
         Whether reasoning traces are asked for.
+    modality
+        What the matrix measures: ``"rna"`` (expression, default) or ``"atac"`` (gene
+        activity from chromatin accessibility, see :mod:`cellreasoner.atac`).
     """
 
     gene_list: tuple[str, ...]
     max_genes: int = 1000
     tissue: str | None = None
     reasoning: bool = False
+    modality: str = "rna"
 
 
 @dataclass

@@ -88,6 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "30 for other models)")
     p.add_argument("--tissue", help="builtin: restrict the knowledge base to this tissue's "
                    "cell types (e.g. blood); LLM backends: tissue name added to the instruction")
+    from .gene_activity import add_atac_options
+
+    add_atac_options(p)
+    p.add_argument("--accessibility-prompt", action=argparse.BooleanOptionalAction,
+                   default=None, help="model backends: say that the genes are ranked by "
+                   "chromatin accessibility (default: on for ATAC input with the neutral "
+                   "prompt style, off with the published CellReasoner instruction)")
     p.add_argument("--key-added", default="cellreasoner", help="obs column prefix")
     p.add_argument("--cellxgene", action="store_true",
                    help="also write obs['cell_type_ontology_term_id'] (CELLxGENE schema; "
@@ -144,14 +151,20 @@ def _run(args: argparse.Namespace) -> int:
                          "path.")
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--report {args.report}: use an .html path.")
+    data = args.input
+    if args.gtf or args.barcodes:  # an ATAC input read with the given annotation / cells
+        from ..atac import read_atac
+
+        data = read_atac(args.input, gtf=args.gtf, barcodes=args.barcodes)
     result = annotate(
-        args.input, args.backend, model=args.model, reasoning=args.reasoning,
+        data, args.backend, model=args.model, reasoning=args.reasoning,
         prompt_style=args.prompt_style, instruction=args.instruction, mode=args.mode,
         by=args.by, n=args.n, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
         seed=args.seed, gene_list=args.gene_list, max_genes=args.max_genes, layer=args.layer,
         use_raw=args.use_raw, assay=args.assay, label_key=args.label_column,
         cluster_markers=args.cluster_markers, n_markers=args.n_markers, tissue=args.tissue,
+        accessibility_prompt=args.accessibility_prompt,
         key_added=args.key_added, cache=False if args.no_cache else args.cache,
         batch_size=args.batch_size, backend_options=backend_options(args),
         progress=not args.no_progress,

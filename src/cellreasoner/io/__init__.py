@@ -90,6 +90,15 @@ def read(
         raise InputError(
             f"Input not found: {p}. Check the path (relative paths start at {Path.cwd()})."
         )
+    from ..atac.read import atac_layout
+
+    if atac_layout(p) is not None:  # fragments, peaks, .h5mu: gene activity (cr.read_atac)
+        if layer is not None or assay is not None or backed:
+            raise InputError(f"{p} is scATAC-seq data, read as gene activity: layer=, assay= "
+                             "and backed= do not apply (see cellreasoner.read_atac).")
+        from ..atac import read_atac
+
+        return read_atac(p)
     fmt = detect_format(p)
     if backed and fmt != "h5ad":
         raise InputError(
