@@ -139,21 +139,22 @@ def count_fragments(
         row = cell_index.get_indexer(chunk[3].to_numpy())
         sel = row >= 0
         if sel.any():
-            chrom = chunk[0].to_numpy()[sel]
+            codes, names = pd.factorize(chunk[0].to_numpy()[sel])
             start, end, row = (chunk[1].to_numpy()[sel], chunk[2].to_numpy()[sel], row[sel])
             kept += len(row)
             np.add.at(n_frag, row, 1)
+            order = np.lexsort((start, codes))  # by chromosome, then start
+            bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
             rows, cols, inside = [], [], []
-            for name in pd.unique(chrom):
+            for k, name in enumerate(names):
                 reg = by_chrom.get(canonical_chrom(name))
                 if reg is None:
                     continue
-                at = np.flatnonzero(chrom == name)
-                order = at[np.argsort(start[at], kind="stable")]
-                f_idx, r_idx = overlap_pairs(start[order], end[order], reg[0], reg[1])
-                rows.append(row[order][f_idx])
+                seg = order[bounds[k]:bounds[k + 1]]
+                f_idx, r_idx = overlap_pairs(start[seg], end[seg], reg[0], reg[1])
+                rows.append(row[seg][f_idx])
                 cols.append(reg[2][r_idx])
-                inside.append(row[order][np.unique(f_idx)])
+                inside.append(row[seg][np.unique(f_idx)])
             if rows:
                 r = np.concatenate(rows)
                 c = np.concatenate(cols)
