@@ -25,6 +25,7 @@ import cellreasoner as cr
 POSITIONAL = {
     "pp.prepare": ("data", "output"),  # the input and the output file, as ``cellreasoner prepare``
     "pp.sentences": ("adata_or_source", "gene_list"),
+    "pp.gene_activity": ("data",),  # scATAC-seq input -> gene activity (cr.read_atac)
     "tl.annotate": ("adata", "backend"),  # the model, as celltypist.annotate(adata, model)
     "tl.score": ("adata", "truth_key"),
     "tl.evaluate": ("results", "truth"),  # one or many runs
