@@ -5,14 +5,14 @@ length, so a raw activity level means something different for each gene, and a f
 families say little in accessibility. The profile therefore
 
 * leaves out markers that are unreliable in accessibility (:data:`UNRELIABLE`: recombined
-  immunoglobulin and T-cell-receptor segments, whose locus is open in the lineage whatever
-  segment is used; mitochondrial and ribosomal genes) and markers without dynamic range in
-  this dataset (flat activity: the top cells no higher than the bottom ones by
-  :attr:`AtacProfile.min_range`): they count as unmeasured, not absent;
+  immunoglobulin and T-cell-receptor V segments, whose locus is open in the lineage whatever
+  segment a cell uses; mitochondrial and ribosomal genes) and markers without dynamic range
+  in this dataset (no sampled cell above the gene's background): they count as unmeasured,
+  not absent;
 * reads each remaining marker relative to its own activity distribution across the cells:
   below the gene's ``floor_quantile`` (its background) is no evidence, and evidence grows
   linearly to full presence at ``full_fraction`` of the way from that floor to the gene's
-  ``top_quantile``.
+  ``top_quantile`` (its maximum where that quantile is still background: rare cell types).
 
 The thresholds are relative (quantiles of each gene), so nothing is tuned to a dataset's
 labels; they were chosen on activity simulated from labelled RNA (``bench/atac.py``).
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .reasoner import Reasoner
 
 #: Marker families whose gene activity does not follow their expression.
-UNRELIABLE = re.compile(r"^(?:IG[HKL][VDJC]\w*|TR[ABDG][VDJC]\d\w*|MT-\w+|RP[SL]\d+\w*)$")
+UNRELIABLE = re.compile(r"^(?:IG[HKL]V\d\w*|TR[ABDG]V\d\w*|MT-\w+|RP[SL]\d+\w*)$")
 #: Cells sampled (evenly through the data) for each marker's activity distribution.
 SAMPLE_CELLS = 20_000
 
@@ -51,15 +51,11 @@ class AtacProfile:
         The gene's high end across cells (default 0.99).
     full_fraction
         Full presence at this fraction of the way from floor to top (default 0.5).
-    min_range
-        A marker whose top is less than this above its floor (log units) is flat: unmeasured
-        (default 0.25).
     """
 
     floor_quantile: float = 0.25
     top_quantile: float = 0.99
     full_fraction: float = 0.5
-    min_range: float = 0.25
 
     def thresholds(self, source: MatrixSource, reasoner: Reasoner
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,7 +81,9 @@ class AtacProfile:
         sample = sp.vstack(parts).toarray().astype(np.float32)
         floor = np.quantile(sample, self.floor_quantile, axis=0).astype(np.float32)
         top = np.quantile(sample, self.top_quantile, axis=0).astype(np.float32)
-        ok = (top - floor) >= self.min_range
+        peak = sample.max(axis=0)
+        top = np.where(top > floor, top, peak)  # a rare type's marker: its maximum
+        ok = peak > floor  # flat: no sampled cell above the background
         width = ((top - floor) * self.full_fraction).astype(np.float32)
         return cols[ok], floor[ok], width[ok]
 
