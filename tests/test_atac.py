@@ -246,11 +246,16 @@ def test_every_peak_matrix_layout_gives_the_same_activity(sim, tmp_path):
         assert got.uns["cellreasoner_io"]["input"] == layout
         assert list(got.obs_names) == cells
         np.testing.assert_allclose(got.layers["counts"].toarray(), want, err_msg=layout)
-    # cr.read sends an ATAC file through the same reader (annotation from $CELLREASONER_GTF)
+    # cr.read and annotate send an ATAC file through the same reader (the annotation from
+    # $CELLREASONER_GTF)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CELLREASONER_GTF", str(sim["gtf"]))
         got = cr.read(tmp_path / "multiome.h5mu")
+        result = cr.annotate(tmp_path / "peaks.h5ad", progress=False, cache=False)
     np.testing.assert_allclose(got.layers["counts"].toarray(), want)
+    assert result.provenance["atac"]["input"] == "peaks_h5ad"
+    assert result.provenance["input"].endswith("peaks.h5ad")
+    assert "peak counts overlapping" in result.provenance["atac"]["gene_activity"]
 
 
 def test_existing_gene_activity_matrices_are_used_as_is(sim, activity, tmp_path):

@@ -225,10 +225,12 @@ def open_input(data: Any, *, layer: str | None = None, use_raw: bool = False,
     """
     import numpy as np
 
+    from ..atac.read import atac_layout
     from ..matrix import from_anndata, from_h5ad
 
     stream = (isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad"
-              and not use_raw and Path(data).is_file() and _streamable(Path(data), layer))
+              and not use_raw and Path(data).is_file() and _streamable(Path(data), layer)
+              and atac_layout(Path(data)) is None)  # peaks become gene activity in memory
     adata, name = load_input(data, assay=assay, backed="r" if stream else None)
     if stream:
         source = from_h5ad(Path(data), layer=layer)
