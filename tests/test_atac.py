@@ -329,6 +329,18 @@ def test_snapatac2_counts_the_same_fragments(sim, tmp_path):
     assert snap.__version__ == snapped.uns["cellreasoner_io"]["snapatac2"]
     np.testing.assert_array_equal(snapped.layers["counts"].toarray(),
                                   native.layers["counts"].toarray())
+    # a snapATAC2 .h5ad (fragments imported into obsm by snapATAC2 itself) reads the same
+    from cellreasoner.atac.snap import _chrom_sizes
+
+    stored = snap.pp.import_fragments(path, chrom_sizes=_chrom_sizes(regions),
+                                      file=tmp_path / "snap.h5ad", whitelist=cells,
+                                      min_num_fragments=0, sorted_by_barcode=False)
+    stored.close()
+    got = read_atac(tmp_path / "snap.h5ad", gtf=regions)
+    assert got.uns["cellreasoner_io"]["input"] == "snapatac2"
+    order = pd.Index(native.obs_names).get_indexer(got.obs_names)
+    np.testing.assert_array_equal(got.layers["counts"].toarray(),
+                                  native.layers["counts"].toarray()[order])
 
 
 # --- prompts ----------------------------------------------------------------------------------

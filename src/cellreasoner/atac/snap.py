@@ -87,12 +87,15 @@ def snap_gene_matrix(p: Path, regions: GeneRegions) -> tuple[sp.csr_matrix, list
     snap = require("snapatac2", "atac", f"{_FEATURE} of a snapATAC2 .h5ad")
     with tempfile.TemporaryDirectory(prefix="cellreasoner-snap-") as tmp:
         try:
-            data = snap.read(p, backed=None)
+            data = snap.read(p, backed="r")  # snapATAC2's own reader (its compression)
         except Exception as exc:  # snapATAC2 raises plain exceptions from Rust
             raise InputError(f"snapATAC2 could not read {p} ({type(exc).__name__}: "
                              f"{exc}).") from exc
-        gm = _gene_matrix(snap, data, regions, Path(tmp))
-        counts, obs = _aligned(gm, None, regions)
+        try:
+            gm = _gene_matrix(snap, data, regions, Path(tmp))
+            counts, obs = _aligned(gm, None, regions)
+        finally:
+            data.close()
     info = {"annotation": regions.source, "genes": len(regions), "method": "snapatac2",
             "gene_activity": regions.describe(),
             "snapatac2": str(getattr(snap, "__version__", ""))}

@@ -16,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finished answers are cached (a killed run resumes where it stopped), and cluster mode "
         "asks once per cluster.",
     )
-    p.add_argument("input", help=".h5ad, Seurat .rds, 10x .h5 / matrix directory, CSV/TSV, or "
-                   "the demo names pbmc68k_reduced / pbmc_demo")
+    p.add_argument("input", help=".h5ad, Seurat .rds, 10x .h5 / matrix directory, CSV/TSV, "
+                   "scATAC-seq (fragments.tsv.gz, peak matrix, .h5mu: read as gene activity, "
+                   "see --gtf), or the demo names pbmc68k_reduced / pbmc_demo")
     p.add_argument("-o", "--output", required=True,
                    help="output .h5ad (annotated AnnData); a .csv or .parquet path writes only "
                    "the per-cell table (no matrix copy: the fastest output at atlas scale)")

@@ -6,7 +6,10 @@
 * Seurat ``.rds`` objects (v3/v4 ``Assay`` and v5 ``Assay5``, split layers included), read in
   pure Python with the ``rdata`` package, no R needed;
 * 10x Genomics ``filtered_feature_bc_matrix.h5`` and matrix-market directories;
-* dense ``.csv``/``.tsv`` tables (optionally gzipped), in either orientation.
+* dense ``.csv``/``.tsv`` tables (optionally gzipped), in either orientation;
+* scATAC-seq (10x fragment files, peak matrices, MuData ``.h5mu``, snapATAC2 ``.h5ad``): read
+  as log-normalised gene activity by :func:`cellreasoner.atac.read_atac`, with the default
+  gene annotation (``$CELLREASONER_GTF``).
 
 What was read and which matrix became ``X`` is logged and recorded in
 ``adata.uns["cellreasoner_io"]``. Every problem with the input is reported as one
