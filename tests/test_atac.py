@@ -305,6 +305,11 @@ def test_cells_come_from_cell_ranger_tables_and_the_tabix_index_is_accepted(sim,
         tmp_path / "per_barcode_metrics.csv", index=False)
     got = read_atac(frag, gtf=sim["gtf"], barcodes=tmp_path / "per_barcode_metrics.csv")
     assert list(got.obs_names) == cells[10:]
+    renamed = tmp_path / "sample1.tsv.gz"  # read_atac sniffs a fragment file by another name
+    renamed.write_bytes(frag.read_bytes())
+    again = read_atac(renamed, gtf=sim["gtf"], barcodes=tmp_path / "per_barcode_metrics.csv")
+    np.testing.assert_array_equal(again.layers["counts"].toarray(),
+                                  got.layers["counts"].toarray())
     regions = read_gene_annotation(sim["gtf"])
     np.testing.assert_array_equal(got.layers["counts"].toarray(),
                                   _brute_counts(sub, regions, 30)[10:])

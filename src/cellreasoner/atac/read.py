@@ -159,6 +159,8 @@ def read_atac(
         raise InputError(f"ATAC input not found: {p}. Pass a fragments.tsv.gz, a peak matrix "
                          "(.h5 / folder / .h5ad), a gene-activity .h5ad, or a MuData .h5mu.")
     layout = atac_layout(p)
+    if layout is None and _looks_like_fragments(p):  # a fragment file by another name
+        layout = "fragments"
     where = display_path(p)
     if layout == "fragments":
         return _from_fragments(p, gtf, barcodes, region_opts, method, chunk_lines, progress)
@@ -188,6 +190,26 @@ def read_atac(
 
     adata = read(p) if layout is None else _read_plain_h5ad(p)
     return _from_anndata(adata, layout or "gene_activity", where, gtf, region_opts)
+
+
+def _looks_like_fragments(p: Path) -> bool:
+    """Whether the first data line of a text file reads ``chrom, start, end, barcode, ...``."""
+    import gzip
+
+    if not p.is_file() or not p.name.lower().endswith(_FRAGMENT_SUFFIXES):
+        return False
+    try:
+        with open(p, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open(p, "rt") if gz else open(p)) as fh:
+            for _, line in zip(range(1000), fh, strict=False):
+                if line.startswith("#"):
+                    continue
+                f = line.rstrip("\n").split("\t")
+                return len(f) >= 4 and f[1].isdigit() and f[2].isdigit()
+    except (OSError, UnicodeDecodeError, EOFError):
+        return False
+    return False
 
 
 def _read_plain_h5ad(p: Path) -> AnnData:

@@ -10,12 +10,13 @@ families say little in accessibility. The profile therefore
   in this dataset (no sampled cell above the gene's background): they count as unmeasured,
   not absent;
 * reads each remaining marker relative to its own activity distribution across the cells:
-  below the gene's ``floor_quantile`` (its background) is no evidence, and evidence grows
-  linearly to full presence at ``full_fraction`` of the way from that floor to the gene's
-  ``top_quantile`` (its maximum where that quantile is still background: rare cell types).
+  its background is the activity at the gene's ``floor_quantile`` (open promoters and long
+  genes collect fragments in every cell), and evidence grows from there as RNA's does from
+  zero: full presence at the reasoner's ``level`` above that background.
 
-The thresholds are relative (quantiles of each gene), so nothing is tuned to a dataset's
-labels; they were chosen on activity simulated from labelled RNA (``bench/atac.py``).
+The threshold is relative (a quantile of each gene), so nothing is tuned to a dataset's
+labels. Scaling full presence to each gene's upper quantiles instead was tried on activity
+simulated from labelled RNA and scored lower (``bench/atac.py``).
 """
 
 from __future__ import annotations
@@ -47,20 +48,14 @@ class AtacProfile:
     floor_quantile
         The gene's background: activity at this quantile of the cells (zeros included) and
         below is no evidence (default 0.25).
-    top_quantile
-        The gene's high end across cells (default 0.99).
-    full_fraction
-        Full presence at this fraction of the way from floor to top (default 0.5).
     """
 
     floor_quantile: float = 0.25
-    top_quantile: float = 0.99
-    full_fraction: float = 0.5
 
     def thresholds(self, source: MatrixSource, reasoner: Reasoner
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(data columns of the measured markers, their floors, their full-presence widths);
-        unreliable and flat markers are left out."""
+        """(data columns of the measured markers, their backgrounds, the activity above it
+        that is full presence); unreliable and flat markers are left out."""
         from ...checks import log_normalize, looks_like_counts
 
         genes = [str(g) for g in source.var_names]
@@ -80,12 +75,9 @@ class AtacProfile:
             parts.append(block[:, cols])
         sample = sp.vstack(parts).toarray().astype(np.float32)
         floor = np.quantile(sample, self.floor_quantile, axis=0).astype(np.float32)
-        top = np.quantile(sample, self.top_quantile, axis=0).astype(np.float32)
-        peak = sample.max(axis=0)
-        top = np.where(top > floor, top, peak)  # a rare type's marker: its maximum
-        ok = peak > floor  # flat: no sampled cell above the background
-        width = ((top - floor) * self.full_fraction).astype(np.float32)
-        return cols[ok], floor[ok], width[ok]
+        ok = sample.max(axis=0) > floor  # flat: no sampled cell above the background
+        width = np.full(int(ok.sum()), reasoner.level, dtype=np.float32)
+        return cols[ok], floor[ok], width
 
     def calibrate(self, source: MatrixSource, reasoner: Reasoner) -> MatrixSource:
         """``source`` as the reasoner should read it: measured markers' activity mapped to
