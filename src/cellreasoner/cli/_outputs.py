@@ -35,6 +35,13 @@ def prepare_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
                          {"input": args.input, "--gene-list": _get(args, "gene_list")})
 
 
+def gene_activity_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """``gene-activity``: ``-o``; against the input, the annotation and the barcode list."""
+    return claim_outputs({"-o": args.output},
+                         {"input": args.input, "--gtf": _get(args, "gtf"),
+                          "--barcodes": _get(args, "barcodes")})
+
+
 def report_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
     """``report``: ``-o``; against the results and the pair table."""
     return claim_outputs({"-o": args.output},

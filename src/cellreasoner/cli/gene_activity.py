@@ -41,10 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Claim the output (checked, locked) before any work, then run."""
-    from ..io.write import claim_outputs
+    from ._outputs import gene_activity_outputs
 
-    with claim_outputs({"-o": args.output},
-                       {"input": args.input, "--gtf": args.gtf, "--barcodes": args.barcodes}):
+    with gene_activity_outputs(args):
         return _run(args)
 
 
