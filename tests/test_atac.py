@@ -199,8 +199,10 @@ def _expected_from_peaks(X, names, regions) -> np.ndarray:
     return X.toarray() @ overlap
 
 
-def _write_10x_peak_h5(path: Path, X: sp.csr_matrix, names, barcodes) -> None:
+def _write_10x_peak_h5(path: Path, X: sp.csr_matrix, names, barcodes,
+                       types=None) -> None:
     """The Cell Ranger ATAC/ARC ``filtered_peak_bc_matrix.h5`` layout."""
+    types = ["Peaks"] * len(names) if types is None else types
     M = sp.csc_matrix(X.T)  # features x cells, column-compressed by cell
     with h5py.File(path, "w") as f:
         g = f.create_group("matrix")
@@ -209,7 +211,7 @@ def _write_10x_peak_h5(path: Path, X: sp.csr_matrix, names, barcodes) -> None:
         g["shape"] = np.array(M.shape, dtype=np.int32)
         feat = g.create_group("features")
         feat["id"] = feat["name"] = np.array(names, dtype="S")
-        feat["feature_type"] = np.array(["Peaks"] * len(names), dtype="S")
+        feat["feature_type"] = np.array(types, dtype="S")
         feat["genome"] = np.array(["GRCh38"] * len(names), dtype="S")
         feat["_all_tag_keys"] = np.array([b"genome"])
 
@@ -223,6 +225,11 @@ def test_every_peak_matrix_layout_gives_the_same_activity(sim, tmp_path):
     want = _expected_from_peaks(X, names, regions)
     assert want.sum() > 0
     _write_10x_peak_h5(tmp_path / "filtered_peak_bc_matrix.h5", X, names, cells)
+    # a Multiome ARC matrix: genes first, then the peaks
+    arc = sp.hstack([sp.csr_matrix(np.ones((len(cells), 3), np.float32)), X]).tocsr()
+    _write_10x_peak_h5(tmp_path / "filtered_feature_bc_matrix.h5", arc,
+                       ["CD3E", "MS4A1", "LYZ", *names], cells,
+                       types=["Gene Expression"] * 3 + ["Peaks"] * len(names))
     mtx = tmp_path / "filtered_peak_bc_matrix"
     mtx.mkdir()
     mmwrite(str(mtx / "matrix.mtx"), sp.csc_matrix(X.T))
@@ -240,6 +247,7 @@ def test_every_peak_matrix_layout_gives_the_same_activity(sim, tmp_path):
     atac_mod = ad.AnnData(X=X, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=names))
     mudata.MuData({"rna": rna_mod, "atac": atac_mod}).write(tmp_path / "multiome.h5mu")
     for path, layout in ((tmp_path / "filtered_peak_bc_matrix.h5", "peaks_10x_h5"),
+                         (tmp_path / "filtered_feature_bc_matrix.h5", "peaks_10x_h5"),
                          (tmp_path, "peaks_mtx"), (tmp_path / "peaks.h5ad", "peaks_h5ad"),
                          (tmp_path / "multiome.h5mu", "h5mu")):
         got = read_atac(path, gtf=regions)

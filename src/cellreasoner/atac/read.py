@@ -71,12 +71,25 @@ def _h5_has(p: Path, *keys: str) -> bool:
         return False
 
 
-def atac_layout(p: Path) -> str | None:
+def _has_peak_features(p: Path) -> bool:
+    """A 10x ``.h5`` with ``Peaks`` features (a Multiome ARC matrix holds genes and peaks)."""
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            ds = f.get("matrix/features/feature_type")
+            return ds is not None and b"Peaks" in set(ds[:].tolist())
+    except OSError:
+        return False
+
+
+def atac_layout(p: Path, *, atac: bool = False) -> str | None:
     """The ATAC layout of the file ``p``, or ``None`` when it is not an ATAC input.
 
     One of ``fragments``, ``h5mu``, ``snapatac2``, ``peaks_h5ad``, ``peaks_10x_h5``,
     ``peaks_mtx``. A gene-activity ``.h5ad`` reads like RNA, so it is ``None`` here (pass it
-    to :func:`read_atac` to have it recorded as ATAC).
+    to :func:`read_atac` to have it recorded as ATAC). ``atac=True`` (the caller asked for
+    ATAC) also takes the peaks of a 10x Multiome ``.h5`` that holds genes first.
     """
     name = p.name.lower()
     if p.is_file() and is_fragment_file(p):
@@ -92,8 +105,9 @@ def atac_layout(p: Path) -> str | None:
         if _h5_has(p, *(f"obsm/{k}" for k in SNAP_FRAGMENT_KEYS)):
             return "snapatac2"
         return "peaks_h5ad" if peak_fraction(_h5_var_names(p)) > 0.5 else None
-    if name.endswith((".h5", ".hdf5")) and p.is_file():
-        return "peaks_10x_h5" if peak_fraction(_h5_var_names(p)) > 0.5 else None
+    is_h5 = name.endswith((".h5", ".hdf5")) and p.is_file()
+    if is_h5 and (peak_fraction(_h5_var_names(p)) > 0.5 or (atac and _has_peak_features(p))):
+        return "peaks_10x_h5"
     return None
 
 
@@ -158,7 +172,7 @@ def read_atac(
     if not p.exists():
         raise InputError(f"ATAC input not found: {p}. Pass a fragments.tsv.gz, a peak matrix "
                          "(.h5 / folder / .h5ad), a gene-activity .h5ad, or a MuData .h5mu.")
-    layout = atac_layout(p)
+    layout = atac_layout(p, atac=True)
     if layout is None and _looks_like_fragments(p):  # a fragment file by another name
         layout = "fragments"
     where = display_path(p)
