@@ -25,6 +25,7 @@ import cellreasoner as cr
 POSITIONAL = {
     "pp.prepare": ("data", "output"),  # the input and the output file, as ``cellreasoner prepare``
     "pp.sentences": ("adata_or_source", "gene_list"),
+    "pp.gene_activity": ("data",),  # scATAC-seq input -> gene activity (cr.read_atac)
     "tl.annotate": ("adata", "backend"),  # the model, as celltypist.annotate(adata, model)
     "tl.audit": ("adata", "labels"),  # the column audited, as ``cellreasoner audit --labels``
     "tl.annotate_markers": ("table", "backend"),  # as tl.annotate, a marker table for the data

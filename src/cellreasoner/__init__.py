@@ -5,6 +5,7 @@ The front door (scanpy/CellTypist style)::
     import cellreasoner as cr
 
     adata = cr.read("pbmc.h5ad")                # .h5ad, Seurat .rds, 10x, CSV
+    atac = cr.read_atac("fragments.tsv.gz", gtf="genes.gtf")  # scATAC: gene activity
     result = cr.annotate(adata)                  # built-in reasoner, no download
     result.to_csv("labels.csv")                  # adata.obs has cellreasoner_* columns
     cr.evaluate(adata, truth="cell_type").summary
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "read": "cellreasoner.io:read",
+    "read_atac": "cellreasoner.atac:read_atac",
     "build_sentences": "cellreasoner.sentences:build_sentences",
     "CellSentences": "cellreasoner.sentences:CellSentences",
     "get_backend": "cellreasoner.backends:get_backend",
@@ -43,6 +45,7 @@ _EXPORTS = {
     "tl": "cellreasoner.tl",
     "pl": "cellreasoner.pl",
     "datasets": "cellreasoner.datasets",
+    "atac": "cellreasoner.atac",
 }
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -62,15 +62,29 @@ def resolve_prompt_style(style: str, model: str | None) -> str:
     return "cellreasoner" if trained else "neutral"
 
 
+#: What the accessibility option adds after the published instruction (ATAC input).
+ACCESSIBILITY_NOTE = (" The genes are ranked by chromatin accessibility (scATAC-seq gene "
+                      "activity: fragments over the gene body and promoter), not by RNA "
+                      "expression.")
+
+
 def neutral_instruction(reasoning: bool, tissue: str | None = None,
-                        cluster: bool = False) -> str:
+                        cluster: bool = False, accessibility: bool = False) -> str:
     """An instruction for general chat models: what the genes are, where the cells come
-    from (``tissue``), and how to answer — nothing about tumours."""
-    what = ("the top marker genes of one cluster of cells" if cluster
-            else "genes expressed in one cell")
+    from (``tissue``), and how to answer — nothing about tumours. ``accessibility``: the
+    genes are ranked by chromatin accessibility (scATAC-seq gene activity)."""
+    if accessibility:
+        what = ("the top marker genes by gene activity of one cluster of cells" if cluster
+                else "genes with the highest gene activity (chromatin accessibility over the "
+                "gene body and promoter) in one cell")
+        assay = "single-cell ATAC-seq"
+    else:
+        what = ("the top marker genes of one cluster of cells" if cluster
+                else "genes expressed in one cell")
+        assay = "single-cell RNA-seq"
     where = f" on human {tissue.strip()} tissue" if tissue and tissue.strip() else ""
     text = (f"You are an expert in single-cell transcriptomics. The user lists {what} in a "
-            f"single-cell RNA-seq experiment{where}. Identify the cell type. ")
+            f"{assay} experiment{where}. Identify the cell type. ")
     if reasoning:
         return text + ("Reason step by step inside <think></think>, then after </think> "
                        "give only the cell type name.")
@@ -78,16 +92,19 @@ def neutral_instruction(reasoning: bool, tissue: str | None = None,
 
 
 def resolve_instruction(instruction: str | None, *, reasoning: bool, style: str,
-                        tissue: str | None = None, cluster: bool = False) -> str:
+                        tissue: str | None = None, cluster: bool = False,
+                        accessibility: bool = False) -> str:
     """The system instruction of a run.
 
     ``instruction`` is ``None`` (the style's text for the mode), ``"direct"`` /
     ``"reasoning"`` (the upstream text of that mode), or the path of a text file.
-    In the CellReasoner style a tissue adds a sentence after the upstream text.
+    In the CellReasoner style a tissue adds a sentence after the upstream text, and
+    ``accessibility`` (default off) :data:`ACCESSIBILITY_NOTE` (the genes are ranked by
+    chromatin accessibility); the neutral style says so in its own text.
     """
     if instruction is None:
         if style == "neutral":
-            return neutral_instruction(reasoning, tissue, cluster)
+            return neutral_instruction(reasoning, tissue, cluster, accessibility)
         text = instruction_for(reasoning)
     elif instruction in NAMED_INSTRUCTIONS:
         text = NAMED_INSTRUCTIONS[instruction]
@@ -105,6 +122,8 @@ def resolve_instruction(instruction: str | None, *, reasoning: bool, style: str,
             raise InputError(f"instruction file {path} is empty; write the system "
                              "instruction into it.")
         return text
+    if accessibility:
+        text += ACCESSIBILITY_NOTE
     if tissue and tissue.strip():
         text += f" The cells come from {tissue.strip()} tissue."
     return text

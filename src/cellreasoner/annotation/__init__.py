@@ -81,6 +81,7 @@ def annotate(
     marker_order: str = "ranked",
     tissue: str | None = None,
     species: str = "auto",
+    accessibility_prompt: bool | None = None,
     key_added: str = "cellreasoner",
     cache: str | os.PathLike | bool | None = None,
     batch_size: int = 256,
@@ -170,6 +171,12 @@ def annotate(
         through their Ensembl 105 orthologs, plus mouse-only markers such as Ly6c2), and model
         prompts order the mouse genes by the published list's orthologs. Recorded in the
         provenance (``species``, ``species_detection``).
+    accessibility_prompt
+        Model backends: the instruction says the genes are ranked by chromatin accessibility
+        (gene activity), not expression. Default ``None``: on for scATAC-seq input
+        (:func:`cellreasoner.read_atac`) with the neutral prompt style, off with the published
+        CellReasoner instruction (kept byte for byte). The built-in reasoner reads the
+        input's modality itself (its ATAC profile).
     key_added
         Prefix of the ``obs`` columns and the ``uns`` key (default ``"cellreasoner"``).
     cache
@@ -279,11 +286,17 @@ def annotate(
     # a matrix backend reads no instruction (its cluster prompts keep the upstream text)
     style = (resolve_prompt_style(prompt_style, be.model) if caps.reads == "prompts"
              else "cellreasoner")
+    from ..atac.read import MODALITY, input_modality
+
+    modality = input_modality(adata)
+    if accessibility_prompt is None:
+        accessibility_prompt = modality == MODALITY and style == "neutral"
     run = _Run(be=be, adata=adata, source=source, genes=genes, sampling=sampling,
                reasoning=reasoning, mode=mode, max_genes=int(max_genes), batch_size=batch_size,
                instruction=resolve_instruction(
                    instruction, reasoning=reasoning, style=style,
-                   tissue=None if caps.tissue else tissue, cluster=mode == "cluster"),
+                   tissue=None if caps.tissue else tissue, cluster=mode == "cluster",
+                   accessibility=bool(accessibility_prompt)),
                use_matrix=use_matrix, prompt_style=style,
                n_markers=int(n_markers) if n_markers is not None else default_n_markers(style))
     cache_path = None if use_matrix else resolve_cache_path(cache)
@@ -291,7 +304,7 @@ def annotate(
         if own_backend:
             stack.callback(be.close)
         be.configure(RunContext(tuple(genes), int(max_genes), tissue, bool(reasoning),
-                                found.species))
+                                found.species, modality))
         if cache_path is not None:
             run.cache = GenerationCache(cache_path, be.name, be.model, sampling)
             stack.callback(run.cache.close)
@@ -526,6 +539,9 @@ def _provenance(run: _Run, describe: dict, *, n: int, seconds: float, gene_list,
     read_info = run.adata.uns.get(UNS_KEY) if hasattr(run.adata, "uns") else None
     if isinstance(read_info, dict) and read_info.get("assay"):
         provenance["assay"] = str(read_info["assay"])
+    from ..atac.read import atac_provenance
+
+    provenance.update(atac_provenance(read_info))
     if tissue:
         provenance["tissue"] = tissue
     if run.mode in ("cluster", "hybrid"):

@@ -110,6 +110,9 @@ class RunContext:
     species
         The data's species (``"human"`` or ``"mouse"``): its gene symbols are that
         species' (:mod:`cellreasoner.species`).
+    modality
+        What the matrix measures: ``"rna"`` (expression, default) or ``"atac"`` (gene
+        activity from chromatin accessibility, see :mod:`cellreasoner.atac`).
     """
 
     gene_list: tuple[str, ...]
@@ -117,6 +120,7 @@ class RunContext:
     tissue: str | None = None
     reasoning: bool = False
     species: str = "human"
+    modality: str = "rna"
 
 
 @dataclass

@@ -15,7 +15,8 @@ from .._secrets import install_log_redaction, redact_text
 from ..errors import CellReasonerError, OutputError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("prepare", "annotate", "annotate_markers", "audit", "evaluate", "report", "train")
+COMMANDS = ("prepare", "annotate", "annotate_markers", "audit", "gene_activity", "evaluate",
+            "report", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

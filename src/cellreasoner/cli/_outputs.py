@@ -25,7 +25,8 @@ def annotate_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
         {"input": args.input, "--cache": _get(args, "cache"),
          "--gene-list": _get(args, "gene_list"), "--markers": _get(args, "markers"),
          "--cluster-markers": _get(args, "cluster_markers"),
-         "--truth-map": _get(args, "truth_map")},
+         "--truth-map": _get(args, "truth_map"), "--gtf": _get(args, "gtf"),
+         "--barcodes": _get(args, "barcodes")},
     )
 
 
@@ -42,6 +43,13 @@ def prepare_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
     """``prepare``: ``-o``; against the input and the gene list."""
     return claim_outputs({"-o": args.output},
                          {"input": args.input, "--gene-list": _get(args, "gene_list")})
+
+
+def gene_activity_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """``gene-activity``: ``-o``; against the input, the annotation and the barcode list."""
+    return claim_outputs({"-o": args.output},
+                         {"input": args.input, "--gtf": _get(args, "gtf"),
+                          "--barcodes": _get(args, "barcodes")})
 
 
 def report_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:

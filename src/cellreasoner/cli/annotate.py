@@ -16,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finished answers are cached (a killed run resumes where it stopped), and cluster mode "
         "asks once per cluster.",
     )
-    p.add_argument("input", help=".h5ad, Seurat .rds, 10x .h5 / matrix directory, CSV/TSV, or "
-                   "the demo names pbmc68k_reduced / pbmc_demo")
+    p.add_argument("input", help=".h5ad, Seurat .rds, 10x .h5 / matrix directory, CSV/TSV, "
+                   "scATAC-seq (fragments.tsv.gz, peak matrix, .h5mu: read as gene activity, "
+                   "see --gtf), or the demo names pbmc68k_reduced / pbmc_demo")
     p.add_argument("-o", "--output", required=True,
                    help="output .h5ad (annotated AnnData); a .csv or .parquet path writes only "
                    "the per-cell table (no matrix copy: the fastest output at atlas scale)")
@@ -108,6 +109,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): read from the gene symbols' case (Cd3e: mouse, CD3E: "
                    "human); mouse data keeps its own symbols (orthologs: Ensembl 105, "
                    "downloaded once with a pinned hash, or $CELLREASONER_ORTHOLOGS)")
+    from .gene_activity import add_atac_options
+
+    add_atac_options(p)
+    p.add_argument("--accessibility-prompt", action=argparse.BooleanOptionalAction,
+                   default=None, help="model backends: say that the genes are ranked by "
+                   "chromatin accessibility (default: on for ATAC input with the neutral "
+                   "prompt style, off with the published CellReasoner instruction)")
     p.add_argument("--key-added", default="cellreasoner", help="obs column prefix")
     p.add_argument("--cellxgene", action="store_true",
                    help="also write obs['cell_type_ontology_term_id'] (CELLxGENE schema; "
@@ -187,8 +195,13 @@ def _run(args: argparse.Namespace) -> int:
         read_truth_map(args.truth_map)
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--report {args.report}: use an .html path.")
+    data = args.input
+    if args.gtf or args.barcodes:  # an ATAC input read with the given annotation / cells
+        from ..atac import read_atac
+
+        data = read_atac(args.input, gtf=args.gtf, barcodes=args.barcodes)
     result = annotate(
-        args.input, args.backend, model=args.model, reasoning=args.reasoning,
+        data, args.backend, model=args.model, reasoning=args.reasoning,
         prompt_style=args.prompt_style, instruction=args.instruction, mode=args.mode,
         by=args.by, resolution=args.resolution, n=args.n, temperature=args.temperature,
         top_p=args.top_p,
@@ -197,6 +210,7 @@ def _run(args: argparse.Namespace) -> int:
         use_raw=args.use_raw, assay=args.assay, label_key=args.label_column,
         cluster_markers=args.cluster_markers, n_markers=args.n_markers, tissue=args.tissue,
         species=args.species,
+        accessibility_prompt=args.accessibility_prompt,
         key_added=args.key_added, cache=False if args.no_cache else args.cache,
         batch_size=args.batch_size, backend_options=backend_options(args),
         progress=not args.no_progress, deliberate=args.deliberate,

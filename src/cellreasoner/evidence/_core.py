@@ -141,9 +141,10 @@ _LIST_SEP = re.compile(r"^[\s,/&]*(?:(?:and|or|nor|as\s+well\s+as)[\s,]*)?$", re
 
 
 #: Clause heads after which the next clause names the conclusion (a cell type), not evidence:
-#: "Final: CD8-positive T cell", "Answer: CD4+ T cells", "Own expression alone: CD4-positive ...".
+#: "Final: CD8-positive T cell", "Answer: CD4+ T cells", "Own expression alone: CD4-positive ..."
+#: ("Own gene activity alone" in ATAC traces).
 _CONCLUSION_HEAD = re.compile(r"(?:^|\W)(?:final(?:\s+answer)?|answer|"
-                              r"own\s+(?:markers|expression)\s+alone)"
+                              r"own\s+(?:markers|expression|gene\s+activity)\s+alone)"
                               r"\W*$", re.I)
 #: An arrow ends the evidence part of a clause: "CD3E, CD8A present → CD8-positive T cell".
 _ARROW = re.compile(r"→|->|=>|⇒")

@@ -6,7 +6,10 @@
 * Seurat ``.rds`` objects (v3/v4 ``Assay`` and v5 ``Assay5``, split layers included), read in
   pure Python with the ``rdata`` package, no R needed;
 * 10x Genomics ``filtered_feature_bc_matrix.h5`` and matrix-market directories;
-* dense ``.csv``/``.tsv`` tables (optionally gzipped), in either orientation.
+* dense ``.csv``/``.tsv`` tables (optionally gzipped), in either orientation;
+* scATAC-seq (10x fragment files, peak matrices, MuData ``.h5mu``, snapATAC2 ``.h5ad``): read
+  as log-normalised gene activity by :func:`cellreasoner.atac.read_atac`, with the default
+  gene annotation (``$CELLREASONER_GTF``).
 
 What was read and which matrix became ``X`` is logged and recorded in
 ``adata.uns["cellreasoner_io"]``. Every problem with the input is reported as one
@@ -90,6 +93,15 @@ def read(
         raise InputError(
             f"Input not found: {p}. Check the path (relative paths start at {Path.cwd()})."
         )
+    from ..atac.read import atac_layout
+
+    if atac_layout(p) is not None:  # fragments, peaks, .h5mu: gene activity (cr.read_atac)
+        if layer is not None or assay is not None or backed:
+            raise InputError(f"{p} is scATAC-seq data, read as gene activity: layer=, assay= "
+                             "and backed= do not apply (see cellreasoner.read_atac).")
+        from ..atac import read_atac
+
+        return read_atac(p)
     fmt = detect_format(p)
     if backed and fmt != "h5ad":
         raise InputError(
@@ -216,10 +228,12 @@ def open_input(data: Any, *, layer: str | None = None, use_raw: bool = False,
     """
     import numpy as np
 
+    from ..atac.read import atac_layout
     from ..matrix import from_anndata, from_h5ad
 
     stream = (isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad"
-              and not use_raw and Path(data).is_file() and _streamable(Path(data), layer))
+              and not use_raw and Path(data).is_file() and _streamable(Path(data), layer)
+              and atac_layout(Path(data)) is None)  # peaks become gene activity in memory
     adata, name = load_input(data, assay=assay, backed="r" if stream else None)
     if stream:
         source = from_h5ad(Path(data), layer=layer)

@@ -92,6 +92,7 @@ class BuiltinBackend(Backend):
         self.species = "human"
         self.max_genes = DEFAULT_MAX_GENES if max_genes is None else int(max_genes)
         self._gene_list = self._resolve_gene_list(gene_list)
+        self.modality = "rna"
 
     @staticmethod
     def _resolve_gene_list(gene_list) -> list[str] | None:
@@ -126,6 +127,9 @@ class BuiltinBackend(Backend):
             self.reasoner = Reasoner(self._species_markers(species), want, **self._options)
             self.model = self.reasoner.model
             self.tissue, self.species = want, species
+        # gene activity (scATAC-seq) is read through the ATAC profile, its traces say so
+        self.modality = context.modality
+        self.reasoner.modality = context.modality
 
     def _species_markers(self, species: str) -> MarkerDB | str | os.PathLike | None:
         """The knowledge base for ``species``: as given for human, translated for mouse."""
@@ -177,6 +181,10 @@ class BuiltinBackend(Backend):
         from ._stream import EvidenceSpec
 
         spec = EvidenceSpec(tuple(self._sentence_genes(source)), self.max_genes)
+        if self.modality == "atac":
+            from .atac import AtacProfile
+
+            source = AtacProfile().calibrate(source, self.reasoner)
         for block in self.reasoner.iter_blocks(source, connectivities, evidence=spec):
             res = block.result
             fraction, flag, present, absent = block.evidence
@@ -211,6 +219,8 @@ class BuiltinBackend(Backend):
             "species": self.species,
             "smoothing": self.reasoner.smoothing,
             "refine": self.reasoner.refine,
+            **({"profile": "atac (gene activity relative to each marker's distribution)"}
+               if self.modality == "atac" else {}),
         }
 
 

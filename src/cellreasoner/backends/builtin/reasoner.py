@@ -177,6 +177,10 @@ class Reasoner(Inputs, Scoring, Decisions):
         Decisive cells each subtype needs before a classifier is trained (default 10).
     """
 
+    #: What the matrix measures: ``"rna"`` or ``"atac"`` (gene activity): the traces' wording
+    #: (set by the backend for each run; see :data:`.traces.WORDING`).
+    modality: str = "rna"
+
     def __init__(
         self,
         markers: MarkerDB | str | os.PathLike | None = None,

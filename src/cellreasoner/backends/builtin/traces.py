@@ -36,6 +36,11 @@ _STEP = 6
 _VIA_KNN = " (from the kNN neighbours)"
 _VIA_CLF = " (by a classifier trained on this dataset's cells with decisive markers)"
 _NOTE = " (Own expression alone: {}; the call uses the kNN neighbours' shared evidence.)"
+#: How a trace words the evidence, per input modality (see ``Reasoner.modality``): what
+#: follows the present markers, and the note's head on what the cell's own markers say.
+#: ATAC evidence is gene activity (accessibility), not expression.
+WORDING = {"rna": (" present", "Own expression alone"),
+           "atac": (" gene activity high", "Own gene activity alone")}
 #: Words the evidence parser reads as structure (negation cues, clause breaks, conclusion
 #: heads, list words, stop words): a gene symbol spelling one of them is checked by the
 #: parser itself.
@@ -96,6 +101,7 @@ class TraceWriter:
         self._tname = np.array(list(r.names), dtype=object)
         self._oname = np.array([*r.names, UNKNOWN], dtype=object)  # -1: Unknown
         self._cl = np.array([f"{r.names[t]} ({r.cl_ids[t]})" for t in range(T)], dtype=object)
+        self._present, self._own = WORDING[getattr(r, "modality", "rna")]
         self.vocabulary = None
         self.numbers_plain = True
         if vocabulary is not None:
@@ -216,7 +222,7 @@ class TraceWriter:
         tail = np.full(U, ".", dtype=object)
         noted = np.flatnonzero(uniq[:, 6] != -2)
         if len(noted):
-            tail[noted] = (". (Own expression alone: " + self._oname[uniq[noted, 6]]
+            tail[noted] = (f". ({self._own}: " + self._oname[uniq[noted, 6]]
                            + "; the call uses the kNN neighbours' shared evidence.)")
         return head, mid, tail
 
@@ -225,7 +231,7 @@ class TraceWriter:
         pos, has_pos = _join(step[:, :4], self._name, ", ")
         neg, has_neg = _join(step[:, 4:], self._no, ", ")
         out = np.full(len(step), "weak marker evidence", dtype=object)
-        out[has_pos] = pos[has_pos] + " present"
+        out[has_pos] = pos[has_pos] + self._present
         both = has_pos & has_neg
         out[both] = out[both] + ", " + neg[both]
         only = has_neg & ~has_pos
@@ -250,9 +256,9 @@ class TraceWriter:
         # numbers and the fixed wording never read as genes (else every key is parsed)
         self.numbers_plain = not any(re.fullmatch(r"[0-9.\-]+", g) for g in self._vocab_set)
         samples = [
-            f"zzqx present, no zzqx → zzqx; weak marker evidence → zzqx{_VIA_KNN}; weak "
+            f"zzqx{self._present}, no zzqx → zzqx; weak marker evidence → zzqx{_VIA_KNN}; weak "
             f"marker evidence → zzqx{_VIA_CLF}. Final: zzqx (CL:0000000), confidence 0.00."
-            " (Own expression alone: zzqx; the call uses the kNN neighbours' shared evidence.)",
+            f" ({self._own}: zzqx; the call uses the kNN neighbours' shared evidence.)",
             "no marker genes measured: no lineage has enough marker evidence (best zzqx, "
             "score 0.00) → Unknown, confidence 0.00.",
             "weak marker evidence → zzqx; weak marker evidence → zzqx; contradictory lineage "
