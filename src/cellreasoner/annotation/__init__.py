@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..backends import Backend, RunContext, backend_class, get_backend
+from ..distributed.cluster import ENGINES, connect
 from ..errors import BackendError, InputError
 from ..io import UNS_KEY
 from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
@@ -85,6 +86,11 @@ def annotate(
     backend_options: dict | None = None,
     copy: bool = False,
     progress: bool | Callable[[float], None] = True,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    manifest: str | os.PathLike | None = None,
+    num_gpus: float = 0,
 ) -> AnnotationResult:
     """Annotate every cell of ``adata`` with a cell type, confidence and reasoning.
 
@@ -165,6 +171,22 @@ def annotate(
         Annotate a copy and leave ``adata`` untouched (default False: write into ``adata``).
     progress
         Show a progress bar on a terminal (default True), or a callback ``advance(cells)``.
+    engine
+        ``"local"`` (default): this process; ``"ray"``: chunks of cells (built-in reasoner)
+        or blocks of unique prompts (model backends, one replica per worker) answered on a
+        Ray cluster (:mod:`cellreasoner.distributed`; ``pip install 'cellreasoner[ray]'``),
+        with the same answers as ``"local"``. The SQLite ``cache`` is not used: the
+        ``manifest`` is the Ray engine's resume.
+    address
+        Ray engine: the cluster (``"auto"``, ``"ray://host:10001"``; default: the Ray session
+        this process started, else a local one of ``workers`` CPUs).
+    workers
+        Ray engine: tasks or backend replicas at a time (default: the cluster's CPUs).
+    manifest
+        Ray engine: the run manifest folder (finished blocks; a rerun with the same settings
+        skips them). Default ``None``: none (the CLI keeps one beside the output).
+    num_gpus
+        Ray engine: GPUs per backend replica (``transformers``, ``vllm``; default 0).
 
     Returns
     -------
@@ -185,6 +207,8 @@ def annotate(
 
     t0 = time.perf_counter()
     _check_options(mode, n, batch_size, key_added, cluster_markers)
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {', '.join(ENGINES)}, not '{engine}'.")
     from ..checks import prefer_raw
     from ..io import open_input
     from ..matrix import from_anndata
@@ -214,23 +238,40 @@ def annotate(
         log.warning("n=%d self-consistency samples at temperature %s will be near-identical; "
                     "pass a higher temperature (e.g. 0.6) for a meaningful agreement.",
                     sampling.n, sampling.temperature)
-    be, own_backend = _backend(backend, model, backend_options)
-    # a matrix backend reads no instruction (its cluster prompts keep the upstream text)
-    style = (resolve_prompt_style(prompt_style, be.model) if caps.reads == "prompts"
-             else "cellreasoner")
-    run = _Run(be=be, adata=adata, source=source, genes=genes, sampling=sampling,
-               reasoning=reasoning, mode=mode, max_genes=int(max_genes), batch_size=batch_size,
-               instruction=resolve_instruction(
-                   instruction, reasoning=reasoning, style=style,
-                   tissue=None if caps.tissue else tissue, cluster=mode == "cluster"),
-               use_matrix=use_matrix, prompt_style=style,
-               n_markers=int(n_markers) if n_markers is not None else default_n_markers(style))
-    cache_path: Path | None = None
-    if cache is not False and not use_matrix:
-        cache_path = default_cache_path() if cache in (None, True) else Path(cache)
     with ExitStack() as stack:
+        ray_run = None
+        if engine == "ray":
+            ray_run = _RayRun(stack.enter_context(connect(address, workers)), num_gpus)
+            ray_run.manifest = _manifest(
+                manifest, adata, input_name, backend, model, backend_options,
+                [sampling.to_dict(), mode, reasoning, prompt_style, str(instruction), tissue,
+                 max_genes, genes, batch_size, by, layer, use_raw, n_markers, marker_order])
+        pool = ray_run is not None and not use_matrix
+        if pool:  # every unique prompt goes to the pool at once: it cuts them into blocks
+            be, own_backend = _replica_pool(backend, model, backend_options, ray_run,
+                                            batch_size)
+        else:
+            be, own_backend = _backend(backend, model, backend_options)
         if own_backend:
             stack.callback(be.close)
+        # a matrix backend reads no instruction (its cluster prompts keep the upstream text)
+        style = (resolve_prompt_style(prompt_style, be.model) if caps.reads == "prompts"
+                 else "cellreasoner")
+        run = _Run(be=be, adata=adata, source=source, genes=genes, sampling=sampling,
+                   reasoning=reasoning, mode=mode, max_genes=int(max_genes),
+                   batch_size=batch_size,
+                   instruction=resolve_instruction(
+                       instruction, reasoning=reasoning, style=style,
+                       tissue=None if caps.tissue else tissue, cluster=mode == "cluster"),
+                   use_matrix=use_matrix, prompt_style=style,
+                   n_markers=(int(n_markers) if n_markers is not None
+                              else default_n_markers(style)),
+                   ray=ray_run)
+        if pool:
+            run.batch_size = 1 << 40
+        cache_path: Path | None = None
+        if cache is not False and not use_matrix and ray_run is None:
+            cache_path = default_cache_path() if cache in (None, True) else Path(cache)
         be.configure(RunContext(tuple(genes), int(max_genes), tissue, bool(reasoning)))
         if cache_path is not None:
             run.cache = GenerationCache(cache_path, be.name, be.model, sampling)
@@ -251,6 +292,8 @@ def annotate(
         input_name=input_name, tissue=tissue, clusters_df=clusters_df,
         unique_prompts=unique_prompts)
     provenance.update(_failure_counts(table, run.stats))
+    if ray_run is not None:
+        provenance.update(ray_run.provenance(be if pool else None))
     result = AnnotationResult(table=table, provenance=provenance, adata=adata,
                               key_added=key_added, truth=_truth(adata, label_key, table),
                               clusters=clusters_df)
@@ -281,6 +324,7 @@ class _Run:
     advance: Callable[[float], None] | None = None
     groups: pd.Series | None = None
     by_key: str | None = None
+    ray: _RayRun | None = None
 
     def __post_init__(self) -> None:
         self.stats = Stats()
@@ -289,6 +333,60 @@ class _Run:
     def vocabulary(self) -> list[str]:
         """Symbols the evidence check recognises: the gene list, then the data's genes."""
         return list(dict.fromkeys([*self.genes, *map(str, self.source.var_names)]))
+
+
+@dataclass
+class _RayRun:
+    """The Ray engine's share of a run: the cluster, the manifest, GPUs per replica."""
+
+    cluster: object
+    num_gpus: float = 0
+    manifest: object | None = None
+
+    def provenance(self, pool) -> dict:
+        """What ``uns`` records about the Ray engine (blocks read back from the manifest)."""
+        out = {"engine": "ray", "workers": int(self.cluster.workers)}
+        if self.manifest is not None:
+            out["manifest"] = str(self.manifest.folder)
+            out["manifest_blocks"] = len(self.manifest.blocks)
+            out["skipped_blocks"] = int(self.manifest.skipped)
+        if pool is not None:
+            out["prompts_asked"] = int(pool.asked)
+        return out
+
+
+def _manifest(folder, adata, input_name: str, backend, model, backend_options,
+              settings: list):
+    """The run manifest in ``folder`` (``None``: no manifest), keyed by what decides the
+    answers: the input (its path, size and time), the backend and the settings."""
+    if folder is None:
+        return None
+    from ..distributed.manifest import RunManifest
+
+    given = str(input_name)
+    if given and Path(given).is_file():
+        st = Path(given).stat()
+        given = f"{Path(given).resolve()} {st.st_size} {st.st_mtime_ns}"
+    name = backend if isinstance(backend, str) else type(backend).__name__
+    options = sorted((k, str(v)) for k, v in (backend_options or {}).items())
+    return RunManifest(folder, {"input": given, "n_obs": int(adata.n_obs), "backend": name,
+                                "model": model, "options": options, "settings": settings})
+
+
+def _replica_pool(backend, model: str | None, backend_options: dict | None, ray_run: _RayRun,
+                  batch_size: int) -> tuple[Backend, bool]:
+    """The Ray engine's pool of backend replicas (the backend must be given by name)."""
+    if isinstance(backend, Backend):
+        raise InputError("engine='ray' runs a prompt backend as replicas on the workers: give "
+                         "it by name (backend='openai', backend_options={...}), not as an "
+                         "object.")
+    from ..distributed.prompts import ReplicaPool
+
+    options = dict(backend_options or {})
+    if model is not None:
+        options["model"] = model
+    return ReplicaPool(backend, options, ray_run.cluster, block_size=batch_size,
+                       num_gpus=ray_run.num_gpus, manifest=ray_run.manifest), True
 
 
 def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_markers) -> None:
@@ -392,7 +490,14 @@ def _matrix_answers(run: _Run) -> list:
     """A matrix backend's answer blocks for every cell, in order."""
     adata, be = run.adata, run.be
     conn = adata.obsp.get("connectivities", None)
-    blocks = list(be.annotate_matrix(run.source, connectivities=conn, progress=run.advance))
+    if run.ray is not None:
+        from ..distributed.matrix import matrix_answers
+
+        blocks = matrix_answers(be, run.source, run.ray.cluster, connectivities=conn,
+                                manifest=run.ray.manifest, progress=run.advance)
+    else:
+        blocks = list(be.annotate_matrix(run.source, connectivities=conn,
+                                         progress=run.advance))
     n = sum(len(b) for b in blocks)
     if n != adata.n_obs:
         raise BackendError(f"Backend '{be.name}' returned {n} answers for "

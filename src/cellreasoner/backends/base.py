@@ -184,6 +184,14 @@ class Backend(ABC):
         """
         raise NotImplementedError(f"backend '{self.name}' does not read expression matrices")
 
+    def chunk_job(self, source: MatrixSource):
+        """A matrix backend's self-contained (picklable) work on chunks of ``source``, for the
+        Ray engine (:mod:`cellreasoner.distributed`): ``needs_pass_one(connectivities)``,
+        ``score(chunk, start, keep_scores)``, ``plan(source, connectivities, scores)`` and
+        ``answer(chunk, start, plan) -> CellAnswers``. Only matrix backends that scale out
+        implement it."""
+        raise NotImplementedError(f"backend '{self.name}' cannot answer chunks on Ray workers")
+
     def describe(self) -> dict:
         """Provenance for ``adata.uns['cellreasoner']``."""
         return {"backend": self.name, "model": self.model}

@@ -76,11 +76,9 @@ def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
     answer = ChunkAnswerer(r, genes, reasoning=reasoning, evidence=evidence)
     start = 0
     for chunk in source.iter_chunks(chunk_size):
-        n = chunk.shape[0]
-        if n == 0:
-            continue
-        yield answer(chunk, start, plan)
-        start += n
+        if chunk.shape[0]:
+            yield answer(chunk, start, plan)
+            start += chunk.shape[0]
 
 
 @dataclass
