@@ -91,6 +91,7 @@ def annotate(
     workers: int | None = None,
     manifest: str | os.PathLike | None = None,
     num_gpus: float = 0,
+    chunk_size: int | None = None,
 ) -> AnnotationResult:
     """Annotate every cell of ``adata`` with a cell type, confidence and reasoning.
 
@@ -187,6 +188,9 @@ def annotate(
         skips them). Default ``None``: none (the CLI keeps one beside the output).
     num_gpus
         Ray engine: GPUs per backend replica (``transformers``, ``vllm``; default 0).
+    chunk_size
+        Ray engine, built-in reasoner: cells per task and manifest block (default 20,000,
+        the single process's chunk). Model backends' blocks are ``batch_size`` prompts.
 
     Returns
     -------
@@ -206,7 +210,7 @@ def annotate(
     from ..progress import progress_bar
 
     t0 = time.perf_counter()
-    _check_options(mode, n, batch_size, key_added, cluster_markers)
+    _check_options(mode, n, batch_size, key_added, cluster_markers, chunk_size)
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, not '{engine}'.")
     from ..checks import prefer_raw
@@ -241,11 +245,13 @@ def annotate(
     with ExitStack() as stack:
         ray_run = None
         if engine == "ray":
-            ray_run = _RayRun(stack.enter_context(connect(address, workers)), num_gpus)
+            ray_run = _RayRun(stack.enter_context(connect(address, workers)), num_gpus,
+                              chunk_size=chunk_size)
             ray_run.manifest = _manifest(
                 manifest, adata, input_name, backend, model, backend_options,
                 [sampling.to_dict(), mode, reasoning, prompt_style, str(instruction), tissue,
-                 max_genes, genes, batch_size, by, layer, use_raw, n_markers, marker_order])
+                 max_genes, genes, batch_size, by, layer, use_raw, n_markers, marker_order,
+                 chunk_size])
         pool = ray_run is not None and not use_matrix
         if pool:  # every unique prompt goes to the pool at once: it cuts them into blocks
             be, own_backend = _replica_pool(backend, model, backend_options, ray_run,
@@ -342,6 +348,7 @@ class _RayRun:
     cluster: object
     num_gpus: float = 0
     manifest: object | None = None
+    chunk_size: int | None = None
 
     def provenance(self, pool) -> dict:
         """What ``uns`` records about the Ray engine (blocks read back from the manifest)."""
@@ -389,13 +396,16 @@ def _replica_pool(backend, model: str | None, backend_options: dict | None, ray_
                        num_gpus=ray_run.num_gpus, manifest=ray_run.manifest), True
 
 
-def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_markers) -> None:
+def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_markers,
+                   chunk_size: int | None = None) -> None:
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, not '{mode}'.")
     if int(n) < 1:
         raise InputError(f"n (self-consistency samples) must be at least 1, not {n}.")
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, not {batch_size}.")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise InputError(f"chunk_size (--chunk-size) must be at least 1, not {chunk_size}.")
     if not key_added or not str(key_added).isidentifier():
         raise InputError(f"key_added must be a simple name like 'cellreasoner', not {key_added!r}.")
     if cluster_markers is not None and mode != "cluster":
@@ -491,10 +501,11 @@ def _matrix_answers(run: _Run) -> list:
     adata, be = run.adata, run.be
     conn = adata.obsp.get("connectivities", None)
     if run.ray is not None:
-        from ..distributed.matrix import matrix_answers
+        from ..distributed.matrix import DEFAULT_BLOCK_CELLS, matrix_answers
 
         blocks = matrix_answers(be, run.source, run.ray.cluster, connectivities=conn,
-                                manifest=run.ray.manifest, progress=run.advance)
+                                manifest=run.ray.manifest, progress=run.advance,
+                                block_cells=run.ray.chunk_size or DEFAULT_BLOCK_CELLS)
     else:
         blocks = list(be.annotate_matrix(run.source, connectivities=conn,
                                          progress=run.advance))

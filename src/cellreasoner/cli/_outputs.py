@@ -24,7 +24,8 @@ def annotate_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
         {"-o": args.output, "--csv": _get(args, "csv"), "--report": _get(args, "report")},
         {"input": args.input, "--cache": _get(args, "cache"),
          "--gene-list": _get(args, "gene_list"), "--markers": _get(args, "markers"),
-         "--cluster-markers": _get(args, "cluster_markers")},
+         "--cluster-markers": _get(args, "cluster_markers"),
+         "--manifest": _get(args, "manifest")},
     )
 
 
