@@ -225,7 +225,7 @@ def test_prompt_renderer_matches_the_vllm_backend(tmp_path, gene_list_path):
     from cellreasoner.distributed.llm import PromptRenderer, prompt_rows
     from cellreasoner.prompts import Prompt, SamplingParams
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(["CD3D", "CD3E", "IL7R", "MS4A1", "CD79A"], vocab_size=1000)
     tok.save_pretrained(tmp_path / "tok")
     sampling = SamplingParams.for_mode(True)
     prompts = [Prompt("Annotate the cell.", "CD3D, CD3E, IL7R", True),
