@@ -175,13 +175,54 @@ def test_openai_through_ray_asks_every_prompt_once(ray_cluster):
     assert result.provenance["prompts_asked"] == 40
 
 
+def test_replica_killed_mid_block_is_restarted_and_recorded_once(ray_cluster, tmp_path):
+    """SIGKILL a backend replica while it answers a block: Ray restarts it and asks the block
+    again; every prompt gets its answer and each block is recorded once."""
+    genes = [f"GENE{i}" for i in range(24)]
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for proc in _ray_workers_running("_Replica.generate"):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one)
+    with FaultServer("ok", delay_s=0.15) as server:
+        killer.start()
+        result = annotate(one_gene_cells(genes), "openai", model="m", gene_list=genes,
+                          engine="ray", batch_size=4, manifest=tmp_path / "m",
+                          backend_options={"base_url": server.url, "concurrency": 1},
+                          progress=False)
+        killer.join()
+    assert killed, "no replica was seen answering a block"
+    assert sorted(server.asked) == sorted(genes)
+    assert sum(server.asked.values()) - len(genes) <= 4  # at most the killed block again
+    assert (result.table["label"] == LABEL).all()
+    entries = json.loads((tmp_path / "m" / "manifest.json").read_text())["blocks"]
+    assert len(entries) == 6 and sum(e["rows"] for e in entries.values()) == 24
+
+
+def test_cli_ray_options_need_the_ray_engine(capsys, tmp_path):
+    from cellreasoner.cli import main
+
+    rc = main(["annotate", "pbmc68k_reduced", "-o", str(tmp_path / "x.parquet"),
+               "--workers", "2", "--manifest", str(tmp_path / "m")])
+    assert rc == 2
+    assert "--workers, --manifest only apply to --engine ray" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
 def test_cluster_and_hybrid_modes_match_local(ray_cluster, pbmc68k):
     """Cluster mode (one prompt per cluster, answered by replicas) and hybrid mode (per-cell
     chunks on workers, cluster majorities on the driver) give the local answers."""
     for mode in ("cluster", "hybrid"):
         local = annotate(pbmc68k.copy(), mode=mode, by="bulk_labels", progress=False)
         dist = annotate(pbmc68k.copy(), mode=mode, by="bulk_labels", engine="ray",
-                        chunk_size=200, progress=False)
+                        workers=1, chunk_size=200, progress=False)
         _same_answers(dist.table, local.table)
 
 

@@ -39,21 +39,20 @@ class _Replica:
         from ..backends import get_backend
 
         self.be = get_backend(name, **options)
+        self.context: RunContext | None = None
 
-    def configure(self, context: RunContext) -> None:
-        self.be.configure(context)
 
     def describe(self) -> tuple[str, dict]:
         return self.be.model, self.be.describe()
 
-    def generate(self, prompts: list[Prompt], sampling: SamplingParams
-                 ) -> list[list[Generation]]:
+    def generate(self, prompts: list[Prompt], sampling: SamplingParams,
+                 context: RunContext | None) -> list[list[Generation]]:
+        # the run's context travels with every block: a replica Ray restarted after its
+        # process died is configured again before it answers
+        if context is not None and context != self.context:
+            self.be.configure(context)
+            self.context = context
         return self.be.generate(prompts, sampling)
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
 
 
 def generations_frame(gens: Sequence[Sequence[Generation]]) -> pd.DataFrame:
@@ -113,9 +112,11 @@ class ReplicaPool(Backend):
         self.model, self._describe = ray.get(self.replicas[0].describe.remote())
         #: prompts sent to replicas (not read back from the manifest)
         self.asked = 0
+        self.context: RunContext | None = None
 
     def configure(self, context: RunContext) -> None:
-        self.cluster.ray.get([r.configure.remote(context) for r in self.replicas])
+        """Keep the run's context; it is sent with each block (see :class:`_Replica`)."""
+        self.context = context
 
     def describe(self) -> dict:
         return {**self._describe, "replicas": len(self.replicas)}
@@ -124,7 +125,6 @@ class ReplicaPool(Backend):
                  progress: ProgressCallback | None = None,
                  on_result: ResultCallback | None = None) -> list[list[Generation]]:
         """Answer the (unique) prompts in blocks spread over the replicas."""
-        ray = self.cluster.ray
         out: list[list[Generation] | None] = [None] * len(prompts)
         blocks = [(lo, list(prompts[lo:lo + self.block_size]))
                   for lo in range(0, len(prompts), self.block_size)]
@@ -150,10 +150,9 @@ class ReplicaPool(Backend):
                 idle.append(self._collect(pending, finish))
             replica = idle.pop()
             self.asked += len(block)
-            pending[replica.generate.remote(block, sampling)] = (lo, bid, replica)
+            pending[replica.generate.remote(block, sampling, self.context)] = (lo, bid, replica)
         while pending:
             self._collect(pending, finish)
-        del ray
         return out  # type: ignore[return-value]
 
     def _collect(self, pending: dict, finish) -> object:
