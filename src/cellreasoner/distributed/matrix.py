@@ -65,18 +65,16 @@ def _windowed(ray, submit: Callable, items, limit: int, done: Callable) -> None:
     value)`` as each finishes (in completion order)."""
     pending: dict = {}
 
-    def collect(block: bool) -> None:
-        ready, _ = ray.wait(list(pending), num_returns=1 if block else len(pending),
-                            timeout=None if block else 0)
-        for ref in ready:
-            done(pending.pop(ref), ray.get(ref))
+    def collect() -> None:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        done(pending.pop(ref), ray.get(ref))
 
     for item in items:
         while len(pending) >= limit:
-            collect(True)
+            collect()
         pending[submit(item)] = item
     while pending:
-        collect(True)
+        collect()
 
 
 def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
