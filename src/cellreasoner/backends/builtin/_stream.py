@@ -122,8 +122,9 @@ def score_chunk(r: Reasoner, chunk: sp.csr_matrix, genes: list[str], start: int,
         for cells, parents, children in zip(local.cells, local.parents, local.children,
                                             strict=True):
             hard.add(cells + start, parents, children)
+    # a copy: a view of the first values would keep the whole chunk alive
     return ChunkScores(start, hard, np.diff(chunk.indptr).astype(np.int32),
-                       np.asarray(chunk.data[:_COUNTS_SAMPLE]),
+                       np.array(chunk.data[:_COUNTS_SAMPLE]),
                        S if keep_scores and r.smoothing > 0 else None)
 
 
