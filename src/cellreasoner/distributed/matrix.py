@@ -7,9 +7,9 @@ a single process runs on that chunk. Pass one (scores and decisive steps, only w
 backend needs it) runs on the workers; the plan it makes (the refinement's classifiers) is made
 once on the driver and shared with every task. Pass two's answers stream back to the driver,
 the one writer, which records each finished block in the run manifest; a rerun reads those back
-instead of asking for them. At most ``2 x workers`` chunks are in flight, so memory stays
-bounded by the chunk size. A task whose worker dies is retried by Ray (``max_retries``); its
-answers arrive once, so they are recorded once.
+instead of asking for them. At most ``workers + 1`` chunks are in flight (the driver keeps none
+of them), so memory stays bounded by the chunk size. A task whose worker dies is retried by Ray
+(``max_retries``); its answers arrive once, so they are recorded once.
 """
 
 from __future__ import annotations
@@ -61,18 +61,19 @@ def _chunks(source, block_cells: int) -> Iterator[tuple[int, object]]:
 
 
 def _windowed(ray, submit: Callable, items, limit: int, done: Callable) -> None:
-    """Submit ``submit(item)`` for each item with at most ``limit`` in flight; ``done(item,
-    value)`` as each finishes (in completion order)."""
+    """``submit(start, chunk)`` for each ``(start, chunk)`` with at most ``limit`` in flight;
+    ``done((start, cells), value)`` as each finishes (in completion order)."""
     pending: dict = {}
 
     def collect() -> None:
         [ref], _ = ray.wait(list(pending), num_returns=1)
         done(pending.pop(ref), ray.get(ref))
 
-    for item in items:
+    for start, chunk in items:
         while len(pending) >= limit:
             collect()
-        pending[submit(item)] = item
+        # only (start, cells) stays here: the chunk itself lives in the object store
+        pending[submit(start, chunk)] = (start, chunk.shape[0])
     while pending:
         collect()
 
@@ -112,14 +113,14 @@ def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
 
 def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: RayCluster,
                  block_cells: int, manifest: RunManifest | None, advance, out: dict) -> None:
-    limit = 2 * cluster.workers
+    limit = cluster.workers + 1  # one chunk waiting per cluster: workers never idle
     job_ref = ray.put(job)
     plan = None
     if job.needs_pass_one(connectivities):
         score = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
         keep = connectivities is not None
         parts: dict[int, object] = {}
-        _windowed(ray, lambda item: score.remote(job_ref, item[1], item[0], keep),
+        _windowed(ray, lambda start, chunk: score.remote(job_ref, chunk, start, keep),
                   _chunks(source, block_cells), limit,
                   lambda item, value: parts.__setitem__(item[0], value))
         plan = job.plan(source, connectivities, [parts[k] for k in sorted(parts)])
@@ -129,16 +130,16 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
     answer = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_answer_task)
 
     def done(item, answers: CellAnswers) -> None:
-        start, chunk = item
-        if len(answers) != chunk.shape[0]:
+        start, cells = item
+        if len(answers) != cells:
             raise BackendError(f"Backend '{be.name}' returned {len(answers)} answers for the "
-                               f"{chunk.shape[0]} cells from {start}.")
+                               f"{cells} cells from {start}.")
         if manifest is not None:
-            manifest.record(block_id(start, start + chunk.shape[0]), answers_frame(answers))
+            manifest.record(block_id(start, start + cells), answers_frame(answers))
         out[start] = answers
         advance(len(answers))
 
-    _windowed(ray, lambda item: answer.remote(job_ref, item[1], item[0], plan_ref),
+    _windowed(ray, lambda start, chunk: answer.remote(job_ref, chunk, start, plan_ref),
               ((s, c) for s, c in _chunks(source, block_cells) if s in todo), limit, done)
 
 
