@@ -74,9 +74,16 @@ class _Handler(BaseHTTPRequestHandler):
         owner: FaultServer = self.server.owner
         fault = owner.fault_for(sentence)
         owner.record(sentence, dict(self.headers), fault)
-        if owner.delay_s:
-            time.sleep(owner.delay_s)
-        self._reply(fault, sentence, body)
+        with owner._lock:
+            owner.in_flight += 1
+            owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+        try:
+            if owner.delay_s:
+                time.sleep(owner.delay_s)
+            self._reply(fault, sentence, body)
+        finally:
+            with owner._lock:
+                owner.in_flight -= 1
 
     def _reply(self, fault: str, sentence: str, body: dict) -> None:
         owner: FaultServer = self.server.owner
@@ -147,6 +154,7 @@ class FaultServer:
         self.headers: list[dict] = []
         self.faults_sent = 0
         self.clients_gone = 0  # replies the client no longer waited for
+        self.in_flight = self.max_in_flight = 0  # requests being answered now / at most
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._httpd = self._HTTP(("127.0.0.1", 0), _Handler)

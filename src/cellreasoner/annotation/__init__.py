@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..backends import Backend, RunContext, backend_class, get_backend
+from ..distributed.cluster import ENGINES, connect
 from ..errors import BackendError, InputError
 from ..io import UNS_KEY
 from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
@@ -89,6 +90,12 @@ def annotate(
     copy: bool = False,
     progress: bool | Callable[[float], None] = True,
     deliberate: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    manifest: str | os.PathLike | None = None,
+    num_gpus: float = 0,
+    chunk_size: int | None = None,
 ) -> AnnotationResult:
     """Annotate every cell of ``adata`` with a cell type, confidence and reasoning.
 
@@ -197,6 +204,25 @@ def annotate(
         Consensus runs only: one deliberation round (default False) in which every language
         model backend sees, for each item the backends disagree on, the others' answers and
         the markers they cite, and may revise its answer (cached like any prompt).
+    engine
+        ``"local"`` (default): this process; ``"ray"``: chunks of cells (built-in reasoner)
+        or blocks of unique prompts (model backends, one replica per worker) answered on a
+        Ray cluster (:mod:`cellreasoner.distributed`; ``pip install 'cellreasoner[ray]'``),
+        with the same answers as ``"local"``. The SQLite ``cache`` is not used: the
+        ``manifest`` is the Ray engine's resume.
+    address
+        Ray engine: the cluster (``"auto"``, ``"ray://host:10001"``; default: the Ray session
+        this process started, else a local one of ``workers`` CPUs).
+    workers
+        Ray engine: tasks or backend replicas at a time (default: the cluster's CPUs).
+    manifest
+        Ray engine: the run manifest folder (finished blocks; a rerun with the same settings
+        skips them). Default ``None``: none (the CLI keeps one beside the output).
+    num_gpus
+        Ray engine: GPUs per backend replica (``transformers``, ``vllm``; default 0).
+    chunk_size
+        Ray engine, built-in reasoner: cells per task and manifest block (default 20,000,
+        the single process's chunk). Model backends' blocks are ``batch_size`` prompts.
 
     Returns
     -------
@@ -242,7 +268,9 @@ def annotate(
                                      "name two models; give one.")
                 model = spec_model
     t0 = time.perf_counter()
-    _check_options(mode, n, batch_size, key_added, cluster_markers)
+    _check_options(mode, n, batch_size, key_added, cluster_markers, chunk_size)
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {', '.join(ENGINES)}, not '{engine}'.")
     if not float(resolution) > 0:
         raise InputError(f"resolution={resolution}: the Leiden resolution must be a positive "
                          "number (1.0 is the default; higher gives more, smaller clusters).")
@@ -282,27 +310,46 @@ def annotate(
         log.warning("n=%d self-consistency samples at temperature %s will be near-identical; "
                     "pass a higher temperature (e.g. 0.6) for a meaningful agreement.",
                     sampling.n, sampling.temperature)
-    be, own_backend = _backend(backend, model, backend_options)
-    # a matrix backend reads no instruction (its cluster prompts keep the upstream text)
-    style = (resolve_prompt_style(prompt_style, be.model) if caps.reads == "prompts"
-             else "cellreasoner")
     from ..atac.read import MODALITY, input_modality
 
     modality = input_modality(adata)
-    if accessibility_prompt is None:
-        accessibility_prompt = modality == MODALITY and style == "neutral"
-    run = _Run(be=be, adata=adata, source=source, genes=genes, sampling=sampling,
-               reasoning=reasoning, mode=mode, max_genes=int(max_genes), batch_size=batch_size,
-               instruction=resolve_instruction(
-                   instruction, reasoning=reasoning, style=style,
-                   tissue=None if caps.tissue else tissue, cluster=mode == "cluster",
-                   accessibility=bool(accessibility_prompt)),
-               use_matrix=use_matrix, prompt_style=style,
-               n_markers=int(n_markers) if n_markers is not None else default_n_markers(style))
-    cache_path = None if use_matrix else resolve_cache_path(cache)
     with ExitStack() as stack:
+        ray_run = None
+        if engine == "ray":
+            ray_run = _RayRun(stack.enter_context(connect(address, workers)), num_gpus,
+                              chunk_size=chunk_size)
+            ray_run.manifest = _manifest(
+                manifest, adata, input_name, backend, model, backend_options,
+                [sampling.to_dict(), mode, reasoning, prompt_style, str(instruction), tissue,
+                 max_genes, genes, batch_size, by, layer, use_raw, n_markers, marker_order,
+                 chunk_size, found.species, modality, accessibility_prompt, resolution])
+        pool = ray_run is not None and not use_matrix
+        if pool:  # every unique prompt goes to the pool at once: it cuts them into blocks
+            be, own_backend = _replica_pool(backend, model, backend_options, ray_run,
+                                            batch_size)
+        else:
+            be, own_backend = _backend(backend, model, backend_options)
         if own_backend:
             stack.callback(be.close)
+        # a matrix backend reads no instruction (its cluster prompts keep the upstream text)
+        style = (resolve_prompt_style(prompt_style, be.model) if caps.reads == "prompts"
+                 else "cellreasoner")
+        if accessibility_prompt is None:
+            accessibility_prompt = modality == MODALITY and style == "neutral"
+        run = _Run(be=be, adata=adata, source=source, genes=genes, sampling=sampling,
+                   reasoning=reasoning, mode=mode, max_genes=int(max_genes),
+                   batch_size=batch_size,
+                   instruction=resolve_instruction(
+                       instruction, reasoning=reasoning, style=style,
+                       tissue=None if caps.tissue else tissue, cluster=mode == "cluster",
+                       accessibility=bool(accessibility_prompt)),
+                   use_matrix=use_matrix, prompt_style=style,
+                   n_markers=(int(n_markers) if n_markers is not None
+                              else default_n_markers(style)),
+                   ray=ray_run)
+        if pool:
+            run.batch_size = 1 << 40
+        cache_path = None if use_matrix or ray_run is not None else resolve_cache_path(cache)
         be.configure(RunContext(tuple(genes), int(max_genes), tissue, bool(reasoning),
                                 found.species, modality))
         if cache_path is not None:
@@ -325,6 +372,8 @@ def annotate(
         unique_prompts=unique_prompts)
     provenance.update(species=found.species, species_detection=found.how)
     provenance.update(_failure_counts(table, run.stats))
+    if ray_run is not None:
+        provenance.update(ray_run.provenance(be if pool else None))
     result = AnnotationResult(table=table, provenance=provenance, adata=adata,
                               key_added=key_added, truth=_truth(adata, label_key, table),
                               clusters=clusters_df)
@@ -355,6 +404,7 @@ class _Run:
     advance: Callable[[float], None] | None = None
     groups: pd.Series | None = None
     by_key: str | None = None
+    ray: _RayRun | None = None
 
     def __post_init__(self) -> None:
         self.stats = Stats()
@@ -365,13 +415,71 @@ class _Run:
         return list(dict.fromkeys([*self.genes, *map(str, self.source.var_names)]))
 
 
-def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_markers) -> None:
+@dataclass
+class _RayRun:
+    """The Ray engine's share of a run: the cluster, the manifest, GPUs per replica."""
+
+    cluster: object
+    num_gpus: float = 0
+    manifest: object | None = None
+    chunk_size: int | None = None
+
+    def provenance(self, pool) -> dict:
+        """What ``uns`` records about the Ray engine (blocks read back from the manifest)."""
+        out = {"engine": "ray", "workers": int(self.cluster.workers)}
+        if self.manifest is not None:
+            out["manifest"] = str(self.manifest.folder)
+            out["manifest_blocks"] = len(self.manifest.blocks)
+            out["skipped_blocks"] = int(self.manifest.skipped)
+        if pool is not None:
+            out["prompts_asked"] = int(pool.asked)
+        return out
+
+
+def _manifest(folder, adata, input_name: str, backend, model, backend_options,
+              settings: list):
+    """The run manifest in ``folder`` (``None``: no manifest), keyed by what decides the
+    answers: the input (its path, size and time), the backend and the settings."""
+    if folder is None:
+        return None
+    from ..distributed.manifest import RunManifest
+
+    given = str(input_name)
+    if given and Path(given).is_file():
+        st = Path(given).stat()
+        given = f"{Path(given).resolve()} {st.st_size} {st.st_mtime_ns}"
+    name = backend if isinstance(backend, str) else type(backend).__name__
+    options = sorted((k, str(v)) for k, v in (backend_options or {}).items())
+    return RunManifest(folder, {"input": given, "n_obs": int(adata.n_obs), "backend": name,
+                                "model": model, "options": options, "settings": settings})
+
+
+def _replica_pool(backend, model: str | None, backend_options: dict | None, ray_run: _RayRun,
+                  batch_size: int) -> tuple[Backend, bool]:
+    """The Ray engine's pool of backend replicas (the backend must be given by name)."""
+    if isinstance(backend, Backend):
+        raise InputError("engine='ray' runs a prompt backend as replicas on the workers: give "
+                         "it by name (backend='openai', backend_options={...}), not as an "
+                         "object.")
+    from ..distributed.prompts import ReplicaPool
+
+    options = dict(backend_options or {})
+    if model is not None:
+        options["model"] = model
+    return ReplicaPool(backend, options, ray_run.cluster, block_size=batch_size,
+                       num_gpus=ray_run.num_gpus, manifest=ray_run.manifest), True
+
+
+def _check_options(mode: str, n: int, batch_size: int, key_added: str, cluster_markers,
+                   chunk_size: int | None = None) -> None:
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, not '{mode}'.")
     if int(n) < 1:
         raise InputError(f"n (self-consistency samples) must be at least 1, not {n}.")
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, not {batch_size}.")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise InputError(f"chunk_size (--chunk-size) must be at least 1, not {chunk_size}.")
     from ..checks import check_key_added
 
     check_key_added(key_added)
@@ -499,7 +607,15 @@ def _matrix_answers(run: _Run) -> list:
     """A matrix backend's answer blocks for every cell, in order."""
     adata, be = run.adata, run.be
     conn = adata.obsp.get("connectivities", None)
-    blocks = list(be.annotate_matrix(run.source, connectivities=conn, progress=run.advance))
+    if run.ray is not None:
+        from ..distributed.matrix import DEFAULT_BLOCK_CELLS, matrix_answers
+
+        blocks = matrix_answers(be, run.source, run.ray.cluster, connectivities=conn,
+                                manifest=run.ray.manifest, progress=run.advance,
+                                block_cells=run.ray.chunk_size or DEFAULT_BLOCK_CELLS)
+    else:
+        blocks = list(be.annotate_matrix(run.source, connectivities=conn,
+                                         progress=run.advance))
     n = sum(len(b) for b in blocks)
     if n != adata.n_obs:
         raise BackendError(f"Backend '{be.name}' returned {n} answers for "

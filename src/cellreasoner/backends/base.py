@@ -192,6 +192,20 @@ class Backend(ABC):
         """
         raise NotImplementedError(f"backend '{self.name}' does not read expression matrices")
 
+    def read_matrix(self, source: MatrixSource) -> MatrixSource:
+        """``source`` as a matrix backend reads it (default: as it is; the builtin reads gene
+        activity through its ATAC profile). The engines call it once per run, before
+        :meth:`chunk_job`."""
+        return source
+
+    def chunk_job(self, source: MatrixSource):
+        """A matrix backend's self-contained (picklable) work on chunks of ``source``, for the
+        Ray engine (:mod:`cellreasoner.distributed`): ``needs_pass_one(connectivities)``,
+        ``score(chunk, start, keep_scores)``, ``plan(source, connectivities, scores)`` and
+        ``answer(chunk, start, plan) -> CellAnswers``. Only matrix backends that scale out
+        implement it."""
+        raise NotImplementedError(f"backend '{self.name}' cannot answer chunks on Ray workers")
+
     def describe(self) -> dict:
         """Provenance for ``adata.uns['cellreasoner']``."""
         return {"backend": self.name, "model": self.model}

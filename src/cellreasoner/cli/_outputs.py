@@ -26,7 +26,7 @@ def annotate_outputs(args: argparse.Namespace) -> AbstractContextManager[None]:
          "--gene-list": _get(args, "gene_list"), "--markers": _get(args, "markers"),
          "--cluster-markers": _get(args, "cluster_markers"),
          "--truth-map": _get(args, "truth_map"), "--gtf": _get(args, "gtf"),
-         "--barcodes": _get(args, "barcodes")},
+         "--barcodes": _get(args, "barcodes"), "--manifest": _get(args, "manifest")},
     )
 
 

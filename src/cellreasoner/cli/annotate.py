@@ -120,6 +120,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cellxgene", action="store_true",
                    help="also write obs['cell_type_ontology_term_id'] (CELLxGENE schema; "
                    "'unknown' where no CL term)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (default): this process; ray: chunks of cells / blocks of "
+                   "unique prompts answered on a Ray cluster (pip install 'cellreasoner[ray]')")
+    p.add_argument("--address", help="Ray cluster: auto (the cluster of this machine), "
+                   "ray://HOST:10001, or HOST:PORT; default: a local cluster of --workers CPUs")
+    p.add_argument("--workers", type=int, help="Ray: tasks or backend replicas at a time "
+                   "(default: the cluster's CPUs)")
+    p.add_argument("--gpus-per-worker", type=float, default=0,
+                   help="Ray: GPUs per backend replica (transformers, vllm; default 0)")
+    p.add_argument("--chunk-size", type=int, help="Ray, built-in reasoner: cells per task "
+                   "and manifest block (default 20000)")
+    p.add_argument("--manifest", help="Ray: run manifest folder of finished blocks (default: "
+                   "OUTPUT.manifest beside the output); rerunning the same command skips them")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="log debug information, and one line per HTTP request (the same as "
@@ -213,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
         accessibility_prompt=args.accessibility_prompt,
         key_added=args.key_added, cache=False if args.no_cache else args.cache,
         batch_size=args.batch_size, backend_options=backend_options(args),
-        progress=not args.no_progress, deliberate=args.deliberate,
+        progress=not args.no_progress, deliberate=args.deliberate, **_engine_options(args, out),
     )
     written = [result.write(out, cellxgene=args.cellxgene)]
     if args.csv:
@@ -229,11 +242,33 @@ def _run(args: argparse.Namespace) -> int:
                                     pred=f"{args.key_added}_label", truth_map=args.truth_map))
     # plain lines (no wrapping): scripts and logs parse the summary
     print(result.summary_line(), file=sys.stderr)
+    prov = result.provenance
+    if prov.get("engine") == "ray":
+        print(f"ray: {prov['workers']} worker(s); manifest {prov.get('manifest', '-')}: "
+              f"{prov.get('manifest_blocks', 0)} block(s), {prov.get('skipped_blocks', 0)} "
+              "read back from an earlier run", file=sys.stderr)
     labels = result.table["label"].value_counts()
     top = ", ".join(f"{k or '(no label)'} ({v})" for k, v in labels.head(5).items())
     print(f"labels: {top}" + (" ..." if len(labels) > 5 else ""), file=sys.stderr)
     print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return _report_failures(result.provenance, args.fail_on_error)
+
+
+def _engine_options(args: argparse.Namespace, out: Path) -> dict:
+    """``engine=`` and the Ray engine's options (its manifest beside the output by default)."""
+    from ..errors import InputError
+
+    if args.engine != "ray":
+        given = [f for f, v in (("--address", args.address), ("--workers", args.workers),
+                                ("--manifest", args.manifest),
+                                ("--chunk-size", args.chunk_size),
+                                ("--gpus-per-worker", args.gpus_per_worker or None)) if v]
+        if given:
+            raise InputError(f"{', '.join(given)} only apply to --engine ray.")
+        return {}
+    return {"engine": "ray", "address": args.address, "workers": args.workers,
+            "num_gpus": args.gpus_per_worker, "chunk_size": args.chunk_size,
+            "manifest": args.manifest or out.with_name(out.name + ".manifest")}
 
 
 def _report_failures(provenance: dict, fail_on_error: bool) -> int:

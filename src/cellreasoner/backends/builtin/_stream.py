@@ -11,7 +11,7 @@ evidence, reading the classifier's expression rows from the block itself.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,90 +63,144 @@ def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
                     evidence: EvidenceSpec | None = None) -> Iterator[Block]:
     """:meth:`Reasoner.iter_blocks`: blocks of answers, in row order."""
     genes = [str(g) for g in source.var_names]
-    knn = connectivities is not None and r.smoothing > 0
-    S_all, graph, classifiers, counts = None, None, {}, False
-    if r.refine or knn:
-        S_all, hard, row_nnz, counts = _pass_one(r, source, genes, chunk_size,
-                                                 keep_scores=knn)
-        if knn:
-            graph = _Graph(r._graph(connectivities, source.n_obs))
-        if r.refine:
-            classifiers = _train(r, source, genes, hard, row_nnz, counts, chunk_size)
-    spelled = r._gene_columns(genes)[2]
-    writer = TraceWriter(r, spelled, None if evidence is None else
-                         list(dict.fromkeys([*evidence.gene_list, *genes])))
-    sentences = None if evidence is None else _Sentences(evidence, genes)
+    plan = StreamPlan()
+    if needs_pass_one(r, connectivities):
+        parts = []
+        start = 0
+        for chunk in source.iter_chunks(chunk_size):
+            if chunk.shape[0]:
+                parts.append(score_chunk(r, chunk, genes, start,
+                                         keep_scores=connectivities is not None))
+                start += chunk.shape[0]
+        plan = plan_from_scores(r, source, connectivities, parts, chunk_size)
+    answer = ChunkAnswerer(r, genes, reasoning=reasoning, evidence=evidence)
     start = 0
     for chunk in source.iter_chunks(chunk_size):
+        if chunk.shape[0]:
+            yield answer(chunk, start, plan)
+            start += chunk.shape[0]
+
+
+@dataclass
+class StreamPlan:
+    """What pass one hands pass two: the refinement's classifiers, whether the data is counts,
+    and (with a kNN graph) every cell's scores and the graph. Empty when no pass one ran."""
+
+    classifiers: dict = field(default_factory=dict)
+    counts: bool = False
+    scores: np.ndarray | None = None
+    graph: _Graph | None = None
+
+
+@dataclass
+class ChunkScores:
+    """Pass one over one chunk of cells ``start ...``: its decisive steps (row numbers of the
+    whole matrix), stored values per cell, the first stored values (the counts check) and its
+    scores (only when a kNN graph needs them)."""
+
+    start: int
+    hard: HardSteps
+    row_nnz: np.ndarray
+    sample: np.ndarray
+    scores: np.ndarray | None = None
+
+
+def needs_pass_one(r: Reasoner, connectivities) -> bool:
+    """Whether pass two needs a first pass over every cell (refinement or kNN smoothing)."""
+    return bool(r.refine or (connectivities is not None and r.smoothing > 0))
+
+
+def score_chunk(r: Reasoner, chunk: sp.csr_matrix, genes: list[str], start: int, *,
+                keep_scores: bool) -> ChunkScores:
+    """Pass one over one chunk (independent of every other chunk: runs anywhere)."""
+    E, measured, _ = r._marker_matrix(chunk, genes)
+    S = r.score(E, measured)
+    hard = HardSteps()
+    if r.refine:
+        local = HardSteps()
+        r._walk(S, present=E, hard=local)  # the cells whose steps rest on decisive markers
+        for cells, parents, children in zip(local.cells, local.parents, local.children,
+                                            strict=True):
+            hard.add(cells + start, parents, children)
+    # a copy: a view of the first values would keep the whole chunk alive
+    return ChunkScores(start, hard, np.diff(chunk.indptr).astype(np.int32),
+                       np.array(chunk.data[:_COUNTS_SAMPLE]),
+                       S if keep_scores and r.smoothing > 0 else None)
+
+
+def plan_from_scores(r: Reasoner, source: MatrixSource, connectivities,
+                     parts: list[ChunkScores], chunk_size: int = 20_000) -> StreamPlan:
+    """Pass one's chunks (in row order) -> the plan of pass two: the counts decision on the
+    first stored values (as for a whole in-memory matrix), the kNN graph, and the
+    refinement's classifiers (trained on rows read again from ``source``)."""
+    from ...checks import looks_like_counts
+
+    sample: list[np.ndarray] = []
+    seen = 0
+    hard = HardSteps()
+    for part in parts:
+        if seen < _COUNTS_SAMPLE:
+            sample.append(part.sample[:_COUNTS_SAMPLE - seen])
+            seen += len(sample[-1])
+        for cells, parents, children in zip(part.hard.cells, part.hard.parents,
+                                            part.hard.children, strict=True):
+            hard.add(cells, parents, children)
+    counts = bool(sample) and looks_like_counts(np.concatenate(sample))
+    plan = StreamPlan(counts=counts)
+    genes = [str(g) for g in source.var_names]
+    if connectivities is not None and r.smoothing > 0:
+        scores = [p.scores for p in parts if p.scores is not None]
+        plan.scores = (np.vstack(scores) if scores
+                       else np.zeros((0, len(r.names)), np.float32))
+        plan.graph = _Graph(r._graph(connectivities, source.n_obs))
+    if r.refine:
+        row_nnz = (np.concatenate([p.row_nnz for p in parts]) if parts
+                   else np.zeros(0, dtype=np.int32))
+        plan.classifiers = _train(r, source, genes, hard, row_nnz, counts, chunk_size)
+    return plan
+
+
+class ChunkAnswerer:
+    """Pass two over one chunk: walk, refine and write its traces and evidence (independent
+    of every other chunk given the :class:`StreamPlan`: runs anywhere)."""
+
+    def __init__(self, r: Reasoner, genes: list[str], *, reasoning: bool = True,
+                 evidence: EvidenceSpec | None = None) -> None:
+        self.r, self.genes, self.reasoning, self.evidence = r, genes, reasoning, evidence
+        spelled = r._gene_columns(genes)[2]
+        self.writer = TraceWriter(r, spelled, None if evidence is None else
+                                  list(dict.fromkeys([*evidence.gene_list, *genes])))
+        self.sentences = None if evidence is None else _Sentences(evidence, genes)
+
+    def __call__(self, chunk: sp.csr_matrix, start: int, plan: StreamPlan) -> Block:
+        r, writer, evidence = self.r, self.writer, self.evidence
         n = chunk.shape[0]
-        if n == 0:
-            continue
-        E, measured, _ = r._marker_matrix(chunk, genes)
-        S = S_all[start:start + n] if S_all is not None else r.score(E, measured)
+        E, measured, _ = r._marker_matrix(chunk, self.genes)
+        S = plan.scores[start:start + n] if plan.scores is not None else r.score(E, measured)
         refine: dict = {}
         if r.refine:
             refine = {"present": E,
-                      "refiner": StepRefiner(classifiers, _rows_of(chunk, counts), n)}
+                      "refiner": StepRefiner(plan.classifiers, _rows_of(chunk, plan.counts), n)}
         own_node = None
-        if graph is not None:
-            if reasoning:  # the trace notes where the neighbours changed the call
+        if plan.graph is not None:
+            if self.reasoning:  # the trace notes where the neighbours changed the call
                 own_node = r._walk(S, **refine)[0]
             own = S
-            S, neighbours = r._mix(S, *graph.mean(S_all, start, n), r.smoothing)
+            S, neighbours = r._mix(S, *plan.graph.mean(plan.scores, start, n), r.smoothing)
             node, root, conf, status, borrowed, refined = r._walk(S, neighbours, own, **refine)
         else:
             node, root, conf, status, borrowed, refined = r._walk(S, **refine)
         ev = None
-        if reasoning:
+        if self.reasoning:
             K = writer.keys(E, measured, node, root, status, S, borrowed, refined, own_node)
             text, inv, uniq, parts = writer.texts(K, conf, S, root)
             if evidence is not None:
-                ev = _evidence(writer, inv, uniq, parts, text, chunk, sentences)
+                ev = _evidence(writer, inv, uniq, parts, text, chunk, self.sentences)
         else:
             text = np.full(n, "", dtype=object)
             if evidence is not None:
                 ev = (np.full(n, np.nan), np.zeros(n, dtype=bool), text, text)
-        yield Block(start, r._result(node, root, conf, status, text.tolist(), S), ev)
-        start += n
-
-
-def _pass_one(r: Reasoner, source: MatrixSource, genes: list[str], chunk_size: int,
-              keep_scores: bool) -> tuple[np.ndarray | None, HardSteps, np.ndarray, bool]:
-    """Scores (when kept), the decisive steps of every cell, the stored values per cell, and
-    whether the data is counts (decided on the first stored values, as for a whole
-    in-memory matrix)."""
-    from ...checks import looks_like_counts
-
-    hard = HardSteps()
-    scores: list[np.ndarray] = []
-    nnz: list[np.ndarray] = []
-    sample: list[np.ndarray] = []
-    seen = 0
-    start = 0
-    for chunk in source.iter_chunks(chunk_size):
-        n = chunk.shape[0]
-        if n == 0:
-            continue
-        if seen < _COUNTS_SAMPLE:
-            sample.append(np.asarray(chunk.data[:_COUNTS_SAMPLE - seen]))
-            seen += len(sample[-1])
-        nnz.append(np.diff(chunk.indptr).astype(np.int32))
-        E, measured, _ = r._marker_matrix(chunk, genes)
-        S = r.score(E, measured)
-        if keep_scores:
-            scores.append(S)
-        if r.refine:
-            local = HardSteps()
-            r._walk(S, present=E, hard=local)  # the cells whose steps rest on decisive markers
-            for cells, parents, children in zip(local.cells, local.parents, local.children,
-                                                strict=True):
-                hard.add(cells + start, parents, children)
-        start += n
-    counts = bool(sample) and looks_like_counts(np.concatenate(sample))
-    S_all = (np.vstack(scores) if scores else np.zeros((0, len(r.names)), np.float32)
-             ) if keep_scores else None
-    row_nnz = np.concatenate(nnz) if nnz else np.zeros(0, dtype=np.int32)
-    return S_all, hard, row_nnz, counts
+        return Block(start, r._result(node, root, conf, status, text.tolist(), S), ev)
 
 
 def _train(r: Reasoner, source: MatrixSource, genes: list[str], hard: HardSteps,
@@ -312,4 +366,5 @@ def _parsed_evidence(text, cell_genes, vocabulary):
     return frac, flag, present, absent
 
 
-__all__ = ["Block", "EvidenceSpec", "annotate_stream"]
+__all__ = ["Block", "ChunkAnswerer", "ChunkScores", "EvidenceSpec", "StreamPlan",
+           "annotate_stream", "needs_pass_one", "plan_from_scores", "score_chunk"]

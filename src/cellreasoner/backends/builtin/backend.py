@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -178,26 +179,26 @@ class BuiltinBackend(Backend):
         graph; default ``None``. Each block carries the evidence check of its traces against
         the cells' sentences (the run's gene list and ``max_genes``).
         """
+        source = self.read_matrix(source)
+        job = self.chunk_job(source)
+        yield from job.run(source, connectivities, progress)
+
+    def read_matrix(self, source: MatrixSource) -> MatrixSource:
+        """The matrix as the reasoner reads it: gene activity (scATAC-seq) through the ATAC
+        profile, expression as it is."""
+        if self.modality != "atac":
+            return source
+        from .atac import AtacProfile
+
+        return AtacProfile().calibrate(source, self.reasoner)
+
+    def chunk_job(self, source: MatrixSource) -> ChunkJob:
+        """What answering chunks of ``source`` needs, self-contained (picklable): the engine
+        ships it to workers, which answer their chunks with the code a single process runs."""
         from ._stream import EvidenceSpec
 
-        spec = EvidenceSpec(tuple(self._sentence_genes(source)), self.max_genes)
-        if self.modality == "atac":
-            from .atac import AtacProfile
-
-            source = AtacProfile().calibrate(source, self.reasoner)
-        for block in self.reasoner.iter_blocks(source, connectivities, evidence=spec):
-            res = block.result
-            fraction, flag, present, absent = block.evidence
-            yield CellAnswers(
-                label=np.asarray(res.label, dtype=object),
-                confidence=np.asarray(res.confidence),
-                ontology_id=np.asarray(res.ontology_id, dtype=object),
-                ontology_label=np.asarray(res.ontology_label, dtype=object),
-                reasoning=_objects(res.reasoning),
-                evidence_fraction=fraction, evidence_flag=flag,
-                cited_present=present, cited_absent=absent)
-            if progress is not None:
-                progress(len(res))
+        return ChunkJob(self.reasoner, [str(g) for g in source.var_names],
+                        EvidenceSpec(tuple(self._sentence_genes(source)), self.max_genes))
 
     def _sentence_genes(self, source: MatrixSource) -> list[str]:
         """The run's gene list; else what the engine uses for the builtin without one: the
@@ -224,10 +225,79 @@ class BuiltinBackend(Backend):
         }
 
 
+class ChunkJob:
+    """The built-in reasoner's work on a matrix, chunk by chunk (see :mod:`._stream`).
+
+    :meth:`score` (pass one) and :meth:`answer` (pass two) depend on their chunk alone, given
+    the :class:`~._stream.StreamPlan` that :meth:`plan` makes from every chunk's scores; so
+    chunks can be answered in any order, in any process.
+    """
+
+    def __init__(self, reasoner: Reasoner, genes: list[str], spec) -> None:
+        self.reasoner, self.genes, self.spec = reasoner, genes, spec
+        #: names this job across processes (a worker builds its answerer once per job)
+        self.token = uuid.uuid4().hex
+        self._answerer = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_answerer": None}
+
+    def needs_pass_one(self, connectivities) -> bool:
+        """Whether :meth:`plan` needs every chunk's :meth:`score` first."""
+        from ._stream import needs_pass_one
+
+        return needs_pass_one(self.reasoner, connectivities)
+
+    def score(self, chunk, start: int, keep_scores: bool):
+        """Pass one over the chunk of cells ``start ...`` (:class:`~._stream.ChunkScores`)."""
+        from ._stream import score_chunk
+
+        return score_chunk(self.reasoner, chunk, self.genes, start, keep_scores=keep_scores)
+
+    def plan(self, source: MatrixSource, connectivities, parts: list):
+        """Pass one's chunk scores (in row order) -> the :class:`~._stream.StreamPlan`."""
+        from ._stream import StreamPlan, plan_from_scores
+
+        if not self.needs_pass_one(connectivities):
+            return StreamPlan()
+        return plan_from_scores(self.reasoner, source, connectivities, parts)
+
+    def answer(self, chunk, start: int, plan) -> CellAnswers:
+        """Pass two over the chunk of cells ``start ...``."""
+        if self._answerer is None:
+            from ._stream import ChunkAnswerer
+
+            self._answerer = ChunkAnswerer(self.reasoner, self.genes, evidence=self.spec)
+        return _cell_answers(self._answerer(chunk, start, plan))
+
+    def run(self, source: MatrixSource, connectivities=None,
+            progress: ProgressCallback | None = None) -> Iterator[CellAnswers]:
+        """Every chunk in one process, in order (:meth:`BuiltinBackend.annotate_matrix`)."""
+        for block in self.reasoner.iter_blocks(source, connectivities, evidence=self.spec):
+            answers = _cell_answers(block)
+            if progress is not None:
+                progress(len(answers))
+            yield answers
+
+
+def _cell_answers(block) -> CellAnswers:
+    """A :class:`~._stream.Block` (with its evidence) as the engine's :class:`CellAnswers`."""
+    res = block.result
+    fraction, flag, present, absent = block.evidence
+    return CellAnswers(
+        label=np.asarray(res.label, dtype=object),
+        confidence=np.asarray(res.confidence),
+        ontology_id=np.asarray(res.ontology_id, dtype=object),
+        ontology_label=np.asarray(res.ontology_label, dtype=object),
+        reasoning=_objects(res.reasoning),
+        evidence_fraction=fraction, evidence_flag=flag,
+        cited_present=present, cited_absent=absent)
+
+
 def _objects(values: Sequence[str]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
 
 
-__all__ = ["BuiltinBackend"]
+__all__ = ["BuiltinBackend", "ChunkJob"]

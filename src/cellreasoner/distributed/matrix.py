@@ -1,0 +1,165 @@
+"""A matrix backend (the built-in reasoner) on Ray: chunks of cells become Ray tasks.
+
+The driver reads the input once per pass (the same :meth:`MatrixSource.iter_chunks` the single
+process reads, values checked as they stream) and puts each chunk in Ray's object store; a
+worker runs the backend's :meth:`~cellreasoner.backends.Backend.chunk_job` on it, the very code
+a single process runs on that chunk. Pass one (scores and decisive steps, only when the
+backend needs it) runs on the workers; the plan it makes (the refinement's classifiers) is made
+once on the driver and shared with every task. Pass two's answers stream back to the driver,
+the one writer, which records each finished block in the run manifest; a rerun reads those back
+instead of asking for them. At most ``workers + 1`` chunks are in flight (the driver keeps none
+of them), so memory stays bounded by the chunk size. A task whose worker dies is retried by Ray
+(``max_retries``); its answers arrive once, so they are recorded once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..backends.base import CellAnswers
+from ..errors import BackendError
+from .cluster import RayCluster
+from .manifest import RunManifest
+
+log = logging.getLogger(__name__)
+
+#: Cells per Ray task (the single process's chunk size).
+DEFAULT_BLOCK_CELLS = 20_000
+#: Retries of a task whose worker died.
+MAX_RETRIES = 3
+
+_FIELDS = ("label", "confidence", "ontology_id", "ontology_label", "reasoning",
+           "evidence_fraction", "evidence_flag", "cited_present", "cited_absent")
+
+
+def answers_frame(answers: CellAnswers) -> pd.DataFrame:
+    """A block's answers as a table (the manifest's block file)."""
+    return pd.DataFrame({f: np.asarray(getattr(answers, f)) for f in _FIELDS})
+
+
+def frame_answers(frame: pd.DataFrame) -> CellAnswers:
+    """:func:`answers_frame` read back."""
+    cols = {f: frame[f].to_numpy(dtype=object if frame[f].dtype == object else None)
+            for f in _FIELDS}
+    return CellAnswers(**cols)
+
+
+def block_id(start: int, stop: int) -> str:
+    return f"cells {start}-{stop}"
+
+
+def _chunks(source, block_cells: int) -> Iterator[tuple[int, object]]:
+    start = 0
+    for chunk in source.iter_chunks(block_cells):
+        if chunk.shape[0]:
+            yield start, chunk
+            start += chunk.shape[0]
+
+
+def _windowed(ray, submit: Callable, items, limit: int, done: Callable) -> None:
+    """``submit(start, chunk)`` for each ``(start, chunk)`` with at most ``limit`` in flight;
+    ``done((start, cells), value)`` as each finishes (in completion order)."""
+    pending: dict = {}
+
+    def collect() -> None:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        done(pending.pop(ref), ray.get(ref))
+
+    for start, chunk in items:
+        while len(pending) >= limit:
+            collect()
+        # only (start, cells) stays here: the chunk itself lives in the object store
+        pending[submit(start, chunk)] = (start, chunk.shape[0])
+    while pending:
+        collect()
+
+
+def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
+                   manifest: RunManifest | None = None, block_cells: int = DEFAULT_BLOCK_CELLS,
+                   progress: Callable[[float], None] | None = None) -> list[CellAnswers]:
+    """Every cell's answers from ``be`` (a matrix backend), chunks answered on Ray workers.
+
+    Returns the blocks in row order, as :meth:`Backend.annotate_matrix` yields them.
+    """
+    ray = cluster.ray
+    advance = progress or (lambda k: None)
+    source = be.read_matrix(source)
+    job = be.chunk_job(source)
+    spans = []
+    start = 0
+    while start < source.n_obs:
+        spans.append((start, min(start + block_cells, source.n_obs)))
+        start = spans[-1][1]
+    todo = [s for s in spans if manifest is None or not manifest.finished(block_id(*s))]
+    out: dict[int, CellAnswers] = {}
+    for s in spans:
+        if manifest is not None and manifest.finished(block_id(*s)):
+            out[s[0]] = frame_answers(manifest.load(block_id(*s)))
+            advance(s[1] - s[0])
+    if manifest is not None and manifest.skipped:
+        log.info("resuming: %d of %d block(s) finished earlier (manifest %s)",
+                 manifest.skipped, len(spans), manifest.folder)
+    if todo:
+        _answer_todo(ray, job, be, source, connectivities, {s[0] for s in todo}, cluster,
+                     block_cells, manifest, advance, out)
+    n = sum(len(b) for b in out.values())
+    if n != source.n_obs:
+        raise BackendError(f"Backend '{be.name}' returned {n} answers for {source.n_obs} cells.")
+    return [out[s] for s in sorted(out)]
+
+
+def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: RayCluster,
+                 block_cells: int, manifest: RunManifest | None, advance, out: dict) -> None:
+    limit = cluster.workers + 1  # one chunk waiting per cluster: workers never idle
+    job_ref = ray.put(job)
+    plan = None
+    if job.needs_pass_one(connectivities):
+        score = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
+        keep = connectivities is not None
+        parts: dict[int, object] = {}
+        _windowed(ray, lambda start, chunk: score.remote(job_ref, chunk, start, keep),
+                  _chunks(source, block_cells), limit,
+                  lambda item, value: parts.__setitem__(item[0], value))
+        plan = job.plan(source, connectivities, [parts[k] for k in sorted(parts)])
+    else:
+        plan = job.plan(source, connectivities, [])
+    plan_ref = ray.put(plan)
+    answer = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_answer_task)
+
+    def done(item, answers: CellAnswers) -> None:
+        start, cells = item
+        if len(answers) != cells:
+            raise BackendError(f"Backend '{be.name}' returned {len(answers)} answers for the "
+                               f"{cells} cells from {start}.")
+        if manifest is not None:
+            manifest.record(block_id(start, start + cells), answers_frame(answers))
+        out[start] = answers
+        advance(len(answers))
+
+    _windowed(ray, lambda start, chunk: answer.remote(job_ref, chunk, start, plan_ref),
+              ((s, c) for s, c in _chunks(source, block_cells) if s in todo), limit, done)
+
+
+def _score_task(job, chunk, start: int, keep_scores: bool):
+    return job.score(chunk, start, keep_scores)
+
+
+#: per worker process: the job its last tasks ran (its answerer's tables are built once)
+_JOBS: dict[str, object] = {}
+
+
+def _answer_task(job, chunk, start: int, plan) -> CellAnswers:
+    token = getattr(job, "token", None)
+    if token is not None:
+        if token not in _JOBS:
+            _JOBS.clear()
+            _JOBS[token] = job
+        job = _JOBS[token]
+    return job.answer(chunk, start, plan)
+
+
+__all__ = ["DEFAULT_BLOCK_CELLS", "answers_frame", "frame_answers", "matrix_answers"]

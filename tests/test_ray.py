@@ -1,0 +1,291 @@
+"""The Ray engine (``engine="ray"``, ``--engine ray``) on a real local Ray cluster.
+
+One cluster of two CPUs for the whole file (``ray.init(num_cpus=2)``); worker processes are
+real, and so are the faults: a worker SIGKILLed while it answers a block, a CLI driver
+SIGKILLed mid-run, an OpenAI-compatible server on 127.0.0.1 counting every request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import synthetic
+from conftest import REPO_ROOT, SHARED_DATA
+from fault_server import LABEL, FaultServer, one_gene_cells
+
+from cellreasoner.annotation import annotate
+from cellreasoner.distributed.manifest import RunManifest
+
+ray = pytest.importorskip("ray", reason="the Ray engine's tests need the 'ray' extra")
+psutil = pytest.importorskip("psutil")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A local two-CPU Ray cluster; yields its GCS address (for CLI drivers)."""
+    if (SHARED_DATA / "ranked_hvg.list").is_file():  # workers inherit this environment
+        os.environ.setdefault("CELLREASONER_GENE_LIST", str(SHARED_DATA / "ranked_hvg.list"))
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=600 << 20,
+             log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def small_h5ad(tmp_path_factory) -> Path:
+    """12,000 synthetic realistic cells (few stored values each: the tests stay fast)."""
+    return synthetic.write_h5ad(tmp_path_factory.mktemp("ray") / "small.h5ad", 12_000,
+                                nnz=200, chunk=12_000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_local(small_h5ad) -> pd.DataFrame:
+    """The single-process table of ``small_h5ad``."""
+    return annotate(str(small_h5ad), progress=False).table
+
+
+def _same_answers(table: pd.DataFrame, reference: pd.DataFrame) -> None:
+    assert list(table.index) == list(reference.index)  # every cell once, in order
+    pd.testing.assert_frame_equal(table, reference)
+
+
+@pytest.mark.slow
+def test_200k_cells_same_labels_as_single_process(ray_cluster, tmp_path):
+    """200k synthetic cells, built-in reasoner: Ray gives the single process's answers."""
+    path = synthetic.write_h5ad(tmp_path / "200k.h5ad", 200_000, nnz=300, seed=1)
+    t0 = time.perf_counter()
+    local = annotate(str(path), progress=False)
+    t1 = time.perf_counter()
+    dist = annotate(str(path), engine="ray", progress=False)
+    t2 = time.perf_counter()
+    print(f"200k cells: single process {t1 - t0:.1f} s, Ray (2 workers) {t2 - t1:.1f} s")
+    assert dist.provenance["engine"] == "ray" and dist.provenance["workers"] == 2
+    _same_answers(dist.table, local.table)
+    assert local.table["label"].nunique() >= 8  # a real mix of cell types, not one answer
+
+
+def _ray_workers_running(task: str) -> list[psutil.Process]:
+    """Worker processes whose title says they run ``task`` now (Ray names them ray::TASK)."""
+    out = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if cmd.startswith(f"ray::{task}"):
+            out.append(proc)
+    return out
+
+
+def test_worker_killed_mid_run_every_cell_once(ray_cluster, small_h5ad, small_local, tmp_path):
+    """SIGKILL a worker while it answers a block: Ray retries the block, each block is
+    recorded once, and the answers equal the single process's."""
+    manifest = tmp_path / "manifest"
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for proc in _ray_workers_running("_answer_task"):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    result = annotate(str(small_h5ad), engine="ray", chunk_size=2_000, manifest=manifest,
+                      progress=False)
+    killer.join()
+    assert killed, "no worker was seen answering a block"
+    assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == "zombie"
+    _same_answers(result.table, small_local)
+    entries = json.loads((manifest / "manifest.json").read_text())["blocks"]
+    assert sorted(entries) == sorted(f"cells {lo}-{lo + 2000}" for lo in range(0, 12_000, 2000))
+    assert sum(e["rows"] for e in entries.values()) == 12_000
+    files = [f for f in (manifest / "blocks").iterdir() if not f.name.startswith(".")]
+    assert len(files) == 6
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    return subprocess.Popen([sys.executable, "-m", "cellreasoner.cli", "annotate", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            **kw)
+
+
+def test_driver_killed_rerun_skips_finished_blocks(ray_cluster, small_h5ad, small_local,
+                                                   tmp_path):
+    """A CLI driver SIGKILLed mid-run; the same command again reads the finished blocks back
+    from the manifest (counted) and answers only the rest."""
+    out = tmp_path / "cells.parquet"
+    args = [str(small_h5ad), "-o", str(out), "--engine", "ray", "--address", ray_cluster,
+            "--chunk-size", "1500", "--no-progress"]
+    manifest = out.with_name(out.name + ".manifest") / "manifest.json"
+    first = _cli(args)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and first.poll() is None:
+        if manifest.is_file() and len(json.loads(manifest.read_text())["blocks"]) >= 2:
+            break
+        time.sleep(0.02)
+    assert first.poll() is None, f"the run ended before it could be killed: {first.stderr}"
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    first.stderr.close()
+    first.stdout.close()
+    assert not out.exists()
+    finished = len(json.loads(manifest.read_text())["blocks"])
+    assert 2 <= finished < 8
+
+    again = _cli(args)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert f"8 block(s), {finished} read back from an earlier run" in err
+    table = pd.read_parquet(out)
+    assert table["cell_name"].tolist() == small_local.index.tolist()  # every cell once
+    np.testing.assert_array_equal(table["label"].to_numpy(dtype=str),
+                                  small_local["label"].to_numpy(dtype=str))
+
+
+def test_openai_through_ray_asks_every_prompt_once(ray_cluster):
+    """Model backend replicas (two workers, two requests in flight each) against a real local
+    server: every unique prompt is asked once, and never more than 2 x 2 at a time."""
+    genes = [f"GENE{i}" for i in range(40)]
+    adata = one_gene_cells(genes)
+    adata = adata[np.repeat(np.arange(40), 3)].copy()  # each prompt three times
+    adata.obs_names_make_unique()
+    with FaultServer("ok", delay_s=0.05) as server:
+        result = annotate(adata, "openai", model="m", gene_list=genes, engine="ray",
+                          batch_size=7, backend_options={"base_url": server.url,
+                                                         "concurrency": 2}, progress=False)
+    assert sorted(server.asked) == sorted(genes)
+    assert set(server.asked.values()) == {1}
+    assert 1 <= server.max_in_flight <= 4
+    assert (result.table["label"] == LABEL).all()
+    assert result.provenance["unique_prompts"] == 40
+    assert result.provenance["prompts_asked"] == 40
+
+
+def test_replica_killed_mid_block_is_restarted_and_recorded_once(ray_cluster, tmp_path):
+    """SIGKILL a backend replica while it answers a block: Ray restarts it and asks the block
+    again; every prompt gets its answer and each block is recorded once."""
+    genes = [f"GENE{i}" for i in range(24)]
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for proc in _ray_workers_running("_Replica.generate"):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one)
+    with FaultServer("ok", delay_s=0.15) as server:
+        killer.start()
+        result = annotate(one_gene_cells(genes), "openai", model="m", gene_list=genes,
+                          engine="ray", batch_size=4, manifest=tmp_path / "m",
+                          backend_options={"base_url": server.url, "concurrency": 1},
+                          progress=False)
+        killer.join()
+    assert killed, "no replica was seen answering a block"
+    assert sorted(server.asked) == sorted(genes)
+    assert sum(server.asked.values()) - len(genes) <= 4  # at most the killed block again
+    assert (result.table["label"] == LABEL).all()
+    entries = json.loads((tmp_path / "m" / "manifest.json").read_text())["blocks"]
+    assert len(entries) == 6 and sum(e["rows"] for e in entries.values()) == 24
+
+
+def test_cli_ray_options_need_the_ray_engine(capsys, tmp_path):
+    from cellreasoner.cli import main
+
+    rc = main(["annotate", "pbmc68k_reduced", "-o", str(tmp_path / "x.parquet"),
+               "--workers", "2", "--manifest", str(tmp_path / "m")])
+    assert rc == 2
+    assert "--workers, --manifest only apply to --engine ray" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_cluster_and_hybrid_modes_match_local(ray_cluster, pbmc68k):
+    """Cluster mode (one prompt per cluster, answered by replicas) and hybrid mode (per-cell
+    chunks on workers, cluster majorities on the driver) give the local answers."""
+    for mode in ("cluster", "hybrid"):
+        local = annotate(pbmc68k.copy(), mode=mode, by="bulk_labels", progress=False)
+        dist = annotate(pbmc68k.copy(), mode=mode, by="bulk_labels", engine="ray",
+                        workers=1, chunk_size=200, progress=False)
+        _same_answers(dist.table, local.table)
+
+
+def test_manifest_records_a_block_once_and_keys_its_settings(tmp_path):
+    frame = pd.DataFrame({"label": ["B cell", "NK cell"]})
+    m = RunManifest(tmp_path / "m", {"input": "a.h5ad", "n": 1})
+    m.record("cells 0-2", frame)
+    with pytest.raises(RuntimeError, match="already recorded"):
+        m.record("cells 0-2", frame)
+    again = RunManifest(tmp_path / "m", {"input": "a.h5ad", "n": 1})
+    assert again.finished("cells 0-2")
+    pd.testing.assert_frame_equal(again.load("cells 0-2"), frame)
+    assert again.skipped == 1
+    other = RunManifest(tmp_path / "m", {"input": "a.h5ad", "n": 2})  # other settings
+    assert not other.finished("cells 0-2")
+    assert "a.h5ad" not in (tmp_path / "m" / "manifest.json").read_text()  # only a hash
+
+
+def test_vllm_processor_config_from_our_settings():
+    from cellreasoner.distributed.llm import vllm_processor_config, vllm_processor_kwargs
+
+    kw = vllm_processor_kwargs("guangshuo/CellReasoner-7B", replicas=4, batch_size=32)
+    assert kw["model_source"] == "guangshuo/CellReasoner-7B"
+    assert kw["concurrency"] == 4 and kw["batch_size"] == 32
+    assert kw["engine_kwargs"]["enable_prefix_caching"] is True
+    assert kw["engine_kwargs"]["max_model_len"] == 8192 + 4096
+    assert kw["chat_template_stage"] is False  # our chat rendering, not Ray's
+    pytest.importorskip("aiohttp")
+    config = vllm_processor_config("guangshuo/CellReasoner-7B", replicas=4, batch_size=32)
+    assert config.model_source == "guangshuo/CellReasoner-7B"
+    assert config.concurrency == 4
+    assert config.engine_kwargs["enable_prefix_caching"] is True
+
+
+def test_prompt_renderer_matches_the_vllm_backend(tmp_path, gene_list_path):
+    """The Ray Data preprocess step renders each prompt as the vllm backend does."""
+    pytest.importorskip("transformers")
+    from tiny_model import build_tokenizer
+
+    from cellreasoner.backends.vllm import prompt_texts, sampling_kwargs
+    from cellreasoner.distributed.llm import PromptRenderer, prompt_rows
+    from cellreasoner.prompts import Prompt, SamplingParams
+
+    tok = build_tokenizer(["CD3D", "CD3E", "IL7R", "MS4A1", "CD79A"], vocab_size=1000)
+    tok.save_pretrained(tmp_path / "tok")
+    sampling = SamplingParams.for_mode(True)
+    prompts = [Prompt("Annotate the cell.", "CD3D, CD3E, IL7R", True),
+               Prompt("Annotate the cell.", "MS4A1, CD79A", False)]
+    render = PromptRenderer(str(tmp_path / "tok"), sampling)
+    rows = [render(r) for r in prompt_rows(prompts)]
+    assert [r["prompt"] for r in rows] == prompt_texts(tok, prompts)
+    assert rows[0]["prompt"].endswith("<think> ")
+    assert rows[0]["sampling_params"] == sampling_kwargs(sampling)
+    assert rows[1]["key"] == prompts[1].key()
+
+
+def test_engine_errors_are_one_clear_message(pbmc68k, monkeypatch):
+    from cellreasoner.errors import InputError, MissingDependencyError
+
+    with pytest.raises(InputError, match="engine must be one of local, ray"):
+        annotate(pbmc68k, engine="spark", progress=False)
+    with pytest.raises(InputError, match="--workers"):
+        annotate(pbmc68k, engine="ray", workers=0, progress=False)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'cellreasoner\[ray\]'"):
+        annotate(pbmc68k, engine="ray", progress=False)
