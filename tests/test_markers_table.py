@@ -343,3 +343,56 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert main(["annotate-markers", str(bad), "-o", str(tmp_path / "o.csv")]) == 2
     assert main(["annotate-markers", str(bad), "-o", str(tmp_path / "o.txt")]) == 2
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_consensus_of_builtin_and_models_on_a_marker_table(tmp_path):
+    """Several backends name each cluster; the ontology-aware vote of ``annotate`` decides."""
+    def says_cd8(prompt, sample):  # calls every T-cell list a CD8 T cell, LYZ+ ones classical
+        if "CD3E" in prompt.sentence:
+            return "CD8-positive, alpha-beta T cell"
+        return "classical monocyte" if "LYZ" in prompt.sentence else "B cell"
+
+    first = FakeBackend(_echo_first_gene, model="echo")
+    second = FakeBackend(says_cd8, model="cd8")
+    res = annotate_markers(LISTS, ["builtin", first, second], prompt_style="neutral",
+                           cache=tmp_path / "c.sqlite", check_labels=True)
+    t = res.table.set_index("cluster")
+    assert list(res.table.columns[:len(OUTPUT_COLUMNS)]) == list(OUTPUT_COLUMNS)
+    assert {"cellreasoner_label_builtin", "cellreasoner_label_fake_echo",
+            "cellreasoner_label_fake_cd8", "cellreasoner_agreement",
+            "cellreasoner_entropy"} <= set(t.columns)
+    # "B cell" (T-cell markers): T cell + T cell + CD8 T -> the majority term, T cell
+    row = t.loc["B cell"]
+    assert row["cellreasoner_label_fake_cd8"].startswith("CD8")
+    assert row["cellreasoner_ontology_id"] == "CL:0000084"  # T cell
+    assert row["cellreasoner_agreement"] == pytest.approx(1.0)  # CD8 T lies under T cell
+    assert row["cellreasoner_entropy"] > 0 and row["label_check"] == "disagrees"
+    # the monocyte list: classical (builtin), monocyte (echo), classical (cd8) -> the majority;
+    # "monocyte" is not in the classical monocyte's subtree
+    mono = t.loc["Monocyte"]
+    assert mono["cellreasoner_label_builtin"] == "classical monocyte"
+    assert mono["cellreasoner_ontology_label"] == "classical monocyte"
+    assert mono["cellreasoner_confidence"] == pytest.approx(2 / 3)
+    assert set(t["cellreasoner_backend"]) == {"consensus:builtin,fake_echo,fake_cd8"}
+    assert res.provenance["backend"] == "consensus" and len(res.provenance["backends"]) == 3
+    # each backend's answers were cached as a single run caches them
+    again = FakeBackend(_echo_first_gene, model="echo")
+    annotate_markers(LISTS, again, prompt_style="neutral", cache=tmp_path / "c.sqlite")
+    assert again.calls == []
+
+
+def test_annotate_markers_cli_takes_a_backend_list(tmp_path):
+    table = tmp_path / "m.json"
+    table.write_text(json.dumps({"T": ["CD3E", "CD3D", "IL7R"], "B": ["MS4A1", "CD79A"]}))
+    out = tmp_path / "out.csv"
+    bad = subprocess.run([sys.executable, "-m", "cellreasoner.cli", "annotate-markers",
+                          str(table), "-o", str(out), "--backend", "builtin,nosuch"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "nosuch" in bad.stderr and "Traceback" not in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "cellreasoner.cli", "annotate-markers",
+                         str(table), "-o", str(out), "--backend", "builtin,builtin"],
+                        capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr
+    got = pd.read_csv(out).set_index("cluster")
+    assert got.loc["T", "cellreasoner_agreement"] == 1.0
+    assert {"cellreasoner_label_builtin", "cellreasoner_label_builtin_2"} <= set(got.columns)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..backends import BACKENDS
     from ..markers.prompting import MARKER_PROMPT_STYLES
     from ..markers.table import DEFAULT_MAX_PADJ, DEFAULT_MIN_LOGFC, LAYOUTS
+    from .annotate import backend_list
 
     p = sub.add_parser(
         "annotate-markers",
@@ -22,8 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    ".h5ad with a rank_genes_groups result, 'cluster<TAB>gene1,gene2' lines, "
                    "or JSON {cluster: [genes]}")
     p.add_argument("-o", "--output", required=True, help="output .csv (one row per cluster)")
-    p.add_argument("--backend", default="builtin", choices=sorted(BACKENDS),
-                   help="builtin (default, no model needed), transformers, openai, vllm, gguf")
+    p.add_argument("--backend", default="builtin", metavar="NAME[:MODEL][,...]",
+                   type=backend_list,
+                   help="builtin (default, no model needed), transformers, openai, vllm, gguf; "
+                   "several, comma-separated (builtin,openai:MODEL_A,gguf:PATH), make a "
+                   "consensus: an ontology-aware vote with agreement, entropy and each "
+                   "backend's own label")
     p.add_argument("--model", help="model name, folder or file for the backend")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
     p.add_argument("--api-key-env", help="environment variable holding the API key (openai "

@@ -157,7 +157,11 @@ def annotate_markers(
         ``{cluster: [genes]}``), a dict, a DataFrame or a :class:`~.table.MarkerTable`.
     backend
         ``"builtin"`` (default: the knowledge-base reasoner, no download), any registry name
-        (``"openai"``, ``"gguf"``, ``"transformers"``, ``"vllm"``) or a ready backend.
+        (``"openai"``, ``"gguf"``, ``"transformers"``, ``"vllm"``), ``"NAME:MODEL"``, or a ready
+        backend. Several (``"builtin,openai:MODEL_A,gguf:PATH"``, or a list) make a consensus:
+        each backend names the clusters as it would alone, then the ontology-aware vote of
+        ``annotate`` decides (``cellreasoner_agreement``, also the confidence;
+        ``cellreasoner_entropy``; each backend's own answer in ``cellreasoner_label_<name>``).
     model
         Model name/path for a model backend.
     tissue
@@ -212,6 +216,26 @@ def annotate_markers(
         ``.table`` with one row per cluster and the columns :data:`OUTPUT_COLUMNS` (plus
         ``label_check`` and ``label_check_reason``).
     """
+    from ..annotation.consensus import is_consensus
+
+    if is_consensus(backend):
+        return _consensus(table, backend, model=model, backend_options=backend_options,
+                          layout=layout, uns_key=uns_key, options=dict(
+                              tissue=tissue, species=species, markers=markers, top=top,
+                              max_padj=max_padj, min_logfc=min_logfc,
+                              check_labels=check_labels, label_map=label_map,
+                              prompt_style=prompt_style, clusters_per_call=clusters_per_call,
+                              reasoning=reasoning, instruction=instruction, n=n,
+                              temperature=temperature, max_new_tokens=max_new_tokens,
+                              seed=seed, cache=cache, batch_size=batch_size))
+    if isinstance(backend, str) and ":" in backend:  # "NAME:MODEL"
+        from ..annotation.consensus import parse_backend_spec
+
+        ((backend, spec_model),) = parse_backend_spec(backend)
+        if model is not None and spec_model is not None and model != spec_model:
+            raise InputError(f"backend '{backend}:{spec_model}' and model '{model}' name two "
+                             "models; give one.")
+        model = model if spec_model is None else spec_model
     from ..annotation import _backend as make_backend
     from ..annotation.cache import GenerationCache, default_cache_path
     from ..annotation.clusters import default_n_markers
@@ -330,6 +354,67 @@ def annotate_markers(
                             if out["cellreasoner_confidence"].notna().any() else math.nan),
     }
     return MarkerAnnotation(out, name, model_name, provenance)
+
+
+def _consensus(table, backend, *, model: str | None, backend_options: dict | None,
+               layout: str, uns_key: str | None, options: dict) -> MarkerAnnotation:
+    """Every backend of ``backend`` names the clusters (each exactly as alone, so with its own
+    cache entries), then the ontology-aware vote of :mod:`cellreasoner.annotation.vote`."""
+    from ..annotation.consensus import make_members
+    from ..annotation.vote import consensus_frame
+
+    t0 = time.perf_counter()
+    raw = table if isinstance(table, MarkerTable) else read_marker_table(
+        table, layout=layout, key=uns_key)
+    members = make_members(backend, model, backend_options)
+    try:
+        runs = [annotate_markers(raw, m.backend, **options) for m in members]
+    finally:
+        for m in members:
+            if m.own:
+                m.backend.close()
+    names = [m.name for m in members]
+    per = {n: r.table.set_index("cluster") for n, r in zip(names, runs, strict=True)}
+    labels = pd.DataFrame({n: t["cellreasoner_label"] for n, t in per.items()})
+    ids = pd.DataFrame({n: t["cellreasoner_ontology_id"] for n, t in per.items()})
+    votes = consensus_frame(labels, ids)
+    first = next(iter(per.values()))
+
+    def support(cluster: str, cl_id: str) -> str:
+        """The supporting markers of the backends whose answer is the consensus term."""
+        got = [per[n].at[cluster, "cellreasoner_supporting_markers"] for n in names
+               if cl_id and per[n].at[cluster, "cellreasoner_ontology_id"] == cl_id]
+        return next((g for g in got if g), "")
+
+    clusters = list(labels.index)
+    out = pd.DataFrame({
+        "cluster": clusters,
+        "cellreasoner_label": votes["label"].astype(str).to_numpy(),
+        "cellreasoner_ontology_id": votes["ontology_id"].astype(str).to_numpy(),
+        "cellreasoner_ontology_label": votes["ontology_label"].astype(str).to_numpy(),
+        "cellreasoner_confidence": votes["agreement"].to_numpy(dtype=float),
+        "cellreasoner_reasoning": [
+            f"Consensus ({votes.at[c, 'how']}) of {len(names)} backends: " + "; ".join(
+                f"{n}: {labels.at[c, n]}" for n in names) for c in clusters],
+        "cellreasoner_supporting_markers": [support(c, votes.at[c, "ontology_id"])
+                                            for c in clusters],
+        "cellreasoner_backend": "consensus:" + ",".join(names),
+    })
+    for col in CHECK_COLUMNS:  # the check reads the built-in evidence, the same in every run
+        if col in first:
+            out[col] = first[col].to_numpy()
+    out["cellreasoner_agreement"] = votes["agreement"].to_numpy(dtype=float)
+    out["cellreasoner_entropy"] = votes["entropy"].to_numpy(dtype=float)
+    for n in names:
+        out[f"cellreasoner_label_{n}"] = labels[n].to_numpy()
+    provenance = {
+        "backend": "consensus", "backends": {n: {"backend": r.backend, "model": r.model}
+                                             for n, r in zip(names, runs, strict=True)},
+        "decided": votes["how"].value_counts().to_dict(),
+        "members": {n: r.provenance for n, r in zip(names, runs, strict=True)},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return MarkerAnnotation(out, "consensus", ",".join(names), provenance)
 
 
 __all__ = ["CHECK_COLUMNS", "OUTPUT_COLUMNS", "MarkerAnnotation", "annotate_markers"]
