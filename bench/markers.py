@@ -179,6 +179,13 @@ def main() -> None:
                              "clusters": len(tab), **score_rows(res_llm, truth_map),
                              "seconds": f"{time.perf_counter() - t0:.1f}"})
                 print(f"[{name}] gguf: {rows[-1]}", file=sys.stderr, flush=True)
+                # the consensus of the two (the model's answers come from the cache just filled)
+                t0 = time.perf_counter()
+                res_both = annotate_markers(tab, ["builtin", llm], prompt_style="gptcelltype",
+                                            cache=args.cache, max_new_tokens=48)
+                rows.append({"dataset": name, "backend": "consensus builtin + gguf",
+                             "clusters": len(tab), **score_rows(res_both, truth_map),
+                             "seconds": f"{time.perf_counter() - t0:.1f}"})
             planted = plant(list(tab.clusters), truth_map)
             renamed = tab.rename(planted)
             lm = {planted.get(k, k): v for k, v in (truth_map or {}).items()
