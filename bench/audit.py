@@ -1,9 +1,9 @@
 """The label audit (``cr.tl.audit``) against a reference set of contradicted cells.
 
 The reference comes from fixed canonical-marker rules that do not use the audit's code or
-scores: :data:`accuracy.AUDIT_RULES` (FCGR3A+ "Dendritic" cells without any DC marker, CD8/CD4
+scores: :data:`_audit_rules.AUDIT_RULES` (FCGR3A+ "Dendritic" cells without any DC marker, CD8/CD4
 T labels with the other co-receptor only, CD3+ "NK", cDC2-marker "CD14" monocytes) plus one
-rule of the issue's list that accuracy.py does not need (B-cell labels on cells with
+rule of the issue's list that those rules lack (B-cell labels on cells with
 TNFRSF17 and MZB1 but no MS4A1: plasma cells). A cell is "contradicted" in the reference when
 one rule fires; everything else counts as consistent.
 
@@ -22,12 +22,12 @@ import time
 
 import pandas as pd
 import scanpy as sc
+from _audit_rules import AUDIT_RULES, AuditRule, label_audit, load_pbmc68k
 from _common import ROOT, table
-from accuracy import AUDIT_RULES, AuditRule, label_audit, load_pbmc68k
 
 from cellreasoner.audit import audit
 
-#: accuracy.AUDIT_RULES plus the plasma-cell case named in the issue.
+#: _audit_rules.AUDIT_RULES plus the plasma-cell case named in the issue.
 REFERENCE_RULES = (*AUDIT_RULES, AuditRule(
     r"(?:^|\W)B(?:\W|$)|CD19", "B-cell label; TNFRSF17 and MZB1 detected, no MS4A1 (plasma)",
     absent=("MS4A1",), present_all=("TNFRSF17", "MZB1")))
@@ -35,14 +35,7 @@ REFERENCE_RULES = (*AUDIT_RULES, AuditRule(
 
 def reference(ds: dict) -> pd.Series:
     """Per cell the first reference rule its expression meets ("" if none)."""
-    import accuracy
-
-    saved = accuracy.AUDIT_RULES
-    accuracy.AUDIT_RULES = REFERENCE_RULES
-    try:
-        why, notes = label_audit(ds)
-    finally:
-        accuracy.AUDIT_RULES = saved
+    why, notes = label_audit(ds, REFERENCE_RULES)
     for note in notes:
         print("note:", note)
     return why
@@ -77,7 +70,7 @@ def main() -> None:
         flags = (got.cells["status"] == "contradicted").to_numpy()
         where = f"tissue={tissue or 'all'}"
         rows.append(_row(f"{where}, reference rules", flags, contra, got, seconds))
-        rows.append(_row(f"{where}, accuracy.AUDIT_RULES only", flags, only_accuracy, got,
+        rows.append(_row(f"{where}, AUDIT_RULES only", flags, only_accuracy, got,
                          seconds))
         if tissue == args.tissue:
             res, flagged = got, flags
