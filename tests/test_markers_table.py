@@ -396,3 +396,27 @@ def test_annotate_markers_cli_takes_a_backend_list(tmp_path):
     got = pd.read_csv(out).set_index("cluster")
     assert got.loc["T", "cellreasoner_agreement"] == 1.0
     assert {"cellreasoner_label_builtin", "cellreasoner_label_builtin_2"} <= set(got.columns)
+
+
+def test_deliberation_on_a_marker_table_revises_disputed_clusters_only(tmp_path):
+    """One round: the model sees the others' answers for the clusters they disagree on."""
+    def stubborn_then_persuaded(prompt, sample):
+        if "Other annotators answered" in prompt.sentence:
+            first_line = prompt.sentence.splitlines()[0]
+            return "T cell" if "CD3E" in first_line else "natural killer cell"
+        return "B cell"  # every first answer is B cell
+
+    model = FakeBackend(stubborn_then_persuaded, model="m")
+    res = annotate_markers(LISTS, ["builtin", model], prompt_style="neutral",
+                           cache=tmp_path / "c.sqlite", deliberate=True)
+    t = res.table.set_index("cluster")
+    asked = [p.sentence for p in model.calls if "Other annotators answered" in p.sentence]
+    # "B cell (activated)" was unanimous (B cell twice): not asked again
+    assert len(asked) == 3 and not any("MS4A1" in s.splitlines()[0] for s in asked)
+    assert all("- builtin:" in s and "Your first answer was: B cell." in s for s in asked)
+    assert t.loc["B cell", "cellreasoner_label_fake_m"] == "T cell"
+    assert t.loc["B cell", "cellreasoner_ontology_id"] == "CL:0000084"
+    assert t.loc["NK", "cellreasoner_label_fake_m"] == "natural killer cell"
+    assert res.provenance["deliberation"]["revised"] == {"fake_m": 3}
+    with pytest.raises(InputError, match="several backends"):
+        annotate_markers(LISTS, "builtin", deliberate=True)

@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "several, comma-separated (builtin,openai:MODEL_A,gguf:PATH), make a "
                    "consensus: an ontology-aware vote with agreement, entropy and each "
                    "backend's own label")
+    p.add_argument("--deliberate", action="store_true",
+                   help="with several backends: one round in which each model backend sees the "
+                   "others' answers and supporting markers for the clusters they disagree on, "
+                   "and may revise")
     p.add_argument("--model", help="model name, folder or file for the backend")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
     p.add_argument("--api-key-env", help="environment variable holding the API key (openai "
@@ -105,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
         cache=False if args.no_cache else args.cache,
         backend_options=opts if args.backend != "builtin" else None, layout=args.layout,
-        uns_key=args.uns_key)
+        uns_key=args.uns_key, deliberate=args.deliberate)
     result.to_csv(out)
     t = result.table
     labels = ", ".join(f"{c}: {lb}" for c, lb in zip(t["cluster"], t["cellreasoner_label"],

@@ -146,6 +146,7 @@ def annotate_markers(
     backend_options: dict | None = None,
     layout: str = "auto",
     uns_key: str | None = None,
+    deliberate: bool = False,
 ) -> MarkerAnnotation:
     """Name every cluster of a marker table, with reasons and a CL term.
 
@@ -209,6 +210,11 @@ def annotate_markers(
         Table layout (default ``"auto"``: detected).
     uns_key
         ``.h5ad`` input: the ``uns`` key of the ``rank_genes_groups`` result.
+    deliberate
+        Consensus runs only: one deliberation round (default False), as in ``annotate``:
+        for every cluster the backends disagree on, each model backend sees the cluster's
+        markers, the other backends' answers with their supporting markers and its own first
+        answer, and may revise it (cached like any prompt).
 
     Returns
     -------
@@ -218,9 +224,12 @@ def annotate_markers(
     """
     from ..annotation.consensus import is_consensus
 
+    if deliberate and not is_consensus(backend):
+        raise InputError("deliberate (--deliberate) needs several backends, e.g. "
+                         "backend='builtin,openai:MODEL'.")
     if is_consensus(backend):
         return _consensus(table, backend, model=model, backend_options=backend_options,
-                          layout=layout, uns_key=uns_key, options=dict(
+                          layout=layout, uns_key=uns_key, deliberate=deliberate, options=dict(
                               tissue=tissue, species=species, markers=markers, top=top,
                               max_padj=max_padj, min_logfc=min_logfc,
                               check_labels=check_labels, label_map=label_map,
@@ -357,7 +366,8 @@ def annotate_markers(
 
 
 def _consensus(table, backend, *, model: str | None, backend_options: dict | None,
-               layout: str, uns_key: str | None, options: dict) -> MarkerAnnotation:
+               layout: str, uns_key: str | None, deliberate: bool,
+               options: dict) -> MarkerAnnotation:
     """Every backend of ``backend`` names the clusters (each exactly as alone, so with its own
     cache entries), then the ontology-aware vote of :mod:`cellreasoner.annotation.vote`."""
     from ..annotation.consensus import make_members
@@ -367,8 +377,11 @@ def _consensus(table, backend, *, model: str | None, backend_options: dict | Non
     raw = table if isinstance(table, MarkerTable) else read_marker_table(
         table, layout=layout, key=uns_key)
     members = make_members(backend, model, backend_options)
+    revised: dict[str, int] = {}
     try:
         runs = [annotate_markers(raw, m.backend, **options) for m in members]
+        if deliberate:
+            revised = _deliberate(members, runs, raw, options)
     finally:
         for m in members:
             if m.own:
@@ -412,9 +425,79 @@ def _consensus(table, backend, *, model: str | None, backend_options: dict | Non
                                              for n, r in zip(names, runs, strict=True)},
         "decided": votes["how"].value_counts().to_dict(),
         "members": {n: r.provenance for n, r in zip(names, runs, strict=True)},
+        "deliberation": ({"revised": revised} if deliberate else {}),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return MarkerAnnotation(out, "consensus", ",".join(names), provenance)
+
+
+def _deliberate(members, runs: list[MarkerAnnotation], raw: MarkerTable,
+                options: dict) -> dict[str, int]:
+    """One round on the clusters the backends disagree on: each model backend sees the
+    cluster's markers, the others' answers with their supporting markers and its own first
+    answer, and may revise it (in its run's table). Returns the revisions per backend."""
+    from ..annotation.cache import GenerationCache, resolve_cache_path
+    from ..annotation.consensus import DELIBERATION_NOTE
+    from ..annotation.engine import generate_cached, vote
+    from ..annotation.vote import consensus_frame
+    from ..ontology import ground_labels
+    from ..prompts import Prompt, SamplingParams, resolve_instruction
+
+    tables = [r.table.set_index("cluster") for r in runs]
+    labels = pd.DataFrame({m.name: t["cellreasoner_label"] for m, t in zip(members, tables,
+                                                                        strict=True)})
+    ids = pd.DataFrame({m.name: t["cellreasoner_ontology_id"] for m, t in zip(members, tables,
+                                                                           strict=True)})
+    disputed = list(labels.index[consensus_frame(labels, ids)["how"] != "unanimous"])
+    revised: dict[str, int] = {}
+    if not disputed:
+        return revised
+    reasoning = bool(options.get("reasoning"))
+    sampling = SamplingParams.for_mode(reasoning, temperature=options.get("temperature"),
+                                       max_new_tokens=options.get("max_new_tokens"),
+                                       seed=options.get("seed"), n=1)
+    instruction = (resolve_instruction(None, reasoning=reasoning, style="neutral",
+                                       tissue=options.get("tissue"), cluster=True)
+                   + "\n\n" + DELIBERATION_NOTE)
+    for j, (m, run) in enumerate(zip(members, runs, strict=True)):
+        if m.backend.capabilities.reads != "prompts":
+            continue
+        lists = filter_markers(raw, max_padj=options.get("max_padj"),
+                               min_logfc=options.get("min_logfc"),
+                               top=run.provenance["top"]).lists()
+        texts = []
+        for c in disputed:
+            lines = [", ".join(lists.get(c, [])), "", "Other annotators answered:"]
+            for k, other in enumerate(members):
+                if k != j:
+                    cited = str(tables[k].at[c, "cellreasoner_supporting_markers"] or "")
+                    lines.append(f"- {other.name}: {labels.at[c, other.name] or UNKNOWN}"
+                                 + (f" (supporting markers: {cited})" if cited else ""))
+            lines.append(f"Your first answer was: {labels.at[c, m.name] or UNKNOWN}.")
+            texts.append("\n".join(lines))
+        with ExitStack() as stack:
+            cache = None
+            path = resolve_cache_path(options.get("cache"))
+            if path is not None:
+                cache = stack.enter_context(GenerationCache(path, m.backend.name,
+                                                            m.backend.model, sampling))
+            gens = generate_cached(m.backend, [Prompt(instruction, t, reasoning) for t in texts],
+                                   sampling, cache,
+                                   batch_size=int(options.get("batch_size", 16)))
+        answers = [vote(g, reasoning) for g in gens]
+        new_ids, new_names = ground_labels([a.label or "" for a in answers])
+        table = run.table
+        count = 0
+        for c, a, cid, cname in zip(disputed, answers, new_ids, new_names, strict=True):
+            if a.failure or not a.label:
+                continue
+            row = table.index[table["cluster"] == c][0]
+            count += str(table.at[row, "cellreasoner_ontology_id"]) != str(cid)
+            table.loc[row, ["cellreasoner_label", "cellreasoner_ontology_id",
+                            "cellreasoner_ontology_label", "cellreasoner_reasoning"]] = [
+                a.label, cid, cname, a.reasoning or a.response]
+        revised[m.name] = int(count)
+    return revised
 
 
 __all__ = ["CHECK_COLUMNS", "OUTPUT_COLUMNS", "MarkerAnnotation", "annotate_markers"]
