@@ -86,22 +86,28 @@ def _ray_workers_running(task: str) -> list[psutil.Process]:
     return out
 
 
-def test_worker_killed_mid_run_every_cell_once(ray_cluster, small_h5ad, small_local, tmp_path):
-    """SIGKILL a worker while it answers a block: Ray retries the block, each block is
-    recorded once, and the answers equal the single process's."""
-    manifest = tmp_path / "manifest"
+def _killer(task: str) -> tuple[threading.Thread, list[int]]:
+    """A thread that SIGKILLs the first Ray worker seen running ``task`` (within 120 s), and
+    the list it records that worker's PID in."""
     killed: list[int] = []
 
     def kill_one() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
-            for proc in _ray_workers_running("_answer_task"):
+            for proc in _ray_workers_running(task):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed.append(proc.pid)
                 return
             time.sleep(0.02)
 
-    killer = threading.Thread(target=kill_one)
+    return threading.Thread(target=kill_one), killed
+
+
+def test_worker_killed_mid_run_every_cell_once(ray_cluster, small_h5ad, small_local, tmp_path):
+    """SIGKILL a worker while it answers a block: Ray retries the block, each block is
+    recorded once, and the answers equal the single process's."""
+    manifest = tmp_path / "manifest"
+    killer, killed = _killer("_answer_task")
     killer.start()
     result = annotate(str(small_h5ad), engine="ray", chunk_size=2_000, manifest=manifest,
                       progress=False)
@@ -179,18 +185,7 @@ def test_replica_killed_mid_block_is_restarted_and_recorded_once(ray_cluster, tm
     """SIGKILL a backend replica while it answers a block: Ray restarts it and asks the block
     again; every prompt gets its answer and each block is recorded once."""
     genes = [f"GENE{i}" for i in range(24)]
-    killed: list[int] = []
-
-    def kill_one() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            for proc in _ray_workers_running("_Replica.generate"):
-                os.kill(proc.pid, signal.SIGKILL)
-                killed.append(proc.pid)
-                return
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_one)
+    killer, killed = _killer("_Replica.generate")
     with FaultServer("ok", delay_s=0.15) as server:
         killer.start()
         result = annotate(one_gene_cells(genes), "openai", model="m", gene_list=genes,

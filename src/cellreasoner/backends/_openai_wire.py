@@ -66,6 +66,26 @@ def _text_field(message: dict, name: str) -> str | None:
     return value
 
 
+def _index(choice: dict) -> int:
+    """A choice's ``index`` (0 when absent or not an integer)."""
+    index = choice.get("index", 0)
+    return index if isinstance(index, int) else 0
+
+
+def _reasoning(message: dict) -> str | None:
+    """The reasoning a server split out of a message or delta (``reasoning_content``, as
+    vLLM/SGLang/DeepSeek send it, or ``reasoning``, as Ollama does)."""
+    return _text_field(message, "reasoning_content") or _text_field(message, "reasoning")
+
+
+def _meta(finish_reason, model, usage: dict, n_choices: int) -> dict:
+    """A generation's metadata; token counts are per request, shared by its choices."""
+    return {"finish_reason": finish_reason, "model": model,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "request_choices": n_choices}
+
+
 def parse_choices(data: object) -> list[Generation]:
     """Generations from a chat-completions reply (``reasoning_content`` kept apart).
 
@@ -85,24 +105,15 @@ def parse_choices(data: object) -> list[Generation]:
         raise MalformedReply(f"the reply's 'choices' are not objects: {str(choices)[:200]}")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     gens = []
-    for choice in sorted(choices, key=lambda c: c.get("index", 0)
-                         if isinstance(c.get("index", 0), int) else 0):
+    for choice in sorted(choices, key=_index):
         message = choice.get("message")
         if not isinstance(message, dict):
             raise MalformedReply(f"the reply's 'message' is a {type(message).__name__}, not an "
                                  f"object: {str(message)[:200]}")
         text = _text_field(message, "content") or ""
-        reasoning = (_text_field(message, "reasoning_content")
-                     or _text_field(message, "reasoning") or None)
-        meta = {
-            "finish_reason": choice.get("finish_reason"),
-            "model": data.get("model"),
-            # token counts are per request, shared by the request's choices
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens"),
-            "request_choices": len(choices),
-        }
-        gens.append(Generation(text=text, reasoning=reasoning, meta=meta))
+        gens.append(Generation(text=text, reasoning=_reasoning(message) or None,
+                               meta=_meta(choice.get("finish_reason"), data.get("model"),
+                                          usage, len(choices))))
     return gens
 
 
@@ -171,10 +182,10 @@ class StreamAssembler:
             if not isinstance(delta, dict):
                 raise MalformedReply(f"a streamed choice has no 'delta' object: "
                                      f"{str(choice)[:200]}")
-            index = choice.get("index", 0) if isinstance(choice.get("index", 0), int) else 0
+            index = _index(choice)
             self._text.setdefault(index, [])
             piece = _text_field(delta, "content")
-            thought = _text_field(delta, "reasoning_content") or _text_field(delta, "reasoning")
+            thought = _reasoning(delta)
             if piece:
                 self._text[index].append(piece)
             if thought:
@@ -197,14 +208,9 @@ class StreamAssembler:
         gens = []
         for index in sorted(self._text):
             reasoning = "".join(self._reasoning.get(index, [])) or None
-            gens.append(Generation(text="".join(self._text[index]), reasoning=reasoning, meta={
-                "finish_reason": self._finish.get(index),
-                "model": self.model,
-                "prompt_tokens": self.usage.get("prompt_tokens"),
-                "completion_tokens": self.usage.get("completion_tokens"),
-                "request_choices": len(self._text),
-                "streamed": True,
-            }))
+            meta = _meta(self._finish.get(index), self.model, self.usage, len(self._text))
+            gens.append(Generation(text="".join(self._text[index]), reasoning=reasoning,
+                                   meta={**meta, "streamed": True}))
         return gens
 
 

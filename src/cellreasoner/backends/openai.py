@@ -350,8 +350,7 @@ class OpenAIBackend(Backend):
         BackendError
             Any other lasting failure (see the module docstring).
         """
-        url = f"{self.base_url}/chat/completions"
-        shown = redact_url(url)  # what messages show: no credentials
+        shown = redact_url(f"{self.base_url}/chat/completions")  # messages show no secrets
         for attempt in range(self.max_retries + 1):
             response = await self._post(client, body)
             try:
@@ -362,13 +361,17 @@ class OpenAIBackend(Backend):
             except MalformedReply as exc:
                 problem = exc
             if attempt < self.max_retries:
-                self.stats["retries"] += 1
-                wait = min(8.0, 0.5 * 2 ** attempt) * (1 - 0.25 * random.random())
-                logger.info("Malformed reply from %s (%s); asking again in %.1f s.", url,
-                            problem, wait)
-                await asyncio.sleep(wait)
+                await self._backoff(attempt, f"Malformed reply from {shown} ({problem})")
         raise MalformedReply(f"{shown} gave a malformed reply {self.max_retries + 1} time(s) in a "
                              f"row for model '{self.model}' ({problem})")
+
+    async def _backoff(self, attempt: int, what: str) -> None:
+        """Count a retry and wait before asking again (jittered exponential backoff, 0.5 s
+        doubling up to 8 s); ``what`` (already free of secrets) is logged."""
+        self.stats["retries"] += 1
+        wait = min(8.0, 0.5 * 2 ** attempt) * (1 - 0.25 * random.random())
+        logger.info("%s; asking again in %.1f s.", what, wait)
+        await asyncio.sleep(wait)
 
     async def _ask_streamed(self, client, body: dict, per_delta: float,
                             tick: Callable[[float], None] | None) -> list[Generation]:
@@ -410,11 +413,8 @@ class OpenAIBackend(Backend):
             finally:
                 await response.aclose()
             if attempt < self.max_retries:
-                self.stats["retries"] += 1
-                wait = min(8.0, 0.5 * 2 ** attempt) * (1 - 0.25 * random.random())
-                logger.info("Streamed reply from %s failed (%s: %s); asking again in %.1f s.",
-                            shown, type(problem).__name__, problem, wait)
-                await asyncio.sleep(wait)
+                await self._backoff(attempt, f"Streamed reply from {shown} failed "
+                                             f"({type(problem).__name__}: {problem})")
         if dropped:
             raise BackendError(
                 f"The model server at {shown} stopped streaming mid-answer "
@@ -482,10 +482,9 @@ class OpenAIBackend(Backend):
         if status in RETRY_STATUSES:
             message += f" (after {retries} retries)"
         if status in (404, 400, 422) or status >= 500:
-            message += await self._models_note()
-            if status == 404:
-                message = (f"Model '{self.model}' was not found at {where} ({detail})."
-                           + await self._models_note())
+            note = await self._models_note()  # asks the server's model list once
+            message = (f"Model '{self.model}' was not found at {where} ({detail})."
+                       if status == 404 else message) + note
         if status == 422 or (status == 400 and "field" in detail.lower()):
             message += (" If a field is rejected, drop it with extra_body={'FIELD': None} or "
                         "send_repetition_penalty=False.")

@@ -25,19 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", help="also write the upstream-layout result table here")
     p.add_argument("--report", metavar="HTML", help="also write the offline HTML report here "
                    "(with metrics when --label-column is given)")
-    p.add_argument("--backend", default="builtin", metavar="NAME[:MODEL][,...]",
-                   type=backend_list,
-                   help="builtin (default, no model needed), transformers, openai, vllm, gguf; "
-                   "NAME:MODEL names the model too; several, comma-separated (e.g. "
-                   "builtin,openai:MODEL_A,gguf:PATH), make a consensus run: an ontology-aware "
-                   "vote, with per-cell agreement, entropy and each backend's own label")
-    p.add_argument("--deliberate", action="store_true",
-                   help="consensus runs: one deliberation round in which the LLM backends see "
-                   "the other answers and their cited markers and may revise (cached)")
-    p.add_argument("--model", help="model name, folder or file for the backend")
-    p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
-    p.add_argument("--api-key-env", help="environment variable holding the API key (openai "
-                   "backend); the key itself is never written anywhere")
+    add_backend_arguments(p, "cell")
     p.add_argument("--reasoning", action="store_true",
                    help="ask for <think> reasoning (upstream reasoning instruction)")
     p.add_argument("--prompt-style", choices=["auto", "cellreasoner", "neutral"],
@@ -61,19 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repetition-penalty", type=float, help="default 1.1")
     p.add_argument("--max-new-tokens", type=int, help="default 4096")
     p.add_argument("--seed", type=int, help="sampling seed (default 1234)")
-    p.add_argument("--concurrency", type=int,
-                   help="parallel requests (openai backend)")
-    p.add_argument("--threads", type=int,
-                   help="CPU threads (gguf backend; default: every core this process may use)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="seconds allowed per request attempt (openai backend; default 120)")
-    p.add_argument("--max-retries", type=int, metavar="N",
-                   help="retries per request on rate limits, server errors, lost connections, "
-                   "timeouts and malformed replies (openai backend; default 3)")
-    p.add_argument("--stream", action="store_true",
-                   help="stream answers as they are written (openai backend): the progress bar "
-                   "moves within long reasoning answers and --timeout bounds the silence between "
-                   "tokens instead of the whole answer")
     p.add_argument("--fail-on-error", action="store_true",
                    help="exit with status 3 when some prompt got no usable answer (its cells "
                    "are written as 'Unknown' either way, and a rerun asks it again)")
@@ -138,6 +113,38 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="log debug information, and one line per HTTP request (the same as "
                    "cellreasoner -v annotate ...)")
     p.set_defaults(func=run)
+
+
+def add_backend_arguments(p: argparse.ArgumentParser, item: str) -> None:
+    """The backend options every command that asks a backend takes (``item``: what is
+    labelled, ``"cell"`` or ``"cluster"``), read back by :func:`backend_options`."""
+    p.add_argument("--backend", default="builtin", metavar="NAME[:MODEL][,...]",
+                   type=backend_list,
+                   help="builtin (default, no model needed), transformers, openai, vllm, gguf; "
+                   "NAME:MODEL names the model too; several, comma-separated (e.g. "
+                   "builtin,openai:MODEL_A,gguf:PATH), make a consensus run: an ontology-aware "
+                   f"vote, with per-{item} agreement, entropy and each backend's own label")
+    p.add_argument("--deliberate", action="store_true",
+                   help="consensus runs: one deliberation round in which the LLM backends see, "
+                   f"for the {item}s they disagree on, the other answers and their cited "
+                   "markers and may revise (cached)")
+    p.add_argument("--model", help="model name, folder or file for the backend")
+    p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
+    p.add_argument("--api-key-env", help="environment variable holding the API key (openai "
+                   "backend); the key itself is never written anywhere")
+    p.add_argument("--concurrency", type=int,
+                   help="parallel requests (openai backend)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (gguf backend; default: every core this process may use)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="seconds allowed per request attempt (openai backend; default 120)")
+    p.add_argument("--max-retries", type=int, metavar="N",
+                   help="retries per request on rate limits, server errors, lost connections, "
+                   "timeouts and malformed replies (openai backend; default 3)")
+    p.add_argument("--stream", action="store_true",
+                   help="stream answers as they are written (openai backend): the progress bar "
+                   "moves within long reasoning answers and --timeout bounds the silence between "
+                   "tokens instead of the whole answer")
 
 
 def backend_list(text: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     from ..markers.prompting import MARKER_PROMPT_STYLES
     from ..markers.table import DEFAULT_MAX_PADJ, DEFAULT_MIN_LOGFC, LAYOUTS
-    from .annotate import backend_list
+    from .annotate import add_backend_arguments
 
     p = sub.add_parser(
         "annotate-markers",
@@ -22,25 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    ".h5ad with a rank_genes_groups result, 'cluster<TAB>gene1,gene2' lines, "
                    "or JSON {cluster: [genes]}")
     p.add_argument("-o", "--output", required=True, help="output .csv (one row per cluster)")
-    p.add_argument("--backend", default="builtin", metavar="NAME[:MODEL][,...]",
-                   type=backend_list,
-                   help="builtin (default, no model needed), transformers, openai, vllm, gguf; "
-                   "several, comma-separated (builtin,openai:MODEL_A,gguf:PATH), make a "
-                   "consensus: an ontology-aware vote with agreement, entropy and each "
-                   "backend's own label")
-    p.add_argument("--deliberate", action="store_true",
-                   help="with several backends: one round in which each model backend sees the "
-                   "others' answers and supporting markers for the clusters they disagree on, "
-                   "and may revise")
-    p.add_argument("--model", help="model name, folder or file for the backend")
-    p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
-    p.add_argument("--api-key-env", help="environment variable holding the API key (openai "
-                   "backend); the key itself is never written anywhere")
-    p.add_argument("--concurrency", type=int, help="parallel requests (openai backend)")
-    p.add_argument("--threads", type=int, help="CPU threads (gguf backend)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="seconds allowed per request attempt (openai backend)")
-    p.add_argument("--max-retries", type=int, metavar="N", help="retries per request (openai)")
+    add_backend_arguments(p, "cluster")
     p.add_argument("--tissue", help="tissue of the cells (restricts the built-in knowledge; "
                    "named in model prompts)")
     p.add_argument("--species", default="human", choices=["human", "mouse"],
