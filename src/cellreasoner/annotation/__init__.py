@@ -247,7 +247,7 @@ def annotate(
     # this call's arguments (taken before any other local exists), for a consensus run
     options = {k: v for k, v in locals().items() if k not in ("adata", "backend")}
     from ..progress import progress_bar
-    from .consensus import is_consensus, parse_backend_spec
+    from .consensus import is_consensus, single_backend
 
     if is_consensus(backend):
         from .consensus import annotate_consensus
@@ -256,17 +256,7 @@ def annotate(
     if deliberate:
         raise InputError("deliberate (--deliberate) needs several backends, e.g. "
                          "backend='builtin,openai:MODEL'.")
-    if not isinstance(backend, Backend):  # "name", "name:model" or a one-item list
-        (single,) = parse_backend_spec(backend)
-        if isinstance(single, Backend):
-            backend = single
-        else:
-            backend, spec_model = single
-            if spec_model is not None:
-                if model is not None and model != spec_model:
-                    raise InputError(f"backend '{backend}:{spec_model}' and model '{model}' "
-                                     "name two models; give one.")
-                model = spec_model
+    backend, model = single_backend(backend, model)  # "name", "name:model", [one]
     t0 = time.perf_counter()
     _check_options(mode, n, batch_size, key_added, cluster_markers, chunk_size)
     if engine not in ENGINES:
@@ -281,11 +271,11 @@ def annotate(
 
     given = isinstance(adata, str | os.PathLike)
     adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw, assay=assay)
-    found = resolve_species(species, source.var_names)
     input_name = input_name if given else ""
     if layer is None and not use_raw and prefer_raw(adata):  # scaled X, log-normalised .raw
         use_raw = True
         source = from_anndata(adata, use_raw=True)
+    found = resolve_species(species, source.var_names)  # from the genes that will be read
     if copy and not given:
         from ..checks import in_memory_copy
 
@@ -596,9 +586,11 @@ def _consensus(table: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
     table["cluster_label"] = table["label"].to_numpy()
     table["cluster_agreement"] = calls["agreement"].reindex(at).to_numpy()
     table["cluster_mixed"] = calls["mixed"].reindex(at).to_numpy(dtype=bool)
-    note = np.array([f"Cluster {c} ({calls.at[c, 'composition']}) -> {calls.at[c, 'label']}"
-                     f"{' (mixed)' if calls.at[c, 'mixed'] else ''}. Own answer: {o}. "
-                     for c, o in zip(at, own, strict=True)], dtype=object)
+    per_cluster = pd.Series([f"Cluster {c} ({r.composition}) -> {r.label}"
+                             f"{' (mixed)' if r.mixed else ''}. Own answer: "
+                             for c, r in zip(calls.index, calls.itertuples(), strict=True)],
+                            index=calls.index, dtype=object)
+    note = per_cluster.reindex(at).to_numpy(dtype=object) + own.astype(object) + ". "
     table["reasoning"] = note + table["reasoning"].astype(str).to_numpy()
     return calls.assign(response=calls["composition"])
 

@@ -86,6 +86,27 @@ def parse_backend_spec(spec: str | Backend | Sequence) -> list[tuple[str, str | 
     return out
 
 
+def single_backend(spec, model: str | None) -> tuple[str | Backend, str | None]:
+    """``(backend, model)`` of a ``backend`` argument naming one backend: ``"name"``,
+    ``"name:model"``, a one-item list, or a ready :class:`~cellreasoner.backends.Backend`.
+
+    Raises
+    ------
+    InputError
+        The spec and ``model`` name two different models.
+    """
+    if isinstance(spec, Backend):
+        return spec, model
+    (single,) = parse_backend_spec(spec)
+    if isinstance(single, Backend):
+        return single, model
+    name, spec_model = single
+    if spec_model is not None and model is not None and model != spec_model:
+        raise InputError(f"backend '{name}:{spec_model}' and model '{model}' name two models; "
+                         "give one.")
+    return name, spec_model if spec_model is not None else model
+
+
 def member_name(item: tuple[str, str | None] | Backend) -> str:
     """The column suffix of one backend: ``builtin``, ``openai_gpt_4o``, ``gguf_qwen2_5_1_5b``
     (a model file's stem), lower case, non-alphanumerics as ``_``."""
@@ -475,4 +496,4 @@ def _deliberation_text(sentence: str, members: list[Member], tables: list[pd.Dat
 
 
 __all__ = ["DELIBERATION_NOTE", "Member", "annotate_consensus", "is_consensus",
-           "make_members", "member_name", "parse_backend_spec"]
+           "make_members", "member_name", "parse_backend_spec", "single_backend"]

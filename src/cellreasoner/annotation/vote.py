@@ -45,8 +45,8 @@ import pandas as pd
 
 from ..errors import InputError
 from ..ontology import UNINFORMATIVE, get_ontology, normalize
+from ..parsing import UNPARSED_LABEL as UNKNOWN
 
-UNKNOWN = "Unknown"
 #: Labels that are an abstention, not an answer (compared after :func:`normalize`).
 ABSTAIN = frozenset({"", "unknown", "unassigned", "na", "none"})
 
@@ -234,13 +234,17 @@ def consensus_call(labels: list[str], ids: list[str], confidence: np.ndarray, *,
     conf = np.where(np.isfinite(conf), conf, 0.0)
     counts = Counter(labels)
     composition = ", ".join(f"{lab} {c / n:.0%}" for lab, c in counts.most_common(3))
-    ids = [i if i and onto.exists(i) else "" for i in ids]
+    # ontology lookups per distinct answer, not per cell
+    distinct, which = np.unique(np.asarray(ids, dtype=object).astype(str), return_inverse=True)
+    distinct = [i if i and onto.exists(i) else "" for i in distinct]
+    ids = [distinct[j] for j in which]
     cover: dict[str, np.ndarray] = {}
-    for k, i in enumerate(ids):
+    for j, i in enumerate(distinct):
         if not i:
             continue
+        cells = which == j
         for a in onto.ancestors_self(i):
-            cover.setdefault(a, np.zeros(n, dtype=bool))[k] = True
+            cover[a] = cover[a] | cells if a in cover else cells.copy()
     top_label, top_n = counts.most_common(1)[0]
     top_id = ids[labels.index(top_label)]
     if top_id and cover[top_id].mean() >= min_agreement:
@@ -282,8 +286,9 @@ def cluster_consensus(table: pd.DataFrame, groups: pd.Series, *,
     ids = table["ontology_id"].fillna("").astype(str).to_numpy()
     conf = table["confidence"].to_numpy(dtype=float)
     rows = {}
-    for c in sorted(set(g), key=str):
-        idx = np.flatnonzero(g == c)
+    members = pd.Series(np.arange(len(g))).groupby(g, sort=False).indices
+    for c in sorted(members, key=str):
+        idx = members[c]
         call = consensus_call(list(labels[idx]), list(ids[idx]), conf[idx],
                               min_agreement=min_agreement)
         rows[c] = {**call.__dict__, "n_cells": len(idx)}

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 #: Fragment lines per chunk (about 200 MB of parsed columns at most).
 CHUNK_LINES = 2_000_000
+#: Chunks whose counts are summed before they are added to the running total (each addition
+#: copies the total, so adding chunk by chunk would cost chunks x result size).
+MERGE_CHUNKS = 8
 #: Cell-selection tables Cell Ranger writes beside the fragments, and their cell flag column.
 CELL_TABLES = {"singlecell.csv": "is__cell_barcode", "per_barcode_metrics.csv": "is_cell"}
 
@@ -83,6 +86,14 @@ def cell_barcodes(barcodes: str | os.PathLike | Sequence[str] | None,
     return cells, where
 
 
+def _summed(parts: list[sp.csr_matrix]) -> sp.csr_matrix:
+    """The sum of a few chunks' count matrices."""
+    out = parts[0]
+    for part in parts[1:]:
+        out = out + part
+    return out
+
+
 def _read_chunks(p: Path, chunk_lines: int):
     try:
         reader = pd.read_csv(p, sep="\t", header=None, comment="#", usecols=[0, 1, 2, 3],
@@ -131,6 +142,7 @@ def count_fragments(
     n_cells, n_genes = len(cell_index), len(regions)
     by_chrom = regions.by_chrom()
     total = sp.csr_matrix((n_cells, n_genes), dtype=np.float32)
+    pending: list[sp.csr_matrix] = []  # chunk counts not yet added to ``total``
     n_frag = np.zeros(n_cells, dtype=np.int64)
     n_in = np.zeros(n_cells, dtype=np.int64)
     lines = kept = 0
@@ -160,7 +172,10 @@ def count_fragments(
                 c = np.concatenate(cols)
                 part = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)),
                                      shape=(n_cells, n_genes))
-                total = total + part
+                pending.append(part)
+                if len(pending) == MERGE_CHUNKS:  # one copy of ``total`` per few chunks
+                    total = total + _summed(pending)
+                    pending = []
                 np.add.at(n_in, np.concatenate(inside), 1)
         if progress is not None:
             progress(len(chunk))
@@ -171,6 +186,7 @@ def count_fragments(
         raise InputError(f"{p}: none of its {lines:,} fragments belongs to the {n_cells:,} "
                          f"selected cells (e.g. {example}). Check that the barcode list comes "
                          "from the same run (including any -1 suffix).")
-    total.sum_duplicates()
+    if pending:
+        total = total + _summed(pending)
     summary = {"fragment_lines": int(lines), "fragments_in_cells": int(kept)}
-    return total.tocsr(), {"n_fragments": n_frag, "n_fragments_in_genes": n_in}, summary
+    return total, {"n_fragments": n_frag, "n_fragments_in_genes": n_in}, summary

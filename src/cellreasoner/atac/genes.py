@@ -13,7 +13,7 @@ import gzip
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..io._detect import GZIP_SIGNATURE, first_bytes
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,7 @@ def canonical_chrom(name: str) -> str:
 
 
 def _open_text(p: Path):
-    with open(p, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
+    gz = first_bytes(p, 2) == GZIP_SIGNATURE
     return gzip.open(p, "rt", encoding="utf-8", errors="replace") if gz else open(
         p, encoding="utf-8", errors="replace")
 
@@ -289,8 +289,3 @@ def overlap_pairs(starts: np.ndarray, ends: np.ndarray, r_start: np.ndarray,
     idx = np.repeat(lo, n) + offset
     keep = ends[idx] > r_start[reg]
     return idx[keep], reg[keep]
-
-
-def chrom_groups(chroms: Iterable[str]) -> dict[str, str]:
-    """Each chromosome name -> its canonical name (see :func:`canonical_chrom`)."""
-    return {c: canonical_chrom(c) for c in chroms}

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..io._detect import UNS_KEY, display_path
+from ..io._detect import GZIP_SIGNATURE, UNS_KEY, display_path, first_bytes
 from .genes import BIOTYPES, MAX_WIDTH, UPSTREAM, GeneRegions, load_regions
 from .peaks import peak_fraction, peaks_to_genes
 
@@ -213,8 +213,7 @@ def _looks_like_fragments(p: Path) -> bool:
     if not p.is_file() or not p.name.lower().endswith(_FRAGMENT_SUFFIXES):
         return False
     try:
-        with open(p, "rb") as fh:
-            gz = fh.read(2) == b"\x1f\x8b"
+        gz = first_bytes(p, 2) == GZIP_SIGNATURE
         with (gzip.open(p, "rt") if gz else open(p)) as fh:
             for _, line in zip(range(1000), fh, strict=False):
                 if line.startswith("#"):

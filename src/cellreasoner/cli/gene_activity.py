@@ -16,6 +16,8 @@ def add_atac_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..atac.genes import UPSTREAM
+
     p = sub.add_parser(
         "gene-activity",
         help="scATAC-seq -> gene activity .h5ad (fragments, peak matrix, .h5mu, snapATAC2)",
@@ -29,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "gene-activity .h5ad, .h5mu")
     p.add_argument("-o", "--output", required=True, help="output .h5ad")
     add_atac_options(p)
-    p.add_argument("--upstream", type=int, default=2000,
-                   help="bases added upstream of the TSS (2000)")
+    p.add_argument("--upstream", type=int, default=UPSTREAM,
+                   help=f"bases added upstream of the TSS ({UPSTREAM})")
     p.add_argument("--all-biotypes", action="store_true",
                    help="count every gene of the annotation (default: protein-coding)")
     p.add_argument("--method", choices=["native", "snapatac2"], default="native",
@@ -52,7 +54,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..annotation.output import write_h5ad
     from ..atac import read_atac
+    from ..atac.genes import BIOTYPES
     from ..errors import InputError
+    from ..io import UNS_KEY
     from ..progress import progress_bar
 
     out = Path(args.output)
@@ -61,10 +65,10 @@ def _run(args: argparse.Namespace) -> int:
     with progress_bar("reading fragments", total=None, unit="lines") as advance:
         adata = read_atac(args.input, gtf=args.gtf, barcodes=args.barcodes,
                           upstream=args.upstream,
-                          biotypes=None if args.all_biotypes else ("protein_coding",),
+                          biotypes=None if args.all_biotypes else BIOTYPES,
                           method=args.method, progress=advance)
     write_h5ad(adata, out)
-    info = adata.uns["cellreasoner_io"]
+    info = adata.uns[UNS_KEY]
     print(f"{adata.n_obs} cells x {adata.n_vars} genes of gene activity "
           f"({info.get('gene_activity', '')}); X = {info.get('normalisation', '')}",
           file=sys.stderr)

@@ -94,12 +94,14 @@ def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
     while start < source.n_obs:
         spans.append((start, min(start + block_cells, source.n_obs)))
         start = spans[-1][1]
-    todo = [s for s in spans if manifest is None or not manifest.finished(block_id(*s))]
+    todo = []
     out: dict[int, CellAnswers] = {}
-    for s in spans:
+    for s in spans:  # finished blocks are read back, the others are asked
         if manifest is not None and manifest.finished(block_id(*s)):
             out[s[0]] = frame_answers(manifest.load(block_id(*s)))
             advance(s[1] - s[0])
+        else:
+            todo.append(s)
     if manifest is not None and manifest.skipped:
         log.info("resuming: %d of %d block(s) finished earlier (manifest %s)",
                  manifest.skipped, len(spans), manifest.folder)
@@ -116,17 +118,14 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
                  block_cells: int, manifest: RunManifest | None, advance, out: dict) -> None:
     limit = cluster.workers + 1  # one chunk waiting per cluster: workers never idle
     job_ref = ray.put(job)
-    plan = None
+    parts: dict[int, object] = {}
     if job.needs_pass_one(connectivities):
         score = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
         keep = connectivities is not None
-        parts: dict[int, object] = {}
         _windowed(ray, lambda start, chunk: score.remote(job_ref, chunk, start, keep),
                   _chunks(source, block_cells), limit,
                   lambda item, value: parts.__setitem__(item[0], value))
-        plan = job.plan(source, connectivities, [parts[k] for k in sorted(parts)])
-    else:
-        plan = job.plan(source, connectivities, [])
+    plan = job.plan(source, connectivities, [parts[k] for k in sorted(parts)])
     plan_ref = ray.put(plan)
     answer = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_answer_task)
 

@@ -441,8 +441,9 @@ def score_adata(
     readings = truth_readings(truth[has], None if truth_map is None
                               else read_truth_map(truth_map))
     scores[has] = _score(_scorer(pair_table), scoring_text(truth[has], readings), pred[has])
+    described = describe_readings(readings)
     if (readings["source"] == "unmapped").any():  # these score 0 against every prediction
-        logger.warning(describe_readings(readings)[-1])
+        logger.warning(described[-1])
     adata.obs[key_added] = scores
     adata.obs[f"{key_added}_level"] = pd.Categorical(
         [LEVELS.get(float(s), "") if np.isfinite(s) else "" for s in scores],
@@ -453,7 +454,7 @@ def score_adata(
         "pred_key": pred_key,
         "n_scored": int(has.sum()),
         "mean_score": float(np.nanmean(scores)) if has.any() else float("nan"),
-        "truth_readings": describe_readings(readings),
+        "truth_readings": described,
         # parallel lists, not a dict: a label such as "NK/T" cannot be an .h5ad key
         "truth_labels": readings["truth"].tolist(),
         "truth_cl_ids": readings["cl_id"].tolist(),

@@ -237,16 +237,11 @@ def annotate_markers(
                               reasoning=reasoning, instruction=instruction, n=n,
                               temperature=temperature, max_new_tokens=max_new_tokens,
                               seed=seed, cache=cache, batch_size=batch_size))
-    if isinstance(backend, str) and ":" in backend:  # "NAME:MODEL"
-        from ..annotation.consensus import parse_backend_spec
+    from ..annotation.consensus import single_backend
 
-        ((backend, spec_model),) = parse_backend_spec(backend)
-        if model is not None and spec_model is not None and model != spec_model:
-            raise InputError(f"backend '{backend}:{spec_model}' and model '{model}' name two "
-                             "models; give one.")
-        model = model if spec_model is None else spec_model
+    backend, model = single_backend(backend, model)  # "name", "name:model", [one]
     from ..annotation import _backend as make_backend
-    from ..annotation.cache import GenerationCache, default_cache_path
+    from ..annotation.cache import GenerationCache, resolve_cache_path
     from ..annotation.clusters import default_n_markers
     from ..backends.base import RunContext
     from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
@@ -315,10 +310,9 @@ def annotate_markers(
             else:
                 text = resolve_instruction(instruction, reasoning=reasoning, style=style,
                                            tissue=tissue, cluster=True)
-            cache_path = None
             run_cache = None
-            if cache is not False:
-                cache_path = default_cache_path() if cache in (None, True) else Path(cache)
+            cache_path = resolve_cache_path(cache)
+            if cache_path is not None:
                 run_cache = GenerationCache(cache_path, be.name, be.model, sampling)
                 stack.callback(run_cache.close)
             be.configure(RunContext((), 1000, tissue, bool(reasoning)))
@@ -379,7 +373,9 @@ def _consensus(table, backend, *, model: str | None, backend_options: dict | Non
     members = make_members(backend, model, backend_options)
     revised: dict[str, int] = {}
     try:
-        runs = [annotate_markers(raw, m.backend, **options) for m in members]
+        # the label check reads the built-in evidence, the same for every member: made once
+        runs = [annotate_markers(raw, m.backend, **{**options, "check_labels": bool(
+            options["check_labels"]) and k == 0}) for k, m in enumerate(members)]
         if deliberate:
             revised = _deliberate(members, runs, raw, options)
     finally:

@@ -93,7 +93,6 @@ class BuiltinBackend(Backend):
         self.species = "human"
         self.max_genes = DEFAULT_MAX_GENES if max_genes is None else int(max_genes)
         self._gene_list = self._resolve_gene_list(gene_list)
-        self.modality = "rna"
 
     @staticmethod
     def _resolve_gene_list(gene_list) -> list[str] | None:
@@ -123,13 +122,12 @@ class BuiltinBackend(Backend):
         # a run without a tissue gets the whole knowledge base back (an object reused across
         # runs must not keep an earlier run's tissue)
         want = self.tissue if self._given["tissue"] else (context.tissue or None)
-        species = getattr(context, "species", "human")
+        species = context.species
         if want != self.tissue or species != self.species:
             self.reasoner = Reasoner(self._species_markers(species), want, **self._options)
             self.model = self.reasoner.model
             self.tissue, self.species = want, species
         # gene activity (scATAC-seq) is read through the ATAC profile, its traces say so
-        self.modality = context.modality
         self.reasoner.modality = context.modality
 
     def _species_markers(self, species: str) -> MarkerDB | str | os.PathLike | None:
@@ -186,7 +184,7 @@ class BuiltinBackend(Backend):
     def read_matrix(self, source: MatrixSource) -> MatrixSource:
         """The matrix as the reasoner reads it: gene activity (scATAC-seq) through the ATAC
         profile, expression as it is."""
-        if self.modality != "atac":
+        if self.reasoner.modality != "atac":
             return source
         from .atac import AtacProfile
 
@@ -221,7 +219,7 @@ class BuiltinBackend(Backend):
             "smoothing": self.reasoner.smoothing,
             "refine": self.reasoner.refine,
             **({"profile": "atac (gene activity relative to each marker's distribution)"}
-               if self.modality == "atac" else {}),
+               if self.reasoner.modality == "atac" else {}),
         }
 
 

@@ -101,7 +101,7 @@ class TraceWriter:
         self._tname = np.array(list(r.names), dtype=object)
         self._oname = np.array([*r.names, UNKNOWN], dtype=object)  # -1: Unknown
         self._cl = np.array([f"{r.names[t]} ({r.cl_ids[t]})" for t in range(T)], dtype=object)
-        self._present, self._own = WORDING[getattr(r, "modality", "rna")]
+        self._present, self._own = WORDING[r.modality]
         self.vocabulary = None
         self.numbers_plain = True
         if vocabulary is not None:
