@@ -85,15 +85,21 @@ def test_the_table_is_the_pinned_one_and_pairs_are_one_to_one(ortholog_table, o2
     assert "GNLY" not in o2o  # no mouse ortholog
 
 
-def test_supplement_pairs_are_used_and_one_to_one(o2o):
+def test_supplement_pairs_are_used_and_one_to_one(o2o, ortholog_table):
     rows = [line.split("\t") for line in supplement_path().read_text().splitlines()
             if line and not line.startswith("#")][1:]
     assert len(rows) >= 10
-    for human, mouse, source in rows:
-        assert o2o[human] == mouse, human
-        assert source.strip(), f"{human}: no source"
     orth = load_orthologs()
+    for human, mouse, source in rows:
+        assert source.strip(), f"{human}: no source"
+        if mouse:
+            assert o2o[human] == mouse, human
+        else:  # no mouse counterpart: the table's pair is dropped for markers too
+            assert human not in orth.to_mouse() and human not in o2o, human
     assert orth.to_mouse()["FCGR3B"] == "Fcgr4"  # a paralog's only ortholog, for markers
+    # the table's only partner of SIGLEC8 is Siglece, a neutrophil Siglec in mouse: dropped
+    assert "SIGLEC8,Siglece" in ortholog_table.read_text().splitlines()
+    assert ("SIGLEC8", "Siglece") not in orth.pairs and "SIGLEC8" not in orth.human_symbols
 
 
 def test_mouse_marker_rows_name_builtin_types_and_add_only_new_markers():
@@ -258,6 +264,9 @@ def test_mouse_knowledge_base_uses_mouse_symbols_and_mouse_terms():
     assert mouse["non-classical monocyte"].positive["Treml4"] == 2
     assert mouse["non-classical monocyte"].negative["Ccr2"] == 2
     assert mouse["classical monocyte"].positive["Ccr2"] == 2
+    # SIGLEC8 (human eosinophils) has no mouse counterpart; Siglec-F stands for it
+    eos = mouse["eosinophil"]
+    assert eos.positive["Siglecf"] == 3 and "Siglece" not in eos.positive
     temra = mouse["terminally differentiated effector memory CD8-positive T cell"]
     assert temra.positive["S1pr5"] == 1 and "mouse: " in temra.source
     ilc2 = mouse["group 2 innate lymphoid cell, mouse"]

@@ -6,7 +6,10 @@ side where Ensembl has no ortholog) is fetched once with a pinned hash
 (:func:`cellreasoner.resources.ortholog_table_path`). It keeps Ensembl's high-confidence
 orthologs only, which drops fast-evolving immune genes whose mouse orthologs are not in
 doubt (CCL5/Ccl5, CD68/Cd68, GZMB/Gzmb, CD8B/Cd8b1, the MHC class II genes); the supplement
-``cellreasoner/data/orthologs_mouse_extra.tsv`` adds those pairs, each with its source.
+``cellreasoner/data/orthologs_mouse_extra.tsv`` adds those pairs, each with its source. A
+supplement row with no mouse symbol drops the table's pairs for that human gene: its only
+ortholog there is a paralog that marks other cells in mouse (SIGLEC8 -> Siglece, which mouse
+neutrophils carry; the eosinophil Siglec of mouse is Siglec-F).
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ class Orthologs:
 
 
 def _read_pairs(path: Path, columns: int) -> list[tuple[str, str]]:
-    """``(human, mouse)`` pairs of a CSV (the table) or TSV (the supplement, with header)."""
+    """``(human, mouse)`` pairs of a CSV (the table) or TSV (the supplement, with header);
+    a supplement row with an empty mouse side gives ``(human, "")``."""
     delim = "\t" if path.suffix.lower() == ".tsv" else ","
     pairs: list[tuple[str, str]] = []
     try:
@@ -116,7 +120,7 @@ def _read_pairs(path: Path, columns: int) -> list[tuple[str, str]]:
             raise InputError(f"Ortholog table {path}, row {lineno}: expected 'human,mouse' "
                              f"symbols, got {row!r}.")
         h, m = row[0].strip(), row[1].strip()
-        if h and m:
+        if h and (m or columns == 3):
             pairs.append((h, m))
     if not pairs:
         raise InputError(f"Ortholog table {path} has no human,mouse pairs: pass the Ensembl "
@@ -128,8 +132,9 @@ def _read_pairs(path: Path, columns: int) -> list[tuple[str, str]]:
 def _load(path: str, size: int, mtime: float) -> Orthologs:
     table = _read_pairs(Path(path), 2)
     extra = _read_pairs(supplement_path(), 3)
-    replaced = {h for h, _ in extra}
+    replaced = {h for h, _ in extra}  # an empty mouse side: the table's pair is dropped
     pairs = [(h, m) for h, m in dict.fromkeys(table) if h not in replaced]
+    extra = [(h, m) for h, m in extra if m]
     pairs.extend(extra)
     return Orthologs(tuple(pairs), frozenset(extra), path)
 
