@@ -264,6 +264,12 @@ def test_mouse_knowledge_base_uses_mouse_symbols_and_mouse_terms():
     assert mouse["non-classical monocyte"].positive["Treml4"] == 2
     assert mouse["non-classical monocyte"].negative["Ccr2"] == 2
     assert mouse["classical monocyte"].positive["Ccr2"] == 2
+    # the table pairs LYZ and S100A9 with 9530003J23Rik and Gm5849: the supplement gives
+    # the genes a mouse dataset measures
+    mono = mouse["classical monocyte"].positive
+    assert mono["S100a9"] == 2 and mono["Lyz2"] == 1
+    assert not {"Gm5849", "9530003J23Rik"} & set(mono)
+    assert mouse["Paneth cell"].positive["Lyz1"] == 2
     # SIGLEC8 (human eosinophils) has no mouse counterpart; Siglec-F stands for it
     eos = mouse["eosinophil"]
     assert eos.positive["Siglecf"] == 3 and "Siglece" not in eos.positive
