@@ -7,10 +7,12 @@ Usage::
 Human datasets converted to mouse symbols through the one-to-one orthologs of the Ensembl 105
 table (genes without one are dropped, as a mouse dataset would not have them), annotated with
 the built-in default (``species="auto"``) and compared with the human originals: label
-agreement with the human run on all genes and on the same (ortholog-covered) genes, agreement
-of the lineage root, and the mean hierarchical score against the ground truth of both runs
-(``tumour_immune_1000`` read with its truth map). Then the mouse-only markers the knowledge base
-adds (``cellreasoner/data/markers_mouse.tsv``) checked against an independent source, the
+agreement with the human run on all genes and on the same (ortholog-covered) genes (below 1
+only where the mouse markers of ``markers_mouse.tsv`` that have human orthologs, such as Ccr2
+or S1pr5, add evidence the human knowledge base does not use), agreement of the lineage root,
+and the mean hierarchical score against the ground truth of both runs (``tumour_immune_1000``
+read with its truth map). Then the mouse markers the knowledge base adds
+(``cellreasoner/data/markers_mouse.tsv``) checked against an independent source, the
 35,197 mouse rows of CellMarker 2.0 in ``../shared/data/markers/`` (bench only, never shipped):
 the cell types CellMarker lists most often for each gene.
 
@@ -265,8 +267,8 @@ def main() -> None:
         print(table(genes, ["dataset", "gene", "KB use", "agree", "agree, no refinement"]))
     rows = cellmarker_rows(shared)
     if rows:
-        print("\nmouse-only markers vs CellMarker 2.0 mouse rows (negative weight: a negative "
-              "marker)\n")
+        print("\nmouse markers (markers_mouse.tsv) vs CellMarker 2.0 mouse rows (negative "
+              "weight: a negative marker)\n")
         print(table(rows, ["type", "marker", "CellMarker mouse rows", "most listed for"]))
 
 
