@@ -1,6 +1,8 @@
 """The built-in knowledge base in mouse symbols: every marker through its ortholog, plus the
-mouse-only markers of ``cellreasoner/data/markers_mouse.tsv`` (genes the human base cannot
-name, such as Ly6c2, Ly6g, Siglech, Klrb1c)."""
+mouse markers of ``cellreasoner/data/markers_mouse.tsv``: genes the human base cannot name
+(Ly6c2, Ly6g, Siglech, Klrb1c) and those the mouse literature uses where human panels decide
+on a gene mouse lacks (S1pr5 for terminal effector CD8 T cells, Treml4 vs Ccr2 for
+monocytes)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def mouse_marker_path() -> Path:
-    """The shipped mouse-only markers (the knowledge-base format; rows name built-in types)."""
+    """The shipped mouse markers (the knowledge-base format; rows name built-in types)."""
     return Path(str(_pkg.files("cellreasoner") / "data" / "markers_mouse.tsv"))
 
 
@@ -48,7 +50,7 @@ def mouse_marker_db(db: MarkerDB, orthologs: Orthologs) -> MarkerDB:
     Returns
     -------
     MarkerDB
-        The same types, tree and CL terms, markers in mouse symbols, with the mouse-only
+        The same types, tree and CL terms, markers in mouse symbols, with the mouse
         markers added to their types; ``version`` ends in ``+mouse``.
     """
     to_mouse, mouse, human = (orthologs.to_mouse(), orthologs.mouse_symbols,
