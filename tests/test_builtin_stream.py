@@ -159,3 +159,54 @@ def test_generate_reports_each_prompt(ranked):
     out = be.generate(prompts, SamplingParams(n=2), progress=ticks.append,
                       on_result=lambda i, gens: seen.append((i, len(gens))))
     assert seen == [(0, 2), (1, 2)] and sum(ticks) == 2 and len(out) == 2
+
+
+def _sample_of(hard_rows, X, chunk, max_cells, order=None):
+    """The training sample of decisive steps ``hard_rows`` (cell, parent, child) over ``X``
+    taken ``chunk`` cells at a time, the chunks merged in ``order``."""
+    from cellreasoner.backends.builtin.refine import HardSteps, TrainingSample
+
+    starts = list(range(0, X.shape[0], chunk))
+    pool = TrainingSample(max_cells)
+    for i in (order if order is not None else range(len(starts))):
+        lo, hi = starts[i], min(starts[i] + chunk, X.shape[0])
+        sel = (hard_rows[:, 0] >= lo) & (hard_rows[:, 0] < hi)
+        h = HardSteps()
+        h.add(*(hard_rows[sel, k] for k in range(3)))
+        pool.merge(TrainingSample.from_chunk(h, X[lo:hi], lo, max_cells))
+    return pool
+
+
+def test_training_sample_is_the_same_whatever_the_chunking():
+    """The refinement's training sample, gathered chunk by chunk during pass one, is one
+    seeded sample of the whole matrix: the same cells (and rows) for any chunk size or
+    arrival order; every cell of a step with at most ``max_cells`` of them; counts exact."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    n = 5000
+    X = sp.random(n, 50, density=0.1, format="csr", random_state=2, dtype=np.float32)
+    cells = np.arange(n)
+    parent = np.where(cells % 3 == 0, 7, 9)
+    child = np.where(parent == 7, 100 + cells % 2, 200 + (cells % 5 == 0))
+    few = cells[(parent == 9) & (child == 201)][:40]  # a rare child: all of its cells train
+    keep = (child != 201) | np.isin(cells, few)
+    rows = np.column_stack([cells, parent, child])[keep]
+    whole = _sample_of(rows, X, n, 300).plan(min_cells=10)
+    for chunk in (333, 1024):
+        order = rng.permutation(-(-n // chunk))
+        pool = _sample_of(rows, X, chunk, 300, order)
+        plan = pool.plan(min_cells=10)
+        assert [p for p, _, _ in plan.steps] == [p for p, _, _ in whole.steps] == [7, 9]
+        for (_, r1, y1), (_, r0, y0) in zip(plan.steps, whole.steps, strict=True):
+            np.testing.assert_array_equal(r1, r0)
+            np.testing.assert_array_equal(y1, y0)
+        expr = pool.expression()
+        got = expr(plan.steps[1][1])
+        assert (got != X[plan.steps[1][1]]).nnz == 0
+        assert pool.counts[(9, 201)] == 40 and pool.counts[(7, 100)] == len(
+            cells[(parent == 7) & (child == 100)])
+    _, r9, y9 = whole.steps[1]
+    np.testing.assert_array_equal(np.sort(r9[y9 == 201]), few)  # 40 <= 300: all of them
+    assert (y9 == 200).sum() == 300  # capped, drawn from all of the child's cells
+    assert r9[y9 == 200].max() > 0.8 * n and r9[y9 == 200].min() < 0.2 * n

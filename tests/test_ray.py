@@ -205,9 +205,9 @@ def test_cli_ray_options_need_the_ray_engine(capsys, tmp_path):
     from cellreasoner.cli import main
 
     rc = main(["annotate", "pbmc68k_reduced", "-o", str(tmp_path / "x.parquet"),
-               "--workers", "2", "--manifest", str(tmp_path / "m")])
+               "--address", "auto", "--manifest", str(tmp_path / "m")])
     assert rc == 2
-    assert "--workers, --manifest only apply to --engine ray" in capsys.readouterr().err
+    assert "--address, --manifest only apply to --engine ray" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
 
 

@@ -8,6 +8,7 @@ or an ``.h5ad`` path read straight from HDF5 (the fastest path for large files).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,10 @@ class MatrixSource:
     _chunks: object  # callable(chunk_size) -> iterator of csr chunks
     description: str = ""
     _csr: sp.csr_matrix | None = None  # the whole matrix, when it already is CSR in memory
+    #: a picklable callable that opens the same matrix again (in another process), when the
+    #: matrix lives in a file; ``None`` for in-memory matrices
+    reopen: Any = None
+    _rows: Any = None  # callable(lo, hi) -> csr rows lo ... hi - 1, when rows can be read directly
 
     def iter_chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[sp.csr_matrix]:
         """CSR row blocks of at most ``chunk_size`` cells, in order.
@@ -49,6 +54,26 @@ class MatrixSource:
             check_chunk_values(chunk, self, start)
             start += chunk.shape[0]
             yield chunk
+
+    def read_rows(self, lo: int, hi: int) -> sp.csr_matrix:
+        """Rows ``lo ... hi - 1`` as CSR, values checked as :meth:`iter_chunks` does (read
+        straight from the file when the source can, else by streaming up to them)."""
+        from .checks import check_chunk_values
+
+        lo, hi = max(0, int(lo)), min(self.n_obs, int(hi))
+        if self._rows is not None:
+            chunk = self._rows(lo, hi)
+            check_chunk_values(chunk, self, lo)
+            return chunk
+        parts, start = [], 0
+        for chunk in self.iter_chunks():
+            stop = start + chunk.shape[0]
+            if stop > lo and start < hi:
+                parts.append(chunk[max(lo - start, 0):min(hi, stop) - start])
+            if stop >= hi:
+                break
+            start = stop
+        return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, len(self.var_names)))
 
     def to_csr(self) -> sp.csr_matrix:
         """The whole matrix as CSR (values checked as :meth:`iter_chunks` does): the
@@ -237,34 +262,36 @@ def from_h5ad(path: str | os.PathLike, layer: str | None = None) -> MatrixSource
     var_names = _h5ad_index(f["var"])
     n_obs = len(obs_names)
 
-    def chunks(chunk_size: int) -> Iterator[sp.csr_matrix]:
-        if isinstance(node, h5py.Dataset):  # dense matrix
-            for start in range(0, n_obs, chunk_size):
-                yield sp.csr_matrix(_upcast(node[start : start + chunk_size]))
-            return
+    if isinstance(node, h5py.Dataset):  # dense matrix
+        def rows(lo: int, hi: int) -> sp.csr_matrix:
+            return sp.csr_matrix(_upcast(node[lo:hi]))
+    else:
         encoding = node.attrs.get("encoding-type", "")
         if isinstance(encoding, bytes):
             encoding = encoding.decode()
-        shape = tuple(int(x) for x in node.attrs["shape"])
         if encoding != "csr_matrix":
+            f.close()
             raise InputError(
                 f"{path}: '{key}' is stored as {encoding or 'an unknown encoding'}; chunked "
                 "reading needs CSR. Convert with adata.X = scipy.sparse.csr_matrix(adata.X)."
             )
+        shape = tuple(int(x) for x in node.attrs["shape"])
         indptr = node["indptr"][()]
         data, indices = node["data"], node["indices"]
+
+        def rows(lo: int, hi: int) -> sp.csr_matrix:
+            a, b = int(indptr[lo]), int(indptr[hi])
+            return sp.csr_matrix((_upcast(_read_range(data, a, b)), _read_range(indices, a, b),
+                                  indptr[lo:hi + 1] - a), shape=(hi - lo, shape[1]))
+
+    def chunks(chunk_size: int) -> Iterator[sp.csr_matrix]:
         for start in range(0, n_obs, chunk_size):
-            stop = min(start + chunk_size, n_obs)
-            lo, hi = int(indptr[start]), int(indptr[stop])
-            yield sp.csr_matrix(
-                (_upcast(_read_range(data, lo, hi)), _read_range(indices, lo, hi),
-                 indptr[start : stop + 1] - lo),
-                shape=(stop - start, shape[1]),
-            )
+            yield rows(start, min(start + chunk_size, n_obs))
 
     return MatrixSource(
         n_obs=n_obs, var_names=var_names, obs_names=obs_names, _chunks=chunks,
-        description=f"{path} ({key})",
+        description=f"{path} ({key})", reopen=functools.partial(from_h5ad, path, layer),
+        _rows=rows,
     )
 
 

@@ -205,8 +205,10 @@ def annotate(
         model backend sees, for each item the backends disagree on, the others' answers and
         the markers they cite, and may revise its answer (cached like any prompt).
     engine
-        ``"local"`` (default): this process; ``"ray"``: chunks of cells (built-in reasoner)
-        or blocks of unique prompts (model backends, one replica per worker) answered on a
+        ``"local"`` (default): this machine (the built-in reasoner on an ``.h5ad`` file
+        streams its chunks through ``workers`` processes); ``"ray"``: chunks of cells
+        (built-in reasoner) or blocks of unique prompts (model backends, one replica per
+        worker) answered on a
         Ray cluster (:mod:`cellreasoner.distributed`; ``pip install 'cellreasoner[ray]'``),
         with the same answers as ``"local"``. The SQLite ``cache`` is not used: the
         ``manifest`` is the Ray engine's resume.
@@ -214,15 +216,19 @@ def annotate(
         Ray engine: the cluster (``"auto"``, ``"ray://host:10001"``; default: the Ray session
         this process started, else a local one of ``workers`` CPUs).
     workers
-        Ray engine: tasks or backend replicas at a time (default: the cluster's CPUs).
+        Local engine: worker processes for the built-in reasoner reading an ``.h5ad`` file
+        (default: every core, at most 8, once the file holds two 20,000-cell chunks per core;
+        ``1``: this process only), with the same answers as one process. Ray engine: tasks or
+        backend replicas at a time (default: the cluster's CPUs).
     manifest
         Ray engine: the run manifest folder (finished blocks; a rerun with the same settings
         skips them). Default ``None``: none (the CLI keeps one beside the output).
     num_gpus
         Ray engine: GPUs per backend replica (``transformers``, ``vllm``; default 0).
     chunk_size
-        Ray engine, built-in reasoner: cells per task and manifest block (default 20,000,
-        the single process's chunk). Model backends' blocks are ``batch_size`` prompts.
+        Built-in reasoner on local worker processes or on Ray: cells per task (and Ray
+        manifest block; default 20,000, the single process's chunk). Model backends' Ray
+        blocks are ``batch_size`` prompts.
 
     Returns
     -------
@@ -261,6 +267,8 @@ def annotate(
     _check_options(mode, n, batch_size, key_added, cluster_markers, chunk_size)
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, not '{engine}'.")
+    if workers is not None and int(workers) < 1:
+        raise InputError(f"workers (--workers) must be at least 1, not {workers}.")
     if not float(resolution) > 0:
         raise InputError(f"resolution={resolution}: the Leiden resolution must be a positive "
                          "number (1.0 is the default; higher gives more, smaller clusters).")
@@ -336,7 +344,8 @@ def annotate(
                    use_matrix=use_matrix, prompt_style=style,
                    n_markers=(int(n_markers) if n_markers is not None
                               else default_n_markers(style)),
-                   ray=ray_run)
+                   ray=ray_run, workers=workers if engine == "local" else None,
+                   chunk_size=chunk_size)
         if pool:
             run.batch_size = 1 << 40
         cache_path = None if use_matrix or ray_run is not None else resolve_cache_path(cache)
@@ -395,6 +404,8 @@ class _Run:
     groups: pd.Series | None = None
     by_key: str | None = None
     ray: _RayRun | None = None
+    workers: int | None = None  # local engine: worker processes (None: by the data's size)
+    chunk_size: int | None = None  # cells per worker task (None: the default chunk)
 
     def __post_init__(self) -> None:
         self.stats = Stats()
@@ -606,8 +617,17 @@ def _matrix_answers(run: _Run) -> list:
                                 manifest=run.ray.manifest, progress=run.advance,
                                 block_cells=run.ray.chunk_size or DEFAULT_BLOCK_CELLS)
     else:
-        blocks = list(be.annotate_matrix(run.source, connectivities=conn,
-                                         progress=run.advance))
+        from ..distributed import processes
+
+        workers = (run.workers if run.workers is not None
+                   else processes.default_workers(run.source.n_obs))
+        if workers > 1 and processes.can_run(be, run.source):
+            blocks = list(processes.matrix_answers(
+                be, run.source, workers, connectivities=conn, progress=run.advance,
+                chunk_size=run.chunk_size or processes.CHUNK_CELLS))
+        else:
+            blocks = list(be.annotate_matrix(run.source, connectivities=conn,
+                                             progress=run.advance))
     n = sum(len(b) for b in blocks)
     if n != adata.n_obs:
         raise BackendError(f"Backend '{be.name}' returned {n} answers for "

@@ -84,6 +84,9 @@ class Capabilities:
         Answers carry Cell Ontology terms (``meta["ontology_id"]``, ``["ontology_label"]``).
     evidence
         Matrix answers carry their own evidence check (the backend knows which genes it cited).
+    chunk_jobs
+        A matrix backend whose work on chunks of cells is self-contained
+        (:meth:`Backend.chunk_job`): local worker processes and the Ray engine run it.
     """
 
     reads: Literal["prompts", "matrix"] = "prompts"
@@ -91,6 +94,7 @@ class Capabilities:
     confidence: bool = False
     ontology: bool = False
     evidence: bool = False
+    chunk_jobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,8 +205,9 @@ class Backend(ABC):
     def chunk_job(self, source: MatrixSource):
         """A matrix backend's self-contained (picklable) work on chunks of ``source``, for the
         Ray engine (:mod:`cellreasoner.distributed`): ``needs_pass_one(connectivities)``,
-        ``score(chunk, start, keep_scores)``, ``plan(source, connectivities, scores)`` and
-        ``answer(chunk, start, plan) -> CellAnswers``. Only matrix backends that scale out
+        ``score(chunk, start, keep_scores)``, ``planner(connectivities)`` (``add`` each
+        score as it arrives, then ``plan(source)``) and ``answer(chunk, start, plan) ->
+        CellAnswers``. Only matrix backends that scale out
         implement it."""
         raise NotImplementedError(f"backend '{self.name}' cannot answer chunks on Ray workers")
 

@@ -100,12 +100,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "unique prompts answered on a Ray cluster (pip install 'cellreasoner[ray]')")
     p.add_argument("--address", help="Ray cluster: auto (the cluster of this machine), "
                    "ray://HOST:10001, or HOST:PORT; default: a local cluster of --workers CPUs")
-    p.add_argument("--workers", type=int, help="Ray: tasks or backend replicas at a time "
-                   "(default: the cluster's CPUs)")
+    p.add_argument("--workers", type=int,
+                   help="local: worker processes for the builtin reading an .h5ad (default: "
+                   "every core, at most 8, for files of 2 chunks per core; 1: one process); "
+                   "Ray: tasks or backend replicas at a time (default: the cluster's CPUs)")
     p.add_argument("--gpus-per-worker", type=float, default=0,
                    help="Ray: GPUs per backend replica (transformers, vllm; default 0)")
-    p.add_argument("--chunk-size", type=int, help="Ray, built-in reasoner: cells per task "
-                   "and manifest block (default 20000)")
+    p.add_argument("--chunk-size", type=int, help="built-in reasoner on local workers or "
+                   "Ray: cells per task (and Ray manifest block; default 20000)")
     p.add_argument("--manifest", help="Ray: run manifest folder of finished blocks (default: "
                    "OUTPUT.manifest beside the output); rerunning the same command skips them")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -266,13 +268,12 @@ def _engine_options(args: argparse.Namespace, out: Path) -> dict:
     from ..errors import InputError
 
     if args.engine != "ray":
-        given = [f for f, v in (("--address", args.address), ("--workers", args.workers),
-                                ("--manifest", args.manifest),
-                                ("--chunk-size", args.chunk_size),
+        given = [f for f, v in (("--address", args.address), ("--manifest", args.manifest),
                                 ("--gpus-per-worker", args.gpus_per_worker or None)) if v]
         if given:
             raise InputError(f"{', '.join(given)} only apply to --engine ray.")
-        return {}
+        return {k: v for k, v in (("workers", args.workers), ("chunk_size", args.chunk_size))
+                if v is not None}
     return {"engine": "ray", "address": args.address, "workers": args.workers,
             "num_gpus": args.gpus_per_worker, "chunk_size": args.chunk_size,
             "manifest": args.manifest or out.with_name(out.name + ".manifest")}

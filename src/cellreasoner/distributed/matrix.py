@@ -1,15 +1,18 @@
 """A matrix backend (the built-in reasoner) on Ray: chunks of cells become Ray tasks.
 
-The driver reads the input once per pass (the same :meth:`MatrixSource.iter_chunks` the single
-process reads, values checked as they stream) and puts each chunk in Ray's object store; a
-worker runs the backend's :meth:`~cellreasoner.backends.Backend.chunk_job` on it, the very code
-a single process runs on that chunk. Pass one (scores and decisive steps, only when the
-backend needs it) runs on the workers; the plan it makes (the refinement's classifiers) is made
-once on the driver and shared with every task. Pass two's answers stream back to the driver,
-the one writer, which records each finished block in the run manifest; a rerun reads those back
-instead of asking for them. At most ``workers + 1`` chunks are in flight (the driver keeps none
-of them), so memory stays bounded by the chunk size. A task whose worker dies is retried by Ray
-(``max_retries``); its answers arrive once, so they are recorded once.
+When the input is a file every worker can open (:attr:`MatrixSource.reopen`: an ``.h5ad`` on a
+shared or local file system), only row numbers travel and each worker reads its own chunks
+(values checked as they stream, as in one process); otherwise the driver reads the input once
+per pass and puts each chunk in Ray's object store. A worker runs the backend's
+:meth:`~cellreasoner.backends.Backend.chunk_job` on it, the very code a single process runs on
+that chunk. Pass one (scores and the training sample, only when the backend needs it) runs on
+the workers and merges into the plan on the driver as each chunk finishes; the plan (the
+refinement's classifiers) is made once and shared with every task. Pass two's answers stream
+back to the driver, the one writer, which records each finished block in the run manifest; a
+rerun reads those back instead of asking for them. At most ``workers + 1`` chunks are in
+flight (the driver keeps none of them), so memory stays bounded by the chunk size. A task
+whose worker dies is retried by Ray (``max_retries``); its answers arrive once, so they are
+recorded once.
 """
 
 from __future__ import annotations
@@ -52,12 +55,42 @@ def block_id(start: int, stop: int) -> str:
     return f"cells {start}-{stop}"
 
 
-def _chunks(source, block_cells: int) -> Iterator[tuple[int, object]]:
+class _Rows:
+    """Rows ``lo ... hi - 1`` of a file the worker opens itself (what a task gets instead of
+    the chunk when the source can be reopened: only row numbers travel)."""
+
+    def __init__(self, reopen, lo: int, hi: int) -> None:
+        self.reopen, self.lo, self.hi = reopen, lo, hi
+        self.shape = (hi - lo,)
+
+    def read(self):
+        key = repr(self.reopen)
+        if key not in _SOURCES:  # one open file per worker process
+            _SOURCES.clear()
+            _SOURCES[key] = self.reopen()
+        return _SOURCES[key].read_rows(self.lo, self.hi)
+
+
+#: per worker process: the source its last tasks read
+_SOURCES: dict[str, object] = {}
+
+
+def _chunks(source, block_cells: int, direct: bool = False) -> Iterator[tuple[int, object]]:
+    """``(start, chunk)`` in row order: the chunk itself, read here, or (``direct``, a source
+    that reopens) the :class:`_Rows` a worker reads."""
+    if direct:
+        for lo in range(0, source.n_obs, block_cells):
+            yield lo, _Rows(source.reopen, lo, min(lo + block_cells, source.n_obs))
+        return
     start = 0
     for chunk in source.iter_chunks(block_cells):
         if chunk.shape[0]:
             yield start, chunk
             start += chunk.shape[0]
+
+
+def _read(chunk):
+    return chunk.read() if isinstance(chunk, _Rows) else chunk
 
 
 def _windowed(ray, submit: Callable, items, limit: int, done: Callable) -> None:
@@ -87,7 +120,10 @@ def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
     """
     ray = cluster.ray
     advance = progress or (lambda k: None)
-    source = be.read_matrix(source)
+    read = be.read_matrix(source)
+    # a file the workers can open themselves: they read their chunks (the driver reads nothing)
+    direct = read is source and source.reopen is not None
+    source = read
     job = be.chunk_job(source)
     spans = []
     start = 0
@@ -107,7 +143,7 @@ def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
                  manifest.skipped, len(spans), manifest.folder)
     if todo:
         _answer_todo(ray, job, be, source, connectivities, {s[0] for s in todo}, cluster,
-                     block_cells, manifest, advance, out)
+                     block_cells, manifest, advance, out, direct)
     n = sum(len(b) for b in out.values())
     if n != source.n_obs:
         raise BackendError(f"Backend '{be.name}' returned {n} answers for {source.n_obs} cells.")
@@ -115,17 +151,19 @@ def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
 
 
 def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: RayCluster,
-                 block_cells: int, manifest: RunManifest | None, advance, out: dict) -> None:
+                 block_cells: int, manifest: RunManifest | None, advance, out: dict,
+                 direct: bool = False) -> None:
     limit = cluster.workers + 1  # one chunk waiting per cluster: workers never idle
     job_ref = ray.put(job)
-    parts: dict[int, object] = {}
+    planner = job.planner(connectivities)
     if job.needs_pass_one(connectivities):
         score = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
         keep = connectivities is not None
+        # each chunk's scores (and training sample) merge into the plan as they arrive
         _windowed(ray, lambda start, chunk: score.remote(job_ref, chunk, start, keep),
-                  _chunks(source, block_cells), limit,
-                  lambda item, value: parts.__setitem__(item[0], value))
-    plan = job.plan(source, connectivities, [parts[k] for k in sorted(parts)])
+                  _chunks(source, block_cells, direct), limit,
+                  lambda item, value: planner.add(value))
+    plan = planner.plan(source)
     plan_ref = ray.put(plan)
     answer = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_answer_task)
 
@@ -140,11 +178,12 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
         advance(len(answers))
 
     _windowed(ray, lambda start, chunk: answer.remote(job_ref, chunk, start, plan_ref),
-              ((s, c) for s, c in _chunks(source, block_cells) if s in todo), limit, done)
+              ((s, c) for s, c in _chunks(source, block_cells, direct) if s in todo), limit,
+              done)
 
 
 def _score_task(job, chunk, start: int, keep_scores: bool):
-    return job.score(chunk, start, keep_scores)
+    return job.score(_read(chunk), start, keep_scores)
 
 
 #: per worker process: the job its last tasks ran (its answerer's tables are built once)
@@ -158,7 +197,7 @@ def _answer_task(job, chunk, start: int, plan) -> CellAnswers:
             _JOBS.clear()
             _JOBS[token] = job
         job = _JOBS[token]
-    return job.answer(chunk, start, plan)
+    return job.answer(_read(chunk), start, plan)
 
 
 __all__ = ["DEFAULT_BLOCK_CELLS", "answers_frame", "frame_answers", "matrix_answers"]

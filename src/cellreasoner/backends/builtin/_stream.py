@@ -1,11 +1,12 @@
 """The marker reasoner over a stream of row blocks, in bounded memory.
 
 Pass one (only with the self-training refinement or a kNN graph) scores every block and keeps
-what later steps need from all cells: the decisive steps the classifiers train on (a few
-integers per cell) and, with a graph, the cells x types scores the neighbours share. The
-training cells' expression rows are then gathered in one more read (only those rows are kept)
-and the classifiers trained. Pass two walks, refines and writes each block's traces and
-evidence, reading the classifier's expression rows from the block itself.
+what later steps need from all cells: the training sample of the classifiers (per subtype
+step, the count of decisive cells and a bounded seeded sample of them with their expression
+rows, merged block by block) and, with a graph, the cells x types scores the neighbours share.
+The classifiers are trained on that sample without reading the data again. Pass two walks,
+refines and writes each block's traces and evidence, reading the classifier's expression rows
+from the block itself.
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ import scipy.sparse as sp
 from ...matrix import MatrixSource
 from .refine import (
     HardSteps,
-    RowBank,
     StepRefiner,
-    TrainingPlan,
+    TrainingSample,
     fit_step_classifiers,
-    plan_training,
 )
 from .traces import TraceWriter
 
@@ -65,14 +64,14 @@ def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
     genes = [str(g) for g in source.var_names]
     plan = StreamPlan()
     if needs_pass_one(r, connectivities):
-        parts = []
+        planner = StreamPlanner(r, connectivities)
         start = 0
         for chunk in source.iter_chunks(chunk_size):
             if chunk.shape[0]:
-                parts.append(score_chunk(r, chunk, genes, start,
-                                         keep_scores=connectivities is not None))
+                planner.add(score_chunk(r, chunk, genes, start,
+                                        keep_scores=connectivities is not None))
                 start += chunk.shape[0]
-        plan = plan_from_scores(r, source, connectivities, parts, chunk_size)
+        plan = planner.plan(source)
     answer = ChunkAnswerer(r, genes, reasoning=reasoning, evidence=evidence)
     start = 0
     for chunk in source.iter_chunks(chunk_size):
@@ -94,13 +93,12 @@ class StreamPlan:
 
 @dataclass
 class ChunkScores:
-    """Pass one over one chunk of cells ``start ...``: its decisive steps (row numbers of the
-    whole matrix), stored values per cell, the first stored values (the counts check) and its
-    scores (only when a kNN graph needs them)."""
+    """Pass one over one chunk of cells ``start ...``: its training sample (``None`` without
+    the refinement), the first stored values (the counts check) and its scores (only when a
+    kNN graph needs them)."""
 
     start: int
-    hard: HardSteps
-    row_nnz: np.ndarray
+    training: TrainingSample | None
     sample: np.ndarray
     scores: np.ndarray | None = None
 
@@ -115,49 +113,89 @@ def score_chunk(r: Reasoner, chunk: sp.csr_matrix, genes: list[str], start: int,
     """Pass one over one chunk (independent of every other chunk: runs anywhere)."""
     E, measured, _ = r._marker_matrix(chunk, genes)
     S = r.score(E, measured)
-    hard = HardSteps()
+    training = None
     if r.refine:
         local = HardSteps()
         r._walk(S, present=E, hard=local)  # the cells whose steps rest on decisive markers
-        for cells, parents, children in zip(local.cells, local.parents, local.children,
-                                            strict=True):
-            hard.add(cells + start, parents, children)
+        for i, cells in enumerate(local.cells):
+            local.cells[i] = cells + start
+        training = TrainingSample.from_chunk(local, chunk, start, TRAIN_CELLS)
     # a copy: a view of the first values would keep the whole chunk alive
-    return ChunkScores(start, hard, np.diff(chunk.indptr).astype(np.int32),
-                       np.array(chunk.data[:_COUNTS_SAMPLE]),
+    return ChunkScores(start, training, np.array(chunk.data[:_COUNTS_SAMPLE]),
                        S if keep_scores and r.smoothing > 0 else None)
 
 
-def plan_from_scores(r: Reasoner, source: MatrixSource, connectivities,
-                     parts: list[ChunkScores], chunk_size: int = 20_000) -> StreamPlan:
-    """Pass one's chunks (in row order) -> the plan of pass two: the counts decision on the
-    first stored values (as for a whole in-memory matrix), the kNN graph, and the
-    refinement's classifiers (trained on rows read again from ``source``)."""
-    from ...checks import looks_like_counts
+class StreamPlanner:
+    """Pass one's chunk scores, taken in as they arrive (any order; each chunk's training
+    rows are merged into the one bounded sample at once) -> the :class:`StreamPlan`: the
+    counts decision on the first stored values (as for a whole in-memory matrix), the kNN
+    graph, and the refinement's classifiers."""
 
-    sample: list[np.ndarray] = []
-    seen = 0
-    hard = HardSteps()
-    for part in parts:
-        if seen < _COUNTS_SAMPLE:
+    def __init__(self, r: Reasoner, connectivities) -> None:
+        self.r, self.connectivities = r, connectivities
+        self.training = TrainingSample(TRAIN_CELLS)
+        self.parts: dict[int, ChunkScores] = {}
+
+    def add(self, part: ChunkScores) -> None:
+        """Take in one chunk's scores."""
+        if part.training is not None:
+            self.training.merge(part.training)
+            part.training = None
+        self.parts[part.start] = part
+
+    def export(self) -> tuple[dict[int, ChunkScores], TrainingSample]:
+        """What another process's planner :meth:`merge` s: the chunks taken in so far."""
+        return self.parts, self.training
+
+    def merge(self, parts: dict[int, ChunkScores], training: TrainingSample) -> None:
+        """Take in another planner's :meth:`export` (chunks of other cells)."""
+        self.parts.update(parts)
+        self.training.merge(training)
+
+    def plan(self, source: MatrixSource) -> StreamPlan:
+        from ...checks import log_normalize, looks_like_counts
+
+        r, parts = self.r, [self.parts[k] for k in sorted(self.parts)]
+        sample: list[np.ndarray] = []
+        seen = 0
+        for part in parts:
+            if seen >= _COUNTS_SAMPLE:
+                break
             sample.append(part.sample[:_COUNTS_SAMPLE - seen])
             seen += len(sample[-1])
-        for cells, parents, children in zip(part.hard.cells, part.hard.parents,
-                                            part.hard.children, strict=True):
-            hard.add(cells, parents, children)
-    counts = bool(sample) and looks_like_counts(np.concatenate(sample))
-    plan = StreamPlan(counts=counts)
-    genes = [str(g) for g in source.var_names]
-    if connectivities is not None and r.smoothing > 0:
-        scores = [p.scores for p in parts if p.scores is not None]
-        plan.scores = (np.vstack(scores) if scores
-                       else np.zeros((0, len(r.names)), np.float32))
-        plan.graph = _Graph(r._graph(connectivities, source.n_obs))
-    if r.refine:
-        row_nnz = (np.concatenate([p.row_nnz for p in parts]) if parts
-                   else np.zeros(0, dtype=np.int32))
-        plan.classifiers = _train(r, source, genes, hard, row_nnz, counts, chunk_size)
-    return plan
+        counts = bool(sample) and looks_like_counts(np.concatenate(sample))
+        plan = StreamPlan(counts=counts)
+        if self.connectivities is not None and r.smoothing > 0:
+            scores = [p.scores for p in parts if p.scores is not None]
+            plan.scores = (np.vstack(scores) if scores
+                           else np.zeros((0, len(r.names)), np.float32))
+            plan.graph = _Graph(r._graph(self.connectivities, source.n_obs))
+        if r.refine:
+            genes = [str(g) for g in source.var_names]
+            kept = self.training.expression()
+
+            def expression(rows: np.ndarray) -> sp.csr_matrix:
+                sub = kept(rows)
+                return log_normalize(sub) if counts else sub
+
+            plan.classifiers = fit_step_classifiers(
+                self.training.plan(min_cells=r.refine_min_cells), expression, len(genes),
+                r._decisive_columns(genes))
+        return plan
+
+
+def plan_from_scores(r: Reasoner, source: MatrixSource, connectivities,
+                     parts: list[ChunkScores]) -> StreamPlan:
+    """Pass one's chunks -> the plan of pass two (:class:`StreamPlanner` over all of them)."""
+    planner = StreamPlanner(r, connectivities)
+    for part in parts:
+        planner.add(part)
+    return planner.plan(source)
+
+
+#: Training cells drawn per subtype at most (beyond a thousand, more cells cost time, not
+#: accuracy; below it every decisive cell trains)
+TRAIN_CELLS = 1000
 
 
 class ChunkAnswerer:
@@ -201,61 +239,6 @@ class ChunkAnswerer:
             if evidence is not None:
                 ev = (np.full(n, np.nan), np.zeros(n, dtype=bool), text, text)
         return Block(start, r._result(node, root, conf, status, text.tolist(), S), ev)
-
-
-def _train(r: Reasoner, source: MatrixSource, genes: list[str], hard: HardSteps,
-           row_nnz: np.ndarray, counts: bool, chunk_size: int) -> dict:
-    """Classifiers of the refinement. The training cells' rows are read in more passes over
-    the source, as many parents at a time as :data:`TRAIN_BUDGET` bytes of rows hold (one
-    pass for most datasets), and each group is trained and dropped before the next."""
-    from ...checks import log_normalize
-
-    plan = plan_training(hard, min_cells=r.refine_min_cells, max_cells=TRAIN_CELLS)
-    excluded = r._decisive_columns(genes)
-    out: dict = {}
-    for group in _groups(plan, row_nnz):
-        bank = RowBank(group.cells)
-        start = 0
-        for chunk in source.iter_chunks(chunk_size):
-            bank.add(start, chunk)
-            start += chunk.shape[0]
-
-        def expression(rows: np.ndarray, bank=bank) -> sp.csr_matrix:
-            sub = bank.rows(rows)
-            return log_normalize(sub) if counts else sub
-
-        out.update(fit_step_classifiers(group, expression, len(genes), excluded))
-    return out
-
-
-#: Bytes of training rows read at a time by the refinement (float32 values + int32 columns):
-#: every extra pass re-reads the whole matrix, so one pass should hold the typical plan
-#: (about 30 subtypes x 1,000 cells x 1,500 stored values x 8 bytes = 360 MB)
-TRAIN_BUDGET = 512 << 20
-
-
-#: Training cells drawn per subtype at most (beyond a thousand, more cells cost time, not
-#: accuracy; below it every decisive cell trains)
-TRAIN_CELLS = 1000
-
-
-def _groups(plan: TrainingPlan, row_nnz: np.ndarray) -> Iterator[TrainingPlan]:
-    """The plan's steps in groups whose distinct training rows fit :data:`TRAIN_BUDGET`."""
-    group = TrainingPlan()
-    seen: set[int] = set()
-    size = 0
-    for step in plan.steps:
-        new = np.setdiff1d(step[1], np.fromiter(seen, dtype=np.int64, count=len(seen)))
-        grow = int(row_nnz[new].sum()) * 8
-        if group.steps and size + grow > TRAIN_BUDGET:
-            yield group
-            group, seen, size = TrainingPlan(), set(), 0
-            new, grow = np.unique(step[1]), int(row_nnz[np.unique(step[1])].sum()) * 8
-        group.steps.append(step)
-        seen.update(new.tolist())
-        size += grow
-    if group.steps:
-        yield group
 
 
 def _rows_of(chunk, counts: bool):
@@ -367,4 +350,5 @@ def _parsed_evidence(text, cell_genes, vocabulary):
 
 
 __all__ = ["Block", "ChunkAnswerer", "ChunkScores", "EvidenceSpec", "StreamPlan",
-           "annotate_stream", "needs_pass_one", "plan_from_scores", "score_chunk"]
+           "StreamPlanner", "annotate_stream", "needs_pass_one", "plan_from_scores",
+           "score_chunk"]

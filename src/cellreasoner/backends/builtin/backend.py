@@ -74,7 +74,8 @@ class BuiltinBackend(Backend):
 
     name = "builtin"
     capabilities = Capabilities(reads="matrix", tissue=True, confidence=True, ontology=True,
-                                evidence=True)
+                                evidence=True,
+                                chunk_jobs=True)
 
     def __init__(
         self,
@@ -227,7 +228,7 @@ class ChunkJob:
     """The built-in reasoner's work on a matrix, chunk by chunk (see :mod:`._stream`).
 
     :meth:`score` (pass one) and :meth:`answer` (pass two) depend on their chunk alone, given
-    the :class:`~._stream.StreamPlan` that :meth:`plan` makes from every chunk's scores; so
+    the :class:`~._stream.StreamPlan` that :meth:`planner` makes from every chunk's scores; so
     chunks can be answered in any order, in any process.
     """
 
@@ -252,13 +253,12 @@ class ChunkJob:
 
         return score_chunk(self.reasoner, chunk, self.genes, start, keep_scores=keep_scores)
 
-    def plan(self, source: MatrixSource, connectivities, parts: list):
-        """Pass one's chunk scores (in row order) -> the :class:`~._stream.StreamPlan`."""
-        from ._stream import StreamPlan, plan_from_scores
+    def planner(self, connectivities):
+        """Takes pass one's chunk scores as they arrive (``add``), then makes the
+        :class:`~._stream.StreamPlan` (``plan(source)``; empty when no pass one is needed)."""
+        from ._stream import StreamPlanner
 
-        if not self.needs_pass_one(connectivities):
-            return StreamPlan()
-        return plan_from_scores(self.reasoner, source, connectivities, parts)
+        return StreamPlanner(self.reasoner, connectivities)
 
     def answer(self, chunk, start: int, plan) -> CellAnswers:
         """Pass two over the chunk of cells ``start ...``."""

@@ -140,29 +140,127 @@ class TrainingPlan:
         return np.unique(np.concatenate([rows for _, rows, _ in self.steps]))
 
 
-def plan_training(hard: HardSteps, *, min_cells: int = 10, max_cells: int = 2000,
-                  seed: int = 0) -> TrainingPlan:
-    """Per parent type with at least two children that have ``min_cells`` decisive cells
-    each, the training cells: every decisive cell of each child, or ``max_cells`` of them
-    drawn with a seeded generator when it has more."""
-    cells, parents, children = hard.arrays()
-    rng = np.random.default_rng(seed)
-    plan = TrainingPlan()
-    for p in np.unique(parents):
-        sel = parents == p
-        kids, counts = np.unique(children[sel], return_counts=True)
-        kids = kids[counts >= min_cells]
-        if len(kids) < 2:
-            continue
-        rows, y = [], []
-        for c in kids:
-            idx = np.unique(cells[sel & (children == c)])
-            if len(idx) > max_cells:
-                idx = rng.choice(idx, max_cells, replace=False)
-            rows.append(idx)
-            y.append(np.full(len(idx), c))
-        plan.steps.append((int(p), np.concatenate(rows), np.concatenate(y)))
-    return plan
+def sample_keys(cells: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A seeded pseudo-random 64-bit key per cell number (splitmix64): the training sample is
+    the cells with the smallest keys, so it is the same whatever the chunking or the order
+    in which chunks arrive (a uniform random sample, as drawing without replacement is)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(cells, dtype=np.uint64) + np.uint64((seed + 1) * 0x9E3779B97F4A7C15
+                                                           % (1 << 64))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+class TrainingSample:
+    """The refinement's training cells, gathered while pass one streams (no extra read).
+
+    Per subtype step (parent, child): how many cells took it on a decisive marker, and the
+    ``max_cells`` of them with the smallest :func:`sample_keys` with their expression rows.
+    Chunk samples merge (:meth:`merge`) into the same sample a whole-matrix pass draws;
+    memory is bounded by ``max_cells`` rows per step, not by the dataset.
+    """
+
+    def __init__(self, max_cells: int, seed: int = 0) -> None:
+        self.max_cells, self.seed = max_cells, seed
+        self.counts: dict[tuple[int, int], int] = {}
+        self.picked: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._parts: list[tuple[np.ndarray, sp.csr_matrix]] = []  # (cells, their rows)
+        self._stored = 0
+
+    @classmethod
+    def from_chunk(cls, hard: HardSteps, chunk: sp.csr_matrix, start: int, max_cells: int,
+                   seed: int = 0) -> TrainingSample:
+        """The sample of one chunk (cells ``start ...``) from its decisive steps."""
+        out = cls(max_cells, seed)
+        cells, parents, children = hard.arrays()
+        if not len(cells):
+            return out
+        step = parents.astype(np.int64) << 32 | children.astype(np.int64)
+        for s in np.unique(step):
+            c = np.unique(cells[step == s])
+            key = sample_keys(c, seed)
+            if len(c) > max_cells:
+                keep = np.sort(np.argsort(key, kind="stable")[:max_cells])
+                c, key = c[keep], key[keep]
+            p, k = int(s >> 32), int(s & 0xFFFFFFFF)
+            out.counts[(p, k)] = int(np.count_nonzero(step == s))
+            out.picked[(p, k)] = (key, c)
+        rows = np.unique(np.concatenate([c for _, c in out.picked.values()]))
+        out._add_rows(rows, sp.csr_matrix(chunk[rows - start], dtype=np.float32))
+        return out
+
+    def _add_rows(self, cells: np.ndarray, rows: sp.csr_matrix) -> None:
+        if len(cells):
+            self._parts.append((cells, rows))
+            self._stored += len(cells)
+
+    def merge(self, other: TrainingSample) -> None:
+        """Take in another chunk's sample (``other`` is emptied of its rows)."""
+        for step, n in other.counts.items():
+            self.counts[step] = self.counts.get(step, 0) + n
+            key, cells = other.picked[step]
+            if step in self.picked:
+                k0, c0 = self.picked[step]
+                key, cells = np.concatenate([k0, key]), np.concatenate([c0, cells])
+                if len(cells) > self.max_cells:  # ties (never in practice) go to lower cells
+                    keep = np.lexsort((cells, key))[:self.max_cells]
+                    key, cells = key[keep], cells[keep]
+                order = np.argsort(cells)
+                key, cells = key[order], cells[order]
+            self.picked[step] = (key, cells)
+        for cells, rows in other._parts:
+            self._add_rows(cells, rows)
+        other._parts, other._stored = [], 0
+        if self._stored > 2 * max(1, len(self.cells())):  # drop rows no step keeps
+            self._compact()
+
+    def cells(self) -> np.ndarray:
+        """Every kept training cell once, sorted."""
+        if not self.picked:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate([c for _, c in self.picked.values()]))
+
+    def _compact(self) -> None:
+        need = self.cells()
+        parts = []
+        for cells, rows in self._parts:
+            keep = np.isin(cells, need)
+            if keep.any():
+                parts.append((cells[keep], rows[np.flatnonzero(keep)]))
+        self._parts = parts
+        self._stored = sum(len(c) for c, _ in parts)
+
+    def plan(self, min_cells: int = 10) -> TrainingPlan:
+        """Per parent type with at least two children that have ``min_cells`` decisive cells
+        each, the training cells of each child (all of them, or its ``max_cells`` sample)."""
+        plan = TrainingPlan()
+        for p in sorted({p for p, _ in self.counts}):
+            kids = sorted(k for q, k in self.counts if q == p and
+                          self.counts[(q, k)] >= min_cells)
+            if len(kids) < 2:
+                continue
+            rows = [self.picked[(p, k)][1] for k in kids]
+            y = [np.full(len(r), k, dtype=np.int64) for r, k in zip(rows, kids, strict=True)]
+            plan.steps.append((p, np.concatenate(rows), np.concatenate(y)))
+        return plan
+
+    def expression(self) -> Callable[[np.ndarray], sp.csr_matrix]:
+        """rows -> the kept rows of those cells (each must be kept), in that order."""
+        self._compact()
+        if self._parts:
+            cells = np.concatenate([c for c, _ in self._parts])
+            order = np.argsort(cells, kind="stable")
+            cells = cells[order]
+            matrix = sp.vstack([r for _, r in self._parts], format="csr")[order]
+        else:
+            cells, matrix = np.zeros(0, dtype=np.int64), sp.csr_matrix((0, 0), np.float32)
+        self._parts = [(cells, matrix)]
+
+        def rows(wanted: np.ndarray) -> sp.csr_matrix:
+            return matrix[np.searchsorted(cells, np.asarray(wanted))]
+
+        return rows
 
 
 def fit_step_classifiers(
@@ -202,34 +300,6 @@ def fit_step_classifiers(
     return out
 
 
-class RowBank:
-    """The expression rows of a set of cells, gathered from a stream of row blocks.
-
-    Only the asked cells' rows are kept (the training cells of a :class:`TrainingPlan`), so
-    memory is bounded by the plan, not by the dataset.
-    """
-
-    def __init__(self, cells: np.ndarray) -> None:
-        self.cells = np.asarray(cells, dtype=np.int64)
-        self._parts: list[sp.csr_matrix] = []
-        self._matrix: sp.csr_matrix | None = None
-
-    def add(self, start: int, block: sp.csr_matrix) -> None:
-        """Keep the rows of ``block`` (cells ``start`` ...) that are asked for."""
-        lo, hi = np.searchsorted(self.cells, [start, start + block.shape[0]])
-        if hi > lo:
-            self._parts.append(sp.csr_matrix(block[self.cells[lo:hi] - start],
-                                             dtype=np.float32))
-
-    def rows(self, cells: np.ndarray) -> sp.csr_matrix:
-        """The kept rows of ``cells`` (each must have been asked for), in that order."""
-        if self._matrix is None:
-            self._matrix = (sp.vstack(self._parts, format="csr") if self._parts else
-                            sp.csr_matrix((0, 0), dtype=np.float32))
-            self._parts = []
-        return self._matrix[np.searchsorted(self.cells, np.asarray(cells))]
-
-
-__all__ = ["BLOCK", "DECISIVE_WEIGHT", "HardSteps", "RowBank", "StepClassifier", "StepRefiner",
-           "TrainingPlan", "decisive_matrix", "decisive_steps", "fit_step_classifiers",
-           "plan_training"]
+__all__ = ["BLOCK", "DECISIVE_WEIGHT", "HardSteps", "StepClassifier", "StepRefiner",
+           "TrainingPlan", "TrainingSample", "decisive_matrix", "decisive_steps",
+           "fit_step_classifiers", "sample_keys"]
