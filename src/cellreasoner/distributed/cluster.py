@@ -32,6 +32,13 @@ class RayCluster:
     workers: int
     started_here: bool
 
+    def one_machine(self) -> bool:
+        """Whether every alive node of the cluster is this machine (its workers see this
+        machine's files at the same paths)."""
+        here = self.ray.util.get_node_ip_address()
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        return bool(nodes) and all(n.get("NodeManagerAddress") == here for n in nodes)
+
 
 def _cluster_cpus(ray) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -1,18 +1,18 @@
 """A matrix backend (the built-in reasoner) on Ray: chunks of cells become Ray tasks.
 
-When the input is a file every worker can open (:attr:`MatrixSource.reopen`: an ``.h5ad`` on a
-shared or local file system), only row numbers travel and each worker reads its own chunks
-(values checked as they stream, as in one process); otherwise the driver reads the input once
-per pass and puts each chunk in Ray's object store. A worker runs the backend's
-:meth:`~cellreasoner.backends.Backend.chunk_job` on it, the very code a single process runs on
-that chunk. Pass one (scores and the training sample, only when the backend needs it) runs on
-the workers and merges into the plan on the driver as each chunk finishes; the plan (the
-refinement's classifiers) is made once and shared with every task. Pass two's answers stream
-back to the driver, the one writer, which records each finished block in the run manifest; a
-rerun reads those back instead of asking for them. At most ``workers + 1`` chunks are in
-flight (the driver keeps none of them), so memory stays bounded by the chunk size. A task
-whose worker dies is retried by Ray (``max_retries``); its answers arrive once, so they are
-recorded once.
+When the input is a file and every node of the cluster is this machine
+(:attr:`MatrixSource.reopen`, :meth:`RayCluster.one_machine`), only row numbers travel and each
+worker reads its own chunks (values checked as they stream, as in one process); otherwise the
+driver reads the input once per pass and puts each chunk in Ray's object store. A worker runs
+the backend's :meth:`~cellreasoner.backends.Backend.chunk_job` on it, the very code a single
+process runs on that chunk. Pass one (scores and the training sample, only when the backend
+needs it) runs on the workers and merges into the plan on the driver as each chunk finishes;
+the plan (the refinement's classifiers) is made once and shared with every task. Pass two's
+answers stream back to the driver, the one writer, which records each finished block in the run
+manifest; a rerun reads those back instead of asking for them. At most ``workers + 1`` chunks
+are in flight (the driver keeps none of them), so memory stays bounded by the chunk size. A
+task whose worker dies is retried by Ray (``max_retries``); its answers arrive once, so they
+are recorded once.
 """
 
 from __future__ import annotations
@@ -121,8 +121,9 @@ def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
     ray = cluster.ray
     advance = progress or (lambda k: None)
     read = be.read_matrix(source)
-    # a file the workers can open themselves: they read their chunks (the driver reads nothing)
-    direct = read is source and source.reopen is not None
+    # a file the workers can open themselves (every node is this machine): they read their
+    # chunks and the driver reads nothing; across machines the driver ships the chunks
+    direct = read is source and source.reopen is not None and cluster.one_machine()
     source = read
     job = be.chunk_job(source)
     spans = []
