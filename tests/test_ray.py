@@ -284,3 +284,26 @@ def test_engine_errors_are_one_clear_message(pbmc68k, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'cellreasoner\[ray\]'"):
         annotate(pbmc68k, engine="ray", progress=False)
+
+
+def test_cluster_marker_statistics_as_ray_tasks(ray_cluster, small_h5ad, pbmc68k):
+    """Cluster mode's group statistics (the markers of each cluster's prompt) computed as
+    Ray tasks over chunks equal the single process's: from a file the workers read, and from
+    an AnnData in memory whose chunks the driver ships."""
+    from cellreasoner.annotation.clusters import group_statistics, rank_markers
+    from cellreasoner.distributed import connect
+    from cellreasoner.matrix import from_anndata, from_h5ad
+
+    file_source = from_h5ad(small_h5ad)
+    groups = pd.Series(np.arange(file_source.n_obs) % 7).astype(str)
+    memory = from_anndata(pbmc68k, use_raw=True)
+    by = pbmc68k.obs["bulk_labels"].astype(str).reset_index(drop=True)
+    with connect(workers=2) as cluster:
+        for source, g in ((file_source, groups), (memory, by)):
+            here = group_statistics(source, g)
+            there = group_statistics(source, g, cluster)
+            assert here[0] == there[0]
+            for a, b in zip(here[1:], there[1:], strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-8)
+        genes = [str(x) for x in memory.var_names]
+        assert rank_markers(memory, by, genes, cluster=cluster) == rank_markers(memory, by, genes)

@@ -551,7 +551,8 @@ def _answer(run: _Run, cluster_markers, n_markers: int,
             answers, cell_answer, unique, clusters_df = run_cluster_prompts(
                 run.be, run.source, run.groups, run.genes, cluster_markers, n_markers,
                 marker_order, run.instruction, run.reasoning, run.sampling, run.cache,
-                run.batch_size, run.advance, run.stats)
+                run.batch_size, run.advance, run.stats,
+                cluster=run.ray.cluster if run.ray is not None else None)
             keys = clusters_df["prompt_key"].to_numpy()[cell_answer]
         else:
             answers, cell_answer, unique_keys = run_cell_prompts(

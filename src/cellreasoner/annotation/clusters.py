@@ -90,33 +90,47 @@ def compute_leiden(adata, source: MatrixSource | None = None, resolution: float 
     return tmp.obs["leiden"].values
 
 
-def group_statistics(source: MatrixSource, groups: pd.Series) -> tuple[list[str], np.ndarray,
-                                                                      np.ndarray, np.ndarray]:
+def group_statistics(source: MatrixSource, groups: pd.Series, cluster=None
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Per group: sum of expression and number of expressing cells for every gene.
 
     Returns ``(group_names, sums, nnz, sizes)`` with ``sums``/``nnz`` of shape
-    ``(n_groups, n_genes)``; computed chunk by chunk with a sparse indicator product.
+    ``(n_groups, n_genes)``; computed chunk by chunk with a sparse indicator product, here or
+    (``cluster``, a :class:`~cellreasoner.distributed.cluster.RayCluster`) as Ray tasks whose
+    sums are added here.
     """
     codes, names = pd.factorize(groups.to_numpy(), sort=True)
     k, n_genes = len(names), len(source.var_names)
-    sums = np.zeros((k, n_genes))
-    nnz = np.zeros((k, n_genes))
-    start = 0
-    for chunk in source.iter_chunks():
-        n = chunk.shape[0]
-        ind = sp.csr_matrix((np.ones(n), (codes[start:start + n], np.arange(n))), shape=(k, n))
-        sums += np.asarray((ind @ chunk).todense())
-        present = chunk.copy()
-        present.data = (present.data != 0).astype(np.float64)
-        nnz += np.asarray((ind @ present).todense())
-        start += n
+    if cluster is not None:
+        from ..distributed.matrix import group_sums
+
+        sums, nnz = group_sums(source, codes, k, cluster)
+    else:
+        sums, nnz = np.zeros((k, n_genes)), np.zeros((k, n_genes))
+        start = 0
+        for chunk in source.iter_chunks():
+            s, z = chunk_group_sums(chunk, codes[start:start + chunk.shape[0]], k)
+            sums += s
+            nnz += z
+            start += chunk.shape[0]
     sizes = np.bincount(codes, minlength=k).astype(np.float64)
     return [str(x) for x in names], sums, nnz, sizes
 
 
+def chunk_group_sums(chunk: sp.csr_matrix, codes: np.ndarray, k: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk's per-group sums of expression and of expressing cells (``k`` groups;
+    ``codes``: each row's group)."""
+    n = chunk.shape[0]
+    ind = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(k, n))
+    present = chunk.copy()
+    present.data = (present.data != 0).astype(np.float64)
+    return np.asarray((ind @ chunk).todense()), np.asarray((ind @ present).todense())
+
+
 def rank_markers(source: MatrixSource, groups: pd.Series, gene_list: Sequence[str],
                  n_markers: int = DEFAULT_N_MARKERS, min_fraction: float = 0.1,
-                 order: str = "ranked") -> dict[str, list[str]]:
+                 order: str = "ranked", cluster=None) -> dict[str, list[str]]:
     """Top marker genes of every group, by mean difference (group mean - rest mean).
 
     Parameters
@@ -133,10 +147,13 @@ def rank_markers(source: MatrixSource, groups: pd.Series, gene_list: Sequence[st
     order
         ``"ranked"`` (default): markers written in ``gene_list`` order, as the published models
         saw training sentences; ``"score"``: by decreasing score.
+    cluster
+        A Ray cluster (:func:`cellreasoner.distributed.connect`): the group statistics are
+        computed as Ray tasks over chunks of cells (default ``None``: here).
     """
     if order not in MARKER_ORDERS:
         raise InputError(f"marker order must be one of {MARKER_ORDERS}, not '{order}'.")
-    names, sums, nnz, sizes = group_statistics(source, groups)
+    names, sums, nnz, sizes = group_statistics(source, groups, cluster)
     rank_of = {}
     for pos, g in enumerate(gene_list):
         rank_of.setdefault(g, pos)
@@ -210,14 +227,16 @@ def majority_by_group(labels: Sequence[str], groups: pd.Series) -> tuple[np.ndar
 def run_cluster_prompts(be, source: MatrixSource, groups: pd.Series, genes: Sequence[str],
                         markers, n_markers: int, marker_order: str, instruction: str,
                         reasoning: bool, sampling, gen_cache, batch_size: int, advance,
-                        stats) -> tuple[list, np.ndarray, int, pd.DataFrame]:
-    """One prompt per cluster from its markers; the answer is broadcast to the cluster."""
+                        stats, cluster=None) -> tuple[list, np.ndarray, int, pd.DataFrame]:
+    """One prompt per cluster from its markers; the answer is broadcast to the cluster (the
+    markers' group statistics on ``cluster``, a Ray cluster, when given)."""
     from ..prompts import Prompt
     from .engine import generate_cached, vote
 
     names = sorted(groups.unique().tolist(), key=str)
     if markers is None:
-        marker_map = rank_markers(source, groups, genes, n_markers=n_markers, order=marker_order)
+        marker_map = rank_markers(source, groups, genes, n_markers=n_markers, order=marker_order,
+                                  cluster=cluster)
     else:
         given = read_markers(markers) if isinstance(markers, str | os.PathLike) else {
             str(k): list(v) for k, v in dict(markers).items()}

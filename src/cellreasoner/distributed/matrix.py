@@ -183,6 +183,32 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
               done)
 
 
+def group_sums(source, codes: np.ndarray, k: int, cluster: RayCluster,
+               block_cells: int = DEFAULT_BLOCK_CELLS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group sums of expression and of expressing cells (``k`` groups x genes) over every
+    chunk of ``source``, each chunk's sums a Ray task (cluster mode's marker statistics)."""
+    ray = cluster.ray
+    n_genes = len(source.var_names)
+    total = [np.zeros((k, n_genes)), np.zeros((k, n_genes))]
+    task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_group_task)
+    direct = source.reopen is not None and cluster.one_machine()
+
+    def add(item, value) -> None:
+        total[0] += value[0]
+        total[1] += value[1]
+
+    _windowed(ray, lambda start, chunk: task.remote(
+                  chunk, codes[start:start + chunk.shape[0]], k),
+              _chunks(source, block_cells, direct), cluster.workers + 1, add)
+    return total[0], total[1]
+
+
+def _group_task(chunk, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    from ..annotation.clusters import chunk_group_sums
+
+    return chunk_group_sums(_read(chunk), codes, k)
+
+
 def _score_task(job, chunk, start: int, keep_scores: bool):
     return job.score(_read(chunk), start, keep_scores)
 
@@ -201,4 +227,5 @@ def _answer_task(job, chunk, start: int, plan) -> CellAnswers:
     return job.answer(_read(chunk), start, plan)
 
 
-__all__ = ["DEFAULT_BLOCK_CELLS", "answers_frame", "frame_answers", "matrix_answers"]
+__all__ = ["DEFAULT_BLOCK_CELLS", "answers_frame", "frame_answers", "group_sums",
+           "matrix_answers"]
