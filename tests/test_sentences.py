@@ -146,10 +146,26 @@ def test_prepare_writes_atomically_and_reports(tmp_path, pbmc68k_raw, ranked_gen
 
 
 def test_negative_values_name_the_problem(pbmc68k, ranked_genes, tmp_path):
-    # pbmc68k_reduced's X is scaled (has negatives): a classic wrong-layer mistake
+    # pbmc68k_reduced's X is scaled (has negatives): a classic wrong-layer mistake; without
+    # a .raw to fall back on, it is refused
+    scaled = pbmc68k.copy()
+    del scaled.raw
     with pytest.raises(InputError, match="negative values"):
-        prepare(pbmc68k, tmp_path / "x.json", gene_list=ranked_genes)
+        prepare(scaled, tmp_path / "x.json", gene_list=ranked_genes)
     assert list(tmp_path.iterdir()) == []  # neither the output nor a partial file
+
+
+def test_scaled_x_reads_raw_as_annotate_does(pbmc68k, pbmc68k_raw, ranked_genes, caplog):
+    """Scaled X with a log-normalised .raw: prepare reads .raw (and says so), giving the
+    sentences of the .raw matrix itself."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        got, summary = prepare(pbmc68k, gene_list=ranked_genes)
+    assert "reading adata.raw" in caplog.text
+    want, _ = prepare(pbmc68k_raw, gene_list=ranked_genes)
+    assert [got.cell_genes(i) for i in range(700)] == [want.cell_genes(i) for i in range(700)]
+    assert summary.n_cells == 700 and summary.expression == "log-normalised"
 
 
 def test_nan_values_are_refused(pbmc68k_raw, ranked_genes):

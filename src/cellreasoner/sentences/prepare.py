@@ -94,11 +94,16 @@ def open_source(data, *, layer: str | None = None, use_raw: bool = False,
     """A chunked matrix source, labels and a display name from an AnnData or a path.
 
     ``.h5ad`` paths are streamed straight from HDF5 (obs/var read, X never loaded);
-    other formats go through :func:`cellreasoner.io.read`.
+    other formats go through :func:`cellreasoner.io.read`. A scaled ``X`` with a
+    log-normalised ``.raw`` reads ``.raw`` (logged), as ``annotate`` and scanpy's tools do.
     """
+    from ..checks import prefer_raw
     from ..io import open_input
+    from ..matrix import from_anndata
 
     adata, source, name, _ = open_input(data, layer=layer, use_raw=use_raw, assay=assay)
+    if layer is None and not use_raw and prefer_raw(adata):
+        source = from_anndata(adata, use_raw=True)
     name = name or "AnnData"
     labels = None
     if label_key is not None:
