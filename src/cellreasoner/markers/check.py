@@ -25,15 +25,14 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..backends.builtin.reasoner import B_LINEAGE, RELATED_GROUPS, Reasoner
+from ..backends.builtin.reasoner import Reasoner
+from ..ontology.lineages import HEMATOPOIETIC_PRECURSORS, related_groups
 from .scoring import TableScores, absent, contradicting, listed
 
 #: Score difference between the evidence's branch and the name's branch that contradicts the name.
 DISAGREE_MARGIN = 0.15
 #: Values of the ``label_check`` column.
 CHECK_VALUES = ("agrees", "disagrees", "uncertain")
-#: hematopoietic precursor cell
-HEMATOPOIETIC_PRECURSOR = "CL:0008001"
 _NOTE = re.compile(r"\s*[\(\[][^()\[\]]*[\)\]]\s*")
 
 
@@ -66,21 +65,16 @@ def _kb_type(reasoner: Reasoner, cl_id: str, S: np.ndarray) -> int:
 
 
 def _groups(cl_id: str) -> set[str]:
-    """The related groups of a CL term, as the reasoner reads them (B cells their own
-    group), with only a hematopoietic precursor related to every lineage (a monocyte, a
-    "precursor cell" of macrophages in CL, is not a precursor of B or T cells)."""
+    """The related groups of a CL term: the reasoner's rule
+    (:func:`~cellreasoner.ontology.lineages.related_groups`), with only a hematopoietic
+    precursor related to every lineage (a monocyte, a "precursor cell" of macrophages in CL,
+    is not a precursor of B or T cells)."""
     from ..ontology import get_ontology
 
     onto = get_ontology()
     if not onto.exists(cl_id):
         return set()
-    anc = set(onto.ancestors_self(cl_id))
-    g = anc & set(RELATED_GROUPS)
-    if B_LINEAGE in anc:
-        g = (g - {"CL:0000542"}) | {B_LINEAGE}
-    if HEMATOPOIETIC_PRECURSOR in anc:
-        g = set(RELATED_GROUPS) | {B_LINEAGE}
-    return g
+    return related_groups(onto.ancestors_self(cl_id), HEMATOPOIETIC_PRECURSORS)
 
 
 def _related(reasoner: Reasoner, a: int, b: int) -> bool:
