@@ -429,69 +429,55 @@ def _consensus(table, backend, *, model: str | None, backend_options: dict | Non
 
 def _deliberate(members, runs: list[MarkerAnnotation], raw: MarkerTable,
                 options: dict) -> dict[str, int]:
-    """One round on the clusters the backends disagree on: each model backend sees the
-    cluster's markers, the others' answers with their supporting markers and its own first
-    answer, and may revise it (in its run's table). Returns the revisions per backend."""
-    from ..annotation.cache import GenerationCache, resolve_cache_path
-    from ..annotation.consensus import DELIBERATION_NOTE
-    from ..annotation.engine import generate_cached, vote
-    from ..annotation.vote import consensus_frame
-    from ..ontology import ground_labels
-    from ..prompts import Prompt, SamplingParams, resolve_instruction
+    """One round on the clusters the backends disagree on (:mod:`cellreasoner.annotation.
+    deliberation`): each model backend sees the cluster's markers, the others' answers with
+    their supporting markers and its own first answer, and may revise it (in its run's
+    table). Returns the revisions per backend."""
+    from ..annotation.deliberation import (
+        DELIBERATION_NOTE,
+        ask_again,
+        deliberation_text,
+        disputed,
+    )
+    from ..prompts import resolve_instruction
 
     tables = [r.table.set_index("cluster") for r in runs]
     labels = pd.DataFrame({m.name: t["cellreasoner_label"] for m, t in zip(members, tables,
                                                                         strict=True)})
     ids = pd.DataFrame({m.name: t["cellreasoner_ontology_id"] for m, t in zip(members, tables,
                                                                            strict=True)})
-    disputed = list(labels.index[consensus_frame(labels, ids)["how"] != "unanimous"])
+    clusters = list(labels.index[disputed(labels, ids)])
     revised: dict[str, int] = {}
-    if not disputed:
+    if not clusters:
         return revised
-    reasoning = bool(options.get("reasoning"))
-    sampling = SamplingParams.for_mode(reasoning, temperature=options.get("temperature"),
-                                       max_new_tokens=options.get("max_new_tokens"),
-                                       seed=options.get("seed"), n=1)
-    instruction = (resolve_instruction(None, reasoning=reasoning, style="neutral",
-                                       tissue=options.get("tissue"), cluster=True)
-                   + "\n\n" + DELIBERATION_NOTE)
+    instruction = (resolve_instruction(None, reasoning=bool(options.get("reasoning")),
+                                       style="neutral", tissue=options.get("tissue"),
+                                       cluster=True) + "\n\n" + DELIBERATION_NOTE)
     for j, (m, run) in enumerate(zip(members, runs, strict=True)):
         if m.backend.capabilities.reads != "prompts":
             continue
         lists = filter_markers(raw, max_padj=options.get("max_padj"),
                                min_logfc=options.get("min_logfc"),
                                top=run.provenance["top"]).lists()
-        texts = []
-        for c in disputed:
-            lines = [", ".join(lists.get(c, [])), "", "Other annotators answered:"]
-            for k, other in enumerate(members):
-                if k != j:
-                    cited = str(tables[k].at[c, "cellreasoner_supporting_markers"] or "")
-                    lines.append(f"- {other.name}: {labels.at[c, other.name] or UNKNOWN}"
-                                 + (f" (supporting markers: {cited})" if cited else ""))
-            lines.append(f"Your first answer was: {labels.at[c, m.name] or UNKNOWN}.")
-            texts.append("\n".join(lines))
-        with ExitStack() as stack:
-            cache = None
-            path = resolve_cache_path(options.get("cache"))
-            if path is not None:
-                cache = stack.enter_context(GenerationCache(path, m.backend.name,
-                                                            m.backend.model, sampling))
-            gens = generate_cached(m.backend, [Prompt(instruction, t, reasoning) for t in texts],
-                                   sampling, cache,
-                                   batch_size=int(options.get("batch_size", 16)))
-        answers = [vote(g, reasoning) for g in gens]
-        new_ids, new_names = ground_labels([a.label or "" for a in answers])
+        texts = [deliberation_text(
+            ", ".join(lists.get(c, [])),
+            [(other.name, labels.at[c, other.name],
+              str(tables[k].at[c, "cellreasoner_supporting_markers"] or ""))
+             for k, other in enumerate(members) if k != j],
+            labels.at[c, m.name], "supporting markers") for c in clusters]
+        again = ask_again(m.backend, instruction, texts, options,
+                          batch_size=int(options.get("batch_size", 16)))
         table = run.table
         count = 0
-        for c, a, cid, cname in zip(disputed, answers, new_ids, new_names, strict=True):
-            if a.failure or not a.label:
+        for i, c in enumerate(clusters):
+            if not again.usable[i]:
                 continue
             row = table.index[table["cluster"] == c][0]
-            count += str(table.at[row, "cellreasoner_ontology_id"]) != str(cid)
+            count += str(table.at[row, "cellreasoner_ontology_id"]) != str(again.ontology_id[i])
             table.loc[row, ["cellreasoner_label", "cellreasoner_ontology_id",
                             "cellreasoner_ontology_label", "cellreasoner_reasoning"]] = [
-                a.label, cid, cname, a.reasoning or a.response]
+                again.label[i], again.ontology_id[i], again.ontology_label[i],
+                again.reasoning[i] or again.response[i]]
         revised[m.name] = int(count)
     return revised
 
