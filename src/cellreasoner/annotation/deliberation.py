@@ -127,16 +127,18 @@ def deliberate_cells(members: list[Member], adata, options: dict) -> dict[str, i
     revised: dict[str, int] = {}
     if not len(cells):
         return revised
+    built: dict[bool, object] = {}  # the cell sentences, built once for every member
     for j, m in enumerate(members):
         if m.backend.capabilities.reads != "prompts":
             continue
-        sentences = _prompt_sentences(m, adata, options)
+        sentences = _first_messages(m, adata, options, cells, built)
         texts = [deliberation_text(
-            sentences[i],
+            sentence,
             [(members[k].name, tables[k]["label"].iat[i],
               str(tables[k]["cited_present"].iat[i] or "").strip())
              for k in range(len(members)) if k != j],
-            tables[j]["label"].iat[i], "markers cited as expressed") for i in cells]
+            tables[j]["label"].iat[i], "markers cited as expressed")
+            for i, sentence in zip(cells, sentences, strict=True)]
         instruction = (f"{m.result.provenance.get('instruction', '')}\n\n"
                        f"{DELIBERATION_NOTE}").strip()
         again = ask_again(m.backend, instruction, texts, options,
@@ -151,22 +153,29 @@ def deliberate_cells(members: list[Member], adata, options: dict) -> dict[str, i
     return revised
 
 
-def _prompt_sentences(m: Member, adata, options: dict) -> list[str]:
-    """The user message each cell's first prompt carried for backend ``m``."""
+def _first_messages(m: Member, adata, options: dict, cells: np.ndarray,
+                    built: dict[bool, object]) -> list[str]:
+    """The user message the first prompt of each of ``cells`` carried for backend ``m``
+    (cell mode: the cell sentences, built once per expression read and kept in ``built``
+    for the other members)."""
     res = m.result
     if res.provenance.get("mode") == "cluster":
         clusters = res.provenance["clusters"]
         by_key = dict(zip(clusters["prompt_key"], clusters["markers"], strict=True))
-        return [by_key.get(k, "") for k in res.table["prompt_key"].to_numpy()]
-    from ..io import open_input
-    from ..sentences import build_sentences
-    from . import _default_gene_list, _gene_vocab
+        keys = res.table["prompt_key"].to_numpy()
+        return [by_key.get(k, "") for k in keys[cells]]
+    use_raw = res.provenance.get("layer") == "raw"
+    if use_raw not in built:
+        from ..io import open_input
+        from ..sentences import build_sentences
+        from . import _default_gene_list, _gene_vocab
 
-    _, source, _, _ = open_input(adata, layer=options.get("layer"),
-                                 use_raw=res.provenance.get("layer") == "raw")
-    genes = _gene_vocab(_default_gene_list(options.get("gene_list"), "prompts", source))
-    sentences = build_sentences(source, genes, max_genes=int(options.get("max_genes", 1000)))
-    return [sentences.sentence(i) for i in range(len(sentences))]
+        _, source, _, _ = open_input(adata, layer=options.get("layer"), use_raw=use_raw)
+        genes = _gene_vocab(_default_gene_list(options.get("gene_list"), "prompts", source))
+        built[use_raw] = build_sentences(source, genes,
+                                         max_genes=int(options.get("max_genes", 1000)))
+    sentences = built[use_raw]
+    return [sentences.sentence(int(i)) for i in cells]
 
 
 __all__ = ["DELIBERATION_NOTE", "Reconsidered", "ask_again", "deliberate_cells",
