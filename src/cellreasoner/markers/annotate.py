@@ -25,6 +25,7 @@ from .table import (
     DEFAULT_MIN_LOGFC,
     MarkerTable,
     filter_markers,
+    keep_top,
     read_marker_table,
 )
 
@@ -222,6 +223,8 @@ def annotate_markers(
         ``.table`` with one row per cluster and the columns :data:`OUTPUT_COLUMNS` (plus
         ``label_check`` and ``label_check_reason``).
     """
+    # this call's options (taken before any other local exists), shared by consensus members
+    options = {k: v for k, v in locals().items() if k in _OPTIONS}
     from ..annotation.consensus import is_consensus
 
     if deliberate and not is_consensus(backend):
@@ -229,17 +232,70 @@ def annotate_markers(
                          "backend='builtin,openai:MODEL'.")
     if is_consensus(backend):
         return _consensus(table, backend, model=model, backend_options=backend_options,
-                          layout=layout, uns_key=uns_key, deliberate=deliberate, options=dict(
-                              tissue=tissue, species=species, markers=markers, top=top,
-                              max_padj=max_padj, min_logfc=min_logfc,
-                              check_labels=check_labels, label_map=label_map,
-                              prompt_style=prompt_style, clusters_per_call=clusters_per_call,
-                              reasoning=reasoning, instruction=instruction, n=n,
-                              temperature=temperature, max_new_tokens=max_new_tokens,
-                              seed=seed, cache=cache, batch_size=batch_size))
+                          layout=layout, uns_key=uns_key, deliberate=deliberate,
+                          options=options)
     from ..annotation.consensus import single_backend
 
     backend, model = single_backend(backend, model)  # "name", "name:model", [one]
+    return _annotate_one(_Shared(table, layout, uns_key), backend, model, backend_options,
+                         options)
+
+
+#: annotate_markers' options that every backend of a consensus run gets as they are.
+_OPTIONS = ("tissue", "species", "markers", "top", "max_padj", "min_logfc", "check_labels",
+            "label_map", "prompt_style", "clusters_per_call", "reasoning", "instruction", "n",
+            "temperature", "max_new_tokens", "seed", "cache", "batch_size")
+
+
+@dataclass
+class _Shared:
+    """What every backend's run on one table reads the same: the table (read once), its
+    filtered markers (filtered once: the small-cluster warning is given once) and the
+    knowledge base (loaded once)."""
+
+    table: object
+    layout: str = "auto"
+    uns_key: str | None = None
+    _raw: MarkerTable | None = None
+    _filtered: MarkerTable | None = None
+    _reasoner: Reasoner | None = None
+
+    @property
+    def raw(self) -> MarkerTable:
+        """The table as read."""
+        if self._raw is None:
+            self._raw = self.table if isinstance(self.table, MarkerTable) else (
+                read_marker_table(self.table, layout=self.layout, key=self.uns_key))
+        return self._raw
+
+    def markers(self, top: int, options: dict) -> MarkerTable:
+        """The table filtered by ``max_padj``/``min_logfc``, its first ``top`` markers."""
+        if self._filtered is None:
+            self._filtered = filter_markers(self.raw, max_padj=options["max_padj"],
+                                            min_logfc=options["min_logfc"])
+        return keep_top(self._filtered, top)
+
+    def reasoner(self, backend, species: str, options: dict) -> Reasoner:
+        """The built-in reasoner whose evidence every backend's answer is read with: a
+        ready builtin backend's own (no markers/tissue asked), else the knowledge base with
+        ``markers`` merged in and restricted to ``tissue``."""
+        from ..backends.builtin.backend import BuiltinBackend
+
+        if (isinstance(backend, BuiltinBackend) and options["markers"] is None
+                and options["tissue"] is None):
+            return backend.reasoner
+        if self._reasoner is None:
+            from .knowledge import load_knowledge
+
+            self._reasoner = Reasoner(load_knowledge(options["markers"],
+                                                     tissue=options["tissue"],
+                                                     species=species))
+        return self._reasoner
+
+
+def _annotate_one(shared: _Shared, backend: str | Backend, model: str | None,
+                  backend_options: dict | None, options: dict) -> MarkerAnnotation:
+    """One backend names every cluster (:func:`annotate_markers` with one backend)."""
     from ..annotation import _backend as make_backend
     from ..annotation.cache import GenerationCache, resolve_cache_path
     from ..annotation.clusters import default_n_markers
@@ -253,29 +309,22 @@ def annotate_markers(
     )
     from .scoring import builtin_frame, check_species, score_table
 
+    o = options
     t0 = time.perf_counter()
-    species = check_species(species)
-    if prompt_style not in MARKER_PROMPT_STYLES:
+    species = check_species(o["species"])
+    if o["prompt_style"] not in MARKER_PROMPT_STYLES:
         raise InputError(f"prompt_style must be one of {', '.join(MARKER_PROMPT_STYLES)}, "
-                         f"not {prompt_style!r}.")
-    if int(n) < 1:
-        raise InputError(f"n (samples per prompt) must be at least 1, not {n}.")
-    raw = table if isinstance(table, MarkerTable) else read_marker_table(
-        table, layout=layout, key=uns_key)
+                         f"not {o['prompt_style']!r}.")
+    if int(o["n"]) < 1:
+        raise InputError(f"n (samples per prompt) must be at least 1, not {o['n']}.")
+    raw = shared.raw
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
     is_model = caps.reads == "prompts"
     if not is_model and (backend_options or model):
         raise InputError("model/backend_options apply to model backends; the built-in reasoner "
                          "takes markers= and tissue=.")
-    from .knowledge import load_knowledge
-
-    db = load_knowledge(markers, tissue=tissue, species=species)
-    from ..backends.builtin.backend import BuiltinBackend
-
-    if isinstance(backend, BuiltinBackend) and markers is None and tissue is None:
-        reasoner = backend.reasoner
-    else:
-        reasoner = Reasoner(db)
+    reasoner = shared.reasoner(backend, species, o)
+    tissue, reasoning, top = o["tissue"], o["reasoning"], o["top"]
     with ExitStack() as stack:
         be = None
         style = "builtin"
@@ -283,16 +332,15 @@ def annotate_markers(
             be, own = make_backend(backend, model, backend_options)
             if own:
                 stack.callback(be.close)
-            style = (prompt_style if prompt_style == "gptcelltype"
-                     else resolve_prompt_style(prompt_style, be.model))
+            style = (o["prompt_style"] if o["prompt_style"] == "gptcelltype"
+                     else resolve_prompt_style(o["prompt_style"], be.model))
         if top is None:
             top = (BUILTIN_TOP if not is_model else GPTCELLTYPE_TOP if style == "gptcelltype"
                    else default_n_markers(style))
-        filtered = filter_markers(raw, max_padj=max_padj, min_logfc=min_logfc, top=top)
+        filtered = shared.markers(top, o)
         # the built-in evidence: the answer of the builtin backend, the supporting markers and
         # the label check of every backend
-        ts = score_table(reasoner, filter_markers(raw, max_padj=max_padj, min_logfc=min_logfc,
-                                                  top=max(int(top), BUILTIN_TOP)),
+        ts = score_table(reasoner, shared.markers(max(int(top), BUILTIN_TOP), o),
                          species=species) if is_model else score_table(
             reasoner, filtered, species=species)
         if not is_model:
@@ -300,27 +348,27 @@ def annotate_markers(
             name, model_name, unique = "builtin", reasoner.model, 0
             cache_path = None
         else:
-            sampling = SamplingParams.for_mode(reasoning, temperature=temperature,
-                                               max_new_tokens=max_new_tokens, seed=seed,
-                                               n=int(n))
+            sampling = SamplingParams.for_mode(reasoning, temperature=o["temperature"],
+                                               max_new_tokens=o["max_new_tokens"],
+                                               seed=o["seed"], n=int(o["n"]))
             if style == "gptcelltype":
                 text = gptcelltype_instruction(tissue)
-            elif int(clusters_per_call) > 1 and instruction is None:
+            elif int(o["clusters_per_call"]) > 1 and o["instruction"] is None:
                 text = rows_instruction(reasoning, tissue)
             else:
-                text = resolve_instruction(instruction, reasoning=reasoning, style=style,
+                text = resolve_instruction(o["instruction"], reasoning=reasoning, style=style,
                                            tissue=tissue, cluster=True)
             run_cache = None
-            cache_path = resolve_cache_path(cache)
+            cache_path = resolve_cache_path(o["cache"])
             if cache_path is not None:
                 run_cache = GenerationCache(cache_path, be.name, be.model, sampling)
                 stack.callback(run_cache.close)
             be.configure(RunContext((), 1000, tissue, bool(reasoning)))
             rows, unique = _model_rows(be, filtered.lists(), style=style, instruction=text,
                                        reasoning=bool(reasoning),
-                                       clusters_per_call=int(clusters_per_call),
+                                       clusters_per_call=int(o["clusters_per_call"]),
                                        sampling=sampling, cache=run_cache,
-                                       batch_size=int(batch_size))
+                                       batch_size=int(o["batch_size"]))
             rows["supporting_markers"] = _llm_support(reasoner, ts, list(rows["ontology_id"]))
             name, model_name = be.name, str(be.model)
     out = pd.DataFrame({
@@ -333,14 +381,14 @@ def annotate_markers(
         "cellreasoner_supporting_markers": rows["supporting_markers"].astype(str),
         "cellreasoner_backend": name,
     })
-    if check_labels:
+    if o["check_labels"]:
         from .check import check_labels as run_check
 
         lm = None
-        if label_map is not None:
+        if o["label_map"] is not None:
             from ..evaluation.truth import read_truth_map
 
-            lm = read_truth_map(label_map)
+            lm = read_truth_map(o["label_map"])
         checked = run_check(reasoner, ts, lm)
         out["label_check"] = checked["label_check"].to_numpy()
         out["label_check_reason"] = checked["label_check_reason"].to_numpy()
@@ -348,8 +396,8 @@ def annotate_markers(
         "input": raw.source, "layout": raw.layout, "clusters": len(raw),
         "backend": name, "model": model_name, "knowledge": reasoner.model,
         "tissue": tissue or "", "species": species, "top": int(top),
-        "max_padj": max_padj, "min_logfc": min_logfc, "prompt_style": style,
-        "clusters_per_call": int(clusters_per_call), "unique_prompts": unique,
+        "max_padj": o["max_padj"], "min_logfc": o["min_logfc"], "prompt_style": style,
+        "clusters_per_call": int(o["clusters_per_call"]), "unique_prompts": unique,
         "cache": str(cache_path) if cache_path else "",
         "seconds": round(time.perf_counter() - t0, 3),
         "unknown": int((out["cellreasoner_label"] == UNKNOWN).sum()),
@@ -368,16 +416,17 @@ def _consensus(table, backend, *, model: str | None, backend_options: dict | Non
     from ..annotation.vote import consensus_frame
 
     t0 = time.perf_counter()
-    raw = table if isinstance(table, MarkerTable) else read_marker_table(
-        table, layout=layout, key=uns_key)
+    shared = _Shared(table, layout, uns_key)
+    shared.raw  # noqa: B018 - read (and checked) before any backend is made
     members = make_members(backend, model, backend_options)
     revised: dict[str, int] = {}
     try:
         # the label check reads the built-in evidence, the same for every member: made once
-        runs = [annotate_markers(raw, m.backend, **{**options, "check_labels": bool(
-            options["check_labels"]) and k == 0}) for k, m in enumerate(members)]
+        runs = [_annotate_one(shared, m.backend, None, None, {
+            **options, "check_labels": bool(options["check_labels"]) and k == 0})
+            for k, m in enumerate(members)]
         if deliberate:
-            revised = _deliberate(members, runs, raw, options)
+            revised = _deliberate(members, runs, shared, options)
     finally:
         for m in members:
             if m.own:
@@ -427,7 +476,7 @@ def _consensus(table, backend, *, model: str | None, backend_options: dict | Non
     return MarkerAnnotation(out, "consensus", ",".join(names), provenance)
 
 
-def _deliberate(members, runs: list[MarkerAnnotation], raw: MarkerTable,
+def _deliberate(members, runs: list[MarkerAnnotation], shared: _Shared,
                 options: dict) -> dict[str, int]:
     """One round on the clusters the backends disagree on (:mod:`cellreasoner.annotation.
     deliberation`): each model backend sees the cluster's markers, the others' answers with
@@ -456,9 +505,7 @@ def _deliberate(members, runs: list[MarkerAnnotation], raw: MarkerTable,
     for j, (m, run) in enumerate(zip(members, runs, strict=True)):
         if m.backend.capabilities.reads != "prompts":
             continue
-        lists = filter_markers(raw, max_padj=options.get("max_padj"),
-                               min_logfc=options.get("min_logfc"),
-                               top=run.provenance["top"]).lists()
+        lists = shared.markers(run.provenance["top"], options).lists()
         texts = [deliberation_text(
             ", ".join(lists.get(c, [])),
             [(other.name, labels.at[c, other.name],
