@@ -168,7 +168,7 @@ def _first_messages(m: Member, adata, options: dict, cells: np.ndarray,
     if use_raw not in built:
         from ..io import open_input
         from ..sentences import build_sentences
-        from . import _default_gene_list, _gene_vocab
+        from ._inputs import _default_gene_list, _gene_vocab
 
         _, source, _, _ = open_input(adata, layer=options.get("layer"), use_raw=use_raw)
         genes = _gene_vocab(_default_gene_list(options.get("gene_list"), "prompts", source))

@@ -296,7 +296,7 @@ class _Shared:
 def _annotate_one(shared: _Shared, backend: str | Backend, model: str | None,
                   backend_options: dict | None, options: dict) -> MarkerAnnotation:
     """One backend names every cluster (:func:`annotate_markers` with one backend)."""
-    from ..annotation import _backend as make_backend
+    from ..annotation._inputs import _backend as make_backend
     from ..annotation.cache import GenerationCache, resolve_cache_path
     from ..annotation.clusters import default_n_markers
     from ..backends.base import RunContext
