@@ -6,7 +6,10 @@
   it stopped), self-consistency samples voted;
 - :mod:`.clusters`: groups, cluster marker sentences, cluster majorities;
 - :mod:`.table`: the per-cell table (answers, Cell Ontology terms, evidence);
-- :mod:`.result`: :class:`AnnotationResult`, which writes itself back (:mod:`.output`).
+- :mod:`.result`: :class:`AnnotationResult`, which writes itself back (:mod:`.output`);
+- :mod:`._run`: one backend's run in named steps (:mod:`._inputs` the setup,
+  :mod:`._answer` the answering data path, :mod:`._provenance` what ``uns`` records);
+  :mod:`.consensus` and :mod:`.deliberation` several backends.
 
 Backends declare what they read (:class:`~cellreasoner.backends.Capabilities`): a matrix
 backend (the built-in reasoner) streams answers for chunks of cells straight from the
@@ -17,30 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from types import SimpleNamespace
 
-from ..backends import Backend, RunContext, backend_class
-from ..distributed.cluster import ENGINES, connect
+from ..backends import Backend
 from ..errors import InputError
-from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
-from ._answer import _answer
-from ._inputs import (
-    MODES,
-    _backend,
-    _check_options,
-    _default_gene_list,
-    _gene_vocab,
-    _manifest,
-    _RayRun,
-    _replica_pool,
-    _Run,
-    _validate,
-)
-from ._provenance import _failure_counts, _provenance, _truth
-from .cache import GenerationCache, resolve_cache_path
-from .clusters import default_n_markers
+from ._inputs import MODES
 from .engine import generate_cached, vote
 from .result import (
     CATEGORICAL_FIELDS,
@@ -48,7 +33,6 @@ from .result import (
     CSV_UPSTREAM,
     FIELDS,
     AnnotationResult,
-    uns_safe,
 )
 
 log = logging.getLogger(__name__)
@@ -252,7 +236,6 @@ def annotate(
     """
     # this call's arguments (taken before any other local exists), for a consensus run
     options = {k: v for k, v in locals().items() if k not in ("adata", "backend")}
-    from ..progress import progress_bar
     from .consensus import is_consensus, single_backend
 
     if is_consensus(backend):
@@ -263,119 +246,9 @@ def annotate(
         raise InputError("deliberate (--deliberate) needs several backends, e.g. "
                          "backend='builtin,openai:MODEL'.")
     backend, model = single_backend(backend, model)  # "name", "name:model", [one]
-    t0 = time.perf_counter()
-    _check_options(mode, n, batch_size, key_added, cluster_markers, chunk_size)
-    if engine not in ENGINES:
-        raise InputError(f"engine must be one of {', '.join(ENGINES)}, not '{engine}'.")
-    if not float(resolution) > 0:
-        raise InputError(f"resolution={resolution}: the Leiden resolution must be a positive "
-                         "number (1.0 is the default; higher gives more, smaller clusters).")
-    from ..checks import prefer_raw
-    from ..io import open_input
-    from ..matrix import from_anndata
-    from ..species import resolve_species, species_vocabulary
+    from ._run import run_one
 
-    given = isinstance(adata, str | os.PathLike)
-    adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw, assay=assay)
-    input_name = input_name if given else ""
-    if layer is None and not use_raw and prefer_raw(adata):  # scaled X, log-normalised .raw
-        use_raw = True
-        source = from_anndata(adata, use_raw=True)
-    found = resolve_species(species, source.var_names)  # from the genes that will be read
-    if copy and not given:
-        from ..checks import in_memory_copy
-
-        adata = in_memory_copy(adata)
-        source = from_anndata(adata, layer=layer, use_raw=use_raw)
-    # what the backend reads decides the defaults; it is made only once the input is checked
-    caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
-    use_matrix = caps.reads == "matrix" and (
-        mode in ("cell", "hybrid") or (mode == "cluster" and cluster_markers is None))
-    published = gene_list is None
-    gene_list = _default_gene_list(gene_list, caps.reads, source)
-    # the published (human) list in the data's species; a list the user gave, or the data's
-    # own genes, as they are
-    genes = species_vocabulary(_gene_vocab(gene_list), found.species, source.var_names,
-                               translate=published and not isinstance(gene_list, list),
-                               source=source.description or "the data")
-    _validate(adata, layer, use_raw, genes, label_key, mode, by)
-    sampling = SamplingParams.for_mode(
-        reasoning, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
-        max_new_tokens=max_new_tokens, seed=seed, n=int(n))
-    if sampling.n > 1 and sampling.temperature < 0.1:
-        log.warning("n=%d self-consistency samples at temperature %s will be near-identical; "
-                    "pass a higher temperature (e.g. 0.6) for a meaningful agreement.",
-                    sampling.n, sampling.temperature)
-    from ..atac.read import MODALITY, input_modality
-
-    modality = input_modality(adata)
-    with ExitStack() as stack:
-        ray_run = None
-        if engine == "ray":
-            ray_run = _RayRun(stack.enter_context(connect(address, workers)), num_gpus,
-                              chunk_size=chunk_size)
-            ray_run.manifest = _manifest(
-                manifest, adata, input_name, backend, model, backend_options,
-                [sampling.to_dict(), mode, reasoning, prompt_style, str(instruction), tissue,
-                 max_genes, genes, batch_size, by, layer, use_raw, n_markers, marker_order,
-                 chunk_size, found.species, modality, accessibility_prompt, resolution])
-        pool = ray_run is not None and not use_matrix
-        if pool:  # every unique prompt goes to the pool at once: it cuts them into blocks
-            be, own_backend = _replica_pool(backend, model, backend_options, ray_run,
-                                            batch_size)
-        else:
-            be, own_backend = _backend(backend, model, backend_options)
-        if own_backend:
-            stack.callback(be.close)
-        # a matrix backend reads no instruction (its cluster prompts keep the upstream text)
-        style = (resolve_prompt_style(prompt_style, be.model) if caps.reads == "prompts"
-                 else "cellreasoner")
-        if accessibility_prompt is None:
-            accessibility_prompt = modality == MODALITY and style == "neutral"
-        run = _Run(be=be, adata=adata, source=source, genes=genes, sampling=sampling,
-                   reasoning=reasoning, mode=mode, max_genes=int(max_genes),
-                   batch_size=batch_size,
-                   instruction=resolve_instruction(
-                       instruction, reasoning=reasoning, style=style,
-                       tissue=None if caps.tissue else tissue, cluster=mode == "cluster",
-                       accessibility=bool(accessibility_prompt)),
-                   use_matrix=use_matrix, prompt_style=style,
-                   n_markers=(int(n_markers) if n_markers is not None
-                              else default_n_markers(style)),
-                   ray=ray_run)
-        if pool:
-            run.batch_size = 1 << 40
-        cache_path = None if use_matrix or ray_run is not None else resolve_cache_path(cache)
-        be.configure(RunContext(tuple(genes), int(max_genes), tissue, bool(reasoning),
-                                found.species, modality))
-        if cache_path is not None:
-            run.cache = GenerationCache(cache_path, be.name, be.model, sampling)
-            stack.callback(run.cache.close)
-        run.advance = progress if callable(progress) else stack.enter_context(progress_bar(
-            f"annotating ({be.name})", total=adata.n_obs, unit="cells",
-            enabled=None if progress else False))
-        describe = uns_safe(be.describe())
-        if mode in ("cluster", "hybrid"):
-            from .clusters import resolve_groups
-
-            run.groups, run.by_key = resolve_groups(adata, by, source, resolution=resolution)
-        table, clusters_df, unique_prompts = _answer(run, cluster_markers, run.n_markers,
-                                                     marker_order)
-    provenance = _provenance(
-        run, describe, n=n, seconds=time.perf_counter() - t0, gene_list=gene_list,
-        key_added=key_added, cache_path=cache_path, layer=layer, use_raw=use_raw,
-        input_name=input_name, tissue=tissue, clusters_df=clusters_df,
-        unique_prompts=unique_prompts)
-    provenance.update(species=found.species, species_detection=found.how)
-    provenance.update(_failure_counts(table, run.stats))
-    if ray_run is not None:
-        provenance.update(ray_run.provenance(be if pool else None))
-    result = AnnotationResult(table=table, provenance=provenance, adata=adata,
-                              key_added=key_added, truth=_truth(adata, label_key, table),
-                              clusters=clusters_df)
-    result.to_adata()
-    log.debug("annotated %s", result.summary_line())
-    return result
+    return run_one(adata, backend, SimpleNamespace(**{**options, "model": model}))
 
 
 # --- the steps of a run ----------------------------------------------------------------------
