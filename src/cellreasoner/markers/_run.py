@@ -74,27 +74,12 @@ class _Shared:
 def _annotate_one(shared: _Shared, backend: str | Backend, model: str | None,
                   backend_options: dict | None, options: dict) -> MarkerAnnotation:
     """One backend names every cluster (:func:`annotate_markers` with one backend)."""
-    from ..annotation._inputs import _backend as make_backend
-    from ..annotation.cache import GenerationCache, resolve_cache_path
-    from ..annotation.clusters import default_n_markers
-    from ..backends.base import RunContext
-    from ..prompts import SamplingParams, resolve_instruction, resolve_prompt_style
-    from .prompting import (
-        GPTCELLTYPE_TOP,
-        MARKER_PROMPT_STYLES,
-        gptcelltype_instruction,
-        rows_instruction,
-    )
     from .scoring import builtin_frame, check_species, score_table
 
     o = options
     t0 = time.perf_counter()
     species = check_species(o["species"])
-    if o["prompt_style"] not in MARKER_PROMPT_STYLES:
-        raise InputError(f"prompt_style must be one of {', '.join(MARKER_PROMPT_STYLES)}, "
-                         f"not {o['prompt_style']!r}.")
-    if int(o["n"]) < 1:
-        raise InputError(f"n (samples per prompt) must be at least 1, not {o['n']}.")
+    _check_options(o)
     raw = shared.raw
     caps = (backend if isinstance(backend, Backend) else backend_class(backend)).capabilities
     is_model = caps.reads == "prompts"
@@ -102,78 +87,28 @@ def _annotate_one(shared: _Shared, backend: str | Backend, model: str | None,
         raise InputError("model/backend_options apply to model backends; the built-in reasoner "
                          "takes markers= and tissue=.")
     reasoner = shared.reasoner(backend, species, o)
-    tissue, reasoning, top = o["tissue"], o["reasoning"], o["top"]
     with ExitStack() as stack:
-        be = None
-        style = "builtin"
-        if is_model:
-            be, own = make_backend(backend, model, backend_options)
-            if own:
-                stack.callback(be.close)
-            style = (o["prompt_style"] if o["prompt_style"] == "gptcelltype"
-                     else resolve_prompt_style(o["prompt_style"], be.model))
-        if top is None:
-            top = (BUILTIN_TOP if not is_model else GPTCELLTYPE_TOP if style == "gptcelltype"
-                   else default_n_markers(style))
-        filtered = shared.markers(top, o)
-        # the built-in evidence: the answer of the builtin backend, the supporting markers and
-        # the label check of every backend
-        ts = score_table(reasoner, shared.markers(max(int(top), BUILTIN_TOP), o),
-                         species=species) if is_model else score_table(
-            reasoner, filtered, species=species)
         if not is_model:
+            top = BUILTIN_TOP if o["top"] is None else o["top"]
+            ts = score_table(reasoner, shared.markers(top, o), species=species)
             rows = builtin_frame(reasoner, ts)
-            name, model_name, unique = "builtin", reasoner.model, 0
-            cache_path = None
+            name, model_name, style = "builtin", reasoner.model, "builtin"
+            unique, cache_path = 0, None
         else:
-            sampling = SamplingParams.for_mode(reasoning, temperature=o["temperature"],
-                                               max_new_tokens=o["max_new_tokens"],
-                                               seed=o["seed"], n=int(o["n"]))
-            if style == "gptcelltype":
-                text = gptcelltype_instruction(tissue)
-            elif int(o["clusters_per_call"]) > 1 and o["instruction"] is None:
-                text = rows_instruction(reasoning, tissue)
-            else:
-                text = resolve_instruction(o["instruction"], reasoning=reasoning, style=style,
-                                           tissue=tissue, cluster=True)
-            run_cache = None
-            cache_path = resolve_cache_path(o["cache"])
-            if cache_path is not None:
-                run_cache = GenerationCache(cache_path, be.name, be.model, sampling)
-                stack.callback(run_cache.close)
-            be.configure(RunContext((), 1000, tissue, bool(reasoning)))
-            rows, unique = _model_rows(be, filtered.lists(), style=style, instruction=text,
-                                       reasoning=bool(reasoning),
-                                       clusters_per_call=int(o["clusters_per_call"]),
-                                       sampling=sampling, cache=run_cache,
-                                       batch_size=int(o["batch_size"]))
+            be, style, top = _model_backend(stack, backend, model, backend_options, o)
+            # the built-in evidence: the supporting markers and the label check of the answers
+            ts = score_table(reasoner, shared.markers(max(int(top), BUILTIN_TOP), o),
+                             species=species)
+            rows, unique, cache_path = _ask_model(stack, be, shared.markers(top, o), style, o)
             rows["supporting_markers"] = _llm_support(reasoner, ts, list(rows["ontology_id"]))
             name, model_name = be.name, str(be.model)
-    out = pd.DataFrame({
-        "cluster": rows["cluster"].astype(str),
-        "cellreasoner_label": rows["label"].astype(str),
-        "cellreasoner_ontology_id": rows["ontology_id"].astype(str),
-        "cellreasoner_ontology_label": rows["ontology_label"].astype(str),
-        "cellreasoner_confidence": rows["confidence"].astype(float),
-        "cellreasoner_reasoning": rows["reasoning"].astype(str),
-        "cellreasoner_supporting_markers": rows["supporting_markers"].astype(str),
-        "cellreasoner_backend": name,
-    })
+    out = _output_table(rows, name)
     if o["check_labels"]:
-        from .check import check_labels as run_check
-
-        lm = None
-        if o["label_map"] is not None:
-            from ..evaluation.truth import read_truth_map
-
-            lm = read_truth_map(o["label_map"])
-        checked = run_check(reasoner, ts, lm)
-        out["label_check"] = checked["label_check"].to_numpy()
-        out["label_check_reason"] = checked["label_check_reason"].to_numpy()
+        _add_label_check(out, reasoner, ts, o["label_map"])
     provenance = {
         "input": raw.source, "layout": raw.layout, "clusters": len(raw),
         "backend": name, "model": model_name, "knowledge": reasoner.model,
-        "tissue": tissue or "", "species": species, "top": int(top),
+        "tissue": o["tissue"] or "", "species": species, "top": int(top),
         "max_padj": o["max_padj"], "min_logfc": o["min_logfc"], "prompt_style": style,
         "clusters_per_call": int(o["clusters_per_call"]), "unique_prompts": unique,
         "cache": str(cache_path) if cache_path else "",
@@ -183,6 +118,99 @@ def _annotate_one(shared: _Shared, backend: str | Backend, model: str | None,
                             if out["cellreasoner_confidence"].notna().any() else math.nan),
     }
     return MarkerAnnotation(out, name, model_name, provenance)
+
+
+def _check_options(o: dict) -> None:
+    """One clear error for a prompt style or sample count out of range."""
+    from .prompting import MARKER_PROMPT_STYLES
+
+    if o["prompt_style"] not in MARKER_PROMPT_STYLES:
+        raise InputError(f"prompt_style must be one of {', '.join(MARKER_PROMPT_STYLES)}, "
+                         f"not {o['prompt_style']!r}.")
+    if int(o["n"]) < 1:
+        raise InputError(f"n (samples per prompt) must be at least 1, not {o['n']}.")
+
+
+def _model_backend(stack: ExitStack, backend, model: str | None,
+                   backend_options: dict | None, o: dict) -> tuple[Backend, str, int]:
+    """(the model backend, closed with ``stack`` when made here; its prompt style; the
+    markers per cluster it reads)."""
+    from ..annotation._inputs import _backend as make_backend
+    from ..annotation.clusters import default_n_markers
+    from ..prompts import resolve_prompt_style
+    from .prompting import GPTCELLTYPE_TOP
+
+    be, own = make_backend(backend, model, backend_options)
+    if own:
+        stack.callback(be.close)
+    style = (o["prompt_style"] if o["prompt_style"] == "gptcelltype"
+             else resolve_prompt_style(o["prompt_style"], be.model))
+    top = o["top"]
+    if top is None:
+        top = GPTCELLTYPE_TOP if style == "gptcelltype" else default_n_markers(style)
+    return be, style, top
+
+
+def _ask_model(stack: ExitStack, be: Backend, markers: MarkerTable, style: str,
+               o: dict) -> tuple[pd.DataFrame, int, object]:
+    """The model's answer for every cluster of ``markers``: (rows, unique prompts, the
+    cache path or ``None``)."""
+    from ..annotation.cache import GenerationCache, resolve_cache_path
+    from ..backends.base import RunContext
+    from ..prompts import SamplingParams, resolve_instruction
+    from .prompting import gptcelltype_instruction, rows_instruction
+
+    tissue, reasoning = o["tissue"], o["reasoning"]
+    sampling = SamplingParams.for_mode(reasoning, temperature=o["temperature"],
+                                       max_new_tokens=o["max_new_tokens"], seed=o["seed"],
+                                       n=int(o["n"]))
+    if style == "gptcelltype":
+        text = gptcelltype_instruction(tissue)
+    elif int(o["clusters_per_call"]) > 1 and o["instruction"] is None:
+        text = rows_instruction(reasoning, tissue)
+    else:
+        text = resolve_instruction(o["instruction"], reasoning=reasoning, style=style,
+                                   tissue=tissue, cluster=True)
+    run_cache = None
+    cache_path = resolve_cache_path(o["cache"])
+    if cache_path is not None:
+        run_cache = GenerationCache(cache_path, be.name, be.model, sampling)
+        stack.callback(run_cache.close)
+    be.configure(RunContext((), 1000, tissue, bool(reasoning)))
+    rows, unique = _model_rows(be, markers.lists(), style=style, instruction=text,
+                               reasoning=bool(reasoning),
+                               clusters_per_call=int(o["clusters_per_call"]),
+                               sampling=sampling, cache=run_cache,
+                               batch_size=int(o["batch_size"]))
+    return rows, unique, cache_path
+
+
+def _output_table(rows: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The :data:`~.result.OUTPUT_COLUMNS` of one backend's answers."""
+    return pd.DataFrame({
+        "cluster": rows["cluster"].astype(str),
+        "cellreasoner_label": rows["label"].astype(str),
+        "cellreasoner_ontology_id": rows["ontology_id"].astype(str),
+        "cellreasoner_ontology_label": rows["ontology_label"].astype(str),
+        "cellreasoner_confidence": rows["confidence"].astype(float),
+        "cellreasoner_reasoning": rows["reasoning"].astype(str),
+        "cellreasoner_supporting_markers": rows["supporting_markers"].astype(str),
+        "cellreasoner_backend": name,
+    })
+
+
+def _add_label_check(out: pd.DataFrame, reasoner: Reasoner, ts, label_map) -> None:
+    """Add ``label_check`` and ``label_check_reason`` (:mod:`.check`) to ``out``."""
+    from .check import check_labels as run_check
+
+    lm = None
+    if label_map is not None:
+        from ..evaluation.truth import read_truth_map
+
+        lm = read_truth_map(label_map)
+    checked = run_check(reasoner, ts, lm)
+    out["label_check"] = checked["label_check"].to_numpy()
+    out["label_check_reason"] = checked["label_check_reason"].to_numpy()
 
 
 def _model_rows(be: Backend, lists: dict[str, list[str]], *, style: str, instruction: str,
