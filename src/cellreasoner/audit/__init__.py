@@ -136,10 +136,7 @@ def audit(
     from ..matrix import from_anndata
 
     check_key_added(key_added, "audit")
-    for name, value in (("margin", margin), ("min_alternative", min_alternative),
-                        ("min_support", min_support)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise InputError(f"{name}={value}: scores lie between 0 and 1; pass a value there.")
+    _check_scores(margin=margin, min_alternative=min_alternative, min_support=min_support)
     given = isinstance(adata, str | os.PathLike)
     adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw)
     check_obs_column(adata, labels, "Label", "Pass --labels COLUMN with the labels to audit.")
@@ -156,15 +153,7 @@ def audit(
     kinds = [label_types(t, reasoner) if t else None for t in distinct]
     rules = _Rules(float(margin), float(min_alternative), float(min_support),
                    float(min_negative), *_tree(reasoner))
-    genes = [str(g) for g in source.var_names]
-    parts = []
-    start = 0
-    for chunk in source.iter_chunks(chunk_size):
-        stop = start + chunk.shape[0]
-        parts.append(_audit_chunk(reasoner, chunk, genes, codes[start:stop], kinds, rules))
-        start = stop
-    cells = pd.concat(parts) if parts else _empty_cells()
-    cells.index = pd.Index(np.asarray(source.obs_names).astype(str), name="cell")
+    cells = _audit_cells(reasoner, source, codes, kinds, rules, chunk_size)
     cells.insert(0, "label", texts)
     summary = label_summary(cells, dict(zip(distinct, kinds, strict=True)))
     provenance = {
@@ -179,6 +168,28 @@ def audit(
         provenance["input"] = input_name
     _write_obs(adata, cells, key_added, provenance)
     return AuditResult(cells=cells, summary=summary, provenance=provenance, adata=adata)
+
+
+def _check_scores(**scores: float) -> None:
+    """One clear error for a score threshold outside [0, 1]."""
+    for name, value in scores.items():
+        if not 0.0 <= float(value) <= 1.0:
+            raise InputError(f"{name}={value}: scores lie between 0 and 1; pass a value there.")
+
+
+def _audit_cells(reasoner, source, codes: np.ndarray, kinds: list[LabelTypes | None],
+                 rules: _Rules, chunk_size: int) -> pd.DataFrame:
+    """The per-cell audit, ``chunk_size`` cells at a time, indexed by cell name."""
+    genes = [str(g) for g in source.var_names]
+    parts = []
+    start = 0
+    for chunk in source.iter_chunks(chunk_size):
+        stop = start + chunk.shape[0]
+        parts.append(_audit_chunk(reasoner, chunk, genes, codes[start:stop], kinds, rules))
+        start = stop
+    cells = pd.concat(parts) if parts else _empty_cells()
+    cells.index = pd.Index(np.asarray(source.obs_names).astype(str), name="cell")
+    return cells
 
 
 def _tree(reasoner) -> tuple[np.ndarray, np.ndarray, tuple[tuple[int, ...], ...]]:
