@@ -254,6 +254,23 @@ def test_every_peak_matrix_layout_gives_the_same_activity(sim, tmp_path):
         assert got.uns["cellreasoner_io"]["input"] == layout
         assert list(got.obs_names) == cells
         np.testing.assert_allclose(got.layers["counts"].toarray(), want, err_msg=layout)
+    # the layout is read from one open of each file (h5py counted, not replaced)
+    import h5py
+
+    from cellreasoner.atac import atac_layout
+
+    opened = []
+
+    class Counted(h5py.File):
+        def __init__(self, *args, **kwargs):
+            opened.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(h5py, "File", Counted)
+        assert atac_layout(tmp_path / "filtered_feature_bc_matrix.h5", atac=True) == "peaks_10x_h5"
+        assert atac_layout(tmp_path / "peaks.h5ad") == "peaks_h5ad"
+    assert len(opened) == 2
     # cr.read and annotate send an ATAC file through the same reader (the annotation from
     # $CELLREASONER_GTF)
     with pytest.MonkeyPatch.context() as mp:

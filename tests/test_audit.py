@@ -159,3 +159,24 @@ def test_pbmc68k_audit_finds_contradicted_cells_and_leaves_consistent_ones(pbmc6
     s = res.summary.set_index("label")
     assert "monocyte" in s.loc["Dendritic", "looks_like"]
     assert "antibody secreting cell" in s.loc["CD19+ B", "looks_like"]
+
+
+def test_report_shows_the_audits_own_counts_and_summary(pbmc68k):
+    """The report reads what the audit counted; without ``uns`` it counts ``obs`` with the
+    audit's own summary function (same rows, same order)."""
+    from cellreasoner.report._audit import audit_section
+
+    data = pbmc68k.copy()
+    res = audit(data, "bulk_labels")
+    cols = ["label", "n_cells", "consistent", "contradicted", "unsupported", "looks_like"]
+
+    def rows(page):
+        return re.findall(r"<tr><td>(.*?)</td>", page)
+
+    full = audit_section(data.obs, dict(data.uns))
+    bare = audit_section(data.obs, {"audit": {"labels": "bulk_labels"}})
+    assert rows(full) == rows(bare) == list(res.summary["label"])
+    n = res.provenance["counts"]
+    assert f"{n['contradicted']:,} contradicted" in full and n["contradicted"] > 0
+    assert (res.summary[cols].to_dict("list")
+            == {c: list(v) for c, v in res.provenance["summary"].items() if c in cols})

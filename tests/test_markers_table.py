@@ -420,3 +420,17 @@ def test_deliberation_on_a_marker_table_revises_disputed_clusters_only(tmp_path)
     assert res.provenance["deliberation"]["revised"] == {"fake_m": 3}
     with pytest.raises(InputError, match="several backends"):
         annotate_markers(LISTS, "builtin", deliberate=True)
+
+
+def test_small_cluster_warning_is_given_once_per_run(caplog):
+    """The table is filtered once per run, whatever the backends: one warning."""
+    t = read_marker_table(pd.DataFrame({
+        "cluster": ["0", "0", "1", "1"], "gene": ["CD3E", "CD3D", "MS4A1", "CD79A"],
+        "avg_log2FC": [2.0, 1.5, 3.0, 2.0], "p_val_adj": [1e-9, 1e-9, 0.4, 0.6]}))
+    for backend in (FakeBackend(_echo_first_gene), ["builtin", FakeBackend(_echo_first_gene)]):
+        caplog.clear()
+        res = annotate_markers(t, backend, prompt_style="neutral", cache=False,
+                               check_labels=True)
+        warned = [r for r in caplog.records if "adjusted p" in r.getMessage()]
+        assert len(warned) == 1, backend
+        assert res.table.set_index("cluster").loc["1", "cellreasoner_label"] != ""

@@ -263,3 +263,26 @@ def test_dev_pair_labels_mostly_map(shared_data):
     o = get_ontology()
     ids = {m.id for m in [*t_map.values(), *p_map.values()] if m.id}
     assert all(o.exists(i) and not o.is_deprecated(i) for i in ids)
+
+
+def test_related_lineages_one_rule_two_precursor_sets():
+    """The reasoner and the label check read one related-lineage rule; only the precursor
+    set differs (the check does not relate a monocyte, a CL 'precursor cell', to B cells)."""
+    from cellreasoner.ontology.lineages import (
+        HEMATOPOIETIC_PRECURSORS,
+        PRECURSORS,
+        related_groups,
+    )
+
+    o = get_ontology()
+
+    def groups(cl_id, precursors=PRECURSORS):
+        return related_groups(o.ancestors_self(cl_id), precursors)
+
+    t, nk, b, mono = "CL:0000084", "CL:0000623", "CL:0000236", "CL:0000576"
+    assert groups(t) & groups(nk)  # T and NK cells: related states
+    assert not groups(t) & groups(b)  # B cells are their own group
+    assert groups(mono) & groups(b)  # the reasoner: a monocyte is a precursor cell in CL
+    assert not (groups(mono, HEMATOPOIETIC_PRECURSORS) & groups(b, HEMATOPOIETIC_PRECURSORS))
+    hspc = "CL:0000037"  # hematopoietic stem cell: related to every lineage in both
+    assert groups(hspc, HEMATOPOIETIC_PRECURSORS) & groups(b, HEMATOPOIETIC_PRECURSORS)

@@ -5,8 +5,7 @@ own cache entries), then :func:`~cellreasoner.annotation.vote.consensus_frame` v
 ``--backend builtin,openai:MODEL,gguf:PATH`` come here. With ``deliberate=True`` the language
 model backends get one more prompt for every item the backends disagree on: their first
 prompt, the other backends' answers with the markers each cited as present (their evidence
-check), and the request to give a final answer (mLLMCelltype-style, one round, cached like any
-other prompt).
+check), and the request to give a final answer (:mod:`.deliberation`).
 """
 
 from __future__ import annotations
@@ -25,13 +24,9 @@ import pandas as pd
 
 from ..backends import Backend, backend_class, get_backend
 from ..errors import InputError
+from .deliberation import DELIBERATION_NOTE, deliberate_cells
 from .result import AnnotationResult, uns_safe
 from .vote import consensus_frame
-
-#: Appended to a language model's instruction in the deliberation round.
-DELIBERATION_NOTE = (
-    "Other annotators labelled the same cells. Weigh their answers and the marker genes they "
-    "cite against the genes given, then answer with the single cell type you judge correct.")
 
 
 @dataclass
@@ -225,7 +220,7 @@ def annotate_consensus(adata, backend, *, model: str | None = None,
             scratch = f"_consensus{j}"
             m.result = annotate(adata, m.backend, key_added=scratch, **options)
             _drop_scratch(adata, scratch)
-        revised = _deliberate(members, adata, options) if deliberate else {}
+        revised = deliberate_cells(members, adata, options) if deliberate else {}
     table, votes = _consensus_table(members, options.get("mode", "cell"), adata)
     provenance = _provenance(members, votes, table, adata, options, key_added=key_added,
                              deliberate=deliberate, revised=revised,
@@ -392,107 +387,6 @@ def _provenance(members: list[Member], votes: pd.DataFrame, table: pd.DataFrame,
         if total:
             provenance[k] = int(total)
     return provenance
-
-
-# --- deliberation ---------------------------------------------------------------------------
-def _deliberate(members: list[Member], adata, options: dict) -> dict[str, int]:
-    """One round: each language-model backend sees, for every item the backends disagree
-    on, the others' answers and cited markers, and may revise its answer (in its table).
-
-    Returns the number of cells whose answer each backend revised.
-    """
-    from ..ontology import ground_labels
-    from ..prompts import Prompt, SamplingParams
-    from .cache import GenerationCache, resolve_cache_path
-    from .engine import generate_cached, vote
-
-    tables = [m.result.table for m in members]
-    labels = pd.DataFrame({m.name: t["label"].to_numpy() for m, t in zip(members, tables,
-                                                                         strict=True)})
-    ids = pd.DataFrame({m.name: t["ontology_id"].to_numpy() for m, t in zip(members, tables,
-                                                                           strict=True)})
-    disputed = consensus_frame(labels, ids)["how"].to_numpy() != "unanimous"
-    revised: dict[str, int] = {}
-    if not disputed.any():
-        return revised
-    reasoning = bool(options.get("reasoning", False))
-    sampling = SamplingParams.for_mode(
-        reasoning, temperature=options.get("temperature"), top_p=options.get("top_p"),
-        repetition_penalty=options.get("repetition_penalty"),
-        max_new_tokens=options.get("max_new_tokens"), seed=options.get("seed"), n=1)
-    cache_opt = options.get("cache")
-    for j, m in enumerate(members):
-        if m.backend.capabilities.reads != "prompts":
-            continue
-        prov = m.result.provenance
-        sentences = _prompt_sentences(m, adata, options)
-        others = [k for k in range(len(members)) if k != j]
-        cells = np.flatnonzero(disputed)
-        texts = [_deliberation_text(sentences[i], members, tables, others, j, i) for i in cells]
-        codes, uniq = pd.factorize(pd.Series(texts, dtype=object))
-        instruction = f"{prov.get('instruction', '')}\n\n{DELIBERATION_NOTE}".strip()
-        prompts = [Prompt(instruction, t, reasoning) for t in uniq]
-        with ExitStack() as stack:
-            cache = None
-            path = resolve_cache_path(cache_opt)
-            if path is not None:
-                cache = GenerationCache(path, m.backend.name, m.backend.model, sampling)
-                stack.callback(cache.close)
-            gens = generate_cached(m.backend, prompts, sampling, cache,
-                                   batch_size=int(options.get("batch_size", 256)))
-        answers = [vote(g, reasoning) for g in gens]
-        usable = np.array([not a.failure and bool(a.label) for a in answers])
-        new_ids, new_names = ground_labels([a.label for a in answers])
-        take = usable[codes]
-        rows = cells[take]
-        picked = codes[take]
-        t = m.result.table
-        before = t["ontology_id"].to_numpy()[rows].astype(str)
-        loc = t.columns.get_loc
-        t.iloc[rows, loc("label")] = np.asarray([answers[u].label for u in picked], dtype=object)
-        t.iloc[rows, loc("ontology_id")] = new_ids[picked]
-        t.iloc[rows, loc("ontology_label")] = new_names[picked]
-        t.iloc[rows, loc("reasoning")] = np.asarray(
-            [answers[u].reasoning for u in picked], dtype=object)
-        t.iloc[rows, loc("response")] = np.asarray(
-            [answers[u].response for u in picked], dtype=object)
-        revised[m.name] = int((before != new_ids[picked].astype(str)).sum())
-    return revised
-
-
-def _prompt_sentences(m: Member, adata, options: dict) -> list[str]:
-    """The user message each cell's first prompt carried for backend ``m``."""
-    res = m.result
-    if res.provenance.get("mode") == "cluster":
-        clusters = res.provenance["clusters"]
-        by_key = dict(zip(clusters["prompt_key"], clusters["markers"], strict=True))
-        return [by_key.get(k, "") for k in res.table["prompt_key"].to_numpy()]
-    from ..io import open_input
-    from ..sentences import build_sentences
-    from . import _default_gene_list, _gene_vocab
-
-    _, source, _, _ = open_input(adata, layer=options.get("layer"),
-                                 use_raw=_reads_raw(res.provenance))
-    genes = _gene_vocab(_default_gene_list(options.get("gene_list"), "prompts", source))
-    sentences = build_sentences(source, genes, max_genes=int(options.get("max_genes", 1000)))
-    return [sentences.sentence(i) for i in range(len(sentences))]
-
-
-def _reads_raw(provenance: dict) -> bool:
-    return provenance.get("layer") == "raw"
-
-
-def _deliberation_text(sentence: str, members: list[Member], tables: list[pd.DataFrame],
-                       others: list[int], j: int, i: int) -> str:
-    """The deliberation message for cell ``i`` and backend ``j``."""
-    lines = [sentence, "", "Other annotators answered:"]
-    for k in others:
-        t = tables[k]
-        cited = str(t["cited_present"].iat[i] or "").strip()
-        evidence = f" (markers cited as expressed: {cited})" if cited else ""
-        lines.append(f"- {members[k].name}: {t['label'].iat[i] or 'Unknown'}{evidence}")
-    lines.append(f"Your first answer was: {tables[j]['label'].iat[i] or 'Unknown'}.")
-    return "\n".join(lines)
 
 
 __all__ = ["DELIBERATION_NOTE", "Member", "annotate_consensus", "is_consensus",

@@ -44,43 +44,32 @@ def is_fragment_file(p: Path) -> bool:
     return "fragments" in name and name.endswith(_FRAGMENT_SUFFIXES)
 
 
-def _h5_var_names(p: Path, group: str = "") -> list[str]:
+def _h5_header(p: Path, *, snap: bool = False, peak_types: bool = False
+               ) -> tuple[list[str], bool, bool]:
+    """What the layout needs from an HDF5 file, read in one open: the first 2,000 var names
+    (``.h5ad`` ``var`` or 10x ``matrix/features/name``), whether snapATAC2 fragments are in
+    ``obsm`` (``snap``), and whether a 10x ``.h5`` has ``Peaks`` features (``peak_types``: a
+    Multiome ARC matrix holds genes and peaks). An unreadable file: ``([], False, False)``."""
     import h5py
 
     from ..matrix import _h5_strings, _h5ad_index
 
     try:
         with h5py.File(p, "r") as f:
-            g = f[group] if group else f
-            if "var" in g:
-                return [str(x) for x in _h5ad_index(g["var"])[:2000]]
-            if "matrix/features/name" in g:
-                return [str(x) for x in _h5_strings(g["matrix/features/name"][:2000])]
-    except (OSError, KeyError):
-        return []
-    return []
-
-
-def _h5_has(p: Path, *keys: str) -> bool:
-    import h5py
-
-    try:
-        with h5py.File(p, "r") as f:
-            return any(k in f for k in keys)
+            fragments = snap and any(f"obsm/{k}" in f for k in SNAP_FRAGMENT_KEYS)
+            names: list[str] = []
+            try:
+                if "var" in f:
+                    names = [str(x) for x in _h5ad_index(f["var"])[:2000]]
+                elif "matrix/features/name" in f:
+                    names = [str(x) for x in _h5_strings(f["matrix/features/name"][:2000])]
+            except KeyError:
+                names = []
+            ds = f.get("matrix/features/feature_type") if peak_types else None
+            peaks = ds is not None and b"Peaks" in set(ds[:].tolist())
+            return names, fragments, peaks
     except OSError:
-        return False
-
-
-def _has_peak_features(p: Path) -> bool:
-    """A 10x ``.h5`` with ``Peaks`` features (a Multiome ARC matrix holds genes and peaks)."""
-    import h5py
-
-    try:
-        with h5py.File(p, "r") as f:
-            ds = f.get("matrix/features/feature_type")
-            return ds is not None and b"Peaks" in set(ds[:].tolist())
-    except OSError:
-        return False
+        return [], False, False
 
 
 def atac_layout(p: Path, *, atac: bool = False) -> str | None:
@@ -102,12 +91,14 @@ def atac_layout(p: Path, *, atac: bool = False) -> str | None:
             return "peaks_mtx"
         return None
     if name.endswith(".h5ad") and p.is_file():
-        if _h5_has(p, *(f"obsm/{k}" for k in SNAP_FRAGMENT_KEYS)):
+        names, fragments, _ = _h5_header(p, snap=True)
+        if fragments:
             return "snapatac2"
-        return "peaks_h5ad" if peak_fraction(_h5_var_names(p)) > 0.5 else None
-    is_h5 = name.endswith((".h5", ".hdf5")) and p.is_file()
-    if is_h5 and (peak_fraction(_h5_var_names(p)) > 0.5 or (atac and _has_peak_features(p))):
-        return "peaks_10x_h5"
+        return "peaks_h5ad" if peak_fraction(names) > 0.5 else None
+    if name.endswith((".h5", ".hdf5")) and p.is_file():
+        names, _, peaks = _h5_header(p, peak_types=atac)
+        if peak_fraction(names) > 0.5 or peaks:
+            return "peaks_10x_h5"
     return None
 
 

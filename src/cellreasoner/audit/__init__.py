@@ -136,10 +136,7 @@ def audit(
     from ..matrix import from_anndata
 
     check_key_added(key_added, "audit")
-    for name, value in (("margin", margin), ("min_alternative", min_alternative),
-                        ("min_support", min_support)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise InputError(f"{name}={value}: scores lie between 0 and 1; pass a value there.")
+    _check_scores(margin=margin, min_alternative=min_alternative, min_support=min_support)
     given = isinstance(adata, str | os.PathLike)
     adata, source, input_name, _ = open_input(adata, layer=layer, use_raw=use_raw)
     check_obs_column(adata, labels, "Label", "Pass --labels COLUMN with the labels to audit.")
@@ -156,17 +153,9 @@ def audit(
     kinds = [label_types(t, reasoner) if t else None for t in distinct]
     rules = _Rules(float(margin), float(min_alternative), float(min_support),
                    float(min_negative), *_tree(reasoner))
-    genes = [str(g) for g in source.var_names]
-    parts = []
-    start = 0
-    for chunk in source.iter_chunks(chunk_size):
-        stop = start + chunk.shape[0]
-        parts.append(_audit_chunk(reasoner, chunk, genes, codes[start:stop], kinds, rules))
-        start = stop
-    cells = pd.concat(parts) if parts else _empty_cells()
-    cells.index = pd.Index(np.asarray(source.obs_names).astype(str), name="cell")
+    cells = _audit_cells(reasoner, source, codes, kinds, rules, chunk_size)
     cells.insert(0, "label", texts)
-    summary = _summary(cells, distinct, kinds)
+    summary = label_summary(cells, dict(zip(distinct, kinds, strict=True)))
     provenance = {
         "labels": labels, "knowledge_base": reasoner.db.version, "tissue": tissue,
         "layer": "raw" if use_raw else (layer or "X"), "margin": float(margin),
@@ -181,17 +170,40 @@ def audit(
     return AuditResult(cells=cells, summary=summary, provenance=provenance, adata=adata)
 
 
-def _tree(reasoner) -> tuple[np.ndarray, np.ndarray]:
+def _check_scores(**scores: float) -> None:
+    """One clear error for a score threshold outside [0, 1]."""
+    for name, value in scores.items():
+        if not 0.0 <= float(value) <= 1.0:
+            raise InputError(f"{name}={value}: scores lie between 0 and 1; pass a value there.")
+
+
+def _audit_cells(reasoner, source, codes: np.ndarray, kinds: list[LabelTypes | None],
+                 rules: _Rules, chunk_size: int) -> pd.DataFrame:
+    """The per-cell audit, ``chunk_size`` cells at a time, indexed by cell name."""
+    genes = [str(g) for g in source.var_names]
+    parts = []
+    start = 0
+    for chunk in source.iter_chunks(chunk_size):
+        stop = start + chunk.shape[0]
+        parts.append(_audit_chunk(reasoner, chunk, genes, codes[start:stop], kinds, rules))
+        start = stop
+    cells = pd.concat(parts) if parts else _empty_cells()
+    cells.index = pd.Index(np.asarray(source.obs_names).astype(str), name="cell")
+    return cells
+
+
+def _tree(reasoner) -> tuple[np.ndarray, np.ndarray, tuple[tuple[int, ...], ...]]:
     """(types x types matrix whose row ``t`` averages the scores along ``t``'s lineage, root
-    to ``t``; each type's lineage root)."""
+    to ``t``; each type's lineage root; each type's lineage as type indices)."""
     n = len(reasoner.names)
     L = np.zeros((n, n), dtype=np.float32)
     roots = np.zeros(n, dtype=np.int64)
-    for t, name in enumerate(reasoner.names):
-        path = [reasoner.db.index(p) for p in reasoner.db.lineage(name)]
-        L[t, path] = 1.0 / len(path)
+    paths = tuple(tuple(reasoner.db.index(p) for p in reasoner.db.lineage(name))
+                  for name in reasoner.names)
+    for t, path in enumerate(paths):
+        L[t, list(path)] = 1.0 / len(path)
         roots[t] = path[0]
-    return L, roots
+    return L, roots, paths
 
 
 def _empty_cells() -> pd.DataFrame:
@@ -209,6 +221,7 @@ class _Rules:
     min_negative: float
     lineage: np.ndarray  # types x types: row t averages the scores along t's lineage
     roots: np.ndarray  # each type's lineage root
+    paths: tuple[tuple[int, ...], ...]  # each type's lineage, root to type
 
 
 def _audit_chunk(reasoner, X, genes: list[str], codes: np.ndarray,
@@ -219,64 +232,85 @@ def _audit_chunk(reasoner, X, genes: list[str], codes: np.ndarray,
     path = S @ rules.lineage.T  # cells x types: mean score along each type's lineage
     NE = np.asarray(E @ reasoner.N.T)  # cells x types: weight units of expressed negatives
     n = X.shape[0]
-    status = np.full(n, "unsupported", dtype=object)
-    supporting = np.full(n, "", dtype=object)
-    contradicting = np.full(n, "", dtype=object)
-    alternative = np.full(n, "", dtype=object)
-    own_score = np.full(n, np.nan)
-    alt_score = np.full(n, np.nan)
+    out = {"status": np.full(n, "unsupported", dtype=object),
+           "supporting": np.full(n, "", dtype=object),
+           "contradicting": np.full(n, "", dtype=object),
+           "alternative": np.full(n, "", dtype=object),
+           "label_score": np.full(n, np.nan), "alternative_score": np.full(n, np.nan)}
     E = E.tocsr()
     for code in np.unique(codes):
         kind = kinds[code] if code >= 0 else None
-        rows = np.flatnonzero(codes == code)
         if kind is None or not kind.types:
             continue
-        cols = list(kind.types)
-        own = path[np.ix_(rows, cols)]
-        best_own = own.argmax(axis=1)
-        own_score[rows] = own.max(axis=1)
-        others = np.where(kind.family, -np.inf, path[rows])
-        if np.isfinite(others).any():
-            alt = others.argmax(axis=1)
-            alt_score[rows] = others[np.arange(len(rows)), alt]
-        else:
-            alt = np.full(len(rows), -1)
-        contra = ((alt >= 0) & (alt_score[rows] >= rules.min_alternative)
-                  & (alt_score[rows] - own_score[rows] >= rules.margin))
-        # an alternative of the label's own lineage (a sibling subtype) contradicts it only
-        # when the cell also expresses the label's negative markers: a missing subtype marker
-        # alone is dropout, not evidence against the label
-        label_root = np.array([kind.paths[b][0] for b in best_own])
-        same_lineage = rules.roots[np.maximum(alt, 0)] == label_root
-        negative_units = np.array([NE[i, list(kind.paths[b])].max()
-                                   for i, b in zip(rows, best_own, strict=True)])
-        contra &= ~same_lineage | (negative_units >= rules.min_negative)
-        status[rows] = np.where(contra, "contradicted",
-                                np.where(own_score[rows] >= rules.min_support, "consistent",
-                                         "unsupported"))
-        for k, i in enumerate(rows):
-            mine = list(kind.paths[best_own[k]])
-            present = E.indices[E.indptr[i]:E.indptr[i + 1]]
-            supporting[i] = ", ".join(_named(reasoner.P, mine, present, spelled))
-            against = _named(reasoner.N, mine, present, spelled)
-            if contra[k]:
-                a = int(alt[k])
-                alternative[i] = str(reasoner.names[a])
-                theirs = [reasoner.db.index(p) for p in reasoner.db.lineage(reasoner.names[a])]
-                against += _named(reasoner.P, theirs, present, spelled,
-                                  exclude=reasoner.P[mine].max(axis=0) > 0)
-            contradicting[i] = ", ".join(dict.fromkeys(against))
-    return pd.DataFrame({"status": status, "supporting": supporting,
-                         "contradicting": contradicting, "alternative": alternative,
-                         "label_score": own_score, "alternative_score": alt_score})
+        rows = np.flatnonzero(codes == code)
+        best_own, alt, contra = _decide(kind, rows, path, NE, rules, out)
+        _name_markers(reasoner, E, spelled, kind, rows, best_own, alt, contra, rules, out)
+    return pd.DataFrame(out)
 
 
-def _named(W: np.ndarray, types, present: np.ndarray, spelled: list[str],
+def _decide(kind: LabelTypes, rows: np.ndarray, path: np.ndarray, NE: np.ndarray,
+            rules: _Rules, out: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The status and scores of the cells ``rows`` of one label (written into ``out``);
+    returns each cell's best own type (index into ``kind.types``), best alternative (-1:
+    none) and whether it contradicts the label."""
+    own_score, alt_score = out["label_score"], out["alternative_score"]
+    own = path[np.ix_(rows, list(kind.types))]
+    best_own = own.argmax(axis=1)
+    own_score[rows] = own.max(axis=1)
+    others = np.where(kind.family, -np.inf, path[rows])
+    if np.isfinite(others).any():
+        alt = others.argmax(axis=1)
+        alt_score[rows] = others[np.arange(len(rows)), alt]
+    else:
+        alt = np.full(len(rows), -1)
+    contra = ((alt >= 0) & (alt_score[rows] >= rules.min_alternative)
+              & (alt_score[rows] - own_score[rows] >= rules.margin))
+    # an alternative of the label's own lineage (a sibling subtype) contradicts it only
+    # when the cell also expresses the label's negative markers: a missing subtype marker
+    # alone is dropout, not evidence against the label
+    label_root = np.array([p[0] for p in kind.paths])[best_own]
+    same_lineage = rules.roots[np.maximum(alt, 0)] == label_root
+    negative_units = np.empty(len(rows))
+    for b in np.unique(best_own):  # each of the label's lineages once, not once per cell
+        mine = best_own == b
+        negative_units[mine] = NE[np.ix_(rows[mine], list(kind.paths[b]))].max(axis=1)
+    contra &= ~same_lineage | (negative_units >= rules.min_negative)
+    out["status"][rows] = np.where(contra, "contradicted",
+                                   np.where(own_score[rows] >= rules.min_support, "consistent",
+                                            "unsupported"))
+    return best_own, alt, contra
+
+
+def _name_markers(reasoner, E, spelled: list[str], kind: LabelTypes, rows: np.ndarray,
+                  best_own: np.ndarray, alt: np.ndarray, contra: np.ndarray, rules: _Rules,
+                  out: dict) -> None:
+    """``supporting``, ``contradicting`` and ``alternative`` of the cells ``rows`` of one
+    label; each lineage's marker weights are sliced once, not once per cell."""
+    P, N = reasoner.P, reasoner.N
+    own_pos = {b: P[list(kind.paths[b])] for b in np.unique(best_own)}
+    own_neg = {b: N[list(kind.paths[b])] for b in own_pos}
+    own_any = {b: w.max(axis=0) > 0 for b, w in own_pos.items()}  # the label's own markers
+    theirs: dict[int, np.ndarray] = {}
+    for k, i in enumerate(rows):
+        b = best_own[k]
+        present = E.indices[E.indptr[i]:E.indptr[i + 1]]
+        out["supporting"][i] = ", ".join(_named(own_pos[b], present, spelled))
+        against = _named(own_neg[b], present, spelled)
+        if contra[k]:
+            a = int(alt[k])
+            out["alternative"][i] = str(reasoner.names[a])
+            if a not in theirs:
+                theirs[a] = P[list(rules.paths[a])]
+            against += _named(theirs[a], present, spelled, exclude=own_any[b])
+        out["contradicting"][i] = ", ".join(dict.fromkeys(against))
+
+
+def _named(W: np.ndarray, present: np.ndarray, spelled: list[str],
            exclude: np.ndarray | None = None) -> list[str]:
-    """The expressed markers of ``types`` (weight matrix ``W``), heaviest first."""
+    """The expressed markers of the types whose weight rows are ``W``, heaviest first."""
     if len(present) == 0:
         return []
-    weight = W[list(types)][:, present].max(axis=0)
+    weight = W[:, present].max(axis=0)
     keep = weight > 0
     if exclude is not None:
         keep &= ~exclude[present]
@@ -285,18 +319,37 @@ def _named(W: np.ndarray, types, present: np.ndarray, spelled: list[str],
     return [spelled[m] for m in idx[order]]
 
 
-def _summary(cells: pd.DataFrame, distinct, kinds: list[LabelTypes | None]) -> pd.DataFrame:
-    """One row per label: counts per status and what the contradicted cells look like."""
+def label_summary(cells: pd.DataFrame,
+                  kinds: dict[str, LabelTypes | None] | None = None) -> pd.DataFrame:
+    """One row per label: counts per status and what the contradicted cells look like.
+
+    Parameters
+    ----------
+    cells
+        One row per cell with ``label``, ``status`` and ``alternative`` (an audit's
+        :attr:`AuditResult.cells`, or the ``obs`` columns it wrote).
+    kinds
+        Each label's place in the knowledge base (adds ``ontology_id``, ``ontology_label``
+        and ``in_knowledge_base``); default ``None``: counts only.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``label``, (the CL columns), ``n_cells``, one count per status,
+        ``fraction_contradicted`` and ``looks_like``; most contradicted first.
+    """
     rows = []
-    for text, kind in zip(distinct, kinds, strict=True):
-        mine = cells[cells["label"] == text]
+    for text, mine in cells.groupby("label", sort=False):
         counts = mine["status"].value_counts()
         alts = mine.loc[mine["status"] == "contradicted", "alternative"].value_counts()
+        row: dict = {"label": text}
+        if kinds is not None:
+            kind = kinds.get(text)
+            row.update(ontology_id=kind.ontology_id if kind else "",
+                       ontology_label=kind.ontology_label if kind else "",
+                       in_knowledge_base=bool(kind and kind.types))
         rows.append({
-            "label": text,
-            "ontology_id": kind.ontology_id if kind else "",
-            "ontology_label": kind.ontology_label if kind else "",
-            "in_knowledge_base": bool(kind and kind.types),
+            **row,
             "n_cells": int(len(mine)),
             **{s: int(counts.get(s, 0)) for s in STATUSES},
             "fraction_contradicted": float(counts.get("contradicted", 0) / max(len(mine), 1)),
@@ -320,4 +373,4 @@ def _write_obs(adata, cells: pd.DataFrame, key: str, provenance: dict) -> None:
     adata.uns[key] = uns_safe(provenance)
 
 
-__all__ = ["STATUSES", "AuditResult", "audit"]
+__all__ = ["STATUSES", "AuditResult", "audit", "label_summary"]

@@ -177,27 +177,21 @@ class GGUFBackend(Backend):
         Tokens are streamed: ``progress`` moves by fractions of a prompt while an answer is
         written, and reaches 1 per prompt after ``on_result(index, generations)``.
         """
+        from ..progress import STREAM_SHARE, StreamTicks
+
         results = []
         for index, prompt in enumerate(prompts):
             text = self.prompt_text(prompt)
-            moved = 0.0  # the prompt's share of the bar already shown while streaming
-
-            def tick(share: float) -> None:
-                nonlocal moved
-                moved += share
-                if progress is not None:
-                    progress(share)
-
+            ticks = StreamTicks(progress)  # the prompt's share of the bar, while streaming
             gens = []
             for j in range(sampling.n):
                 seed = None if sampling.seed is None else sampling.seed + j
                 gens.append(self._complete(text, completion_kwargs(sampling, seed),
-                                           0.9 / sampling.n, tick))
+                                           STREAM_SHARE / sampling.n, ticks.tick))
             results.append(gens)
             if on_result is not None:
                 on_result(index, gens)
-            if progress is not None:
-                progress(1 - moved)
+            ticks.finish()
         return results
 
     def _complete(self, text: str, kwargs: dict, share: float, tick) -> Generation:

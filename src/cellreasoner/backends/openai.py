@@ -43,6 +43,7 @@ from urllib.parse import urlparse
 
 from .._secrets import redact_url
 from ..errors import BackendError, InputError
+from ..progress import StreamTicks
 from ..prompts import Prompt, SamplingParams
 from ._openai_wire import (
     MalformedReply,
@@ -208,20 +209,12 @@ class OpenAIBackend(Backend):
 
             async def worker() -> None:
                 for i in pending:  # one shared iterator: each index is taken once
-                    moved = [0.0]  # the prompt's share of the bar shown while streaming
-
-                    def tick(share: float, moved: list[float] = moved) -> None:
-                        share = min(share, 0.9 - moved[0])
-                        if share > 0 and progress is not None:
-                            moved[0] += share
-                            progress(share)
-
-                    gens = await self._answer(client, prompts[i], sampling, tick)
+                    ticks = StreamTicks(progress)  # the prompt's share, while streaming
+                    gens = await self._answer(client, prompts[i], sampling, ticks.tick)
                     results[i] = gens
                     if on_result is not None:
                         on_result(i, gens)
-                    if progress is not None:
-                        progress(1 - moved[0])
+                    ticks.finish()
 
             workers = [asyncio.create_task(worker())
                        for _ in range(min(self.concurrency, len(prompts)))]

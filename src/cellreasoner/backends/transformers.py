@@ -62,32 +62,30 @@ class _DecodeProgress:
     batch of long (reasoning) answers shows progress while it is written.
 
     ``generate`` hands it the prompt first, then each step's new tokens; every step moves the
-    bar by ``share / max_new_tokens`` (``share``: the batch's prompts, less a tenth kept for
-    the end), in strides of 16 steps. :meth:`rest` is what is left to show once the batch is
-    done (answers that stop early never use their whole budget).
+    bar by ``share / max_new_tokens`` of the :data:`~cellreasoner.progress.STREAM_SHARE`
+    shown while streaming (``share``: the batch's prompts), in strides of 16 steps, through
+    :class:`~cellreasoner.progress.StreamTicks`. :meth:`finish` shows the rest once the batch
+    is done (answers that stop early never use their whole budget).
     """
 
     def __init__(self, share: float, max_new_tokens: int, progress: ProgressCallback) -> None:
-        self._per_step = 0.9 * share / max(1, max_new_tokens)
-        self._share = share
-        self._progress = progress
+        from ..progress import STREAM_SHARE, StreamTicks
+
+        self._per_step = STREAM_SHARE * share / max(1, max_new_tokens)
+        self._ticks = StreamTicks(progress, float(share))
         self._steps = -1  # the first put() is the prompt
-        self.shown = 0.0
 
     def put(self, value) -> None:  # noqa: D102 - transformers' streamer API
         self._steps += 1
         if self._steps and self._steps % 16 == 0:
-            step = min(16 * self._per_step, 0.9 * self._share - self.shown)
-            if step > 0:
-                self.shown += step
-                self._progress(step)
+            self._ticks.tick(16 * self._per_step)
 
     def end(self) -> None:  # noqa: D102 - transformers' streamer API
         return
 
-    def rest(self) -> float:
-        """The part of ``share`` not shown yet."""
-        return self._share - self.shown
+    def finish(self) -> None:
+        """Show the part of the batch's share not shown yet."""
+        self._ticks.finish()
 
 
 def generate_kwargs(sampling: SamplingParams, pad_token_id: int | None) -> dict:
@@ -269,7 +267,7 @@ class TransformersBackend(Backend):
                     on_result(i, gens)
             start += len(batch)
             if steps is not None:
-                progress(steps.rest())
+                steps.finish()
         return results  # type: ignore[return-value]
 
     def _run_batch(self, batch_ids: list[list[int]], kwargs: dict) -> list[list[Generation]]:

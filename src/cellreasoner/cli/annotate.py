@@ -16,6 +16,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finished answers are cached (a killed run resumes where it stopped), and cluster mode "
         "asks once per cluster.",
     )
+    _add_files(p)
+    add_backend_arguments(p, "cell")
+    _add_prompting(p)
+    _add_sampling(p)
+    _add_reading(p)
+    _add_knowledge(p)
+    _add_outputs_and_engine(p)
+    p.set_defaults(func=run)
+
+
+def _add_files(p: argparse.ArgumentParser) -> None:
+    """The input and the files written."""
     p.add_argument("input", help=".h5ad, Seurat .rds, 10x .h5 / matrix directory, CSV/TSV, "
                    "scATAC-seq (fragments.tsv.gz, peak matrix, .h5mu: read as gene activity, "
                    "see --gtf), or the demo names pbmc68k_reduced / pbmc_demo")
@@ -25,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", help="also write the upstream-layout result table here")
     p.add_argument("--report", metavar="HTML", help="also write the offline HTML report here "
                    "(with metrics when --label-column is given)")
-    add_backend_arguments(p, "cell")
+
+def _add_prompting(p: argparse.ArgumentParser) -> None:
+    """What the prompts ask, and per cell or per cluster."""
     p.add_argument("--reasoning", action="store_true",
                    help="ask for <think> reasoning (upstream reasoning instruction)")
     p.add_argument("--prompt-style", choices=["auto", "cellreasoner", "neutral"],
@@ -42,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(computed when absent)")
     p.add_argument("--resolution", type=float, default=1.0,
                    help="Leiden resolution when the clusters are computed (default 1.0)")
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    """Sampling, failures and batching."""
     p.add_argument("--n", type=int, default=1,
                    help="self-consistency samples per prompt (default 1)")
     p.add_argument("--temperature", type=float, help="default 0.01 direct, 0.6 reasoning")
@@ -54,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "are written as 'Unknown' either way, and a rerun asks it again)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="prompts per backend call (default 256)")
+
+def _add_reading(p: argparse.ArgumentParser) -> None:
+    """What is read: the gene list, the matrix, the truth, the cache."""
     p.add_argument("--gene-list", help="ranked gene list file (default: the published list)")
     p.add_argument("--max-genes", type=int, default=1000, help="genes per sentence (1000)")
     p.add_argument("--layer", help="layer to read instead of X")
@@ -69,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cache.add_argument("--cache", help="SQLite cache file (default: "
                        "$CELLREASONER_CACHE/annotations.sqlite)")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
+
+def _add_knowledge(p: argparse.ArgumentParser) -> None:
+    """Marker knowledge, cluster markers, tissue, species, ATAC input."""
     p.add_argument("--markers", help="builtin backend: your own marker knowledge-base file "
                    "(same TSV columns as the shipped one, a CellMarker 2.0 table or a "
                    "PanglaoDB TSV/xlsx), merged into the built-in one")
@@ -91,6 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default=None, help="model backends: say that the genes are ranked by "
                    "chromatin accessibility (default: on for ATAC input with the neutral "
                    "prompt style, off with the published CellReasoner instruction)")
+
+def _add_outputs_and_engine(p: argparse.ArgumentParser) -> None:
+    """obs column names, the engine (local or Ray), progress and logging."""
     p.add_argument("--key-added", default="cellreasoner", help="obs column prefix")
     p.add_argument("--cellxgene", action="store_true",
                    help="also write obs['cell_type_ontology_term_id'] (CELLxGENE schema; "
@@ -114,8 +140,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="log debug information, and one line per HTTP request (the same as "
                    "cellreasoner -v annotate ...)")
-    p.set_defaults(func=run)
-
 
 def add_backend_arguments(p: argparse.ArgumentParser, item: str) -> None:
     """The backend options every command that asks a backend takes (``item``: what is

@@ -25,15 +25,14 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..backends.builtin.reasoner import B_LINEAGE, RELATED_GROUPS, Reasoner
+from ..backends.builtin.reasoner import Reasoner
+from ..ontology.lineages import HEMATOPOIETIC_PRECURSORS, related_groups
 from .scoring import TableScores, absent, contradicting, listed
 
 #: Score difference between the evidence's branch and the name's branch that contradicts the name.
 DISAGREE_MARGIN = 0.15
 #: Values of the ``label_check`` column.
 CHECK_VALUES = ("agrees", "disagrees", "uncertain")
-#: hematopoietic precursor cell
-HEMATOPOIETIC_PRECURSOR = "CL:0008001"
 _NOTE = re.compile(r"\s*[\(\[][^()\[\]]*[\)\]]\s*")
 
 
@@ -66,21 +65,16 @@ def _kb_type(reasoner: Reasoner, cl_id: str, S: np.ndarray) -> int:
 
 
 def _groups(cl_id: str) -> set[str]:
-    """The related groups of a CL term, as the reasoner reads them (B cells their own
-    group), with only a hematopoietic precursor related to every lineage (a monocyte, a
-    "precursor cell" of macrophages in CL, is not a precursor of B or T cells)."""
+    """The related groups of a CL term: the reasoner's rule
+    (:func:`~cellreasoner.ontology.lineages.related_groups`), with only a hematopoietic
+    precursor related to every lineage (a monocyte, a "precursor cell" of macrophages in CL,
+    is not a precursor of B or T cells)."""
     from ..ontology import get_ontology
 
     onto = get_ontology()
     if not onto.exists(cl_id):
         return set()
-    anc = set(onto.ancestors_self(cl_id))
-    g = anc & set(RELATED_GROUPS)
-    if B_LINEAGE in anc:
-        g = (g - {"CL:0000542"}) | {B_LINEAGE}
-    if HEMATOPOIETIC_PRECURSOR in anc:
-        g = set(RELATED_GROUPS) | {B_LINEAGE}
-    return g
+    return related_groups(onto.ancestors_self(cl_id), HEMATOPOIETIC_PRECURSORS)
 
 
 def _related(reasoner: Reasoner, a: int, b: int) -> bool:
@@ -113,84 +107,95 @@ def check_labels(reasoner: Reasoner, ts: TableScores,
     pandas.DataFrame
         Indexed by cluster, columns ``label_check`` and ``label_check_reason``.
     """
+    label_map = dict(label_map or {})
+    out = [_verdict(reasoner, ts, i, name, label_map) for i, name in enumerate(ts.clusters)]
+    return pd.DataFrame(out, columns=["label_check", "label_check_reason"],
+                        index=pd.Index(ts.clusters, name="cluster"))
+
+
+def _verdict(reasoner: Reasoner, ts: TableScores, i: int, name: str,
+             label_map: Mapping[str, str]) -> tuple[str, str]:
+    """``(label_check, label_check_reason)`` of cluster ``i`` named ``name``."""
     from ..ontology import get_ontology, map_label
 
     onto = get_ontology()
-    label_map = dict(label_map or {})
-    out = []
-    for i, name in enumerate(ts.clusters):
-        S = ts.scores[i]
-        text = label_text(name)
-        cl_id = label_map.get(name) or label_map.get(text)
-        if not cl_id:
-            m = map_label(text)
-            cl_id = m.id or ""
-        if not cl_id:
-            out.append(("uncertain", f"'{text}' is not read as a Cell Ontology cell type."))
-            continue
-        given = f"'{text}' ({cl_id} {onto.label(cl_id) if onto.exists(cl_id) else ''})".replace(
-            " )", ")")
-        tc = _kb_type(reasoner, cl_id, S)
-        if tc < 0:
-            out.append(("uncertain", f"{given} has no type in the marker knowledge base."))
-            continue
-        p = int(ts.node[i])
-        if p < 0:
-            why = ("no lineage is supported" if ts.status[i] == 1
-                   else "the markers support two unrelated lineages")
-            out.append(("uncertain", f"{given}: {why}."))
-            continue
-        path_c = reasoner.db.lineage(str(reasoner.names[tc]))
-        path_p = reasoner.db.lineage(str(reasoner.names[p]))
-        d = next((k for k, (a, b) in enumerate(zip(path_c, path_p, strict=False)) if a != b),
-                 None)
-        if d is None:  # one path is the start of the other
-            if len(path_c) <= len(path_p):
-                sup = _markers(reasoner, ts, i, tc) or _markers(reasoner, ts, i, p)
-                out.append(("agrees", f"{given} is supported by {sup or 'its lineage'}"
-                            + (f"; the markers specify {reasoner.names[p]}."
-                               if p != tc else ".")))
-            else:
-                deeper = reasoner.db.index(path_c[len(path_p)])
-                if S[deeper] >= reasoner.min_child_score:
-                    out.append(("agrees", f"{given} is supported by "
-                                f"{_markers(reasoner, ts, i, deeper) or 'its lineage'}."))
-                else:
-                    out.append(("uncertain", f"{given}: the markers support "
-                                f"{reasoner.names[p]} ({_markers(reasoner, ts, i, p)}) but "
-                                f"not the subtype {path_c[len(path_p)]}."))
-            continue
-        a, b = reasoner.db.index(path_c[d]), reasoner.db.index(path_p[d])
-        margin = float(S[b] - S[a])
-        evid = _markers(reasoner, ts, i, b)
-        # parting between unrelated lineages with a clear margin contradicts the name;
-        # parting at a subtype step only when the name's own branch has no support at all
-        # and the other one a clear lead; related lineages (T and NK cells, a precursor and
-        # what it gives rise to: the reasoner's own co-expressed states) never do
-        related = d == 0 and _related(reasoner, a, b)
-        if (margin >= DISAGREE_MARGIN if d == 0
-                else margin >= 2 * DISAGREE_MARGIN and S[a] <= 0) and not related:
-            against = contradicting(reasoner, ts, i, a)[:4]
-            miss = absent(reasoner, ts, i, a)
-            why = f"{given} disagrees with the markers: they point to {reasoner.names[b]}"
-            why += f" ({evid})" if evid else ""
-            why += f", score {S[b]:.2f} vs {S[a]:.2f} for {reasoner.names[a]}"
-            if against:
-                why += "; listed against it: " + ", ".join(ts.spelled[m] for m in against)
-            if miss:
-                why += "; its markers " + ", ".join(ts.spelled[m] for m in miss) + " not listed"
-            own = _markers(reasoner, ts, i, a)
-            why += f"; its own markers listed: {own}." if own else "; none of its markers listed."
-            out.append(("disagrees", why))
-        elif related and margin >= DISAGREE_MARGIN:
-            out.append(("uncertain", f"{given}: the markers favour {reasoner.names[b]} "
-                        f"({evid}), a related lineage (co-expressed states, not a "
-                        f"contradiction), by {margin:.2f} over {reasoner.names[a]}."))
-        else:
-            out.append(("uncertain", f"{given}: the markers favour {reasoner.names[b]} "
-                        f"({evid or 'weakly'}) by only {margin:.2f} over {reasoner.names[a]}."))
-    return pd.DataFrame(out, columns=["label_check", "label_check_reason"],
-                        index=pd.Index(ts.clusters, name="cluster"))
+    S = ts.scores[i]
+    text = label_text(name)
+    cl_id = label_map.get(name) or label_map.get(text)
+    if not cl_id:
+        m = map_label(text)
+        cl_id = m.id or ""
+    if not cl_id:
+        return ("uncertain", f"'{text}' is not read as a Cell Ontology cell type.")
+    given = f"'{text}' ({cl_id} {onto.label(cl_id) if onto.exists(cl_id) else ''})".replace(
+        " )", ")")
+    tc = _kb_type(reasoner, cl_id, S)
+    if tc < 0:
+        return ("uncertain", f"{given} has no type in the marker knowledge base.")
+    p = int(ts.node[i])
+    if p < 0:
+        why = ("no lineage is supported" if ts.status[i] == 1
+               else "the markers support two unrelated lineages")
+        return ("uncertain", f"{given}: {why}.")
+    path_c = reasoner.db.lineage(str(reasoner.names[tc]))
+    path_p = reasoner.db.lineage(str(reasoner.names[p]))
+    d = next((k for k, (a, b) in enumerate(zip(path_c, path_p, strict=False)) if a != b),
+             None)
+    if d is None:  # one path is the start of the other
+        return _on_one_path(reasoner, ts, i, given, tc, p, path_c, path_p)
+    return _parting(reasoner, ts, i, given, d, reasoner.db.index(path_c[d]),
+                    reasoner.db.index(path_p[d]))
+
+
+def _on_one_path(reasoner: Reasoner, ts: TableScores, i: int, given: str, tc: int, p: int,
+                 path_c: list[str], path_p: list[str]) -> tuple[str, str]:
+    """The verdict when the name's lineage path and the decision's are one path."""
+    S = ts.scores[i]
+    if len(path_c) <= len(path_p):
+        sup = _markers(reasoner, ts, i, tc) or _markers(reasoner, ts, i, p)
+        return ("agrees", f"{given} is supported by {sup or 'its lineage'}"
+                + (f"; the markers specify {reasoner.names[p]}." if p != tc else "."))
+    deeper = reasoner.db.index(path_c[len(path_p)])
+    if S[deeper] >= reasoner.min_child_score:
+        return ("agrees", f"{given} is supported by "
+                f"{_markers(reasoner, ts, i, deeper) or 'its lineage'}.")
+    return ("uncertain", f"{given}: the markers support "
+            f"{reasoner.names[p]} ({_markers(reasoner, ts, i, p)}) but "
+            f"not the subtype {path_c[len(path_p)]}.")
+
+
+def _parting(reasoner: Reasoner, ts: TableScores, i: int, given: str, d: int, a: int,
+             b: int) -> tuple[str, str]:
+    """The verdict when the name's path (branch ``a``) and the decision's (branch ``b``)
+    part at depth ``d``."""
+    S = ts.scores[i]
+    margin = float(S[b] - S[a])
+    evid = _markers(reasoner, ts, i, b)
+    # parting between unrelated lineages with a clear margin contradicts the name;
+    # parting at a subtype step only when the name's own branch has no support at all
+    # and the other one a clear lead; related lineages (T and NK cells, a precursor and
+    # what it gives rise to: the reasoner's own co-expressed states) never do
+    related = d == 0 and _related(reasoner, a, b)
+    if (margin >= DISAGREE_MARGIN if d == 0
+            else margin >= 2 * DISAGREE_MARGIN and S[a] <= 0) and not related:
+        against = contradicting(reasoner, ts, i, a)[:4]
+        miss = absent(reasoner, ts, i, a)
+        why = f"{given} disagrees with the markers: they point to {reasoner.names[b]}"
+        why += f" ({evid})" if evid else ""
+        why += f", score {S[b]:.2f} vs {S[a]:.2f} for {reasoner.names[a]}"
+        if against:
+            why += "; listed against it: " + ", ".join(ts.spelled[m] for m in against)
+        if miss:
+            why += "; its markers " + ", ".join(ts.spelled[m] for m in miss) + " not listed"
+        own = _markers(reasoner, ts, i, a)
+        why += f"; its own markers listed: {own}." if own else "; none of its markers listed."
+        return ("disagrees", why)
+    if related and margin >= DISAGREE_MARGIN:
+        return ("uncertain", f"{given}: the markers favour {reasoner.names[b]} "
+                f"({evid}), a related lineage (co-expressed states, not a "
+                f"contradiction), by {margin:.2f} over {reasoner.names[a]}.")
+    return ("uncertain", f"{given}: the markers favour {reasoner.names[b]} "
+            f"({evid or 'weakly'}) by only {margin:.2f} over {reasoner.names[a]}.")
 
 
 __all__ = ["CHECK_VALUES", "DISAGREE_MARGIN", "check_labels", "label_text"]

@@ -38,6 +38,7 @@ from ..backends.builtin.markers import (
     load_markers,
 )
 from ..errors import InputError
+from ..species._detect import SYNONYMS
 
 #: Layouts :func:`external_layout` recognises.
 EXTERNAL_LAYOUTS = ("cellmarker", "panglaodb", "panglaodb_matrix")
@@ -47,7 +48,6 @@ MAX_MARKERS = 30
 MIN_MARKERS = 3
 #: PanglaoDB genes more ubiquitous than this are not markers.
 MAX_UBIQUITOUSNESS = 0.1
-_SPECIES = {"human": ("human", "hs", "homo sapiens"), "mouse": ("mouse", "mm", "mus musculus")}
 
 
 def _tag(tissue: str) -> str:
@@ -81,7 +81,7 @@ def external_layout(path: str | os.PathLike) -> str | None:
 
 
 def _species_ok(values: pd.Series, species: str) -> pd.Series:
-    names = _SPECIES[species]
+    names = {species, *(k for k, v in SYNONYMS.items() if v == species)}
     return values.astype(str).str.lower().str.split().map(
         lambda toks: any(t in names for t in toks) or " ".join(toks) in names)
 

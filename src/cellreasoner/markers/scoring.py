@@ -26,13 +26,14 @@ import scipy.sparse as sp
 from ..backends.builtin.markers import ALIASES
 from ..backends.builtin.reasoner import UNKNOWN, Reasoner
 from ..errors import InputError
+from ..species._detect import SPECIES, SYNONYMS
 from .table import MarkerTable
 
 #: A cluster list at least this long is taken to say that an unlisted marker is absent.
 LONG_LIST = 100
-#: Species whose symbols are matched to the (human) knowledge base: mouse symbols are read
-#: upper-cased (Cd3e -> CD3E), the usual one-to-one ortholog approximation.
-SPECIES = ("human", "mouse")
+# SPECIES (the species table of cellreasoner.species): whose symbols are matched to the
+# (human) knowledge base; mouse symbols are read upper-cased (Cd3e -> CD3E), the usual
+# one-to-one ortholog approximation.
 #: Markers cited per step of a trace.
 CITED = 4
 
@@ -40,7 +41,7 @@ CITED = 4
 def check_species(species: str) -> str:
     """The species name, checked (``"human"`` or ``"mouse"``)."""
     s = str(species).strip().lower()
-    s = {"hs": "human", "homo sapiens": "human", "mm": "mouse", "mus musculus": "mouse"}.get(s, s)
+    s = SYNONYMS.get(s, s)
     if s not in SPECIES:
         raise InputError(f"species must be one of {', '.join(SPECIES)}, not {species!r}.")
     return s

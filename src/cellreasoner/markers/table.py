@@ -346,9 +346,7 @@ def filter_markers(
     kept = f[keep].copy()
     kept["rank"] = kept.groupby("cluster", sort=False).cumcount()
     if top is not None:
-        if int(top) < 1:
-            raise InputError(f"top must be at least 1 marker per cluster, not {top}.")
-        kept = kept[kept["rank"] < int(top)]
+        kept = kept[kept["rank"] < _check_top(top)]
     empty = [c for c in table.clusters if c not in set(kept["cluster"])]
     if empty:
         raise InputError(
@@ -358,5 +356,19 @@ def filter_markers(
     return replace(table, frame=kept.reset_index(drop=True))
 
 
+def _check_top(top: int) -> int:
+    if int(top) < 1:
+        raise InputError(f"top must be at least 1 marker per cluster, not {top}.")
+    return int(top)
+
+
+def keep_top(table: MarkerTable, top: int) -> MarkerTable:
+    """The first ``top`` markers of every cluster of a table :func:`filter_markers` made
+    (the same rows ``filter_markers(..., top=top)`` keeps: its filters do not depend on
+    ``top``), so one filtered table serves every marker count."""
+    f = table.frame
+    return replace(table, frame=f[f["rank"] < _check_top(top)].reset_index(drop=True))
+
+
 __all__ = ["COLUMNS", "DEFAULT_MAX_PADJ", "DEFAULT_MIN_LOGFC", "LAYOUTS", "MarkerTable",
-           "filter_markers", "read_marker_table"]
+           "filter_markers", "keep_top", "read_marker_table"]

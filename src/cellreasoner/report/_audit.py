@@ -2,8 +2,9 @@
 columns (``{key}_status`` with ``{key}_alternative``).
 
 Written as static, escaped HTML on the server side (no script needed): the counts per status
-and the per-label summary (the same table ``cellreasoner audit --summary`` writes, from
-``uns[key]``; recounted from ``obs`` when a CSV lost it).
+and the per-label summary (the same table ``cellreasoner audit --summary`` writes), both
+from what the audit stored in ``uns[key]``; counted from ``obs`` with the audit's own
+:func:`~cellreasoner.audit.label_summary` when a CSV lost it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..audit import STATUSES
+from ..audit import STATUSES, label_summary
 
 #: Per-label columns shown, with their headings.
 _COLUMNS = (("label", "label"), ("ontology_label", "CL term"), ("n_cells", "cells"),
@@ -40,26 +41,28 @@ def _summary(obs: pd.DataFrame, uns: dict[str, Any], key: str) -> pd.DataFrame |
     labels = info.get("labels") if isinstance(info, dict) else None
     if not labels or labels not in obs:
         return None
-    df = pd.DataFrame({"label": obs[labels].astype(str).to_numpy(),
-                       "status": obs[f"{key}_status"].astype(str).to_numpy(),
-                       "alternative": obs[f"{key}_alternative"].astype(str).to_numpy()})
-    rows = []
-    for label, part in df.groupby("label", sort=False):
-        counts = part["status"].value_counts()
-        alts = part.loc[part["status"] == "contradicted", "alternative"].value_counts()
-        rows.append({"label": label, "n_cells": len(part),
-                     **{s: int(counts.get(s, 0)) for s in STATUSES},
-                     "looks_like": "; ".join(f"{a} ({c})" for a, c in alts.head(3).items())})
-    return pd.DataFrame(rows).sort_values("contradicted", ascending=False)
+    return label_summary(pd.DataFrame({
+        "label": obs[labels].astype(str).to_numpy(),
+        "status": obs[f"{key}_status"].astype(str).to_numpy(),
+        "alternative": obs[f"{key}_alternative"].astype(str).to_numpy()}))
+
+
+def _counts(obs: pd.DataFrame, info: Any, key: str) -> dict[str, int]:
+    """Cells per status: the audit's own counts (``uns[key]["counts"]``), else ``obs``'s."""
+    stored = info.get("counts") if isinstance(info, dict) else None
+    if isinstance(stored, dict) and set(stored) == set(STATUSES):
+        return {s: int(stored[s]) for s in STATUSES}
+    counts = obs[f"{key}_status"].astype(str).value_counts()
+    return {s: int(counts.get(s, 0)) for s in STATUSES}
 
 
 def audit_section(obs: pd.DataFrame, uns: dict[str, Any]) -> str:
     """The ``<section id="audit">`` HTML, or ``""`` without audit columns."""
     parts = []
     for key in audit_keys(obs):
-        counts = obs[f"{key}_status"].astype(str).value_counts()
-        line = ", ".join(f"{int(counts.get(s, 0)):,} {s}" for s in STATUSES)
         info = uns.get(key) if isinstance(uns, dict) else None
+        counts = _counts(obs, info, key)
+        line = ", ".join(f"{counts[s]:,} {s}" for s in STATUSES)
         column = info.get("labels") if isinstance(info, dict) else None
         head = f"Labels of <code>{html.escape(str(column))}</code>: " if column else ""
         parts.append(f'<p class="audit-counts">{head}{html.escape(line)} cells.</p>')

@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ...errors import InputError
+from ...ontology.lineages import PRECURSORS, related_groups
 from ._decisions import Decisions
 from ._inputs import Inputs
 from ._scoring import Scoring
@@ -82,18 +83,9 @@ class ReasonerResult:
         )
 
 
-#: CL groups within which two co-expressed lineages are related states, not a contradiction
-#: (lymphocyte, mononuclear phagocyte, granulocyte, myeloid cell, epithelial cell, connective
-#: tissue cell, glial cell, neuron); the B lineage is its own group.
-RELATED_GROUPS = ("CL:0000542", "CL:0000113", "CL:0000094", "CL:0000763", "CL:0000066",
-                  "CL:0002320", "CL:0000125", "CL:0000540")
-B_LINEAGE = "CL:0000945"
-#: hematopoietic precursor cell, precursor cell
-PRECURSORS = frozenset({"CL:0008001", "CL:0011115"})
-
-
 def _cl_info(ids: Sequence[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
-    """CL names and the :data:`RELATED_GROUPS` each id falls in.
+    """CL names and the related groups each id falls in
+    (:func:`cellreasoner.ontology.lineages.related_groups`, shared with the label check).
 
     An id the installed Cell Ontology does not know (e.g. from a user marker file) gets an
     empty name and no group.
@@ -110,12 +102,7 @@ def _cl_info(ids: Sequence[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
         except KeyError:
             labels[i], groups[i] = "", set()
             continue
-        g = anc & set(RELATED_GROUPS)
-        if B_LINEAGE in anc:  # B cells and T/NK cells are not states of one another
-            g = (g - {"CL:0000542"}) | {B_LINEAGE}
-        if anc & PRECURSORS:  # progenitors co-express the programmes they give rise to
-            g = set(RELATED_GROUPS) | {B_LINEAGE}
-        groups[i] = g
+        groups[i] = related_groups(anc, PRECURSORS)
     return labels, groups
 
 
