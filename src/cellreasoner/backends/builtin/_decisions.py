@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ._confidence import ConfidenceParts, combine
 from .refine import DECISIVE_WEIGHT, HardSteps, StepRefiner, decisive_steps
 
 #: Sibling types that exclude each other: a cell with decisive markers of both is not called
@@ -89,11 +90,7 @@ class Decisions:
         tie = ((status == 0) & (s2 >= self.strong_score) & ~related
                & ((s1 - s2 < self.tie_margin) | (s2 >= self.doublet_ratio * s1)))
         status[tie] = 2
-        # confidence: sharpness among lineages x strength of evidence
-        z = np.exp(12.0 * (R - s1[:, None]))
-        p_root = 1.0 / z.sum(axis=1)
-        strength = 1.0 / (1.0 + np.exp(-(s1 - 0.3) / 0.06))
-        conf = p_root * strength
+        parts = ConfidenceParts.start(R, s1, np.where(np.isfinite(s2), s2, 0.0), status)
         node = np.where(status == 0, root, -1)
         borrowed = np.zeros(n, dtype=np.uint8)
         refined = np.zeros(n, dtype=np.uint8)
@@ -122,13 +119,23 @@ class Decisions:
                 ok &= ~contested  # nor does a classifier decide what the markers contest
             acc = rows[ok]
             node[acc] = c1[ok]
-            conf[acc] *= 0.5 + 0.5 * pc[ok]
+            parts.step(acc, pc[ok], (refined[acc] >> depth) & 1 > 0)
             active[:] = False
             active[acc] = self.has_children[node[acc]]
-        conf = np.where(status == 0, conf, np.minimum(conf, 0.2) * (status == 2) +
-                        (status == 1) * strength * 0.5)
-        return (node, root, np.clip(conf, 0.0, 1.0).astype(np.float32), status, borrowed,
-                refined)
+        if use_neighbours:  # where the neighbours' own evidence leads, on its own
+            parts.neighbours(self._lineage_of(node), self._lineage_of(self._walk(neighbours)[0]))
+        parts.borrowed = np.unpackbits(borrowed[:, None], axis=1).sum(axis=1)
+        conf = combine(parts)
+        return node, root, conf, status, borrowed, refined
+
+    def _lineage_of(self, node: np.ndarray) -> np.ndarray:
+        """The lineage root of each node (-1 for -1: abstained)."""
+        if not hasattr(self, "_root_of"):
+            up = np.arange(len(self.names))
+            while (self.parent[up] >= 0).any():
+                up = np.where(self.parent[up] >= 0, self.parent[up], up)
+            self._root_of = up
+        return np.where(node >= 0, self._root_of[np.maximum(node, 0)], -1)
 
     def _contested(self, present: sp.csr_matrix, parents: np.ndarray, chosen: np.ndarray
                    ) -> np.ndarray:
