@@ -68,10 +68,12 @@ class Decisions:
         ``neighbours`` (the kNN neighbours' mean scores) and ``own`` (the cell's unsmoothed
         scores), every subtype step is first tried on the cell's own scores; only a step its
         own markers cannot take (a T cell with no CD4, CD8 or other subtype reads) is taken on
-        its own scores mixed with its neighbours' (weight ``smoothing``), as sure as the mixed
-        scores are sharp (measured on tumour_immune_1000 and pbmc68k, such steps score 0.86-0.89
-        on average: an extra discount made them under-confident). A subtype the cell's own
-        markers decide is never overruled by the neighbours.
+        its own scores mixed with its neighbours' (weight ``smoothing``). A subtype the cell's
+        own markers decide is never overruled by the neighbours.
+
+        The confidence is :func:`._confidence.combine` of what the walk records per cell
+        (:class:`._confidence.ConfidenceParts`); with ``neighbours``, that includes whether
+        the neighbours' evidence alone (walked on its own) leads to another lineage.
 
         With ``present`` (the cells x markers evidence), every step that rests on a decisive
         marker is recorded in ``hard``; with a ``refiner`` (see :mod:`.refine`), a
@@ -172,9 +174,8 @@ class Decisions:
 
         A classifier fills in a missing step, or overrules a soft marker call only when that
         call is one of the subtypes it was trained on (it knows nothing of the others). Its
-        step counts half as sure as its probability in the confidence, so it stays below a
-        step a decisive marker takes (counting it fully was measured too: it calibrated the
-        tumour data's refined steps, 0.89 for 0.89, and overshot pbmc68k's, 0.92 for 0.82).
+        step's sharpness is half its probability; the confidence records it apart from the
+        marker steps (see :mod:`._confidence`).
         """
         if hard is None and not refiner:
             return c1, ok, pc
