@@ -5,13 +5,14 @@ The walk (:mod:`._decisions`) records, per cell, what its call rests on
 (:class:`ConfidenceParts`): the best lineage score and its margin over the second-best
 lineage, the sharpness of every subtype step the markers took, the steps a self-trained
 classifier took (and how sure it was), the steps taken on the kNN neighbours' evidence, and
-whether the neighbours' own evidence leads to another lineage. :func:`combine` maps them to a
-probability.
+whether the neighbours' own evidence leads to another lineage. :func:`combine` maps the
+signals that rank errors on more than one dataset (:func:`signals`) to a probability; the
+others are kept for :func:`record` (measuring them again on new data).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,12 +43,11 @@ class ConfidenceParts:
     best: np.ndarray
     second: np.ndarray
     status: np.ndarray
-    step_sharpness: np.ndarray = field(default=None)  # type: ignore[assignment]
-    refined_steps: np.ndarray = field(default=None)  # type: ignore[assignment]
-    refined_prob: np.ndarray = field(default=None)  # type: ignore[assignment]
-    borrowed: np.ndarray = field(default=None)  # type: ignore[assignment]
-    neighbours_elsewhere: np.ndarray = field(default=None)  # type: ignore[assignment]
-    refined_factor: np.ndarray = field(default=None)  # type: ignore[assignment]
+    step_sharpness: np.ndarray
+    refined_steps: np.ndarray
+    refined_prob: np.ndarray
+    borrowed: np.ndarray
+    neighbours_elsewhere: np.ndarray
 
     @classmethod
     def start(cls, R: np.ndarray, best: np.ndarray, second: np.ndarray, status: np.ndarray
@@ -55,7 +55,7 @@ class ConfidenceParts:
         """The lineage-level parts; the steps start neutral."""
         n = len(best)
         return cls(R, best, second, status, np.ones(n), np.zeros(n, np.int8), np.ones(n),
-                   np.zeros(n, np.int8), np.zeros(n, dtype=bool), np.ones(n))
+                   np.zeros(n, np.int8), np.zeros(n, dtype=bool))
 
     def step(self, cells: np.ndarray, sharpness: np.ndarray, refined: np.ndarray) -> None:
         """Record one depth's accepted steps: ``sharpness`` per cell (for a classifier's
@@ -64,7 +64,6 @@ class ConfidenceParts:
         c = cells[refined]
         self.refined_steps[c] += 1
         self.refined_prob[c] *= 2.0 * sharpness[refined]
-        self.refined_factor[c] *= 0.5 + 0.5 * sharpness[refined]
 
     def neighbours(self, own_lineage: np.ndarray, their_lineage: np.ndarray) -> None:
         """Record whether the neighbours' evidence alone leads to the cell's lineage."""

@@ -73,7 +73,7 @@ class Decisions:
 
         The confidence is :func:`._confidence.combine` of what the walk records per cell
         (:class:`._confidence.ConfidenceParts`); with ``neighbours``, that includes whether
-        the neighbours' evidence alone (walked on its own) leads to another lineage.
+        the neighbours' evidence alone leads to another lineage (or to none).
 
         With ``present`` (the cells x markers evidence), every step that rests on a decisive
         marker is recorded in ``hard``; with a ``refiner`` (see :mod:`.refine`), a
@@ -81,17 +81,7 @@ class Decisions:
         ``refine_threshold`` sure.
         """
         n = S.shape[0]
-        roots = np.flatnonzero(self.is_root)
-        R = S[:, roots]
-        best, s1, second, s2 = _top2(R)
-        root = roots[best]
-        status = np.zeros(n, dtype=np.int8)
-        status[s1 < self.min_score] = 1
-        related = (self._related_roots[best, second] if len(roots) > 1
-                   else np.ones(n, dtype=bool))
-        tie = ((status == 0) & (s2 >= self.strong_score) & ~related
-               & ((s1 - s2 < self.tie_margin) | (s2 >= self.doublet_ratio * s1)))
-        status[tie] = 2
+        R, root, s1, s2, status = self._lineage(S)
         parts = ConfidenceParts.start(R, s1, np.where(np.isfinite(s2), s2, 0.0), status)
         node = np.where(status == 0, root, -1)
         borrowed = np.zeros(n, dtype=np.uint8)
@@ -125,10 +115,28 @@ class Decisions:
             active[:] = False
             active[acc] = self.has_children[node[acc]]
         if use_neighbours:  # where the neighbours' own evidence leads, on its own
-            parts.neighbours(self._lineage_of(node), self._lineage_of(self._walk(neighbours)[0]))
+            _, theirs, _, _, their_status = self._lineage(neighbours)
+            parts.neighbours(self._lineage_of(node), np.where(their_status == 0, theirs, -1))
         parts.borrowed = np.unpackbits(borrowed[:, None], axis=1).sum(axis=1)
         conf = combine(parts)
         return node, root, conf, status, borrowed, refined
+
+    def _lineage(self, S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                np.ndarray, np.ndarray]:
+        """The lineage step on cells x types scores: (cells x roots scores, best root's type
+        index, best and second-best root score, status 0 / 1 no evidence / 2 contradictory)."""
+        n = S.shape[0]
+        roots = np.flatnonzero(self.is_root)
+        R = S[:, roots]
+        best, s1, second, s2 = _top2(R)
+        status = np.zeros(n, dtype=np.int8)
+        status[s1 < self.min_score] = 1
+        related = (self._related_roots[best, second] if len(roots) > 1
+                   else np.ones(n, dtype=bool))
+        tie = ((status == 0) & (s2 >= self.strong_score) & ~related
+               & ((s1 - s2 < self.tie_margin) | (s2 >= self.doublet_ratio * s1)))
+        status[tie] = 2
+        return R, roots[best], s1, s2, status
 
     def _lineage_of(self, node: np.ndarray) -> np.ndarray:
         """The lineage root of each node (-1 for -1: abstained)."""
