@@ -38,7 +38,9 @@ def collect(ds, scorer: PairScorer) -> dict[str, np.ndarray]:
         res = cr.annotate(ds.adata.copy(), "builtin", cache=False, progress=False)
     obs = res.adata.obs
     n = ds.adata.n_obs
-    parts = [p for p in rec.parts if len(p.best) == n][-1]  # the final (kNN) walk
+    # one chunk here (under 20,000 cells): the walk with the neighbours comes last (before
+    # it, the walk on the cell's own scores writes the traces' "own expression alone")
+    parts = [p for p in rec.parts if len(p.best) == n][-1]
     score = np.asarray(scorer.score_many(list(ds.truth_read),
                                          list(obs["cellreasoner_label"].astype(str))))
     return {"X": C.signals(parts), "status": parts.status, "score": score,

@@ -63,3 +63,33 @@ def test_confidence_ranks_errors_on_pbmc68k(pbmc68k):
     top = np.argsort(-conf)[: len(conf) // 2]
     assert score[top].mean() > score.mean() + 0.05
     assert abs(conf.mean() - score.mean()) < 0.05
+
+
+def test_walk_records_neighbours_of_another_lineage():
+    """A well-measured T cell among B cells keeps its call; the walk records that its
+    neighbours' evidence leads elsewhere, which lowers its confidence."""
+    import scipy.sparse as sp
+
+    reasoner = Reasoner(refine=False)
+    genes = list(reasoner.genes)
+    col = {g: j for j, g in enumerate(genes)}
+    b_cell = ["MS4A1", "CD79A", "CD79B", "CD19", "PAX5", "BANK1"]
+    t_cell = ["CD3E", "CD3D", "CD3G", "TRAC", "CD2", "CD5", "CD6"]
+    X = np.zeros((7, len(genes)), dtype=np.float32)
+    for i, expressed in enumerate([b_cell] * 5 + [t_cell, t_cell]):
+        X[i, [col[g] for g in expressed]] = 2.5
+    W = sp.lil_matrix((7, 7), dtype=np.float32)
+    for i in range(5):  # the B cells are each other's neighbours, and cell 5's
+        for j in range(5):
+            if i != j:
+                W[i, j] = 1.0
+        W[5, i] = 1.0  # cell 6 has no neighbours
+    with C.record() as rec:
+        res = reasoner.annotate_matrix(sp.csr_matrix(X), genes, connectivities=W.tocsr(),
+                                       reasoning=False)
+    parts = rec.parts[-1]
+    assert res.lineage.tolist() == ["B cell"] * 5 + ["T cell"] * 2
+    assert parts.neighbours_elsewhere.tolist() == [False] * 5 + [True, False]
+    alone = C.ConfidenceParts.start(parts.lineage_scores[5:6], parts.best[5:6],
+                                    parts.second[5:6], parts.status[5:6])
+    assert res.confidence[5] < C.combine(alone)[0]
