@@ -369,7 +369,9 @@ def test_neighbours_take_the_subtype_step_only_when_own_markers_cannot(reasoner)
     assert graph.label[5] in cd8
     assert "Own expression alone: T cell;" in graph.reasoning[5]
     assert "→ CD8-positive T cell (from the kNN neighbours)" in graph.reasoning[5]
-    assert graph.confidence[5] < graph.confidence[:5].min()  # a borrowed step costs confidence
+    # the confidence weighs the lineage evidence (same here); a borrowed subtype step
+    # neither raises nor lowers it (see backends/builtin/_confidence.py)
+    assert np.isclose(graph.confidence[5], graph.confidence[:5].min(), atol=1e-4)
     assert "CD4" in graph.label[6] and "Own expression alone" not in graph.reasoning[6]
     assert "kNN neighbours" not in graph.reasoning[6]
     assert "from the kNN neighbours" not in alone.reasoning[5]
@@ -449,8 +451,9 @@ def test_refinement_takes_dropout_steps_from_the_datasets_decisive_cells(reasone
     assert all(label in cd4 for label in refined.label[bare])
     decisive = np.isin(kind, ["cd4", "cd8"])
     assert (refined.label[decisive] == plain.label[decisive]).all()
-    # a step the classifier takes is less sure than one a decisive marker takes
-    assert refined.confidence[bare].max() < refined.confidence[kind == "cd4"].min()
+    # the confidence rests on the lineage evidence: a classifier's step is not surer than a
+    # decisive marker's (see backends/builtin/_confidence.py)
+    assert refined.confidence[bare].max() <= refined.confidence[kind == "cd4"].min() + 1e-6
     # it never overrules a soft call to a subtype it was not trained on (no decisive MAIT cells)
     mait = kind == "mait soft"
     assert set(plain.label[mait]) == {"mucosal-associated invariant T cell"}

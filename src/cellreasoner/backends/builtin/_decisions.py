@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ._confidence import ConfidenceParts, combine
 from .refine import DECISIVE_WEIGHT, HardSteps, StepRefiner, decisive_steps
 
 #: Sibling types that exclude each other: a cell with decisive markers of both is not called
@@ -67,10 +68,12 @@ class Decisions:
         ``neighbours`` (the kNN neighbours' mean scores) and ``own`` (the cell's unsmoothed
         scores), every subtype step is first tried on the cell's own scores; only a step its
         own markers cannot take (a T cell with no CD4, CD8 or other subtype reads) is taken on
-        its own scores mixed with its neighbours' (weight ``smoothing``), as sure as the mixed
-        scores are sharp (measured on tumour_immune_1000 and pbmc68k, such steps score 0.86-0.89
-        on average: an extra discount made them under-confident). A subtype the cell's own
-        markers decide is never overruled by the neighbours.
+        its own scores mixed with its neighbours' (weight ``smoothing``). A subtype the cell's
+        own markers decide is never overruled by the neighbours.
+
+        The confidence is :func:`._confidence.combine` of what the walk records per cell
+        (:class:`._confidence.ConfidenceParts`); with ``neighbours``, that includes whether
+        the neighbours' evidence alone leads to another lineage (or to none).
 
         With ``present`` (the cells x markers evidence), every step that rests on a decisive
         marker is recorded in ``hard``; with a ``refiner`` (see :mod:`.refine`), a
@@ -78,22 +81,8 @@ class Decisions:
         ``refine_threshold`` sure.
         """
         n = S.shape[0]
-        roots = np.flatnonzero(self.is_root)
-        R = S[:, roots]
-        best, s1, second, s2 = _top2(R)
-        root = roots[best]
-        status = np.zeros(n, dtype=np.int8)
-        status[s1 < self.min_score] = 1
-        related = (self._related_roots[best, second] if len(roots) > 1
-                   else np.ones(n, dtype=bool))
-        tie = ((status == 0) & (s2 >= self.strong_score) & ~related
-               & ((s1 - s2 < self.tie_margin) | (s2 >= self.doublet_ratio * s1)))
-        status[tie] = 2
-        # confidence: sharpness among lineages x strength of evidence
-        z = np.exp(12.0 * (R - s1[:, None]))
-        p_root = 1.0 / z.sum(axis=1)
-        strength = 1.0 / (1.0 + np.exp(-(s1 - 0.3) / 0.06))
-        conf = p_root * strength
+        R, root, s1, s2, status = self._lineage(S)
+        parts = ConfidenceParts.start(R, s1, np.where(np.isfinite(s2), s2, 0.0), status)
         node = np.where(status == 0, root, -1)
         borrowed = np.zeros(n, dtype=np.uint8)
         refined = np.zeros(n, dtype=np.uint8)
@@ -122,13 +111,41 @@ class Decisions:
                 ok &= ~contested  # nor does a classifier decide what the markers contest
             acc = rows[ok]
             node[acc] = c1[ok]
-            conf[acc] *= 0.5 + 0.5 * pc[ok]
+            parts.step(acc, pc[ok], (refined[acc] >> depth) & 1 > 0)
             active[:] = False
             active[acc] = self.has_children[node[acc]]
-        conf = np.where(status == 0, conf, np.minimum(conf, 0.2) * (status == 2) +
-                        (status == 1) * strength * 0.5)
-        return (node, root, np.clip(conf, 0.0, 1.0).astype(np.float32), status, borrowed,
-                refined)
+        if use_neighbours:  # where the neighbours' own evidence leads, on its own
+            _, theirs, _, _, their_status = self._lineage(neighbours)
+            parts.neighbours(self._lineage_of(node), np.where(their_status == 0, theirs, -1))
+        parts.borrowed = np.unpackbits(borrowed[:, None], axis=1).sum(axis=1)
+        conf = combine(parts)
+        return node, root, conf, status, borrowed, refined
+
+    def _lineage(self, S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                np.ndarray, np.ndarray]:
+        """The lineage step on cells x types scores: (cells x roots scores, best root's type
+        index, best and second-best root score, status 0 / 1 no evidence / 2 contradictory)."""
+        n = S.shape[0]
+        roots = np.flatnonzero(self.is_root)
+        R = S[:, roots]
+        best, s1, second, s2 = _top2(R)
+        status = np.zeros(n, dtype=np.int8)
+        status[s1 < self.min_score] = 1
+        related = (self._related_roots[best, second] if len(roots) > 1
+                   else np.ones(n, dtype=bool))
+        tie = ((status == 0) & (s2 >= self.strong_score) & ~related
+               & ((s1 - s2 < self.tie_margin) | (s2 >= self.doublet_ratio * s1)))
+        status[tie] = 2
+        return R, roots[best], s1, s2, status
+
+    def _lineage_of(self, node: np.ndarray) -> np.ndarray:
+        """The lineage root of each node (-1 for -1: abstained)."""
+        if not hasattr(self, "_root_of"):
+            up = np.arange(len(self.names))
+            while (self.parent[up] >= 0).any():
+                up = np.where(self.parent[up] >= 0, self.parent[up], up)
+            self._root_of = up
+        return np.where(node >= 0, self._root_of[np.maximum(node, 0)], -1)
 
     def _contested(self, present: sp.csr_matrix, parents: np.ndarray, chosen: np.ndarray
                    ) -> np.ndarray:
@@ -165,9 +182,8 @@ class Decisions:
 
         A classifier fills in a missing step, or overrules a soft marker call only when that
         call is one of the subtypes it was trained on (it knows nothing of the others). Its
-        step counts half as sure as its probability in the confidence, so it stays below a
-        step a decisive marker takes (counting it fully was measured too: it calibrated the
-        tumour data's refined steps, 0.89 for 0.89, and overshot pbmc68k's, 0.92 for 0.82).
+        step's sharpness is half its probability; the confidence records it apart from the
+        marker steps (see :mod:`._confidence`).
         """
         if hard is None and not refiner:
             return c1, ok, pc

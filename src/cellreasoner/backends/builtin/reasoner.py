@@ -48,7 +48,8 @@ class ReasonerResult:
     ontology_label
         The CL term's name ("" when abstaining or when the ontology is unavailable).
     confidence
-        Confidence in [0, 1].
+        The probability in [0, 1] that the call is right, from label-free signals (see
+        :mod:`cellreasoner.backends.builtin._confidence`); at most 0.2 for an abstention.
     reasoning
         Marker-by-marker trace per cell.
     lineage
