@@ -91,7 +91,7 @@ def test_killed_worker_stops_the_run_with_a_clear_error(cells_h5ad):
                     cmd = " ".join(proc.cmdline())
                 except psutil.Error:
                     continue
-                if "spawn_main" in cmd:
+                if "cellreasoner.distributed._worker" in cmd:
                     try:
                         busy = sum(proc.cpu_times()[:2])
                     except psutil.Error:
@@ -104,7 +104,54 @@ def test_killed_worker_stops_the_run_with_a_clear_error(cells_h5ad):
 
     killer = threading.Thread(target=kill_one)
     killer.start()
-    with pytest.raises(BackendError, match=r"worker-\d exited .*--workers 1"):
+    with pytest.raises(BackendError, match=r"worker \d exited .*--workers 1"):
         annotate(str(cells_h5ad), workers=2, chunk_size=500, progress=False)
     killer.join()
     assert killed
+
+
+def test_a_script_without_a_main_guard_can_use_workers(cells_h5ad, one_process, tmp_path):
+    """Workers are started as ``python -m cellreasoner.distributed._worker``, not by
+    re-importing the caller's script: a plain script without ``if __name__ ==
+    "__main__"`` annotates with two workers (multiprocessing's spawn would start it again)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "plain.py"
+    out = tmp_path / "labels.parquet"
+    script.write_text(
+        "from cellreasoner import annotate\n"
+        f"res = annotate({str(cells_h5ad)!r}, workers=2, chunk_size=3000, progress=False)\n"
+        f"res.table.to_parquet({str(out)!r})\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_parquet(out), one_process)
+
+
+def test_classifiers_trained_on_workers_equal_one_process(cells_h5ad):
+    """The refinement's classifiers trained side by side (one call per subtype step, on the
+    workers) are the classifiers one process trains."""
+    from cellreasoner.backends import get_backend
+    from cellreasoner.backends.builtin._stream import StreamPlanner, score_chunk
+    from cellreasoner.matrix import from_h5ad
+
+    source = from_h5ad(cells_h5ad)
+    job = get_backend("builtin").chunk_job(source)
+    r = job.reasoner
+    planner = StreamPlanner(r, None)
+    for lo in range(0, source.n_obs, 4000):
+        planner.add(score_chunk(r, source.read_rows(lo, lo + 4000), job.genes, lo,
+                                keep_scores=False))
+    ran: list[int] = []
+
+    def here(calls):  # what the workers run, run here
+        ran.append(len(calls))
+        return [fn(*args) for fn, args in calls]
+
+    parallel = planner.plan(source, map_calls=here).classifiers
+    serial = planner.plan(source).classifiers
+    assert ran and ran[0] >= 2 and sorted(parallel) == sorted(serial)
+    for p in serial:
+        np.testing.assert_array_equal(parallel[p].coef, serial[p].coef)
+        np.testing.assert_array_equal(parallel[p].features, serial[p].features)

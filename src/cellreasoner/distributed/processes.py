@@ -1,24 +1,31 @@
 """A matrix backend's chunks on local worker processes (the local engine's ``workers``).
 
 The same chunk-job protocol the Ray engine runs (:meth:`~cellreasoner.backends.Backend.
-chunk_job`), on the cores of one machine, without Ray: each worker process opens the input
-file itself (:attr:`MatrixSource.reopen`; nothing is shipped but row numbers) and takes every
-``workers``-th chunk. Pass one's chunk scores are merged in each worker (the training sample
-stays bounded) and once more here; the plan is made here, once, and sent to every worker; pass
-two's answers come back chunk by chunk and are yielded in row order, at most two chunks ahead
-per worker, so memory stays bounded by the chunk size. The answers are those of the single
-process: the same code on the same chunks with the same plan.
+chunk_job`), on the cores of one machine, without Ray: each worker process
+(``python -m cellreasoner.distributed._worker``, so the caller's script is never imported
+again and needs no ``if __name__ == "__main__"`` guard) opens the input file itself
+(:attr:`MatrixSource.reopen`; only row numbers travel) and takes every ``workers``-th chunk.
+Pass one's chunk scores are merged in each worker (the training sample stays bounded) and once
+more here; the plan is made here, its classifiers trained on the workers side by side, and sent
+to every worker; pass two's answers come back chunk by chunk and are yielded in row order, at
+most :data:`AHEAD` chunks ahead per worker, so memory stays bounded by the chunk size. The
+answers are those of the single process: the same code on the same chunks with the same plan.
 
-A worker that fails sends its exception (re-raised here as it was); one that dies (killed, out
-of memory) stops the run with a :class:`~cellreasoner.errors.BackendError` naming it.
+Messages between this process and its own workers are pickled over pipes (never read from a
+file). A worker that fails sends its exception (re-raised here as it was); one that dies
+(killed, out of memory) stops the run with a :class:`~cellreasoner.errors.BackendError` naming
+it.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
+import pickle
 import queue
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
 
 from ..errors import BackendError
@@ -29,6 +36,8 @@ log = logging.getLogger(__name__)
 CHUNK_CELLS = 20_000
 #: Answered chunks a worker may hold ahead of the writer.
 AHEAD = 2
+#: Thread-pool sizes of the numeric libraries, set to 1 in every worker.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def default_workers(n_obs: int, chunk_size: int = CHUNK_CELLS) -> int:
@@ -56,56 +65,136 @@ def matrix_answers(be, source, workers: int, *, connectivities=None,
     """
     read = be.read_matrix(source)
     job = be.chunk_job(read)
-    if read is not source or workers <= 1:
-        yield from _in_process(job, read, connectivities, chunk_size, progress)
-        return
     spans = [(lo, min(lo + chunk_size, source.n_obs))
              for lo in range(0, source.n_obs, chunk_size)]
     workers = max(1, min(int(workers), len(spans)))
-    ctx = mp.get_context("spawn")  # no inherited HDF5 handles or threads
+    if read is not source or workers <= 1:
+        yield from _in_process(job, read, connectivities, chunk_size, progress)
+        return
     pass_one = job.needs_pass_one(connectivities)
     keep = connectivities is not None
-    # unbounded: a put never blocks on a worker that died
-    inbox = [ctx.Queue() for _ in range(workers)]
-    outbox = [ctx.Queue(AHEAD) for _ in range(workers)]
-    # the job goes through the queue, not the start arguments: a worker killed while it
-    # starts cannot then leave the launch blocked on a full pipe
-    procs = [ctx.Process(target=_work, name=f"cellreasoner-worker-{i}", daemon=True,
-                         args=(source.reopen, spans[i::workers], pass_one, keep, inbox[i],
-                               outbox[i]))
-             for i in range(workers)]
     log.info("annotating %d chunks on %d local worker processes", len(spans), workers)
-    for p, q in zip(procs, inbox, strict=True):
-        p.start()
-        q.put(job)
+    pool = [_Worker(i) for i in range(workers)]
     try:
+        for i, w in enumerate(pool):
+            w.send(("job", job, source.reopen, spans[i::workers], pass_one, keep))
         planner = job.planner(connectivities)
         if pass_one:
-            for i in range(workers):
-                parts, training = _receive(procs[i], outbox[i], "scores")
-                planner.merge(parts, training)
-        plan = planner.plan(source)
-        for q in inbox:
-            q.put(plan)
+            for w in pool:
+                planner.merge(*w.receive("scores"))
+        plan = planner.plan(source, map_calls=lambda calls: _map(pool, calls))
+        for w in pool:
+            w.send(("plan", plan))
         for k, (lo, hi) in enumerate(spans):
-            i = k % workers
-            start, answers = _receive(procs[i], outbox[i], "answers")
+            w = pool[k % workers]
+            start, answers = w.receive("answers")
             if start != lo or len(answers) != hi - lo:
-                raise BackendError(f"worker {i} answered cells from {start} "
-                                   f"({len(answers)}), expected {lo}-{hi}.")
+                raise BackendError(f"{w.name} answered cells from {start} ({len(answers)}), "
+                                   f"expected {lo}-{hi}.")
             if progress is not None:
                 progress(len(answers))
             yield answers
-        for p in procs:
-            p.join(timeout=30)
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-        for q in (*inbox, *outbox):
-            q.close()
-            q.cancel_join_thread()
+        for w in pool:
+            w.close()
+
+
+def _map(pool: list[_Worker], calls: list[tuple[Callable, tuple]]) -> list:
+    """``fn(*args)`` for each call, each taken by the next idle worker (they are idle between
+    the passes); results in order."""
+    out: list = [None] * len(calls)
+    todo = list(enumerate(calls))[::-1]
+    lock = threading.Lock()
+    failed: list[BaseException] = []
+
+    def serve(w: _Worker) -> None:
+        while True:
+            with lock:
+                if not todo or failed:
+                    return
+                k, (fn, args) = todo.pop()
+            try:
+                w.send(("call", fn, args))
+                out[k] = w.receive("result")
+            except BaseException as exc:  # raised below, in the caller's thread  # noqa: BLE001
+                failed.append(exc)
+                return
+
+    threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in pool]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise failed[0]
+    return out
+
+
+class _Worker:
+    """One worker process and the thread that reads its messages (at most :data:`AHEAD`
+    waiting: a worker ahead of the writer blocks on its full pipe)."""
+
+    def __init__(self, index: int) -> None:
+        self.name = f"cellreasoner worker {index}"
+        # one BLAS thread each: the workers already use the cores (more threads only spin)
+        env = {**os.environ, **dict.fromkeys(_THREAD_VARS, "1")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "cellreasoner.distributed._worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.box: queue.Queue = queue.Queue(AHEAD)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = pickle.load(self.proc.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                self.box.put(("exited", None))
+                return
+            self.box.put(message)
+
+    def send(self, message: tuple) -> None:
+        try:
+            pickle.dump(message, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._died("its work")
+
+    def receive(self, kind: str):
+        """The next message of ``kind``; the worker's exception re-raised; a clear error if
+        it died."""
+        tag, value = self.box.get()
+        if tag == "error":
+            raise value
+        if tag == "exited":
+            self._died(kind)
+        if tag != kind:
+            raise BackendError(f"{self.name} sent {tag}, expected {kind}.")
+        return value
+
+    def _died(self, what: str) -> None:
+        code = self.proc.wait(timeout=30)
+        raise BackendError(
+            f"{self.name} exited (code {code}) before sending {what}: killed, or out of "
+            "memory? Run again with fewer workers (workers=1 / --workers 1 annotates in this "
+            "process).") from None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                self.proc.kill()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:  # already closed by a dead worker: nothing left to release
+                continue
 
 
 def _in_process(job, source, connectivities, chunk_size: int, progress) -> Iterator:
@@ -128,44 +217,4 @@ def _in_process(job, source, connectivities, chunk_size: int, progress) -> Itera
         yield answers
 
 
-def _receive(proc, box, kind: str):
-    """The next message of ``kind`` from ``proc``; its exception re-raised; a clear error if
-    it died."""
-    while True:
-        try:
-            tag, value = box.get(timeout=1.0)
-        except queue.Empty:
-            if not proc.is_alive():
-                raise BackendError(
-                    f"{proc.name} exited (code {proc.exitcode}) before sending its {kind}: "
-                    "killed, or out of memory? Run again with fewer workers (workers=1 / "
-                    "--workers 1 annotates in this process).") from None
-            continue
-        if tag == "error":
-            raise value
-        if tag != kind:
-            raise BackendError(f"{proc.name} sent {tag}, expected {kind}.")
-        return value
-
-
-def _work(reopen, spans, pass_one: bool, keep: bool, inbox, outbox) -> None:
-    """One worker process: pass one over its chunks, then (given the plan) pass two."""
-    try:
-        job = inbox.get()
-        source = reopen()
-        if pass_one:
-            planner = job.planner(None)
-            for lo, hi in spans:
-                planner.add(job.score(source.read_rows(lo, hi), lo, keep))
-            outbox.put(("scores", planner.export()))
-        plan = inbox.get()
-        for lo, hi in spans:
-            outbox.put(("answers", (lo, job.answer(source.read_rows(lo, hi), lo, plan))))
-    except BaseException as exc:  # sent to the parent, which raises it  # noqa: BLE001
-        try:
-            outbox.put(("error", exc))
-        except Exception:  # an exception that cannot be pickled: its text  # noqa: BLE001
-            outbox.put(("error", BackendError(f"{type(exc).__name__}: {exc}")))
-
-
-__all__ = ["CHUNK_CELLS", "can_run", "default_workers", "matrix_answers"]
+__all__ = ["AHEAD", "CHUNK_CELLS", "can_run", "default_workers", "matrix_answers"]

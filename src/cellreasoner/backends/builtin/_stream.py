@@ -23,6 +23,7 @@ from .refine import (
     HardSteps,
     StepRefiner,
     TrainingSample,
+    fit_calls,
     fit_step_classifiers,
 )
 from .traces import TraceWriter
@@ -152,7 +153,9 @@ class StreamPlanner:
         self.parts.update(parts)
         self.training.merge(training)
 
-    def plan(self, source: MatrixSource) -> StreamPlan:
+    def plan(self, source: MatrixSource, map_calls=None) -> StreamPlan:
+        """The plan; ``map_calls`` (a list of ``(fn, args)`` -> their results, e.g. run on
+        worker processes) trains the refinement's classifiers side by side."""
         from ...checks import log_normalize, looks_like_counts
 
         r, parts = self.r, [self.parts[k] for k in sorted(self.parts)]
@@ -178,9 +181,15 @@ class StreamPlanner:
                 sub = kept(rows)
                 return log_normalize(sub) if counts else sub
 
-            plan.classifiers = fit_step_classifiers(
-                self.training.plan(min_cells=r.refine_min_cells), expression, len(genes),
-                r._decisive_columns(genes))
+            training = self.training.plan(min_cells=r.refine_min_cells)
+            excluded = r._decisive_columns(genes)
+            if map_calls is None or len(training.steps) < 2:
+                plan.classifiers = fit_step_classifiers(training, expression, len(genes),
+                                                        excluded)
+            else:  # the same classifiers, trained in parallel
+                for part in map_calls(fit_calls(training, expression, len(genes), excluded,
+                                                parts=len(training.steps))):
+                    plan.classifiers.update(part)
         return plan
 
 

@@ -300,6 +300,40 @@ def fit_step_classifiers(
     return out
 
 
-__all__ = ["BLOCK", "DECISIVE_WEIGHT", "HardSteps", "StepClassifier", "StepRefiner",
-           "TrainingPlan", "TrainingSample", "decisive_matrix", "decisive_steps",
+class RowsOf:
+    """rows -> the given rows of ``X`` (``cells[i]``'s row is ``X[i]``; picklable, so a worker
+    process can train on them)."""
+
+    def __init__(self, cells: np.ndarray, X: sp.csr_matrix) -> None:
+        self.cells, self.X = np.asarray(cells), X
+
+    def __call__(self, rows: np.ndarray) -> sp.csr_matrix:
+        return self.X[np.searchsorted(self.cells, np.asarray(rows))]
+
+
+def fit_calls(plan: TrainingPlan, expression: Callable[[np.ndarray], sp.csr_matrix],
+              n_genes: int, excluded: Callable[[int], np.ndarray], parts: int) -> list:
+    """:func:`fit_step_classifiers` of ``plan`` as ``parts`` self-contained calls ``(fn,
+    args)`` (steps split by training cells, each with its own rows), to run anywhere; the
+    union of their results is the classifiers of the whole plan."""
+    groups: list[list] = [[] for _ in range(max(1, parts))]
+    size = [0] * len(groups)
+    for step in sorted(plan.steps, key=lambda st: -len(st[1])):
+        g = size.index(min(size))
+        groups[g].append(step)
+        size[g] += len(step[1])
+    calls = []
+    for steps in groups:
+        if not steps:
+            continue
+        sub = TrainingPlan(sorted(steps, key=lambda st: st[0]))
+        cells = sub.cells
+        rows = RowsOf(cells, expression(cells))
+        gone = {p: excluded(p) for p, _, _ in sub.steps}
+        calls.append((fit_step_classifiers, (sub, rows, n_genes, gone.__getitem__)))
+    return calls
+
+
+__all__ = ["BLOCK", "DECISIVE_WEIGHT", "HardSteps", "RowsOf", "StepClassifier", "StepRefiner",
+           "TrainingPlan", "TrainingSample", "decisive_matrix", "decisive_steps", "fit_calls",
            "fit_step_classifiers", "sample_keys"]

@@ -1,0 +1,60 @@
+"""A local worker process of :mod:`cellreasoner.distributed.processes`.
+
+Started as ``python -m cellreasoner.distributed._worker`` by the annotating process, which
+writes pickled messages to this process's stdin and reads its answers from stdout (its own
+child, over its own pipes; nothing here reads a file others could write). Anything printed
+goes to stderr, so it can never corrupt a message.
+
+Messages in: ``("job", job, reopen, spans, pass_one, keep)`` once; ``("call", fn, args)`` any
+number of times (work the parent spreads over its workers, e.g. training the refinement's
+classifiers); ``("plan", plan)`` once, then pass two runs. Out: ``("scores", ...)`` after
+pass one, ``("result", value)`` per call, ``("answers", (start, answers))`` per chunk, or
+``("error", exception)``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+
+
+def main() -> None:
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print goes to stderr, never into the message stream
+    inbox = sys.stdin.buffer
+
+    def send(message: tuple) -> None:
+        pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+    try:
+        _, job, reopen, spans, pass_one, keep = pickle.load(inbox)
+        source = reopen()
+        if pass_one:
+            planner = job.planner(None)
+            for lo, hi in spans:
+                planner.add(job.score(source.read_rows(lo, hi), lo, keep))
+            send(("scores", planner.export()))
+        while True:
+            message = pickle.load(inbox)
+            if message[0] == "call":
+                send(("result", message[1](*message[2])))
+                continue
+            plan = message[1]
+            break
+        for lo, hi in spans:
+            send(("answers", (lo, job.answer(source.read_rows(lo, hi), lo, plan))))
+    except EOFError:  # the parent closed the pipe: the run is over (or was stopped)
+        return
+    except BaseException as exc:  # sent to the parent, which raises it  # noqa: BLE001
+        try:
+            send(("error", exc))
+        except Exception:  # an exception that cannot be pickled: its text  # noqa: BLE001
+            from ..errors import BackendError
+
+            send(("error", BackendError(f"{type(exc).__name__}: {exc}")))
+
+
+if __name__ == "__main__":
+    main()
