@@ -254,7 +254,7 @@ class TrainingSample:
             cells = cells[order]
             matrix = sp.vstack([r for _, r in self._parts], format="csr")[order]
         else:
-            cells, matrix = np.zeros(0, dtype=np.int64), sp.csr_matrix((0, 0), np.float32)
+            cells, matrix = np.zeros(0, dtype=np.int64), sp.csr_matrix((0, 0), dtype=np.float32)
         self._parts = [(cells, matrix)]
 
         def rows(wanted: np.ndarray) -> sp.csr_matrix:
