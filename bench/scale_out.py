@@ -73,6 +73,31 @@ print("RESULT " + json.dumps({"seconds": seconds, "driver_mib": peak["driver"],
 """
 
 
+BURN = """
+import multiprocessing as mp, time
+def burn(n):
+    x = 0
+    for i in range(n):
+        x += i * i
+    return x
+if __name__ == "__main__":
+    n = 15_000_000
+    t = time.perf_counter(); burn(n); one = time.perf_counter() - t
+    with mp.Pool(2) as pool:
+        pool.map(burn, [1000, 1000])
+        t = time.perf_counter(); pool.map(burn, [n, n]); two = time.perf_counter() - t
+    print(f"RESULT {2 * one / two:.2f}")
+"""
+
+
+def machine_scaling() -> float:
+    """How much faster two processes of pure arithmetic finish two jobs than one process
+    (the most two workers can gain on this machine; 2.0 on two free physical cores)."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(BURN)], capture_output=True,
+                          text=True, check=True)
+    return float(done.stdout.split("RESULT")[-1])
+
+
 def run(path: Path, out: Path, engine: str, workers: int) -> dict:
     cmd = [sys.executable, "-c", textwrap.dedent(RUN), str(path), str(out), engine,
            str(workers)]
@@ -117,6 +142,8 @@ def main() -> None:
                      "same labels": "yes" if same else "NO"})
     secs = [float(r["seconds"]) for r in rows]
     print(table(rows, list(rows[0]), align="right", sep="-|-"))
+    print(f"\nthis machine: two processes of pure arithmetic run {machine_scaling():.2f}x as "
+          "fast as one (the ceiling of any 2-worker speed-up here)")
     print(f"\nRay overhead at 1 worker: {100 * (secs[2] / secs[0] - 1):+.1f}% (target <= 15%); "
           f"speed-up at 2 workers: Ray {secs[0] / secs[3]:.2f}x (target >= 1.6x), local "
           f"processes {secs[0] / secs[1]:.2f}x; "
