@@ -66,7 +66,7 @@ def test_200k_cells_same_labels_as_single_process(ray_cluster, tmp_path):
     """200k synthetic cells, built-in reasoner: Ray gives the single process's answers."""
     path = synthetic.write_h5ad(tmp_path / "200k.h5ad", 200_000, nnz=300, seed=1)
     t0 = time.perf_counter()
-    local = annotate(str(path), progress=False)
+    local = annotate(str(path), workers=1, progress=False)  # one process
     t1 = time.perf_counter()
     dist = annotate(str(path), engine="ray", progress=False)
     t2 = time.perf_counter()

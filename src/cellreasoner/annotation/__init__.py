@@ -207,8 +207,8 @@ def annotate(
         this process started, else a local one of ``workers`` CPUs).
     workers
         Local engine: worker processes for the built-in reasoner reading an ``.h5ad`` file
-        (default: every core, at most 8, once the file holds two 20,000-cell chunks per core;
-        ``1``: this process only), with the same answers as one process. Ray engine: tasks or
+        (default: every core, at most 8, once the file holds 40,000 cells per core; ``1``:
+        this process only), with the same answers as one process. Ray engine: tasks or
         backend replicas at a time (default: the cluster's CPUs).
     manifest
         Ray engine: the run manifest folder (finished blocks; a rerun with the same settings
@@ -216,8 +216,8 @@ def annotate(
     num_gpus
         Ray engine: GPUs per backend replica (``transformers``, ``vllm``; default 0).
     chunk_size
-        Built-in reasoner on local worker processes or on Ray: cells per task (and Ray
-        manifest block; default 20,000, the single process's chunk). Model backends' Ray
+        Built-in reasoner on local worker processes or on Ray: cells per task (default
+        10,000 on local workers; 20,000 on Ray, also its manifest block). Model backends' Ray
         blocks are ``batch_size`` prompts.
 
     Returns

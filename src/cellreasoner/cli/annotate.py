@@ -128,12 +128,13 @@ def _add_outputs_and_engine(p: argparse.ArgumentParser) -> None:
                    "ray://HOST:10001, or HOST:PORT; default: a local cluster of --workers CPUs")
     p.add_argument("--workers", type=int,
                    help="local: worker processes for the builtin reading an .h5ad (default: "
-                   "every core, at most 8, for files of 2 chunks per core; 1: one process); "
+                   "every core, at most 8, for files of 40,000 cells per core; 1: one process); "
                    "Ray: tasks or backend replicas at a time (default: the cluster's CPUs)")
     p.add_argument("--gpus-per-worker", type=float, default=0,
                    help="Ray: GPUs per backend replica (transformers, vllm; default 0)")
     p.add_argument("--chunk-size", type=int, help="built-in reasoner on local workers or "
-                   "Ray: cells per task (and Ray manifest block; default 20000)")
+                   "Ray: cells per task (default 10000 on local workers; 20000 on Ray, "
+                   "also its manifest block)")
     p.add_argument("--manifest", help="Ray: run manifest folder of finished blocks (default: "
                    "OUTPUT.manifest beside the output); rerunning the same command skips them")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -36,6 +36,7 @@ def main() -> None:
             for lo, hi in spans:
                 planner.add(job.score(source.read_rows(lo, hi), lo, keep))
             send(("scores", planner.export()))
+            del planner  # its training rows are the parent's now
         while True:
             message = pickle.load(inbox)
             if message[0] == "call":

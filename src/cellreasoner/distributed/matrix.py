@@ -165,6 +165,7 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
                   _chunks(source, block_cells, direct), limit,
                   lambda item, value: planner.add(value))
     plan = planner.plan(source)
+    planner = None  # the training rows are not needed for pass two
     plan_ref = ray.put(plan)
     answer = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_answer_task)
 

@@ -32,20 +32,24 @@ from ..errors import BackendError
 
 log = logging.getLogger(__name__)
 
-#: Cells per chunk (the single process's chunk size).
-CHUNK_CELLS = 20_000
+#: Cells per worker task (half the single process's chunk: each worker holds less at a time,
+#: and the answers do not depend on the chunking).
+CHUNK_CELLS = 10_000
+#: Cells per core from which the default uses worker processes (below, starting them costs
+#: more than they save).
+MIN_CELLS_PER_CORE = 40_000
 #: Answered chunks a worker may hold ahead of the writer.
 AHEAD = 2
 #: Thread-pool sizes of the numeric libraries, set to 1 in every worker.
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def default_workers(n_obs: int, chunk_size: int = CHUNK_CELLS) -> int:
+def default_workers(n_obs: int) -> int:
     """Worker processes for ``n_obs`` cells when none are asked: every core (at most 8) once
-    the data spans at least two chunks per core, else one (in process)."""
+    the data holds :data:`MIN_CELLS_PER_CORE` cells per core, else one (in process)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = min(int(cores or 1), 8)
-    return cores if cores > 1 and n_obs >= 2 * cores * chunk_size else 1
+    return cores if cores > 1 and n_obs >= MIN_CELLS_PER_CORE * cores else 1
 
 
 def can_run(be, source) -> bool:
@@ -83,6 +87,7 @@ def matrix_answers(be, source, workers: int, *, connectivities=None,
             for w in pool:
                 planner.merge(*w.receive("scores"))
         plan = planner.plan(source, map_calls=lambda calls: _map(pool, calls))
+        del planner  # the training rows are not needed for pass two
         for w in pool:
             w.send(("plan", plan))
         for k, (lo, hi) in enumerate(spans):
@@ -210,6 +215,7 @@ def _in_process(job, source, connectivities, chunk_size: int, progress) -> Itera
         for start, chunk in chunks():
             planner.add(job.score(chunk, start, connectivities is not None))
     plan = planner.plan(source)
+    del planner
     for start, chunk in chunks():
         answers = job.answer(chunk, start, plan)
         if progress is not None:

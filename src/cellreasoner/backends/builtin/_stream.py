@@ -73,6 +73,7 @@ def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
                                         keep_scores=connectivities is not None))
                 start += chunk.shape[0]
         plan = planner.plan(source)
+        del planner  # the training rows are not needed for pass two
     answer = ChunkAnswerer(r, genes, reasoning=reasoning, evidence=evidence)
     start = 0
     for chunk in source.iter_chunks(chunk_size):
