@@ -164,7 +164,8 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
         _windowed(ray, lambda start, chunk: score.remote(job_ref, chunk, start, keep),
                   _chunks(source, block_cells, direct), limit,
                   lambda item, value: planner.add(value))
-    plan = planner.plan(source)
+    # the refinement's classifiers trained side by side, as Ray tasks
+    plan = planner.plan(source, map_calls=lambda calls: _ray_map(ray, calls))
     planner = None  # the training rows are not needed for pass two
     plan_ref = ray.put(plan)
     answer = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_answer_task)
@@ -202,6 +203,16 @@ def group_sums(source, codes: np.ndarray, k: int, cluster: RayCluster,
                   chunk, codes[start:start + chunk.shape[0]], k),
               _chunks(source, block_cells, direct), cluster.workers + 1, add)
     return total[0], total[1]
+
+
+def _ray_map(ray, calls: list) -> list:
+    """``fn(*args)`` of each call as a Ray task; results in order."""
+    task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_call)
+    return ray.get([task.remote(fn, args) for fn, args in calls])
+
+
+def _call(fn, args):
+    return fn(*args)
 
 
 def _group_task(chunk, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
