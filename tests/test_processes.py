@@ -73,9 +73,15 @@ def test_bad_value_in_a_worker_is_the_clear_input_error(tmp_path):
     with h5py.File(path, "r+") as f:
         indptr = f["X/indptr"][()]
         f["X/data"][indptr[4_500] + 1] = np.nan  # a cell in the last worker chunk
+    t0 = time.monotonic()
     with pytest.raises(InputError, match="NaN") as err:
         annotate(str(path), workers=2, chunk_size=1_500, progress=False)
     assert "4500" in str(err.value) or "cell" in str(err.value)
+    # the other worker was stopped, not waited for: no worker is left behind
+    left = [c for c in psutil.Process().children(recursive=True)
+            if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+            and "cellreasoner.distributed._worker" in " ".join(c.cmdline())]
+    assert left == [] and time.monotonic() - t0 < 60
 
 
 def test_killed_worker_stops_the_run_with_a_clear_error(cells_h5ad):

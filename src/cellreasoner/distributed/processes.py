@@ -79,6 +79,7 @@ def matrix_answers(be, source, workers: int, *, connectivities=None,
     keep = connectivities is not None
     log.info("annotating %d chunks on %d local worker processes", len(spans), workers)
     pool = [_Worker(i) for i in range(workers)]
+    finished = False
     try:
         for i, w in enumerate(pool):
             w.send(("job", job, source.reopen, spans[i::workers], pass_one, keep))
@@ -99,9 +100,10 @@ def matrix_answers(be, source, workers: int, *, connectivities=None,
             if progress is not None:
                 progress(len(answers))
             yield answers
-    finally:
+        finished = True
+    finally:  # stopped early (an error, Ctrl-C): the workers are stopped, not waited for
         for w in pool:
-            w.close()
+            w.close(wait=finished)
 
 
 def _map(pool: list[_Worker], calls: list[tuple[Callable, tuple]]) -> list:
@@ -184,8 +186,11 @@ class _Worker:
             "memory? Run again with fewer workers (workers=1 / --workers 1 annotates in this "
             "process).") from None
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """End the worker: let it finish (``wait``) or stop it now."""
         if self.proc.poll() is None:
+            if not wait:
+                self.proc.kill()
             try:
                 self.proc.stdin.close()
             except OSError:
