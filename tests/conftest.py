@@ -62,3 +62,21 @@ def _pbmc68k_cached():
 def pbmc68k(_pbmc68k_cached):
     """``scanpy.datasets.pbmc68k_reduced()`` (700 PBMCs; a fresh copy per test)."""
     return _pbmc68k_cached.copy()
+
+
+@pytest.fixture(scope="session")
+def cells_12k(tmp_path_factory) -> Path:
+    """12,000 synthetic realistic cells in an ``.h5ad`` (few stored values each: fast), for
+    the tests that spread chunks over worker processes or Ray workers."""
+    import synthetic
+
+    return synthetic.write_h5ad(tmp_path_factory.mktemp("synthetic") / "cells.h5ad", 12_000,
+                                nnz=200, chunk=12_000, seed=3)
+
+
+@pytest.fixture(scope="session")
+def cells_12k_table(cells_12k):
+    """The single-process annotation table of :func:`cells_12k`."""
+    from cellreasoner import annotate
+
+    return annotate(str(cells_12k), workers=1, progress=False).table

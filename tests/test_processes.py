@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,24 +18,12 @@ from cellreasoner import annotate
 from cellreasoner.errors import BackendError, InputError
 
 
-@pytest.fixture(scope="module")
-def cells_h5ad(tmp_path_factory) -> Path:
-    """12,000 synthetic realistic cells (few stored values: fast)."""
-    return synthetic.write_h5ad(tmp_path_factory.mktemp("procs") / "cells.h5ad", 12_000,
-                                nnz=200, chunk=12_000, seed=5)
-
-
-@pytest.fixture(scope="module")
-def one_process(cells_h5ad) -> pd.DataFrame:
-    return annotate(str(cells_h5ad), workers=1, progress=False).table
-
-
-def test_two_workers_give_the_single_process_answers(cells_h5ad, one_process):
+def test_two_workers_give_the_single_process_answers(cells_12k, cells_12k_table):
     """Six chunks over two processes: every column of every cell equals the one-process run
     (the same training sample, classifiers, labels, confidences, traces and evidence)."""
-    res = annotate(str(cells_h5ad), workers=2, chunk_size=2_000, progress=False)
-    pd.testing.assert_frame_equal(res.table, one_process)
-    assert one_process["label"].nunique() >= 6
+    res = annotate(str(cells_12k), workers=2, chunk_size=2_000, progress=False)
+    pd.testing.assert_frame_equal(res.table, cells_12k_table)
+    assert cells_12k_table["label"].nunique() >= 6
 
 
 def test_default_workers_by_size():
@@ -47,21 +34,21 @@ def test_default_workers_by_size():
     assert default_workers(10_000_000) == (cores if cores > 1 else 1)
 
 
-def test_in_memory_data_stays_in_process(cells_h5ad, one_process):
+def test_in_memory_data_stays_in_process(cells_12k, cells_12k_table):
     """An AnnData in memory cannot be reopened by a worker: one process, same answers."""
     import anndata as ad
 
     from cellreasoner.distributed import processes
     from cellreasoner.matrix import from_anndata
 
-    adata = ad.read_h5ad(cells_h5ad)
+    adata = ad.read_h5ad(cells_12k)
     assert from_anndata(adata).reopen is None
     from cellreasoner.backends import get_backend
 
     assert not processes.can_run(get_backend("builtin"), from_anndata(adata))
     res = annotate(adata, workers=2, chunk_size=2_000, progress=False)
     np.testing.assert_array_equal(res.table["label"].to_numpy(),
-                                  one_process["label"].to_numpy())
+                                  cells_12k_table["label"].to_numpy())
 
 
 def test_bad_value_in_a_worker_is_the_clear_input_error(tmp_path):
@@ -84,7 +71,7 @@ def test_bad_value_in_a_worker_is_the_clear_input_error(tmp_path):
     assert left == [] and time.monotonic() - t0 < 60
 
 
-def test_killed_worker_stops_the_run_with_a_clear_error(cells_h5ad):
+def test_killed_worker_stops_the_run_with_a_clear_error(cells_12k):
     """SIGKILL one worker process mid-run: the run stops with a BackendError naming the
     worker and what to do (no hang, no partial output)."""
     killed: list[int] = []
@@ -111,12 +98,12 @@ def test_killed_worker_stops_the_run_with_a_clear_error(cells_h5ad):
     killer = threading.Thread(target=kill_one)
     killer.start()
     with pytest.raises(BackendError, match=r"worker \d exited .*--workers 1"):
-        annotate(str(cells_h5ad), workers=2, chunk_size=500, progress=False)
+        annotate(str(cells_12k), workers=2, chunk_size=500, progress=False)
     killer.join()
     assert killed
 
 
-def test_a_script_without_a_main_guard_can_use_workers(cells_h5ad, one_process, tmp_path):
+def test_a_script_without_a_main_guard_can_use_workers(cells_12k, cells_12k_table, tmp_path):
     """Workers are started as ``python -m cellreasoner.distributed._worker``, not by
     re-importing the caller's script: a plain script without ``if __name__ ==
     "__main__"`` annotates with two workers (multiprocessing's spawn would start it again)."""
@@ -127,22 +114,22 @@ def test_a_script_without_a_main_guard_can_use_workers(cells_h5ad, one_process, 
     out = tmp_path / "labels.parquet"
     script.write_text(
         "from cellreasoner import annotate\n"
-        f"res = annotate({str(cells_h5ad)!r}, workers=2, chunk_size=3000, progress=False)\n"
+        f"res = annotate({str(cells_12k)!r}, workers=2, chunk_size=3000, progress=False)\n"
         f"res.table.to_parquet({str(out)!r})\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    pd.testing.assert_frame_equal(pd.read_parquet(out), one_process)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), cells_12k_table)
 
 
-def test_classifiers_trained_on_workers_equal_one_process(cells_h5ad):
+def test_classifiers_trained_on_workers_equal_one_process(cells_12k):
     """The refinement's classifiers trained side by side (one call per subtype step, on the
     workers) are the classifiers one process trains."""
     from cellreasoner.backends import get_backend
     from cellreasoner.backends.builtin._stream import StreamPlanner, score_chunk
     from cellreasoner.matrix import from_h5ad
 
-    source = from_h5ad(cells_h5ad)
+    source = from_h5ad(cells_12k)
     job = get_backend("builtin").chunk_job(source)
     r = job.reasoner
     planner = StreamPlanner(r, None)

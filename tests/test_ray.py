@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,19 +40,6 @@ def ray_cluster(tmp_path_factory):
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def small_h5ad(tmp_path_factory) -> Path:
-    """12,000 synthetic realistic cells (few stored values each: the tests stay fast)."""
-    return synthetic.write_h5ad(tmp_path_factory.mktemp("ray") / "small.h5ad", 12_000,
-                                nnz=200, chunk=12_000, seed=3)
-
-
-@pytest.fixture(scope="module")
-def small_local(small_h5ad) -> pd.DataFrame:
-    """The single-process table of ``small_h5ad``."""
-    return annotate(str(small_h5ad), progress=False).table
 
 
 def _same_answers(table: pd.DataFrame, reference: pd.DataFrame) -> None:
@@ -103,18 +89,18 @@ def _killer(task: str) -> tuple[threading.Thread, list[int]]:
     return threading.Thread(target=kill_one), killed
 
 
-def test_worker_killed_mid_run_every_cell_once(ray_cluster, small_h5ad, small_local, tmp_path):
+def test_worker_killed_mid_run_every_cell_once(ray_cluster, cells_12k, cells_12k_table, tmp_path):
     """SIGKILL a worker while it answers a block: Ray retries the block, each block is
     recorded once, and the answers equal the single process's."""
     manifest = tmp_path / "manifest"
     killer, killed = _killer("_answer_task")
     killer.start()
-    result = annotate(str(small_h5ad), engine="ray", chunk_size=2_000, manifest=manifest,
+    result = annotate(str(cells_12k), engine="ray", chunk_size=2_000, manifest=manifest,
                       progress=False)
     killer.join()
     assert killed, "no worker was seen answering a block"
     assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == "zombie"
-    _same_answers(result.table, small_local)
+    _same_answers(result.table, cells_12k_table)
     entries = json.loads((manifest / "manifest.json").read_text())["blocks"]
     assert sorted(entries) == sorted(f"cells {lo}-{lo + 2000}" for lo in range(0, 12_000, 2000))
     assert sum(e["rows"] for e in entries.values()) == 12_000
@@ -129,12 +115,12 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
                             **kw)
 
 
-def test_driver_killed_rerun_skips_finished_blocks(ray_cluster, small_h5ad, small_local,
+def test_driver_killed_rerun_skips_finished_blocks(ray_cluster, cells_12k, cells_12k_table,
                                                    tmp_path):
     """A CLI driver SIGKILLed mid-run; the same command again reads the finished blocks back
     from the manifest (counted) and answers only the rest."""
     out = tmp_path / "cells.parquet"
-    args = [str(small_h5ad), "-o", str(out), "--engine", "ray", "--address", ray_cluster,
+    args = [str(cells_12k), "-o", str(out), "--engine", "ray", "--address", ray_cluster,
             "--chunk-size", "1500", "--no-progress"]
     manifest = out.with_name(out.name + ".manifest") / "manifest.json"
     first = _cli(args)
@@ -157,9 +143,9 @@ def test_driver_killed_rerun_skips_finished_blocks(ray_cluster, small_h5ad, smal
     assert again.returncode == 0, err
     assert f"8 block(s), {finished} read back from an earlier run" in err
     table = pd.read_parquet(out)
-    assert table["cell_name"].tolist() == small_local.index.tolist()  # every cell once
+    assert table["cell_name"].tolist() == cells_12k_table.index.tolist()  # every cell once
     np.testing.assert_array_equal(table["label"].to_numpy(dtype=str),
-                                  small_local["label"].to_numpy(dtype=str))
+                                  cells_12k_table["label"].to_numpy(dtype=str))
 
 
 def test_openai_through_ray_asks_every_prompt_once(ray_cluster):
@@ -286,7 +272,7 @@ def test_engine_errors_are_one_clear_message(pbmc68k, monkeypatch):
         annotate(pbmc68k, engine="ray", progress=False)
 
 
-def test_cluster_marker_statistics_as_ray_tasks(ray_cluster, small_h5ad, pbmc68k):
+def test_cluster_marker_statistics_as_ray_tasks(ray_cluster, cells_12k, pbmc68k):
     """Cluster mode's group statistics (the markers of each cluster's prompt) computed as
     Ray tasks over chunks equal the single process's: from a file the workers read, and from
     an AnnData in memory whose chunks the driver ships."""
@@ -294,7 +280,7 @@ def test_cluster_marker_statistics_as_ray_tasks(ray_cluster, small_h5ad, pbmc68k
     from cellreasoner.distributed import connect
     from cellreasoner.matrix import from_anndata, from_h5ad
 
-    file_source = from_h5ad(small_h5ad)
+    file_source = from_h5ad(cells_12k)
     groups = pd.Series(np.arange(file_source.n_obs) % 7).astype(str)
     memory = from_anndata(pbmc68k, use_raw=True)
     by = pbmc68k.obs["bulk_labels"].astype(str).reset_index(drop=True)

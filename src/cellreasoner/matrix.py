@@ -56,24 +56,17 @@ class MatrixSource:
             yield chunk
 
     def read_rows(self, lo: int, hi: int) -> sp.csr_matrix:
-        """Rows ``lo ... hi - 1`` as CSR, values checked as :meth:`iter_chunks` does (read
-        straight from the file when the source can, else by streaming up to them)."""
+        """Rows ``lo ... hi - 1`` as CSR, read straight from the file, values checked as
+        :meth:`iter_chunks` does (sources that :attr:`reopen`, i.e. files, only)."""
         from .checks import check_chunk_values
 
+        if self._rows is None:
+            raise TypeError(f"{self.description or 'this matrix'}: rows can only be read "
+                            "directly from a file source")
         lo, hi = max(0, int(lo)), min(self.n_obs, int(hi))
-        if self._rows is not None:
-            chunk = self._rows(lo, hi)
-            check_chunk_values(chunk, self, lo)
-            return chunk
-        parts, start = [], 0
-        for chunk in self.iter_chunks():
-            stop = start + chunk.shape[0]
-            if stop > lo and start < hi:
-                parts.append(chunk[max(lo - start, 0):min(hi, stop) - start])
-            if stop >= hi:
-                break
-            start = stop
-        return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, len(self.var_names)))
+        chunk = self._rows(lo, hi)
+        check_chunk_values(chunk, self, lo)
+        return chunk
 
     def to_csr(self) -> sp.csr_matrix:
         """The whole matrix as CSR (values checked as :meth:`iter_chunks` does): the

@@ -206,8 +206,9 @@ class Backend(ABC):
         """A matrix backend's self-contained (picklable) work on chunks of ``source``, for the
         Ray engine (:mod:`cellreasoner.distributed`): ``needs_pass_one(connectivities)``,
         ``score(chunk, start, keep_scores)``, ``planner(connectivities)`` (``add`` each
-        score as it arrives, then ``plan(source)``) and ``answer(chunk, start, plan) ->
-        CellAnswers``. Only matrix backends that scale out
+        score as it arrives, then ``plan(source)``), ``answer(chunk, start, plan) ->
+        CellAnswers`` and ``run(source, connectivities, progress)`` (all of it in one
+        process). Only matrix backends that scale out
         implement it."""
         raise NotImplementedError(f"backend '{self.name}' cannot answer chunks on Ray workers")
 

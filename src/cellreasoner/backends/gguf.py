@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from .._system import available_cores
 from ..errors import InputError, require
 from ..prompts import Prompt, SamplingParams, render_chat_text
 from .base import Backend, Generation, ProgressCallback, ResultCallback
@@ -94,15 +95,6 @@ def check_gguf_file(path: str | os.PathLike) -> Path:
         raise InputError(f"{p} is not a GGUF file (it does not start with 'GGUF'). Convert the "
                          "model with llama.cpp's convert_hf_to_gguf.py or pick the .gguf file.")
     return p
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a
-    container's cpuset), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class GGUFBackend(Backend):

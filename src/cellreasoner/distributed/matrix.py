@@ -89,6 +89,12 @@ def _chunks(source, block_cells: int, direct: bool = False) -> Iterator[tuple[in
             start += chunk.shape[0]
 
 
+def _workers_read(source, cluster: RayCluster) -> bool:
+    """Whether the workers read their chunks of ``source`` themselves: a file they can open
+    (every node is this machine); across machines the driver ships the chunks."""
+    return source.reopen is not None and cluster.one_machine()
+
+
 def _read(chunk):
     return chunk.read() if isinstance(chunk, _Rows) else chunk
 
@@ -121,9 +127,7 @@ def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
     ray = cluster.ray
     advance = progress or (lambda k: None)
     read = be.read_matrix(source)
-    # a file the workers can open themselves (every node is this machine): they read their
-    # chunks and the driver reads nothing; across machines the driver ships the chunks
-    direct = read is source and source.reopen is not None and cluster.one_machine()
+    direct = read is source and _workers_read(source, cluster)
     source = read
     job = be.chunk_job(source)
     spans = []
@@ -193,7 +197,7 @@ def group_sums(source, codes: np.ndarray, k: int, cluster: RayCluster,
     n_genes = len(source.var_names)
     total = [np.zeros((k, n_genes)), np.zeros((k, n_genes))]
     task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_group_task)
-    direct = source.reopen is not None and cluster.one_machine()
+    direct = _workers_read(source, cluster)
 
     def add(item, value) -> None:
         total[0] += value[0]

@@ -47,8 +47,9 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 def default_workers(n_obs: int) -> int:
     """Worker processes for ``n_obs`` cells when none are asked: every core (at most 8) once
     the data holds :data:`MIN_CELLS_PER_CORE` cells per core, else one (in process)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = min(int(cores or 1), 8)
+    from .._system import available_cores
+
+    cores = min(available_cores(), 8)
     return cores if cores > 1 and n_obs >= MIN_CELLS_PER_CORE * cores else 1
 
 
@@ -67,13 +68,16 @@ def matrix_answers(be, source, workers: int, *, connectivities=None,
     A backend that reads the matrix through a transform (:meth:`Backend.read_matrix`: the
     builtin's ATAC profile) answers in this process: workers could not open the transform.
     """
-    read = be.read_matrix(source)
-    job = be.chunk_job(read)
     spans = [(lo, min(lo + chunk_size, source.n_obs))
              for lo in range(0, source.n_obs, chunk_size)]
     workers = max(1, min(int(workers), len(spans)))
-    if read is not source or workers <= 1:
-        yield from _in_process(job, read, connectivities, chunk_size, progress)
+    if workers <= 1:
+        yield from be.annotate_matrix(source, connectivities=connectivities, progress=progress)
+        return
+    read = be.read_matrix(source)
+    job = be.chunk_job(read)
+    if read is not source:  # the job's own single-process run on the transformed matrix
+        yield from job.run(read, connectivities, progress)
         return
     pass_one = job.needs_pass_one(connectivities)
     keep = connectivities is not None
@@ -205,27 +209,6 @@ class _Worker:
                 stream.close()
             except OSError:  # already closed by a dead worker: nothing left to release
                 continue
-
-
-def _in_process(job, source, connectivities, chunk_size: int, progress) -> Iterator:
-    """The chunk-job protocol in this process (pass one, plan, pass two)."""
-    def chunks() -> Iterator[tuple[int, object]]:
-        start = 0
-        for chunk in source.iter_chunks(chunk_size):
-            yield start, chunk
-            start += chunk.shape[0]
-
-    planner = job.planner(connectivities)
-    if job.needs_pass_one(connectivities):
-        for start, chunk in chunks():
-            planner.add(job.score(chunk, start, connectivities is not None))
-    plan = planner.plan(source)
-    del planner
-    for start, chunk in chunks():
-        answers = job.answer(chunk, start, plan)
-        if progress is not None:
-            progress(len(answers))
-        yield answers
 
 
 __all__ = ["AHEAD", "CHUNK_CELLS", "can_run", "default_workers", "matrix_answers"]

@@ -194,15 +194,6 @@ class StreamPlanner:
         return plan
 
 
-def plan_from_scores(r: Reasoner, source: MatrixSource, connectivities,
-                     parts: list[ChunkScores]) -> StreamPlan:
-    """Pass one's chunks -> the plan of pass two (:class:`StreamPlanner` over all of them)."""
-    planner = StreamPlanner(r, connectivities)
-    for part in parts:
-        planner.add(part)
-    return planner.plan(source)
-
-
 #: Training cells drawn per subtype at most (beyond a thousand, more cells cost time, not
 #: accuracy; below it every decisive cell trains)
 TRAIN_CELLS = 1000
@@ -360,5 +351,4 @@ def _parsed_evidence(text, cell_genes, vocabulary):
 
 
 __all__ = ["Block", "ChunkAnswerer", "ChunkScores", "EvidenceSpec", "StreamPlan",
-           "StreamPlanner", "annotate_stream", "needs_pass_one", "plan_from_scores",
-           "score_chunk"]
+           "StreamPlanner", "annotate_stream", "needs_pass_one", "score_chunk"]

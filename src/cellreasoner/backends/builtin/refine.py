@@ -178,13 +178,14 @@ class TrainingSample:
             return out
         step = parents.astype(np.int64) << 32 | children.astype(np.int64)
         for s in np.unique(step):
-            c = np.unique(cells[step == s])
+            taken = cells[step == s]
+            c = np.unique(taken)
             key = sample_keys(c, seed)
             if len(c) > max_cells:
                 keep = np.sort(np.argsort(key, kind="stable")[:max_cells])
                 c, key = c[keep], key[keep]
             p, k = int(s >> 32), int(s & 0xFFFFFFFF)
-            out.counts[(p, k)] = int(np.count_nonzero(step == s))
+            out.counts[(p, k)] = len(taken)
             out.picked[(p, k)] = (key, c)
         rows = np.unique(np.concatenate([c for _, c in out.picked.values()]))
         out._add_rows(rows, sp.csr_matrix(chunk[rows - start], dtype=np.float32))
