@@ -89,7 +89,7 @@ def main() -> None:
     rows = []
     for fname, (b0, w) in fits.items():
         for name, d in data.items():
-            called = 1.0 / (1.0 + np.exp(-(b0 + d["X"] @ w)))
+            called = C.probability(d["X"], b0, w)
             conf = np.where(d["status"] == 0, called, d["conf"])  # abstentions as shipped
             rows.append({"fitted on": fname, "intercept, margin, log strength, elsewhere":
                          ", ".join(f"{v:+.2f}" for v in (b0, *w)), "evaluated on": name,

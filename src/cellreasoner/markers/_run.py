@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ class _Shared:
     _raw: MarkerTable | None = None
     _filtered: MarkerTable | None = None
     _reasoner: Reasoner | None = None
+    _scores: dict = field(default_factory=dict)
 
     @property
     def raw(self) -> MarkerTable:
@@ -52,6 +53,17 @@ class _Shared:
             self._filtered = filter_markers(self.raw, max_padj=options["max_padj"],
                                             min_logfc=options["min_logfc"])
         return keep_top(self._filtered, top)
+
+    def scores(self, reasoner: Reasoner, top: int, options: dict, species: str):
+        """The table's :func:`score_table` evidence for its first ``top`` markers (scored
+        once per reasoner and ``top``: every consensus member reads the same)."""
+        from .scoring import score_table
+
+        key = (id(reasoner), int(top), species)
+        if key not in self._scores:
+            self._scores[key] = score_table(reasoner, self.markers(top, options),
+                                            species=species)
+        return self._scores[key]
 
     def reasoner(self, backend, species: str, options: dict) -> Reasoner:
         """The built-in reasoner whose evidence every backend's answer is read with: a
@@ -74,7 +86,7 @@ class _Shared:
 def _annotate_one(shared: _Shared, backend: str | Backend, model: str | None,
                   backend_options: dict | None, options: dict) -> MarkerAnnotation:
     """One backend names every cluster (:func:`annotate_markers` with one backend)."""
-    from .scoring import builtin_frame, check_species, score_table
+    from .scoring import builtin_frame, check_species
 
     o = options
     t0 = time.perf_counter()
@@ -90,15 +102,14 @@ def _annotate_one(shared: _Shared, backend: str | Backend, model: str | None,
     with ExitStack() as stack:
         if not is_model:
             top = BUILTIN_TOP if o["top"] is None else o["top"]
-            ts = score_table(reasoner, shared.markers(top, o), species=species)
+            ts = shared.scores(reasoner, top, o, species)
             rows = builtin_frame(reasoner, ts)
             name, model_name, style = "builtin", reasoner.model, "builtin"
             unique, cache_path = 0, None
         else:
             be, style, top = _model_backend(stack, backend, model, backend_options, o)
             # the built-in evidence: the supporting markers and the label check of the answers
-            ts = score_table(reasoner, shared.markers(max(int(top), BUILTIN_TOP), o),
-                             species=species)
+            ts = shared.scores(reasoner, max(int(top), BUILTIN_TOP), o, species)
             rows, unique, cache_path = _ask_model(stack, be, shared.markers(top, o), style, o)
             rows["supporting_markers"] = _llm_support(reasoner, ts, list(rows["ontology_id"]))
             name, model_name = be.name, str(be.model)

@@ -2,16 +2,16 @@
 the probability that the call is right.
 
 The walk (:mod:`._decisions`) records, per cell, what its call rests on
-(:class:`ConfidenceParts`): the best lineage score and its margin over the second-best
-lineage, the sharpness of every subtype step the markers took, the steps a self-trained
-classifier took (and how sure it was), the steps taken on the kNN neighbours' evidence, and
-whether the neighbours' own evidence leads to another lineage. :func:`combine` maps the
-signals that rank errors on more than one dataset (:func:`signals`) to a probability; the
-others are kept for :func:`record` (measuring them again on new data).
+(:class:`ConfidenceParts`): the lineage scores, the best lineage score and its margin over the
+second-best lineage, and whether the neighbours' own evidence leads to another lineage.
+:func:`combine` maps those signals (:func:`signals`) to a probability; :func:`record` keeps
+the parts of a run for refitting the map (``bench/confidence.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,12 +29,6 @@ class ConfidenceParts:
         The best and second-best lineage score.
     status
         0 (called), 1 (no lineage evidence), 2 (contradictory lineages).
-    step_sharpness
-        Product over the marker-taken subtype steps of ``0.5 + 0.5 * sharpness``.
-    refined_steps, refined_prob
-        Steps taken by a self-trained classifier, and the product of its probabilities.
-    borrowed
-        Steps taken on the kNN neighbours' evidence.
     neighbours_elsewhere
         The kNN neighbours' own evidence leads to another lineage (or to none).
     """
@@ -43,27 +37,13 @@ class ConfidenceParts:
     best: np.ndarray
     second: np.ndarray
     status: np.ndarray
-    step_sharpness: np.ndarray
-    refined_steps: np.ndarray
-    refined_prob: np.ndarray
-    borrowed: np.ndarray
     neighbours_elsewhere: np.ndarray
 
     @classmethod
     def start(cls, R: np.ndarray, best: np.ndarray, second: np.ndarray, status: np.ndarray
               ) -> ConfidenceParts:
-        """The lineage-level parts; the steps start neutral."""
-        n = len(best)
-        return cls(R, best, second, status, np.ones(n), np.zeros(n, np.int8), np.ones(n),
-                   np.zeros(n, np.int8), np.zeros(n, dtype=bool))
-
-    def step(self, cells: np.ndarray, sharpness: np.ndarray, refined: np.ndarray) -> None:
-        """Record one depth's accepted steps: ``sharpness`` per cell (for a classifier's
-        step, half its probability, as :meth:`._decisions.Decisions._refine_step` gives)."""
-        self.step_sharpness[cells[~refined]] *= 0.5 + 0.5 * sharpness[~refined]
-        c = cells[refined]
-        self.refined_steps[c] += 1
-        self.refined_prob[c] *= 2.0 * sharpness[refined]
+        """The lineage-level parts (no neighbours elsewhere until recorded)."""
+        return cls(R, best, second, status, np.zeros(len(best), dtype=bool))
 
     def neighbours(self, own_lineage: np.ndarray, their_lineage: np.ndarray) -> None:
         """Record whether the neighbours' evidence alone leads to the cell's lineage."""
@@ -106,6 +86,13 @@ def signals(parts: ConfidenceParts) -> np.ndarray:
                             parts.neighbours_elsewhere.astype(float)])
 
 
+def probability(X: np.ndarray, intercept: float = INTERCEPT,
+                weights: np.ndarray | None = None) -> np.ndarray:
+    """The logistic map of :func:`signals` rows (the shipped constants by default)."""
+    w = np.array([GAP, STRENGTH, ELSEWHERE]) if weights is None else weights
+    return 1.0 / (1.0 + np.exp(-(intercept + X @ w)))
+
+
 def combine(parts: ConfidenceParts) -> np.ndarray:
     """The confidence of each cell's call: the probability that it is right (float32).
 
@@ -115,9 +102,7 @@ def combine(parts: ConfidenceParts) -> np.ndarray:
     """
     for rec in _RECORDERS:
         rec.parts.append(parts)
-    X = signals(parts)
-    logit = INTERCEPT + X @ np.array([GAP, STRENGTH, ELSEWHERE])
-    called = 1.0 / (1.0 + np.exp(-logit))
+    called = probability(signals(parts))
     status = parts.status
     conf = np.where(status == 0, called, np.where(status == 2, np.minimum(called, 0.2),
                                                   0.5 * strength_of(parts.best)))
@@ -135,13 +120,12 @@ class Recorder:
 _RECORDERS: list[Recorder] = []
 
 
-class record:
-    """Context manager: ``with record() as rec: ...`` collects ``rec.parts``."""
-
-    def __enter__(self) -> Recorder:
-        self.rec = Recorder()
-        _RECORDERS.append(self.rec)
-        return self.rec
-
-    def __exit__(self, *exc: object) -> None:
-        _RECORDERS.remove(self.rec)
+@contextmanager
+def record() -> Iterator[Recorder]:
+    """``with record() as rec: ...`` collects ``rec.parts``."""
+    rec = Recorder()
+    _RECORDERS.append(rec)
+    try:
+        yield rec
+    finally:
+        _RECORDERS.remove(rec)

@@ -111,13 +111,13 @@ class Decisions:
                 ok &= ~contested  # nor does a classifier decide what the markers contest
             acc = rows[ok]
             node[acc] = c1[ok]
-            parts.step(acc, pc[ok], (refined[acc] >> depth) & 1 > 0)
             active[:] = False
             active[acc] = self.has_children[node[acc]]
         if use_neighbours:  # where the neighbours' own evidence leads, on its own
             _, theirs, _, _, their_status = self._lineage(neighbours)
-            parts.neighbours(self._lineage_of(node), np.where(their_status == 0, theirs, -1))
-        parts.borrowed = np.unpackbits(borrowed[:, None], axis=1).sum(axis=1)
+            # the walk only moves down from the lineage root: a called cell's lineage is root
+            parts.neighbours(np.where(status == 0, root, -1),
+                             np.where(their_status == 0, theirs, -1))
         conf = combine(parts)
         return node, root, conf, status, borrowed, refined
 
@@ -137,15 +137,6 @@ class Decisions:
                & ((s1 - s2 < self.tie_margin) | (s2 >= self.doublet_ratio * s1)))
         status[tie] = 2
         return R, roots[best], s1, s2, status
-
-    def _lineage_of(self, node: np.ndarray) -> np.ndarray:
-        """The lineage root of each node (-1 for -1: abstained)."""
-        if not hasattr(self, "_root_of"):
-            up = np.arange(len(self.names))
-            while (self.parent[up] >= 0).any():
-                up = np.where(self.parent[up] >= 0, self.parent[up], up)
-            self._root_of = up
-        return np.where(node >= 0, self._root_of[np.maximum(node, 0)], -1)
 
     def _contested(self, present: sp.csr_matrix, parents: np.ndarray, chosen: np.ndarray
                    ) -> np.ndarray:
