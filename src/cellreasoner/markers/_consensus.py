@@ -38,8 +38,7 @@ def _consensus(table, backend, *, model: str | None, backend_options: dict | Non
                 m.backend.close()
     names = [m.name for m in members]
     per = {n: r.table.set_index("cluster") for n, r in zip(names, runs, strict=True)}
-    labels = pd.DataFrame({n: t["cellreasoner_label"] for n, t in per.items()})
-    ids = pd.DataFrame({n: t["cellreasoner_ontology_id"] for n, t in per.items()})
+    labels, ids = _answers(per)
     votes = consensus_frame(labels, ids)
     first = next(iter(per.values()))
 
@@ -81,6 +80,12 @@ def _consensus(table, backend, *, model: str | None, backend_options: dict | Non
     return MarkerAnnotation(out, "consensus", ",".join(names), provenance)
 
 
+def _answers(per: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Clusters x backends labels and ontology ids of the backends' tables (by cluster)."""
+    return (pd.DataFrame({n: t["cellreasoner_label"] for n, t in per.items()}),
+            pd.DataFrame({n: t["cellreasoner_ontology_id"] for n, t in per.items()}))
+
+
 def _deliberate(members, runs: list[MarkerAnnotation], shared: _Shared,
                 options: dict) -> dict[str, int]:
     """One round on the clusters the backends disagree on (:mod:`cellreasoner.annotation.
@@ -96,10 +101,7 @@ def _deliberate(members, runs: list[MarkerAnnotation], shared: _Shared,
     from ..prompts import resolve_instruction
 
     tables = [r.table.set_index("cluster") for r in runs]
-    labels = pd.DataFrame({m.name: t["cellreasoner_label"] for m, t in zip(members, tables,
-                                                                        strict=True)})
-    ids = pd.DataFrame({m.name: t["cellreasoner_ontology_id"] for m, t in zip(members, tables,
-                                                                           strict=True)})
+    labels, ids = _answers({m.name: t for m, t in zip(members, tables, strict=True)})
     clusters = list(labels.index[disputed(labels, ids)])
     revised: dict[str, int] = {}
     if not clusters:
@@ -120,11 +122,12 @@ def _deliberate(members, runs: list[MarkerAnnotation], shared: _Shared,
         again = ask_again(m.backend, instruction, texts, options,
                           batch_size=int(options.get("batch_size", 16)))
         table = run.table
+        row_of = pd.Series(table.index, index=table["cluster"]).groupby(level=0).first()
         count = 0
         for i, c in enumerate(clusters):
             if not again.usable[i]:
                 continue
-            row = table.index[table["cluster"] == c][0]
+            row = row_of[c]
             count += str(table.at[row, "cellreasoner_ontology_id"]) != str(again.ontology_id[i])
             table.loc[row, ["cellreasoner_label", "cellreasoner_ontology_id",
                             "cellreasoner_ontology_label", "cellreasoner_reasoning"]] = [
