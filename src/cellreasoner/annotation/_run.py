@@ -28,7 +28,7 @@ from ._inputs import (
     _validate,
 )
 from ._provenance import _failure_counts, _provenance, _truth
-from .cache import GenerationCache, resolve_cache_path
+from .cache import open_cache, resolve_cache_path
 from .clusters import default_n_markers
 from .result import AnnotationResult, uns_safe
 
@@ -220,9 +220,7 @@ def _attach(stack: ExitStack, run: _Run, o: SimpleNamespace, inp: _Input, genes:
     be = run.be
     be.configure(RunContext(tuple(genes), int(o.max_genes), o.tissue, bool(o.reasoning),
                             inp.found.species, modality))
-    if cache_path is not None:
-        run.cache = GenerationCache(cache_path, be.name, be.model, run.sampling)
-        stack.callback(run.cache.close)
+    run.cache = open_cache(stack, cache_path, be, run.sampling)
     run.advance = o.progress if callable(o.progress) else stack.enter_context(progress_bar(
         f"annotating ({be.name})", total=inp.adata.n_obs, unit="cells",
         enabled=None if o.progress else False))

@@ -347,3 +347,14 @@ def _json_default(obj):
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
+
+
+def open_cache(stack: contextlib.ExitStack, path: Path | None, backend,
+               sampling: SamplingParams) -> GenerationCache | None:
+    """The generation cache at ``path`` for ``backend`` and ``sampling`` (closed with
+    ``stack``), or ``None`` without a path."""
+    if path is None:
+        return None
+    cache = GenerationCache(path, backend.name, backend.model, sampling)
+    stack.callback(cache.close)
+    return cache

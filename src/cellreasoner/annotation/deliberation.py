@@ -81,7 +81,7 @@ def ask_again(backend: Backend, instruction: str, texts: Sequence[str], options:
     """
     from ..ontology import ground_labels
     from ..prompts import Prompt, SamplingParams
-    from .cache import GenerationCache, resolve_cache_path
+    from .cache import open_cache, resolve_cache_path
     from .engine import generate_cached, vote
 
     reasoning = bool(options.get("reasoning", False))
@@ -92,11 +92,7 @@ def ask_again(backend: Backend, instruction: str, texts: Sequence[str], options:
     codes, uniq = pd.factorize(pd.Series(list(texts), dtype=object))
     prompts = [Prompt(instruction, t, reasoning) for t in uniq]
     with ExitStack() as stack:
-        cache = None
-        path = resolve_cache_path(options.get("cache"))
-        if path is not None:
-            cache = GenerationCache(path, backend.name, backend.model, sampling)
-            stack.callback(cache.close)
+        cache = open_cache(stack, resolve_cache_path(options.get("cache")), backend, sampling)
         gens = generate_cached(backend, prompts, sampling, cache, batch_size=int(batch_size))
     answers = [vote(g, reasoning) for g in gens]
     ids, names = ground_labels([a.label or "" for a in answers])

@@ -166,7 +166,7 @@ def _ask_model(stack: ExitStack, be: Backend, markers: MarkerTable, style: str,
                o: dict) -> tuple[pd.DataFrame, int, object]:
     """The model's answer for every cluster of ``markers``: (rows, unique prompts, the
     cache path or ``None``)."""
-    from ..annotation.cache import GenerationCache, resolve_cache_path
+    from ..annotation.cache import open_cache, resolve_cache_path
     from ..backends.base import RunContext
     from ..prompts import SamplingParams, resolve_instruction
     from .prompting import gptcelltype_instruction, rows_instruction
@@ -182,11 +182,8 @@ def _ask_model(stack: ExitStack, be: Backend, markers: MarkerTable, style: str,
     else:
         text = resolve_instruction(o["instruction"], reasoning=reasoning, style=style,
                                    tissue=tissue, cluster=True)
-    run_cache = None
     cache_path = resolve_cache_path(o["cache"])
-    if cache_path is not None:
-        run_cache = GenerationCache(cache_path, be.name, be.model, sampling)
-        stack.callback(run_cache.close)
+    run_cache = open_cache(stack, cache_path, be, sampling)
     be.configure(RunContext((), 1000, tissue, bool(reasoning)))
     rows, unique = _model_rows(be, markers.lists(), style=style, instruction=text,
                                reasoning=bool(reasoning),
