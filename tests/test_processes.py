@@ -139,6 +139,7 @@ def test_classifiers_trained_on_workers_equal_one_process(cells_12k):
     ran: list[int] = []
 
     def here(calls):  # what the workers run, run here
+        calls = list(calls)
         ran.append(len(calls))
         return [fn(*args) for fn, args in calls]
 

@@ -204,12 +204,12 @@ class Backend(ABC):
 
     def chunk_job(self, source: MatrixSource):
         """A matrix backend's self-contained (picklable) work on chunks of ``source``, for the
-        Ray engine (:mod:`cellreasoner.distributed`): ``needs_pass_one(connectivities)``,
-        ``score(chunk, start, keep_scores)``, ``planner(connectivities)`` (``add`` each
-        score as it arrives, then ``plan(source)``), ``answer(chunk, start, plan) ->
+        Ray engine and local worker processes (:mod:`cellreasoner.distributed`):
+        ``needs_pass_one(connectivities)``, ``score(chunk, start, keep_scores, bounds=None)``,
+        ``planner(connectivities)`` (``add`` each score as it arrives, or ``merge`` other
+        planners' ``export``, then ``plan(source)``), ``answer(chunk, start, plan) ->
         CellAnswers`` and ``run(source, connectivities, progress)`` (all of it in one
-        process). Only matrix backends that scale out
-        implement it."""
+        process). Only matrix backends that scale out implement it."""
         raise NotImplementedError(f"backend '{self.name}' cannot answer chunks on Ray workers")
 
     def describe(self) -> dict:

@@ -5,10 +5,12 @@ writes pickled messages to this process's stdin and reads its answers from stdou
 child, over its own pipes; nothing here reads a file others could write). Anything printed
 goes to stderr, so it can never corrupt a message.
 
-Messages in: ``("job", job, reopen, spans, pass_one, keep)`` once; ``("call", fn, args)`` any
-number of times (work the parent spreads over its workers, e.g. training the refinement's
-classifiers); ``("plan", plan)`` once, then pass two runs. Out: ``("scores", ...)`` after
-pass one, ``("result", value)`` per call, ``("answers", (start, answers))`` per chunk, or
+Messages in: ``("job", job, reopen, spans, pass_one, keep)`` once; after pass one
+``("rows", cells)`` (the merged training sample's cells: this worker sends those rows it holds);
+``("call", fn, args)`` any number of times (work the parent spreads over its workers, e.g.
+training the refinement's classifiers); ``("plan", plan)`` once, then pass two runs. Out:
+``("scores", ...)`` after pass one (its sample without rows), ``("rows", (cells, rows))``,
+``("result", value)`` per call, ``("answers", (start, answers))`` per chunk, or
 ``("error", exception)``.
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+
+from .._system import release_memory
 
 
 def main() -> None:
@@ -34,9 +38,12 @@ def main() -> None:
         if pass_one:
             planner = job.planner(None)
             for lo, hi in spans:
-                planner.add(job.score(source.read_rows(lo, hi), lo, keep))
-            send(("scores", planner.export()))
-            del planner  # its training rows are the parent's now
+                planner.add(job.score(source.read_rows(lo, hi), lo, keep, planner.bounds()))
+            send(("scores", planner.export(rows=False)))
+            # the parent merged every worker's sample: it asks for the rows of its cells
+            send(("rows", planner.rows_of(_expect(inbox, "rows")[1])))
+            del planner
+            release_memory()
         while True:
             message = pickle.load(inbox)
             if message[0] == "call":
@@ -44,6 +51,7 @@ def main() -> None:
                 continue
             plan = message[1]
             break
+        release_memory()  # pass one's sample and the training are gone: the chunks remain
         for lo, hi in spans:
             send(("answers", (lo, job.answer(source.read_rows(lo, hi), lo, plan))))
     except EOFError:  # the parent closed the pipe: the run is over (or was stopped)
@@ -55,6 +63,13 @@ def main() -> None:
             from ..errors import BackendError
 
             send(("error", BackendError(f"{type(exc).__name__}: {exc}")))
+
+
+def _expect(inbox, kind: str) -> tuple:
+    message = pickle.load(inbox)
+    if message[0] != kind:
+        raise RuntimeError(f"worker expected a {kind} message, got {message[0]}")
+    return message
 
 
 if __name__ == "__main__":

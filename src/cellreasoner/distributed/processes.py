@@ -6,7 +6,8 @@ chunk_job`), on the cores of one machine, without Ray: each worker process
 again and needs no ``if __name__ == "__main__"`` guard) opens the input file itself
 (:attr:`MatrixSource.reopen`; only row numbers travel) and takes every ``workers``-th chunk.
 Pass one's chunk scores are merged in each worker (the training sample stays bounded) and once
-more here; the plan is made here, its classifiers trained on the workers side by side, and sent
+more here, first without their rows: only the rows of the merged sample are sent here. The
+plan is made here, its classifiers trained on the workers side by side, and sent
 to every worker; pass two's answers come back chunk by chunk and are yielded in row order, at
 most :data:`AHEAD` chunks ahead per worker, so memory stays bounded by the chunk size. The
 answers are those of the single process: the same code on the same chunks with the same plan.
@@ -26,8 +27,9 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
+from .._system import release_memory
 from ..errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -88,11 +90,17 @@ def matrix_answers(be, source, workers: int, *, connectivities=None,
         for i, w in enumerate(pool):
             w.send(("job", job, source.reopen, spans[i::workers], pass_one, keep))
         planner = job.planner(connectivities)
-        if pass_one:
+        if pass_one:  # the samples' cells first, then only the merged sample's rows
             for w in pool:
                 planner.merge(*w.receive("scores"))
+            cells = planner.sample_cells()
+            for w in pool:
+                w.send(("rows", cells))
+            for w in pool:
+                planner.attach(w.receive("rows"))
         plan = planner.plan(source, map_calls=lambda calls: _map(pool, calls))
         del planner  # the training rows are not needed for pass two
+        release_memory()
         for w in pool:
             w.send(("plan", plan))
         for k, (lo, hi) in enumerate(spans):
@@ -110,22 +118,24 @@ def matrix_answers(be, source, workers: int, *, connectivities=None,
             w.close(wait=finished)
 
 
-def _map(pool: list[_Worker], calls: list[tuple[Callable, tuple]]) -> list:
+def _map(pool: list[_Worker], calls: Iterable[tuple[Callable, tuple]]) -> list:
     """``fn(*args)`` for each call, each taken by the next idle worker (they are idle between
-    the passes); results in order."""
-    out: list = [None] * len(calls)
-    todo = list(enumerate(calls))[::-1]
+    the passes); results in order. ``calls`` is drawn one at a time, as workers take them."""
+    out: dict[int, object] = {}
+    todo = enumerate(calls)
     lock = threading.Lock()
     failed: list[BaseException] = []
 
     def serve(w: _Worker) -> None:
         while True:
-            with lock:
-                if not todo or failed:
-                    return
-                k, (fn, args) = todo.pop()
             try:
+                with lock:  # the next call is made here (its rows copied) as it is taken
+                    item = None if failed else next(todo, None)
+                if item is None:
+                    return
+                k, (fn, args) = item
                 w.send(("call", fn, args))
+                del item, fn, args
                 out[k] = w.receive("result")
             except BaseException as exc:  # raised below, in the caller's thread  # noqa: BLE001
                 failed.append(exc)
@@ -138,7 +148,7 @@ def _map(pool: list[_Worker], calls: list[tuple[Callable, tuple]]) -> list:
         t.join()
     if failed:
         raise failed[0]
-    return out
+    return [out[k] for k in sorted(out)]
 
 
 class _Worker:

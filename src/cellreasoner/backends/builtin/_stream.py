@@ -70,7 +70,8 @@ def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
         for chunk in source.iter_chunks(chunk_size):
             if chunk.shape[0]:
                 planner.add(score_chunk(r, chunk, genes, start,
-                                        keep_scores=connectivities is not None))
+                                        keep_scores=connectivities is not None,
+                                        bounds=planner.bounds()))
                 start += chunk.shape[0]
         plan = planner.plan(source)
         del planner  # the training rows are not needed for pass two
@@ -111,8 +112,10 @@ def needs_pass_one(r: Reasoner, connectivities) -> bool:
 
 
 def score_chunk(r: Reasoner, chunk: sp.csr_matrix, genes: list[str], start: int, *,
-                keep_scores: bool) -> ChunkScores:
-    """Pass one over one chunk (independent of every other chunk: runs anywhere)."""
+                keep_scores: bool, bounds: dict | None = None) -> ChunkScores:
+    """Pass one over one chunk (independent of every other chunk: runs anywhere; ``bounds``,
+    a :meth:`StreamPlanner.bounds` of the chunks scored so far, only spares copying rows
+    that sample would drop)."""
     E, measured, _ = r._marker_matrix(chunk, genes)
     S = r.score(E, measured)
     training = None
@@ -121,7 +124,7 @@ def score_chunk(r: Reasoner, chunk: sp.csr_matrix, genes: list[str], start: int,
         r._walk(S, present=E, hard=local)  # the cells whose steps rest on decisive markers
         for i, cells in enumerate(local.cells):
             local.cells[i] = cells + start
-        training = TrainingSample.from_chunk(local, chunk, start, TRAIN_CELLS)
+        training = TrainingSample.from_chunk(local, chunk, start, TRAIN_CELLS, bounds=bounds)
     # a copy: a view of the first values would keep the whole chunk alive
     return ChunkScores(start, training, np.array(chunk.data[:_COUNTS_SAMPLE]),
                        S if keep_scores and r.smoothing > 0 else None)
@@ -145,9 +148,30 @@ class StreamPlanner:
             part.training = None
         self.parts[part.start] = part
 
-    def export(self) -> tuple[dict[int, ChunkScores], TrainingSample]:
-        """What another process's planner :meth:`merge` s: the chunks taken in so far."""
-        return self.parts, self.training
+    def bounds(self) -> dict[tuple[int, int], int]:
+        """The running training sample's :meth:`~.refine.TrainingSample.bounds` (for
+        :func:`score_chunk`)."""
+        return self.training.bounds()
+
+    def export(self, rows: bool = True) -> tuple[dict[int, ChunkScores], TrainingSample]:
+        """What another process's planner :meth:`merge` s: the chunks taken in so far (the
+        sample's rows that no step keeps dropped first: they would only travel). Without
+        ``rows``, the sample's cells only: the merging planner asks for the rows of its
+        merged sample (:meth:`sample_cells` -> :meth:`rows_of` -> :meth:`attach`)."""
+        self.training.compact()
+        return self.parts, (self.training if rows else self.training.without_rows())
+
+    def sample_cells(self) -> np.ndarray:
+        """The cells of the merged training sample (whose rows :meth:`attach` takes)."""
+        return self.training.cells()
+
+    def rows_of(self, cells: np.ndarray) -> list[tuple[np.ndarray, sp.csr_matrix]]:
+        """The rows this planner holds of ``cells`` (sent to the merging planner)."""
+        return self.training.rows_of(cells)
+
+    def attach(self, parts: list[tuple[np.ndarray, sp.csr_matrix]]) -> None:
+        """Take in the rows another planner's :meth:`rows_of` sent."""
+        self.training.attach(parts)
 
     def merge(self, parts: dict[int, ChunkScores], training: TrainingSample) -> None:
         """Take in another planner's :meth:`export` (chunks of other cells)."""

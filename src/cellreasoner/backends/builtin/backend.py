@@ -247,11 +247,13 @@ class ChunkJob:
 
         return needs_pass_one(self.reasoner, connectivities)
 
-    def score(self, chunk, start: int, keep_scores: bool):
-        """Pass one over the chunk of cells ``start ...`` (:class:`~._stream.ChunkScores`)."""
+    def score(self, chunk, start: int, keep_scores: bool, bounds: dict | None = None):
+        """Pass one over the chunk of cells ``start ...`` (:class:`~._stream.ChunkScores`;
+        ``bounds``: the planner's, when this process merges the chunks it scores)."""
         from ._stream import score_chunk
 
-        return score_chunk(self.reasoner, chunk, self.genes, start, keep_scores=keep_scores)
+        return score_chunk(self.reasoner, chunk, self.genes, start, keep_scores=keep_scores,
+                           bounds=bounds)
 
     def planner(self, connectivities):
         """Takes pass one's chunk scores as they arrive (``add``), then makes the
@@ -283,18 +285,22 @@ def _cell_answers(block) -> CellAnswers:
     res = block.result
     fraction, flag, present, absent = block.evidence
     return CellAnswers(
-        label=np.asarray(res.label, dtype=object),
+        label=_objects(res.label),
         confidence=np.asarray(res.confidence),
-        ontology_id=np.asarray(res.ontology_id, dtype=object),
-        ontology_label=np.asarray(res.ontology_label, dtype=object),
+        ontology_id=_objects(res.ontology_id),
+        ontology_label=_objects(res.ontology_label),
         reasoning=_objects(res.reasoning),
         evidence_fraction=fraction, evidence_flag=flag,
-        cited_present=present, cited_absent=absent)
+        cited_present=_objects(present), cited_absent=_objects(absent))
 
 
 def _objects(values: Sequence[str]) -> np.ndarray:
+    """``values`` as an object array in which equal strings are one object (cells with the
+    same trace or cited genes share it: a third less memory for the answers of many cells,
+    and smaller messages between processes, whose pickles keep the sharing)."""
+    shared: dict[str, str] = {}
     out = np.empty(len(values), dtype=object)
-    out[:] = values
+    out[:] = [shared.setdefault(v, v) for v in values]
     return out
 
 

@@ -14,7 +14,7 @@ and neither is a step that rests on a decisive marker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +24,9 @@ import scipy.sparse as sp
 DECISIVE_WEIGHT = 2.0
 #: Cells handled at a time in dense or per-cell work (bounds memory on large datasets).
 BLOCK = 20_000
+#: Rows a training sample may store, as a multiple of those it keeps, before it drops the
+#: others (each drop copies the kept rows once).
+SLACK = 1.25
 
 
 @dataclass
@@ -34,12 +37,20 @@ class StepClassifier:
     features: np.ndarray
     coef: np.ndarray
     intercept: np.ndarray
+    #: genes x children weights, zero off the features (made at the first prediction)
+    _weights: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def predict(self, X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """(child, probability) per row of a log-normalised cells x genes matrix."""
         from scipy.special import expit, softmax
 
-        z = np.asarray(X[:, self.features] @ self.coef.T, dtype=np.float64) + self.intercept
+        # genes x children weights, zero off the features: the same sums as on the feature
+        # columns (each row's terms in the same order, plus exact zeros; values are >= 0),
+        # without copying the cells' feature columns
+        if self._weights is None or self._weights.shape[0] != X.shape[1]:
+            self._weights = np.zeros((X.shape[1], self.coef.shape[0]), dtype=self.coef.dtype)
+            self._weights[self.features] = self.coef.T
+        z = np.asarray(X @ self._weights, dtype=np.float64) + self.intercept
         if len(self.children) == 2 and z.shape[1] == 1:  # binary: one logit
             p1 = expit(z[:, 0])
             proba = np.column_stack([1.0 - p1, p1])
@@ -170,8 +181,14 @@ class TrainingSample:
 
     @classmethod
     def from_chunk(cls, hard: HardSteps, chunk: sp.csr_matrix, start: int, max_cells: int,
-                   seed: int = 0) -> TrainingSample:
-        """The sample of one chunk (cells ``start ...``) from its decisive steps."""
+                   seed: int = 0, bounds: dict[tuple[int, int], int] | None = None,
+                   ) -> TrainingSample:
+        """The sample of one chunk (cells ``start ...``) from its decisive steps.
+
+        ``bounds`` (a running sample's :meth:`bounds`) leaves out the cells that sample would
+        drop anyway (their keys are above its full steps' largest), so their rows are never
+        copied; the merged sample is the same.
+        """
         out = cls(max_cells, seed)
         cells, parents, children = hard.arrays()
         if not len(cells):
@@ -181,14 +198,18 @@ class TrainingSample:
             taken = cells[step == s]
             c = np.unique(taken)
             key = sample_keys(c, seed)
+            p, k = int(s >> 32), int(s & 0xFFFFFFFF)
+            if bounds is not None and (p, k) in bounds:
+                below = key <= bounds[(p, k)]
+                c, key = c[below], key[below]
             if len(c) > max_cells:
                 keep = np.sort(np.argsort(key, kind="stable")[:max_cells])
                 c, key = c[keep], key[keep]
-            p, k = int(s >> 32), int(s & 0xFFFFFFFF)
             out.counts[(p, k)] = len(taken)
             out.picked[(p, k)] = (key, c)
         rows = np.unique(np.concatenate([c for _, c in out.picked.values()]))
-        out._add_rows(rows, sp.csr_matrix(chunk[rows - start], dtype=np.float32))
+        if len(rows):
+            out._add_rows(rows, sp.csr_matrix(chunk[rows - start], dtype=np.float32))
         return out
 
     def _add_rows(self, cells: np.ndarray, rows: sp.csr_matrix) -> None:
@@ -213,8 +234,39 @@ class TrainingSample:
         for cells, rows in other._parts:
             self._add_rows(cells, rows)
         other._parts, other._stored = [], 0
-        if self._stored > 2 * max(1, len(self.cells())):  # drop rows no step keeps
-            self._compact()
+        if self._stored > SLACK * max(1, len(self.cells())):  # drop rows no step keeps
+            self.compact()
+
+    def bounds(self) -> dict[tuple[int, int], int]:
+        """Per full step (``max_cells`` picked), its largest kept key: a cell with a larger
+        key can never enter the sample."""
+        return {step: int(key.max()) for step, (key, cells) in self.picked.items()
+                if len(cells) >= self.max_cells}
+
+    def without_rows(self) -> TrainingSample:
+        """This sample's counts and picked cells, without their rows (what another process
+        merges before asking for the rows of the merged sample: :meth:`rows_of`)."""
+        out = TrainingSample(self.max_cells, self.seed)
+        out.counts, out.picked = dict(self.counts), dict(self.picked)
+        return out
+
+    def rows_of(self, cells: np.ndarray) -> list[tuple[np.ndarray, sp.csr_matrix]]:
+        """The stored rows of those of ``cells`` this sample holds, as ``(cells, rows)``
+        parts (sorted; a part wanted whole is not copied), for another sample's
+        :meth:`attach`."""
+        out = []
+        for held, part in self._parts:
+            keep = np.isin(held, cells)
+            if keep.all():
+                out.append((held, part))
+            elif keep.any():
+                out.append((held[keep], part[np.flatnonzero(keep)]))
+        return out
+
+    def attach(self, parts: list[tuple[np.ndarray, sp.csr_matrix]]) -> None:
+        """Take in rows sent by another sample's :meth:`rows_of`."""
+        for cells, rows in parts:
+            self._add_rows(np.asarray(cells), rows)
 
     def cells(self) -> np.ndarray:
         """Every kept training cell once, sorted."""
@@ -222,15 +274,16 @@ class TrainingSample:
             return np.zeros(0, dtype=np.int64)
         return np.unique(np.concatenate([c for _, c in self.picked.values()]))
 
-    def _compact(self) -> None:
+    def compact(self) -> None:
+        """Drop the stored rows that no step keeps."""
         need = self.cells()
-        parts = []
-        for cells, rows in self._parts:
+        parts = self._parts
+        for i, (cells, rows) in enumerate(parts):  # part by part: one copy at a time
             keep = np.isin(cells, need)
-            if keep.any():
-                parts.append((cells[keep], rows[np.flatnonzero(keep)]))
-        self._parts = parts
-        self._stored = sum(len(c) for c, _ in parts)
+            if not keep.all():
+                parts[i] = (cells[keep], rows[np.flatnonzero(keep)]) if keep.any() else None
+        self._parts = [part for part in parts if part is not None]
+        self._stored = sum(len(c) for c, _ in self._parts)
 
     def plan(self, min_cells: int = 10) -> TrainingPlan:
         """Per parent type with at least two children that have ``min_cells`` decisive cells
@@ -248,18 +301,29 @@ class TrainingSample:
 
     def expression(self) -> Callable[[np.ndarray], sp.csr_matrix]:
         """rows -> the kept rows of those cells (each must be kept), in that order."""
-        self._compact()
-        if self._parts:
-            cells = np.concatenate([c for c, _ in self._parts])
-            order = np.argsort(cells, kind="stable")
-            cells = cells[order]
-            matrix = sp.vstack([r for _, r in self._parts], format="csr")[order]
-        else:
-            cells, matrix = np.zeros(0, dtype=np.int64), sp.csr_matrix((0, 0), dtype=np.float32)
-        self._parts = [(cells, matrix)]
+        self.compact()
+        parts = list(self._parts)  # each holds other cells, sorted; no merged copy is made
 
         def rows(wanted: np.ndarray) -> sp.csr_matrix:
-            return matrix[np.searchsorted(cells, np.asarray(wanted))]
+            wanted = np.asarray(wanted, dtype=np.int64)
+            pieces, where = [], []
+            for cells, matrix in parts:
+                if not len(cells):
+                    continue
+                pos = np.minimum(np.searchsorted(cells, wanted), len(cells) - 1)
+                hit = np.flatnonzero(cells[pos] == wanted)
+                if len(hit):
+                    pieces.append(matrix[pos[hit]])
+                    where.append(hit)
+            if len(pieces) == 1 and len(where[0]) == len(wanted):
+                return pieces[0]
+            if sum(len(w) for w in where) != len(wanted):
+                raise KeyError("training rows asked for cells the sample does not keep")
+            if not pieces:
+                width = parts[0][1].shape[1] if parts else 0
+                return sp.csr_matrix((0, width), dtype=np.float32)
+            order = np.argsort(np.concatenate(where), kind="stable")
+            return sp.vstack(pieces, format="csr")[order]
 
         return rows
 
@@ -313,17 +377,18 @@ class RowsOf:
 
 
 def fit_calls(plan: TrainingPlan, expression: Callable[[np.ndarray], sp.csr_matrix],
-              n_genes: int, excluded: Callable[[int], np.ndarray], parts: int) -> list:
+              n_genes: int, excluded: Callable[[int], np.ndarray],
+              parts: int) -> Iterator[tuple[Callable, tuple]]:
     """:func:`fit_step_classifiers` of ``plan`` as ``parts`` self-contained calls ``(fn,
     args)`` (steps split by training cells, each with its own rows), to run anywhere; the
-    union of their results is the classifiers of the whole plan."""
+    union of their results is the classifiers of the whole plan. Each call's rows are copied
+    only when it is taken (one call's copy at a time, not every call's)."""
     groups: list[list] = [[] for _ in range(max(1, parts))]
     size = [0] * len(groups)
     for step in sorted(plan.steps, key=lambda st: -len(st[1])):
         g = size.index(min(size))
         groups[g].append(step)
         size[g] += len(step[1])
-    calls = []
     for steps in groups:
         if not steps:
             continue
@@ -331,8 +396,7 @@ def fit_calls(plan: TrainingPlan, expression: Callable[[np.ndarray], sp.csr_matr
         cells = sub.cells
         rows = RowsOf(cells, expression(cells))
         gone = {p: excluded(p) for p, _, _ in sub.steps}
-        calls.append((fit_step_classifiers, (sub, rows, n_genes, gone.__getitem__)))
-    return calls
+        yield fit_step_classifiers, (sub, rows, n_genes, gone.__getitem__)
 
 
 __all__ = ["BLOCK", "DECISIVE_WEIGHT", "HardSteps", "RowsOf", "StepClassifier", "StepRefiner",
