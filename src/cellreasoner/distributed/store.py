@@ -20,14 +20,15 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .._secrets import redact_text, redact_url, register_secret
 from ..errors import InputError, OutputError
 from ..io.write import atomic_path
 
 _HINT = ("pass a local folder or an s3://bucket/prefix, gs://bucket/prefix, "
-         "hdfs://host:port/path or file:///path URI")
+         "hdfs://host:port/path or file:///path URI (credentials belong in the environment: "
+         "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; not in the URI)")
 
 
 def is_uri(location: str | os.PathLike) -> bool:
@@ -119,8 +120,11 @@ class ManifestStore:
         return self.fs is None
 
     def where(self, name: str) -> str:
-        """Object ``name`` as shown to users (redacted)."""
-        return f"{self.display.rstrip('/')}/{name}"
+        """Object ``name`` as shown to users (redacted; a URI's query stays at its end)."""
+        if self.local:
+            return str(self.root / name)
+        parts = urlsplit(self.display)
+        return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
 
     def _key(self, name: str) -> str:
         return f"{self.root}/{name}"
