@@ -20,7 +20,7 @@ from conftest import SHARED_DATA
 from cellreasoner.annotation import annotate
 from cellreasoner.cli import main
 from cellreasoner.distributed.manifest import RunManifest
-from cellreasoner.errors import InputError
+from cellreasoner.errors import InputError, OutputError
 
 moto_server = pytest.importorskip("moto.server", reason="the S3 tests need moto[server]")
 pafs = pytest.importorskip("pyarrow.fs")
@@ -65,6 +65,7 @@ def s3():
             # upload's completion with a body pyarrow rejects: getmoto/moto#10055)
             fs = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http",
                                    region="us-east-1", allow_bucket_creation=True,
+                                   allow_bucket_deletion=True,
                                    allow_delayed_open=True)
             fs.create_dir(BUCKET)
             yield SimpleS3(fs, f"endpoint_override={host}:{port}&scheme=http&region=us-east-1")
@@ -158,6 +159,8 @@ def test_bad_stores_are_one_clear_error(s3):
             as err:
         RunManifest(f"foo://{KEY_ID}:{SECRET}@b/x", {})
     assert SECRET not in str(err.value) and KEY_ID not in str(err.value)
+    with pytest.raises(InputError, match=r"Manifest s3:.*endpoint_override.*: name a bucket"):
+        RunManifest(f"s3://?{s3.query}", {})
     with pytest.raises(InputError, match="the bucket 'no-such-bucket' does not exist"):
         RunManifest(f"s3://no-such-bucket/x?{s3.query}", {})
     s3.fs.open_output_stream(f"{BUCKET}/a-file").close()
@@ -167,6 +170,17 @@ def test_bad_stores_are_one_clear_error(s3):
                                          "endpoint_override"):  # nothing listens on port 1
         RunManifest(f"s3://{KEY_ID}:{SECRET}@{BUCKET}/x?endpoint_override=127.0.0.1:1"
                     "&scheme=http", {})
+
+
+def test_a_store_lost_mid_run_is_one_output_error(s3):
+    s3.fs.create_dir("gone")
+    m = RunManifest(f"s3://{KEY_ID}:{SECRET}@gone/run?{s3.query}", {})
+    s3.fs.delete_dir("gone")  # the bucket goes away while the run answers its blocks
+    with pytest.raises(OutputError, match=r"Manifest s3://\*\*\*@gone/run/blocks/\w+\.parquet\?"
+                                          ".* cannot be written .*rerun the same command") as err:
+        m.record("cells 0-3", FRAME)
+    assert SECRET not in str(err.value) and KEY_ID not in str(err.value)
+    assert not m.finished("cells 0-3")
 
 
 def test_file_uri_is_a_local_folder(tmp_path):

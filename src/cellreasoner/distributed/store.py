@@ -108,7 +108,7 @@ class ManifestStore:
                 self.root = Path(path)
                 self.display = str(self.root)
             else:
-                self.fs, self.root = fs, path.rstrip("/")
+                self.fs, self.root = fs, path.rstrip("/") or path
                 self._check_store()
         if isinstance(self.root, Path) and self.root.exists() and not self.root.is_dir():
             raise InputError(f"Manifest {self.display}: a file is in the way; the manifest is "
@@ -134,19 +134,24 @@ class ManifestStore:
         from pyarrow import fs as pafs
 
         bucket = self.root.split("/", 1)[0]
+        buckets = self.fs.type_name in ("s3", "gcs")
+        if buckets and not bucket:
+            raise InputError(f"Manifest {self.display}: name a bucket (and a prefix), e.g. "
+                             "s3://my-bucket/runs/atlas.")
         try:
-            if self.fs.type_name in ("s3", "gcs") and bucket and \
-                    self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            if buckets and self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
                 raise InputError(f"Manifest {self.display}: the bucket '{bucket}' does not "
                                  "exist (or these credentials cannot see it); create it first "
                                  "or pass another --manifest.")
             kind = self.fs.get_file_info(self.root).type
         except OSError as exc:
+            where = ("its endpoint (endpoint_override= in the URI or AWS_ENDPOINT_URL), the "
+                     "network and the credentials in the environment (AWS_ACCESS_KEY_ID, "
+                     "AWS_SECRET_ACCESS_KEY)" if self.fs.type_name == "s3" else
+                     "its address, the network and the store's credentials")
             raise InputError(f"Manifest {self.display}: the store cannot be reached "
-                             f"({self.reason(exc)}); check its endpoint (for S3: "
-                             "endpoint_override= in the URI or AWS_ENDPOINT_URL), the network "
-                             "and the credentials in the environment (AWS_ACCESS_KEY_ID, "
-                             "AWS_SECRET_ACCESS_KEY), or pass a local folder.") from None
+                             f"({self.reason(exc)}); check {where}, or pass a local "
+                             "folder.") from None
         if kind == pafs.FileType.File:
             raise InputError(f"Manifest {self.display}: an object is in the way; the manifest "
                              "is a prefix (a folder). Pass another --manifest.")
