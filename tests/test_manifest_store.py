@@ -159,6 +159,8 @@ def test_bad_stores_are_one_clear_error(s3):
             as err:
         RunManifest(f"foo://{KEY_ID}:{SECRET}@b/x", {})
     assert SECRET not in str(err.value) and KEY_ID not in str(err.value)
+    with pytest.raises(InputError, match="hdfs://127.0.0.1:1/x: the store cannot be opened"):
+        RunManifest("hdfs://127.0.0.1:1/x", {})  # no JVM / libhdfs here, no namenode there
     with pytest.raises(InputError, match=r"Manifest s3:.*endpoint_override.*: name a bucket"):
         RunManifest(f"s3://?{s3.query}", {})
     with pytest.raises(InputError, match="the bucket 'no-such-bucket' does not exist"):

@@ -70,7 +70,7 @@ def _from_uri(uri: str, display: str):
         raise InputError(f"Manifest {display}: {redact_text(str(exc))}; {_HINT}.") from None
     except (OSError, ImportError) as exc:  # e.g. hdfs without a JVM / libhdfs
         raise InputError(f"Manifest {display}: the store cannot be opened "
-                         f"({redact_text(str(exc)).splitlines()[0]}); install and configure "
+                         f"({ManifestStore.reason(exc)}); install and configure "
                          "its client (for hdfs: JAVA_HOME, HADOOP_HOME, CLASSPATH) or "
                          f"{_HINT}.") from None
 
