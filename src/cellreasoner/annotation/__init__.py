@@ -211,8 +211,12 @@ def annotate(
         this process only), with the same answers as one process. Ray engine: tasks or
         backend replicas at a time (default: the cluster's CPUs).
     manifest
-        Ray engine: the run manifest folder (finished blocks; a rerun with the same settings
-        skips them). Default ``None``: none (the CLI keeps one beside the output).
+        Ray engine: the run manifest (finished blocks; a rerun with the same settings
+        skips them): a folder, or an object-store URI (``"s3://bucket/prefix"``,
+        ``"gs://..."``, ``"hdfs://..."``, ``"file:///..."``; S3 options such as
+        ``?endpoint_override=host:9000&scheme=http`` in its query) whose bucket exists, with
+        credentials from the environment (``AWS_ACCESS_KEY_ID`` ...); a URI carrying some is
+        only shown redacted. Default ``None``: none (the CLI keeps one beside the output).
     num_gpus
         Ray engine: GPUs per backend replica (``transformers``, ``vllm``; default 0).
     chunk_size

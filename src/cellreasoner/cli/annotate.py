@@ -135,7 +135,9 @@ def _add_outputs_and_engine(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, help="built-in reasoner on local workers or "
                    "Ray: cells per task (default 10000 on local workers; 20000 on Ray, "
                    "also its manifest block)")
-    p.add_argument("--manifest", help="Ray: run manifest folder of finished blocks (default: "
+    p.add_argument("--manifest", help="Ray: run manifest of finished blocks, a folder or an "
+                   "object-store URI (s3://bucket/prefix, gs://..., hdfs://..., file://...; "
+                   "credentials from the environment, e.g. AWS_ACCESS_KEY_ID; default: "
                    "OUTPUT.manifest beside the output); rerunning the same command skips them")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,

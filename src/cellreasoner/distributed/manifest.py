@@ -1,12 +1,14 @@
 """The run manifest: which blocks of a distributed run are finished, and their answers.
 
-A manifest is a folder: ``manifest.json`` (the run's fingerprint and the finished blocks) and
-``blocks/<block>.parquet`` (each finished block's answers). The one writer (the driver) writes a
-block's file, then the manifest, each atomically (:func:`cellreasoner.io.write.atomic_path`),
-so a driver killed at any moment leaves a manifest that lists only whole blocks; rerunning the
-same command reads those blocks back instead of answering them again. A block is recorded once:
-a second :meth:`RunManifest.record` of it is refused. The files are data (JSON, Parquet),
-never executed.
+A manifest is a folder, or a prefix on an object store (``s3://bucket/prefix``, ``gs://``,
+``hdfs://``; see :mod:`.store`): ``manifest.json`` (the run's fingerprint and the finished
+blocks) and ``blocks/<block>.parquet`` (each finished block's answers). The one writer (the
+driver) writes a block's file, then the manifest, each atomically (locally
+:func:`cellreasoner.io.write.atomic_path`; on an object store one PUT per object), so a driver
+killed at any moment leaves a manifest that lists only whole blocks; rerunning the same command
+reads those blocks back instead of answering them again. A block is recorded once: a second
+:meth:`RunManifest.record` of it is refused. The files are data (JSON, Parquet), never
+executed; they hold no paths, URIs or credentials.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InputError
-from ..io.write import atomic_path
+from .store import ManifestStore
 
 log = logging.getLogger(__name__)
 
 #: The manifest layout this code writes and reads.
 VERSION = 1
+#: The manifest object's name inside the folder / prefix.
+MANIFEST = "manifest.json"
 
 
 def fingerprint_key(fingerprint: dict) -> str:
@@ -40,17 +44,19 @@ class RunManifest:
     Parameters
     ----------
     folder
-        The manifest folder (created when missing).
+        The manifest folder (created when missing), or an object-store URI
+        (``s3://bucket/prefix``, ``gs://bucket/prefix``, ``hdfs://host:port/path``,
+        ``file:///path``) whose bucket exists; credentials come from the environment
+        (``AWS_ACCESS_KEY_ID`` ...), and a URI carrying some is only ever shown redacted.
     fingerprint
         The run's settings (input, backend, model, sampling, ...): a manifest written by a run
         with other settings is not reused (its blocks are discarded, with a warning).
     """
 
     def __init__(self, folder: str | os.PathLike, fingerprint: dict) -> None:
-        self.folder = Path(folder)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise InputError(f"Manifest {self.folder}: a file is in the way; the manifest is a "
-                             "folder. Pass another --manifest path.")
+        self.store = ManifestStore(folder)
+        #: the local folder, or the store URI redacted (what logs and provenance show)
+        self.folder: Path | str = self.store.root if self.store.local else self.store.display
         self.key = fingerprint_key(fingerprint)  # only its hash is written (no URLs, paths)
         self.blocks: dict[str, dict] = {}
         #: blocks read back from an earlier run instead of being answered again
@@ -58,23 +64,24 @@ class RunManifest:
         self._load()
 
     @property
-    def path(self) -> Path:
-        return self.folder / "manifest.json"
+    def path(self) -> Path | str:
+        """``manifest.json`` (a local path, or the redacted URI of the object)."""
+        return self.folder / MANIFEST if self.store.local else self.store.where(MANIFEST)
 
     def _load(self) -> None:
-        if not self.path.is_file():
+        if not self.store.exists(MANIFEST):
             return
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(self.store.read(MANIFEST))
         except (OSError, ValueError) as exc:
-            raise InputError(f"Manifest {self.path} cannot be read ({exc}); delete the folder "
-                             f"{self.folder} to start the run over.") from None
+            raise InputError(f"Manifest {self.path} cannot be read ({self.store.reason(exc)}); "
+                             f"delete {self.folder} to start the run over.") from None
         if data.get("version") != VERSION or data.get("key") != self.key:
             log.warning("manifest %s belongs to a run with other settings; its %d finished "
                         "block(s) are not reused", self.path, len(data.get("blocks", {})))
             return
-        self.blocks = {b: e for b, e in data.get("blocks", {}).items()
-                       if (self.folder / e["file"]).is_file()}
+        present = self.store.names("blocks")
+        self.blocks = {b: e for b, e in data.get("blocks", {}).items() if e["file"] in present}
 
     def finished(self, block: str) -> bool:
         """Whether ``block`` was finished by this run or an earlier one with its settings."""
@@ -83,7 +90,12 @@ class RunManifest:
     def load(self, block: str) -> pd.DataFrame:
         """A finished block's answers, as recorded (counted in :attr:`skipped`)."""
         entry = self.blocks[block]
-        frame = pd.read_parquet(self.folder / entry["file"])
+        try:
+            frame = self.store.read_parquet(entry["file"])
+        except (OSError, ValueError) as exc:
+            raise InputError(f"Manifest {self.path}: block {block} cannot be read "
+                             f"({self.store.reason(exc)}); delete {self.folder} to start "
+                             "over.") from None
         if len(frame) != entry["rows"]:
             raise InputError(f"Manifest {self.path}: block {block} has {len(frame)} rows, the "
                              f"manifest says {entry['rows']}; delete {self.folder} to start "
@@ -96,15 +108,13 @@ class RunManifest:
         if block in self.blocks:
             raise RuntimeError(f"block {block} is already recorded in {self.path}")
         name = f"blocks/{hashlib.sha256(block.encode()).hexdigest()[:24]}.parquet"
-        with atomic_path(self.folder / name) as tmp:
-            frame.to_parquet(tmp, index=False)
+        self.store.write_parquet(name, frame)
         self.blocks[block] = {"file": name, "rows": len(frame)}
         self._write()
 
     def _write(self) -> None:
         data = {"version": VERSION, "key": self.key, "blocks": self.blocks}
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps(data, indent=1))
+        self.store.write(MANIFEST, json.dumps(data, indent=1).encode())
 
 
 __all__ = ["RunManifest", "fingerprint_key"]
