@@ -80,3 +80,18 @@ def cells_12k_table(cells_12k):
     from cellreasoner import annotate
 
     return annotate(str(cells_12k), workers=1, progress=False).table
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local two-CPU Ray cluster shared by every test file that needs one (a second
+    ``ray.init`` in one process is an error); yields its GCS address (for CLI drivers)."""
+    ray = pytest.importorskip("ray", reason="the Ray engine's tests need the 'ray' extra")
+    if (SHARED_DATA / "ranked_hvg.list").is_file():  # workers inherit this environment
+        os.environ.setdefault("CELLREASONER_GENE_LIST", str(SHARED_DATA / "ranked_hvg.list"))
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=600 << 20,
+             log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

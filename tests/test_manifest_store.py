@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import pandas as pd
 import pytest
-from conftest import SHARED_DATA
 
 from cellreasoner.annotation import annotate
 from cellreasoner.cli import main
@@ -28,25 +26,6 @@ pafs = pytest.importorskip("pyarrow.fs")
 BUCKET = "runs"
 KEY_ID, SECRET = "AKIAMANIFESTKEYID0001", "wJalrXUtnFEMI-manifest-SECRET-0001"
 FRAME = pd.DataFrame({"label": ["B cell", "NK cell", "T cell"], "confidence": [0.9, 0.8, 0.7]})
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """The local two-CPU Ray cluster of tests/test_ray.py: the running one when that file's
-    session fixture started it, else the same cluster for this file only (a second
-    ``ray.init`` in one process is an error, so this file cannot import that fixture)."""
-    ray = pytest.importorskip("ray", reason="the Ray engine's tests need the 'ray' extra")
-    if ray.is_initialized():
-        yield
-        return
-    if (SHARED_DATA / "ranked_hvg.list").is_file():  # workers inherit this environment
-        os.environ.setdefault("CELLREASONER_GENE_LIST", str(SHARED_DATA / "ranked_hvg.list"))
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=600 << 20,
-             log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +179,7 @@ def test_file_uri_is_a_local_folder(tmp_path):
         RunManifest("file://relative/m", {})
 
 
-def test_ray_rerun_from_s3_skips_every_block(s3, ray_session, cells_12k, cells_12k_table,
+def test_ray_rerun_from_s3_skips_every_block(s3, ray_cluster, cells_12k, cells_12k_table,
                                              tmp_path, capsys):
     """A Ray run with its manifest on S3 (credentials in the URI); the same command again, from
     the CLI, reads every block back (counted) and shows the URI only redacted."""

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import synthetic
-from conftest import REPO_ROOT, SHARED_DATA
+from conftest import REPO_ROOT
 from fault_server import LABEL, FaultServer, one_gene_cells
 
 from cellreasoner.annotation import annotate
@@ -27,19 +27,6 @@ from cellreasoner.distributed.manifest import RunManifest
 
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need the 'ray' extra")
 psutil = pytest.importorskip("psutil")
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """A local two-CPU Ray cluster; yields its GCS address (for CLI drivers)."""
-    if (SHARED_DATA / "ranked_hvg.list").is_file():  # workers inherit this environment
-        os.environ.setdefault("CELLREASONER_GENE_LIST", str(SHARED_DATA / "ranked_hvg.list"))
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=600 << 20,
-             log_to_driver=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 def _same_answers(table: pd.DataFrame, reference: pd.DataFrame) -> None:
