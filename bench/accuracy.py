@@ -42,12 +42,14 @@ Per dataset: mean hierarchical score (each held-out cell once, averaged over the
 it out) with a paired 95% bootstrap interval (cells resampled) of the difference against the
 built-in default on the same cells; the 4-level distribution, subtype-level and exact-CL-term
 accuracy, the expected calibration error of the confidence against the score (10 equal-width
-bins; only where the confidence is a probability) and the median confidence of score-0 cells
-(pooled over the held-out halves); a coverage–accuracy curve (mean score of the cells kept when
-those under a confidence threshold abstain); a per-label table; the built-in default's most
-frequent answers per label. SingleR's confidence is its delta to the next label and STCAT's the
-decision value of its label (its probabilities underflow to 0 here): they rank cells but are no
-probabilities, so no calibration error is shown for them.
+bins; only where the confidence is a probability; beside it the 95th percentile of the ECE
+that a perfectly calibrated confidence shows on the same cells, :func:`ece_noise`) and the
+median confidence of score-0 cells (pooled over the held-out halves); a coverage–accuracy
+curve (mean score of the cells kept when those under a confidence threshold abstain); a
+per-label table; the built-in default's most frequent answers per label. SingleR's confidence
+is its delta to the next label and STCAT's the decision value of its label (its probabilities
+underflow to 0 here): they rank cells but are no probabilities, so no calibration error is
+shown for them.
 
 The wheels are fetched with ``pip download --no-deps`` into ``--wheels`` when absent and
 checked against :data:`WHEELS` (sha256) before anything in them is unpickled; the STCAT
@@ -535,6 +537,20 @@ def ece(conf: np.ndarray, score: np.ndarray, bins: int = 10) -> float:
     return float(total)
 
 
+def ece_noise(s: Scored, seed: int = 0, n: int = 500) -> float:
+    """The 95th percentile of the calibration error that a perfectly calibrated confidence
+    shows on the same cells (consistency resampling, Bröcker & Smith 2007 Weather Forecast.):
+    each cell's outcome drawn as right with the probability its confidence states (one draw per
+    cell, shared by the splits that held it out). An ECE below it is within sampling noise; on a
+    few dozen cells that floor is high. (Right/wrong draws vary more than the 4-level score, so
+    the floor leans high.)"""
+    rng = np.random.default_rng(seed)
+    cells, where = np.unique(s.idx, return_inverse=True)
+    conf = np.clip(s.conf, 0, 1)
+    sims = [ece(conf, (rng.random(len(cells))[where] < conf).astype(float)) for _ in range(n)]
+    return float(np.percentile(sims, 95))
+
+
 def coverage_curve(conf: np.ndarray, score: np.ndarray) -> dict[str, float]:
     """Mean score of the most confident ``c`` of the cells, for each coverage ``c``."""
     order = np.argsort(-conf, kind="stable")
@@ -571,6 +587,7 @@ def summary_rows(ds: Dataset, scored: list[Scored]) -> list[dict]:
             row[f"{level:g}"] = f3(float(np.mean(np.isclose(s.score, level))))
         row["exact CL"] = f3(float(s.exact.mean()))
         row["ECE"] = f3(ece(s.conf, s.score)) if s.probability else "-"
+        row["ECE if calibrated (95%)"] = f3(ece_noise(s)) if s.probability else "-"
         zero = s.score == 0
         row["median conf @0"] = (f3(float(np.median(s.conf[zero]))) if zero.any() and
                                  s.probability else "-")
@@ -669,7 +686,8 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, scorer: PairScorer,
           f"against {DEFAULT} (the annotate default) on the same cells, levels, exact CL "
           "term, calibration:")
     cols = ["method", "cells", "mean", f"{DEFAULT} same cells", "diff [95% CI]", "1", "0.5",
-            "0.25", "0", "exact CL", "ECE", "median conf @0", "seconds"]
+            "0.25", "0", "exact CL", "ECE", "ECE if calibrated (95%)", "median conf @0",
+            "seconds"]
     print(table(rows, cols, align="auto"))
     for note in notes:
         print(f"  note: {note}")
@@ -720,7 +738,9 @@ def main() -> None:
     print("\n\n######## All datasets: mean hierarchical score on the held-out halves, paired "
           f"difference against {DEFAULT} on the same cells")
     print(table(overall, ["dataset", "method", "cells", "mean", f"{DEFAULT} same cells",
-                          "diff [95% CI]", "exact CL", "ECE", "median conf @0"], align="auto"))
+                          "diff [95% CI]", "exact CL", "ECE", "ECE if calibrated (95%)",
+                          "median conf @0"],
+                 align="auto"))
     print(f"\n{args.seeds} splits; total {time.perf_counter() - t_start:.0f} s")
 
 

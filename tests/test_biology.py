@@ -161,6 +161,31 @@ def test_t_cell_with_ambient_collagen_on_a_panel_without_ptprc(reasoner):
     assert under(cl, "CL:0000084"), label
 
 
+#: Haematopoietic-specific genes (HPA immune-cell enriched): no stromal cell expresses them.
+HAEMATOPOIETIC = ["CORO1A", "LAPTM5", "RAC2", "LCP1", "HCLS1"]
+
+
+def test_sparse_t_cell_with_ambient_collagens_is_not_a_fibroblast(reasoner):
+    # a tumour T cell with few TCR/CD2 reads and three ambient collagens: its haematopoietic
+    # programme outweighs the collagens (it was a fibroblast while only CORO1A and LAPTM5 were
+    # stromal negatives)
+    label, cl, _ = call(reasoner, ["CD2", "TRAC", *HAEMATOPOIETIC, "COL1A1", "COL1A2",
+                                   "COL3A1"], drop=("PTPRC",))
+    assert under(cl, "CL:0000084"), label
+
+
+def test_haematopoietic_cell_with_collagens_only_is_no_stromal_cell(reasoner):
+    label, cl, _ = call(reasoner, ["CD2", *HAEMATOPOIETIC, "COL1A1", "COL1A2", "COL3A1"],
+                        drop=("PTPRC",))
+    assert not under(cl, "CL:0000057"), label  # not a fibroblast, nor below one
+
+
+def test_fibroblast_without_haematopoietic_reads_stays_a_fibroblast(reasoner):
+    label, _, _ = call(reasoner, ["COL1A1", "COL1A2", "COL3A1", "DCN", "LUM", "PDGFRA",
+                                  "FBLN1"], drop=("PTPRC",))
+    assert label == "fibroblast"
+
+
 def test_mbp_alone_is_not_an_oligodendrocyte(reasoner):
     # golli-MBP transcripts are expressed by T cells
     label, cl, _ = call(reasoner, T + ["MBP", "CORO1A"])

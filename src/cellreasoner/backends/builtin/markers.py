@@ -22,7 +22,7 @@ from ...errors import InputError
 
 COLUMNS = ("name", "cl_id", "parent", "tissues", "positive", "negative", "source")
 #: Version of the built-in knowledge base (part of the builtin backend's model name).
-KB_VERSION = "2026.12.2"
+KB_VERSION = "2026.12.3"
 #: Tissue tag that stands for every solid tissue (not blood, not bone marrow).
 SOLID = "solid"
 _NON_SOLID = frozenset({"blood", "bone_marrow"})
