@@ -164,8 +164,10 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
     if job.needs_pass_one(connectivities):
         score = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
         keep = connectivities is not None
-        # each chunk's scores (and training sample) merge into the plan as they arrive
-        _windowed(ray, lambda start, chunk: score.remote(job_ref, chunk, start, keep),
+        # each chunk's scores (and training sample) merge into the plan as they arrive; a
+        # task sent later copies only rows that the sample merged so far could still take
+        _windowed(ray, lambda start, chunk: score.remote(job_ref, chunk, start, keep,
+                                                         planner.bounds()),
                   _chunks(source, block_cells, direct), limit,
                   lambda item, value: planner.add(value))
     # the refinement's classifiers trained side by side, as Ray tasks
@@ -225,8 +227,8 @@ def _group_task(chunk, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarra
     return chunk_group_sums(_read(chunk), codes, k)
 
 
-def _score_task(job, chunk, start: int, keep_scores: bool):
-    return job.score(_read(chunk), start, keep_scores)
+def _score_task(job, chunk, start: int, keep_scores: bool, bounds: dict | None = None):
+    return job.score(_read(chunk), start, keep_scores, bounds)
 
 
 #: per worker process: the job its last tasks ran (its answerer's tables are built once)
