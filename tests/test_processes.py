@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 
+import anndata
 import numpy as np
 import pandas as pd
 import psutil
@@ -63,7 +64,8 @@ def test_bad_value_in_a_worker_is_the_clear_input_error(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(InputError, match="NaN") as err:
         annotate(str(path), workers=2, chunk_size=1_500, progress=False)
-    assert "4500" in str(err.value) or "cell" in str(err.value)
+    obs_name = anndata.read_h5ad(path, backed="r").obs_names[4_500]
+    assert f"cell '{obs_name}' (row 4500)" in str(err.value), err.value
     # the other worker was stopped, not waited for: no worker is left behind
     left = [c for c in psutil.Process().children(recursive=True)
             if c.is_running() and c.status() != psutil.STATUS_ZOMBIE

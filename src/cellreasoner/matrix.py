@@ -223,6 +223,21 @@ def _h5ad_index(group) -> np.ndarray:
     return _h5_strings(group[key])
 
 
+class _NamesOnDemand:
+    """An ``.h5ad``'s obs names, each read when asked for (a process that reopens the file
+    to read rows only names a cell in an error message; a million names cost ~100 MB)."""
+
+    def __init__(self, dataset) -> None:
+        self._dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getitem__(self, i: int) -> str:
+        value = self._dataset[int(i)]
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _read_range(dataset, lo: int, hi: int) -> np.ndarray:
     """``dataset[lo:hi]`` read straight into a new array (about twice as fast as slicing)."""
     out = np.empty(hi - lo, dtype=dataset.dtype)
@@ -231,8 +246,11 @@ def _read_range(dataset, lo: int, hi: int) -> np.ndarray:
     return out
 
 
-def from_h5ad(path: str | os.PathLike, layer: str | None = None) -> MatrixSource:
-    """Matrix source that reads CSR row blocks of an ``.h5ad`` file straight from HDF5."""
+def from_h5ad(path: str | os.PathLike, layer: str | None = None, *,
+              names: bool = True) -> MatrixSource:
+    """Matrix source that reads CSR row blocks of an ``.h5ad`` file straight from HDF5
+    (without ``names``, the obs names are read one at a time when asked for: what
+    :attr:`MatrixSource.reopen` does, for processes that only read rows)."""
     import h5py
 
     path = Path(path)
@@ -251,7 +269,9 @@ def from_h5ad(path: str | os.PathLike, layer: str | None = None) -> MatrixSource
         f.close()
         raise InputError(f"{path}: no matrix at '{key}'. Available layers: {layers or 'none'}.")
     node = f[key]
-    obs_names = _h5ad_index(f["obs"])
+    obs = f["obs"]
+    obs_names = (_h5ad_index(obs) if names
+                 else _NamesOnDemand(obs[obs.attrs.get("_index", "_index")]))
     var_names = _h5ad_index(f["var"])
     n_obs = len(obs_names)
 
@@ -283,8 +303,8 @@ def from_h5ad(path: str | os.PathLike, layer: str | None = None) -> MatrixSource
 
     return MatrixSource(
         n_obs=n_obs, var_names=var_names, obs_names=obs_names, _chunks=chunks,
-        description=f"{path} ({key})", reopen=functools.partial(from_h5ad, path, layer),
-        _rows=rows,
+        description=f"{path} ({key})", _rows=rows,
+        reopen=functools.partial(from_h5ad, path, layer, names=False),
     )
 
 

@@ -236,8 +236,9 @@ def open_input(data: Any, *, layer: str | None = None, use_raw: bool = False,
               and atac_layout(Path(data)) is None)  # peaks become gene activity in memory
     adata, name = load_input(data, assay=assay, backed="r" if stream else None)
     if stream:
-        source = from_h5ad(Path(data), layer=layer)
+        source = from_h5ad(Path(data), layer=layer, names=False)
         source.var_names = np.asarray(adata.var_names).astype(str)  # symbols, as read() sets
+        source.obs_names = np.asarray(adata.obs_names)  # the AnnData's own strings, not a copy
     else:
         source = from_anndata(adata, layer=layer, use_raw=use_raw)
     return adata, source, name, stream
