@@ -179,6 +179,7 @@ def test_file_uri_is_a_local_folder(tmp_path):
         RunManifest("file://relative/m", {})
 
 
+@pytest.mark.xdist_group("ray")  # on the Ray cluster of tests/test_ray.py
 def test_ray_rerun_from_s3_skips_every_block(s3, ray_cluster, cells_12k, cells_12k_table,
                                              tmp_path, capsys):
     """A Ray run with its manifest on S3 (credentials in the URI); the same command again, from

@@ -26,6 +26,9 @@ from cellreasoner.annotation import annotate
 from cellreasoner.distributed.manifest import RunManifest
 
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need the 'ray' extra")
+#: one pytest-xdist worker runs every test on the one Ray cluster (its fault tests kill Ray
+#: workers found by name: a second cluster's would be fair game)
+pytestmark = pytest.mark.xdist_group("ray")
 psutil = pytest.importorskip("psutil")
 
 
