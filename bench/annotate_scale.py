@@ -9,7 +9,8 @@ real gene list, else synthetic names are used)::
 Data: synthetic *realistic* cells (``tests/synthetic.py``: 18,000 genes, ~1,500 non-zeros per
 cell, log1p CP10k CSR, ten textbook immune programmes), written to ``.h5ad`` chunk by chunk.
 Every figure is one whole process (wall seconds from its start; peak RSS summed over it and the
-worker processes it starts, sampled every 0.1 s):
+processes it starts, sampled every 0.1 s, and the peak of their summed PSS, which counts shared
+pages once: see :func:`timed`):
 
 - bare read of X: stream every CSR chunk of X from the file (``cellreasoner.matrix.from_h5ad``);
 - write of X: copy the file (what writing the annotated ``.h5ad`` costs for the matrix);
@@ -45,9 +46,14 @@ _table = functools.partial(table, align="right", sep="-|-")  # the shared bench 
 
 
 
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one process and every process it starts (their
-    RSS summed, sampled every 0.1 s: worker processes count)."""
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS, peak PSS in MiB) of one process and every process it starts
+    (summed over them: worker processes count). RSS is sampled every 0.1 s, PSS every 0.2 s.
+
+    Summed RSS counts every page shared between processes once per process: shared libraries,
+    and all of a forked child's pages (the ``.h5ad`` writer is a fork of the annotating
+    process). PSS (the kernel's proportional set size) counts a page shared by k processes
+    1/k times in each, so its sum is what the run takes from the machine."""
     import time
 
     import psutil
@@ -55,22 +61,29 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     with tempfile.TemporaryFile("w+") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
-        top, peak = psutil.Process(proc.pid), 0.0
+        top, peak, peak_pss, k = psutil.Process(proc.pid), 0.0, 0.0, 0
         while proc.poll() is None:
-            total = 0
+            total = pss = 0
             # a process may exit between being listed and being read: it then counts 0
             with contextlib.suppress(psutil.Error):
                 for p in [top, *top.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
-                        total += p.memory_info().rss
+                        if k % 2 == 0:
+                            info = p.memory_full_info()
+                            total += info.rss
+                            pss += info.pss
+                        else:
+                            total += p.memory_info().rss
             peak = max(peak, total / 2**20)
+            peak_pss = max(peak_pss, pss / 2**20)
+            k += 1
             time.sleep(0.1)
         secs = time.perf_counter() - t0
         log.seek(0)
         err = log.read()
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
-    return secs, peak
+    return secs, peak, peak_pss
 
 
 def py(code: str) -> list[str]:
@@ -150,18 +163,19 @@ def scale_rows(workdir: Path, sizes: list[int]) -> list[dict]:
     rows = []
     for n in sizes:
         src = synthetic_file(workdir, n)
-        read_s, read_m = timed(read_x(src))
-        write_s, _ = timed(copy_file(src, workdir / "copy.h5ad"))
+        read_s, read_m, _ = timed(read_x(src))
+        write_s, _, _ = timed(copy_file(src, workdir / "copy.h5ad"))
         (workdir / "copy.h5ad").unlink()
-        h5_s, h5_m = timed(annotate(src, workdir / "out.h5ad"))
+        h5_s, h5_m, h5_p = timed(annotate(src, workdir / "out.h5ad"))
         (workdir / "out.h5ad").unlink()
-        pq_s, pq_m = timed(annotate(src, workdir / "out.parquet"))
+        pq_s, pq_m, pq_p = timed(annotate(src, workdir / "out.parquet"))
         own = h5_s - read_s - write_s
         rows.append({
             "cells": f"{n:,}", "read X s": f"{read_s:.1f}", "write X s": f"{write_s:.1f}",
             "-> .h5ad s": f"{h5_s:.1f}", ".h5ad cells/s": f"{n / h5_s:,.0f}",
-            ".h5ad peak MiB": f"{h5_m:,.0f}", "-> .parquet s": f"{pq_s:.1f}",
-            ".parquet cells/s": f"{n / pq_s:,.0f}", ".parquet peak MiB": f"{pq_m:,.0f}",
+            ".h5ad peak MiB": f"{h5_m:,.0f}", ".h5ad PSS MiB": f"{h5_p:,.0f}",
+            "-> .parquet s": f"{pq_s:.1f}", ".parquet cells/s": f"{n / pq_s:,.0f}",
+            ".parquet peak MiB": f"{pq_m:,.0f}", ".parquet PSS MiB": f"{pq_p:,.0f}",
             "own cells/s": f"{n / own:,.0f}" if own > 0 else "inf",
             "read peak MiB": f"{read_m:,.0f}",
         })
@@ -173,8 +187,8 @@ def celltypist_rows(workdir: Path, n: int) -> list[dict]:
     rows = []
     for name, src in (("pbmc68k tiled", pbmc68k_tiled(workdir, n)),
                       ("synthetic 18k genes", synthetic_file(workdir, n))):
-        cr_s, cr_m = timed(annotate(src, workdir / "cr.parquet"))
-        ct_s, ct_m = timed(celltypist_annotate(src, model, workdir / "ct.csv"))
+        cr_s, cr_m, _ = timed(annotate(src, workdir / "cr.parquet"))
+        ct_s, ct_m, _ = timed(celltypist_annotate(src, model, workdir / "ct.csv"))
         rows.append({"data": f"{name} ({n:,})", "cellreasoner s": f"{cr_s:.1f}",
                      "cellreasoner peak MiB": f"{cr_m:,.0f}", "CellTypist s": f"{ct_s:.1f}",
                      "CellTypist peak MiB": f"{ct_m:,.0f}",
@@ -196,8 +210,9 @@ def main() -> None:
         print("## annotate at scale (builtin, whole process; this machine)\n")
         print(_table(scale_rows(workdir, args.cells),
                      ["cells", "read X s", "write X s", "-> .h5ad s", ".h5ad cells/s",
-                      ".h5ad peak MiB", "-> .parquet s", ".parquet cells/s",
-                      ".parquet peak MiB", "own cells/s", "read peak MiB"]))
+                      ".h5ad peak MiB", ".h5ad PSS MiB", "-> .parquet s", ".parquet cells/s",
+                      ".parquet peak MiB", ".parquet PSS MiB", "own cells/s",
+                      "read peak MiB"]))
         if not args.skip_celltypist:
             print("\n## side by side with CellTypist (whole process, obs-only outputs)\n")
             print(_table(celltypist_rows(workdir, min(args.cells)),

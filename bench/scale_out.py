@@ -17,7 +17,8 @@ in ``--workdir`` for the next run). Each configuration is one whole process writ
   (chunks of 20,000 cells as tasks, read by the workers from the file; no manifest).
 
 Memory is sampled every 0.2 s over the whole process tree (RSS): the driver's peak, the
-largest other process's (a worker, or one of Ray's own), and the peak of their sum. The answers
+largest other process's (a worker, or one of Ray's own), and the peak of their sum; and the peak
+of their summed PSS (shared pages counted once: Ray's object store, shared libraries). The answers
 of every run are checked equal to the single process's. Overhead = ray 1 / one process - 1
 (target <= 15%); speed-up = one process / ray 2 (target >= 1.6x).
 """
@@ -43,18 +44,22 @@ t0 = time.perf_counter()
 engine, workers = sys.argv[3], int(sys.argv[4])
 import psutil
 
-peak = {"total": 0.0, "largest": 0.0, "driver": 0.0}
+peak = {"total": 0.0, "largest": 0.0, "driver": 0.0, "pss": 0.0}
 
 def sample():  # the whole process tree: this driver, its workers (and Ray's own processes)
     me = psutil.Process()
     while True:
-        rss = [me.memory_info().rss / 2**20]
+        info = me.memory_full_info()
+        rss, pss = [info.rss / 2**20], info.pss / 2**20
         for p in me.children(recursive=True):
             try:
-                rss.append(p.memory_info().rss / 2**20)
+                info = p.memory_full_info()
             except psutil.Error:  # exited since listed: nothing to count
                 continue
+            rss.append(info.rss / 2**20)
+            pss += info.pss / 2**20
         peak["total"] = max(peak["total"], sum(rss))
+        peak["pss"] = max(peak["pss"], pss)
         peak["largest"] = max(peak["largest"], max(rss[1:], default=0.0))
         peak["driver"] = max(peak["driver"], rss[0])
         time.sleep(0.2)
@@ -69,7 +74,8 @@ result.write(sys.argv[2])
 seconds = time.perf_counter() - t0
 time.sleep(0.3)
 print("RESULT " + json.dumps({"seconds": seconds, "driver_mib": peak["driver"],
-                              "worker_mib": peak["largest"], "total_mib": peak["total"]}))
+                              "worker_mib": peak["largest"], "total_mib": peak["total"],
+                              "pss_mib": peak["pss"]}))
 """
 
 
@@ -139,6 +145,7 @@ def main() -> None:
                      "driver peak MiB": f"{r['driver_mib']:,.0f}",
                      "largest worker MiB": f"{r['worker_mib']:,.0f}" if r["worker_mib"] else "",
                      "all processes MiB": f"{r['total_mib']:,.0f}",
+                     "all processes PSS MiB": f"{r['pss_mib']:,.0f}",
                      "same labels": "yes" if same else "NO"})
     secs = [float(r["seconds"]) for r in rows]
     print(table(rows, list(rows[0]), align="right", sep="-|-"))
