@@ -18,7 +18,8 @@ in ``--workdir`` for the next run). Each configuration is one whole process writ
 
 Memory is sampled every 0.2 s over the whole process tree (RSS): the driver's peak, the
 largest other process's (a worker, or one of Ray's own), and the peak of their sum; and the peak
-of their summed PSS (shared pages counted once: Ray's object store, shared libraries). The answers
+of their summed PSS, sampled once a second (shared pages counted once: Ray's object store,
+shared libraries). The answers
 of every run are checked equal to the single process's. Overhead = ray 1 / one process - 1
 (target <= 15%); speed-up = one process / ray 2 (target >= 1.6x).
 """
@@ -47,17 +48,21 @@ import psutil
 peak = {"total": 0.0, "largest": 0.0, "driver": 0.0, "pss": 0.0}
 
 def sample():  # the whole process tree: this driver, its workers (and Ray's own processes)
-    me = psutil.Process()
+    me, k = psutil.Process(), 0
     while True:
-        info = me.memory_full_info()
-        rss, pss = [info.rss / 2**20], info.pss / 2**20
-        for p in me.children(recursive=True):
+        full = k % 5 == 0  # PSS (the kernel walks every page: costlier) once a second
+        k += 1
+        procs = [me, *me.children(recursive=True)]
+        rss, pss = [], 0.0
+        for p in procs:
             try:
-                info = p.memory_full_info()
+                info = p.memory_full_info() if full else p.memory_info()
             except psutil.Error:  # exited since listed: nothing to count
+                if p is me:
+                    raise
                 continue
             rss.append(info.rss / 2**20)
-            pss += info.pss / 2**20
+            pss += info.pss / 2**20 if full else 0.0
         peak["total"] = max(peak["total"], sum(rss))
         peak["pss"] = max(peak["pss"], pss)
         peak["largest"] = max(peak["largest"], max(rss[1:], default=0.0))
