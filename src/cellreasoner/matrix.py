@@ -210,17 +210,25 @@ def from_matrix(X, genes: Sequence[str]) -> MatrixSource:
                         description="in-memory matrix")
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _h5_strings(ds) -> np.ndarray:
     arr = ds[()]
     if arr.dtype.kind in "SO":
-        return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in arr])
+        return np.array([_text(x) for x in arr])
     return arr.astype(str)
+
+
+def _index_dataset(group):
+    """The dataset holding the index (obs or var names) of an anndata dataframe group."""
+    return group[group.attrs.get("_index", "_index")]
 
 
 def _h5ad_index(group) -> np.ndarray:
     """The index (obs or var names) of an anndata dataframe group."""
-    key = group.attrs.get("_index", "_index")
-    return _h5_strings(group[key])
+    return _h5_strings(_index_dataset(group))
 
 
 class _NamesOnDemand:
@@ -234,8 +242,7 @@ class _NamesOnDemand:
         return len(self._dataset)
 
     def __getitem__(self, i: int) -> str:
-        value = self._dataset[int(i)]
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return _text(self._dataset[int(i)])
 
 
 def _read_range(dataset, lo: int, hi: int) -> np.ndarray:
@@ -269,9 +276,8 @@ def from_h5ad(path: str | os.PathLike, layer: str | None = None, *,
         f.close()
         raise InputError(f"{path}: no matrix at '{key}'. Available layers: {layers or 'none'}.")
     node = f[key]
-    obs = f["obs"]
-    obs_names = (_h5ad_index(obs) if names
-                 else _NamesOnDemand(obs[obs.attrs.get("_index", "_index")]))
+    obs_names = (_h5ad_index(f["obs"]) if names
+                 else _NamesOnDemand(_index_dataset(f["obs"])))
     var_names = _h5ad_index(f["var"])
     n_obs = len(obs_names)
 

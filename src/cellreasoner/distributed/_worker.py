@@ -39,11 +39,11 @@ def main() -> None:
             planner = job.planner(None)
             for lo, hi in spans:
                 planner.add(job.score(source.read_rows(lo, hi), lo, keep, planner.bounds()))
-            send(("scores", planner.export(rows=False)))
+            send(("scores", planner.export()))
             # the parent merged every worker's sample: it asks for the rows of its cells
             send(("rows", planner.rows_of(_expect(inbox, "rows")[1])))
             del planner
-            release_memory()
+            release_memory()  # the sample's rows are gone before the training calls come
         while True:
             message = pickle.load(inbox)
             if message[0] == "call":

@@ -153,13 +153,11 @@ class StreamPlanner:
         :func:`score_chunk`)."""
         return self.training.bounds()
 
-    def export(self, rows: bool = True) -> tuple[dict[int, ChunkScores], TrainingSample]:
-        """What another process's planner :meth:`merge` s: the chunks taken in so far (the
-        sample's rows that no step keeps dropped first: they would only travel). Without
-        ``rows``, the sample's cells only: the merging planner asks for the rows of its
-        merged sample (:meth:`sample_cells` -> :meth:`rows_of` -> :meth:`attach`)."""
-        self.training.compact()
-        return self.parts, (self.training if rows else self.training.without_rows())
+    def export(self) -> tuple[dict[int, ChunkScores], TrainingSample]:
+        """What another process's planner :meth:`merge` s: the chunks taken in so far, their
+        training sample without its rows (the merging planner then asks for the rows of its
+        merged sample: :meth:`sample_cells` -> :meth:`rows_of` -> :meth:`attach`)."""
+        return self.parts, self.training.without_rows()
 
     def sample_cells(self) -> np.ndarray:
         """The cells of the merged training sample (whose rows :meth:`attach` takes)."""

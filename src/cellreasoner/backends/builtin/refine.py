@@ -254,6 +254,7 @@ class TrainingSample:
         """The stored rows of those of ``cells`` this sample holds, as ``(cells, rows)``
         parts (sorted; a part wanted whole is not copied), for another sample's
         :meth:`attach`."""
+        self.compact()  # then the parts wanted whole travel without a copy
         out = []
         for held, part in self._parts:
             keep = np.isin(held, cells)
@@ -307,9 +308,7 @@ class TrainingSample:
         def rows(wanted: np.ndarray) -> sp.csr_matrix:
             wanted = np.asarray(wanted, dtype=np.int64)
             pieces, where = [], []
-            for cells, matrix in parts:
-                if not len(cells):
-                    continue
+            for cells, matrix in parts:  # never empty: _add_rows and compact drop those
                 pos = np.minimum(np.searchsorted(cells, wanted), len(cells) - 1)
                 hit = np.flatnonzero(cells[pos] == wanted)
                 if len(hit):
