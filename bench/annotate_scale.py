@@ -19,6 +19,11 @@ pages once: see :func:`timed`):
   processes once the file holds 80,000 cells);
 - the pipeline's own work: cells / (annotate to .h5ad - read - write) seconds.
 
+Every run starts alike (``_common.settle``): earlier writes flushed, the input read through
+once, untimed, so that it is in the page cache ("input from: cache"; "disk" for a file that
+would not fit beside a run). Without it each figure depended on the runs before it (an
+11 GiB output written just before evicts the input).
+
 CellTypist (Dominguez Conde et al. 2022) is the peer users pick for speed: a model is trained on
 pbmc68k_reduced (``celltypist.train``, all 765 genes, SGD), then ``celltypist.annotate`` runs on the
 same file in its own process (predictions written to CSV) — on pbmc68k_reduced tiled to 100,000
@@ -39,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _common import table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
+from _common import settle, table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
 
 _table = functools.partial(table, align="right", sep="-|-")  # the shared bench table
 
@@ -163,11 +168,15 @@ def scale_rows(workdir: Path, sizes: list[int]) -> list[dict]:
     rows = []
     for n in sizes:
         src = synthetic_file(workdir, n)
+        settle(src)
         read_s, read_m, _ = timed(read_x(src))
+        settle(src)
         write_s, _, _ = timed(copy_file(src, workdir / "copy.h5ad"))
         (workdir / "copy.h5ad").unlink()
+        settle(src)
         h5_s, h5_m, h5_p = timed(annotate(src, workdir / "out.h5ad"))
         (workdir / "out.h5ad").unlink()
+        start = settle(src)
         pq_s, pq_m, pq_p = timed(annotate(src, workdir / "out.parquet"))
         own = h5_s - read_s - write_s
         rows.append({
@@ -177,7 +186,7 @@ def scale_rows(workdir: Path, sizes: list[int]) -> list[dict]:
             "-> .parquet s": f"{pq_s:.1f}", ".parquet cells/s": f"{n / pq_s:,.0f}",
             ".parquet peak MiB": f"{pq_m:,.0f}", ".parquet PSS MiB": f"{pq_p:,.0f}",
             "own cells/s": f"{n / own:,.0f}" if own > 0 else "inf",
-            "read peak MiB": f"{read_m:,.0f}",
+            "read peak MiB": f"{read_m:,.0f}", "input from": "cache" if start else "disk",
         })
     return rows
 
@@ -187,7 +196,9 @@ def celltypist_rows(workdir: Path, n: int) -> list[dict]:
     rows = []
     for name, src in (("pbmc68k tiled", pbmc68k_tiled(workdir, n)),
                       ("synthetic 18k genes", synthetic_file(workdir, n))):
+        settle(src)
         cr_s, cr_m, _ = timed(annotate(src, workdir / "cr.parquet"))
+        settle(src)
         ct_s, ct_m, _ = timed(celltypist_annotate(src, model, workdir / "ct.csv"))
         rows.append({"data": f"{name} ({n:,})", "cellreasoner s": f"{cr_s:.1f}",
                      "cellreasoner peak MiB": f"{cr_m:,.0f}", "CellTypist s": f"{ct_s:.1f}",
@@ -212,7 +223,7 @@ def main() -> None:
                      ["cells", "read X s", "write X s", "-> .h5ad s", ".h5ad cells/s",
                       ".h5ad peak MiB", ".h5ad PSS MiB", "-> .parquet s", ".parquet cells/s",
                       ".parquet peak MiB", ".parquet PSS MiB", "own cells/s",
-                      "read peak MiB"]))
+                      "read peak MiB", "input from"]))
         if not args.skip_celltypist:
             print("\n## side by side with CellTypist (whole process, obs-only outputs)\n")
             print(_table(celltypist_rows(workdir, min(args.cells)),

@@ -16,6 +16,9 @@ in ``--workdir`` for the next run). Each configuration is one whole process writ
 - ``ray N``: ``ray.init(num_cpus=N)``, then ``annotate(path, engine="ray", workers=N)``
   (chunks of 20,000 cells as tasks, read by the workers from the file; no manifest).
 
+Every run starts alike (``_common.settle``): earlier writes flushed, the input read through
+once so that it is in the page cache (unless it would not fit beside a run).
+
 Memory is sampled every 0.2 s over the whole process tree (RSS): the driver's peak, the
 largest other process's (a worker, or one of Ray's own), and the peak of their sum; and the peak
 of their summed PSS, sampled once a second (shared pages counted once: Ray's object store,
@@ -37,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _common import table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
+from _common import settle, table, use_shared_gene_list  # noqa: E402 - the bench folder is on sys.path
 
 RUN = """
 import json, os, sys, threading, time
@@ -141,6 +144,7 @@ def main() -> None:
                ("ray 1 worker", "ray", 1), ("ray 2 workers", "ray", 2))
     for name, engine, workers in configs:
         out = work / f"out_{engine}_{workers}.parquet"
+        start = settle(path)
         r = run(path, out, engine, workers)
         labels[name] = pd.read_parquet(out)["label"].to_numpy(dtype=str)
         same = (labels[name] == labels["one process"]).all()
@@ -159,7 +163,8 @@ def main() -> None:
     print(f"\nRay overhead at 1 worker: {100 * (secs[2] / secs[0] - 1):+.1f}% (target <= 15%); "
           f"speed-up at 2 workers: Ray {secs[0] / secs[3]:.2f}x (target >= 1.6x), local "
           f"processes {secs[0] / secs[1]:.2f}x; "
-          f"data {path} ({path.stat().st_size / 2**30:.1f} GiB, {args.nnz} non-zeros per cell)")
+          f"data {path} ({path.stat().st_size / 2**30:.1f} GiB, {args.nnz} non-zeros per cell), "
+          f"read from {'the page cache' if start else 'disk'}")
 
 
 if __name__ == "__main__":
