@@ -110,6 +110,23 @@ def test_abstains_on_empty_and_nonsense_input(reasoner, pbmc):
     assert "no lineage has enough marker evidence" in res.reasoning[1]
 
 
+def test_sparse_weight_memo_travels_by_name(reasoner, pbmc, pbmc_result):
+    """The memo of the weights' sparse form is keyed by which weights, not by ``id()``: in a
+    pickle (every worker gets the reasoner so) an id could name another array."""
+    import pickle
+
+    assert set(reasoner._sparse_weights) == {"P", "N"}  # filled by pbmc_result's run
+    copy = pickle.loads(pickle.dumps(reasoner))
+    copy.N = np.zeros_like(copy.N)  # other weights under the same name are not memoised
+    copy._sparse_weights.pop("N")
+    E, measured, _ = copy._marker_matrix(pbmc["X"][:40], pbmc["genes"])
+    S = copy.score(E, measured)
+    np.testing.assert_array_equal(S, copy.score(E, measured))
+    np.testing.assert_array_equal(
+        copy._times(E, copy.P, "P"), np.asarray((E @ copy.P.T), dtype=np.float32))
+    assert not copy._times(E, copy.N, "N").any()
+
+
 def test_counts_and_lognormalised_agree(reasoner, pbmc):
     from cellreasoner.checks import log_normalize
 

@@ -254,7 +254,7 @@ class Reasoner(Inputs, Scoring, Decisions):
                                                                               .sum())])
                             for t in range(T)]
         self._decisive = decisive_matrix(self.P)
-        self._sparse_weights: dict[int, tuple] = {}
+        self._sparse_weights: dict[str, tuple] = {}
         self._cl_label, groups = _cl_info(list(self.cl_ids))
         roots = np.flatnonzero(self.is_root)
         self._related_roots = np.array(
