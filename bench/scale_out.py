@@ -19,6 +19,10 @@ in ``--workdir`` for the next run). Each configuration is one whole process writ
 Every run starts alike (``_common.settle``): earlier writes flushed, the input read through
 once so that it is in the page cache (unless it would not fit beside a run).
 
+``--repeat`` rounds (default 3) of the four runs, one configuration after another in each
+round (this shared VM drifts by tens of percent within minutes): the table gives each
+configuration's median and every run; memory peaks are the largest of its runs.
+
 Memory is sampled every 0.2 s over the whole process tree (RSS): the driver's peak, the
 largest other process's (a worker, or one of Ray's own), and the peak of their sum; and the peak
 of their summed PSS, sampled once a second (shared pages counted once: Ray's object store,
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,6 +134,8 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=1_000_000)
     ap.add_argument("--nnz", type=int, default=1500)
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds of the four runs (the table gives each one's median)")
     args = ap.parse_args()
     import pandas as pd
     import synthetic
@@ -142,20 +149,30 @@ def main() -> None:
     rows, labels = [], {}
     configs = (("one process", "local", 1), ("local, 2 worker processes", "local", 2),
                ("ray 1 worker", "ray", 1), ("ray 2 workers", "ray", 2))
-    for name, engine, workers in configs:
-        out = work / f"out_{engine}_{workers}.parquet"
-        start = settle(path)
-        r = run(path, out, engine, workers)
-        labels[name] = pd.read_parquet(out)["label"].to_numpy(dtype=str)
-        same = (labels[name] == labels["one process"]).all()
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+    for _ in range(args.repeat):  # rounds of every configuration: the machine drifts
+        for name, engine, workers in configs:
+            out = work / f"out_{engine}_{workers}.parquet"
+            start = settle(path)
+            runs[name].append(run(path, out, engine, workers))
+            labels[name] = pd.read_parquet(out)["label"].to_numpy(dtype=str)
+            if (labels[name] != labels["one process"]).any():
+                raise SystemExit(f"{name}: labels differ from the single process's")
+    for name, _, _ in configs:
+        took = sorted(r["seconds"] for r in runs[name])
+        peak = {k: max(r[k] for r in runs[name])
+                for k in ("driver_mib", "worker_mib", "total_mib", "pss_mib")}
+        middle = statistics.median(took)
         rows.append({"engine": name, "cells": f"{args.cells:,}",
-                     "seconds": f"{r['seconds']:.1f}",
-                     "cells/s": f"{args.cells / r['seconds']:,.0f}",
-                     "driver peak MiB": f"{r['driver_mib']:,.0f}",
-                     "largest worker MiB": f"{r['worker_mib']:,.0f}" if r["worker_mib"] else "",
-                     "all processes MiB": f"{r['total_mib']:,.0f}",
-                     "all processes PSS MiB": f"{r['pss_mib']:,.0f}",
-                     "same labels": "yes" if same else "NO"})
+                     "seconds": f"{middle:.1f}",
+                     "runs s": " / ".join(f"{t:.1f}" for t in took),
+                     "cells/s": f"{args.cells / middle:,.0f}",
+                     "driver peak MiB": f"{peak['driver_mib']:,.0f}",
+                     "largest worker MiB": (f"{peak['worker_mib']:,.0f}" if peak["worker_mib"]
+                                            else ""),
+                     "all processes MiB": f"{peak['total_mib']:,.0f}",
+                     "all processes PSS MiB": f"{peak['pss_mib']:,.0f}",
+                     "same labels": "yes"})
     secs = [float(r["seconds"]) for r in rows]
     print(table(rows, list(rows[0]), align="right", sep="-|-"))
     print(f"\nthis machine: two processes of pure arithmetic run {machine_scaling():.2f}x as "
