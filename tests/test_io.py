@@ -568,37 +568,3 @@ def test_seurat_upstream_assay_rule(r_dir, caplog):
           'saveRDS(obj, "pbmc_small_no_rna.rds")\n', r_dir)
     with pytest.raises(InputError, match="has neither; available assays: ADT"):
         read(r_dir / "pbmc_small_no_rna.rds", assay="upstream")
-
-
-def test_h5ad_blocks_reuse_dropped_memory_and_never_held_memory(tmp_path):
-    """Row blocks read from an .h5ad go into buffers used again once a block is dropped;
-    a block (or a view of its values) still held keeps its memory and its values."""
-    import anndata as ad
-    import scipy.sparse as sp
-
-    from cellreasoner.matrix import from_h5ad
-
-    X = sp.random(1000, 50, density=0.3, format="csr", random_state=0, dtype=np.float32)
-    ad.AnnData(X).write_h5ad(tmp_path / "a.h5ad")
-    expected = [X[i:i + 100] for i in range(0, 1000, 100)]
-    src = from_h5ad(tmp_path / "a.h5ad")
-    held = list(src.iter_chunks(100))  # every block held at once: no memory shared
-    assert len({c.data.ctypes.data for c in held}) == len(held) == 10
-    assert all((a != b).nnz == 0 for a, b in zip(held, expected, strict=True))
-    del held
-
-    src = from_h5ad(tmp_path / "a.h5ad")
-    where = set()
-    for k, chunk in enumerate(src.iter_chunks(100)):
-        assert (chunk != expected[k]).nnz == 0
-        where.add(chunk.data.ctypes.data)
-    assert len(where) == 2  # a loop holds the last block as it asks for the next
-    kept = None
-    for k, chunk in enumerate(src.iter_chunks(100)):
-        assert (chunk != expected[k]).nnz == 0
-        if k == 3:
-            kept = chunk.data[10:20]  # a view outliving its block
-            assert chunk.data.ctypes.data in where  # (pooled memory)
-    np.testing.assert_array_equal(kept, expected[3].data[10:20])
-    rows = [src.read_rows(200, 300), src.read_rows(0, 100)]
-    assert (rows[0] != expected[2]).nnz == 0 and (rows[1] != expected[0]).nnz == 0

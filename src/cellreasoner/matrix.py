@@ -245,55 +245,12 @@ class _NamesOnDemand:
         return _text(self._dataset[int(i)])
 
 
-class _ReadBuffers:
-    """Ranges of one HDF5 dataset read into buffers that are used again once nothing refers
-    to them: the memory of a block the reader has dropped takes the next block, so the
-    kernel does not map and zero fresh pages for every block (a sixth of a worker's time at
-    20,000 cells a block).
-
-    A buffer is reused only when its reference count is the count of a buffer nothing else
-    holds (measured once, through the same code): a block still held anywhere (its CSR, a
-    view or slice of its values) refers to the buffer, so the read takes another one.
-    :data:`POOL` buffers are kept (a ``for`` loop still holds the last block when it asks
-    for the next); with all of them held a read gets a new array of its own.
-    """
-
-    POOL = 2
-    #: a buffer's room over the range it is made for (blocks differ a little in size)
-    ROOM = 1.1
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-        self.buffers: list[np.ndarray] = [np.empty(0, dtype=dataset.dtype)]
-        self._alone = 0
-        self._alone = self._refs_of_first_fit(0)[1]  # a buffer no one else holds
-        self.buffers.clear()
-
-    def read(self, lo: int, hi: int) -> np.ndarray:
-        """``dataset[lo:hi]`` (read straight into memory: about twice as fast as slicing)."""
-        n = hi - lo
-        buffer = self._refs_of_first_fit(n)[0]
-        if buffer is None:
-            buffer = np.empty(int(n * self.ROOM) + 1, dtype=self.dataset.dtype)
-            if len(self.buffers) < self.POOL:
-                self.buffers.append(buffer)
-        out = buffer[:n]
-        del buffer
-        if n:
-            self.dataset.read_direct(out, np.s_[lo:hi])
-        return out
-
-    def _refs_of_first_fit(self, n: int) -> tuple[np.ndarray | None, int]:
-        """The first pooled buffer of at least ``n`` values that no one else holds (and the
-        reference count seen)."""
-        import sys
-
-        refs = 0
-        for buffer in self.buffers:
-            refs = sys.getrefcount(buffer)
-            if len(buffer) >= n and refs <= self._alone:
-                return buffer, refs
-        return None, refs
+def _read_range(dataset, lo: int, hi: int) -> np.ndarray:
+    """``dataset[lo:hi]`` read straight into a new array (about twice as fast as slicing)."""
+    out = np.empty(hi - lo, dtype=dataset.dtype)
+    if hi > lo:
+        dataset.read_direct(out, np.s_[lo:hi])
+    return out
 
 
 def from_h5ad(path: str | os.PathLike, layer: str | None = None, *,
@@ -339,11 +296,11 @@ def from_h5ad(path: str | os.PathLike, layer: str | None = None, *,
             )
         shape = tuple(int(x) for x in node.attrs["shape"])
         indptr = node["indptr"][()]
-        data, indices = _ReadBuffers(node["data"]), _ReadBuffers(node["indices"])
+        data, indices = node["data"], node["indices"]
 
         def rows(lo: int, hi: int) -> sp.csr_matrix:
             a, b = int(indptr[lo]), int(indptr[hi])
-            return sp.csr_matrix((_upcast(data.read(a, b)), indices.read(a, b),
+            return sp.csr_matrix((_upcast(_read_range(data, a, b)), _read_range(indices, a, b),
                                   indptr[lo:hi + 1] - a), shape=(hi - lo, shape[1]))
 
     def chunks(chunk_size: int) -> Iterator[sp.csr_matrix]:
