@@ -21,7 +21,9 @@ once so that it is in the page cache (unless it would not fit beside a run).
 
 ``--repeat`` rounds (default 3) of the four runs, one configuration after another in each
 round (this shared VM drifts by tens of percent within minutes): the table gives each
-configuration's median and every run; memory peaks are the largest of its runs.
+configuration's median and every run in round order, memory peaks the largest of its runs;
+the overhead and speed-ups are taken round by round (runs minutes apart) and their median
+given with every round's.
 
 Memory is sampled every 0.2 s over the whole process tree (RSS): the driver's peak, the
 largest other process's (a worker, or one of Ray's own), and the peak of their sum; and the peak
@@ -159,10 +161,10 @@ def main() -> None:
             if (labels[name] != labels["one process"]).any():
                 raise SystemExit(f"{name}: labels differ from the single process's")
     for name, _, _ in configs:
-        took = sorted(r["seconds"] for r in runs[name])
+        took = [r["seconds"] for r in runs[name]]  # in round order
         peak = {k: max(r[k] for r in runs[name])
                 for k in ("driver_mib", "worker_mib", "total_mib", "pss_mib")}
-        middle = statistics.median(took)
+        middle = statistics.median(took)  # the table's seconds; ratios are per round below
         rows.append({"engine": name, "cells": f"{args.cells:,}",
                      "seconds": f"{middle:.1f}",
                      "runs s": " / ".join(f"{t:.1f}" for t in took),
@@ -173,16 +175,27 @@ def main() -> None:
                      "all processes MiB": f"{peak['total_mib']:,.0f}",
                      "all processes PSS MiB": f"{peak['pss_mib']:,.0f}",
                      "same labels": "yes"})
-    secs = [float(r["seconds"]) for r in rows]
+    names = [name for name, _, _ in configs]
+
+    def per_round(a: str, b: str) -> list[float]:  # a's seconds / b's, round by round
+        return [x["seconds"] / y["seconds"] for x, y in zip(runs[a], runs[b], strict=True)]
+
+    def spread(values: list[float], fmt: str) -> str:
+        return (f"{fmt.format(statistics.median(values))} (rounds: "
+                + ", ".join(fmt.format(v) for v in values) + ")")
+
+    overhead = [100 * (r - 1) for r in per_round(names[2], names[0])]
+    ray_up, local_up = per_round(names[0], names[3]), per_round(names[0], names[1])
     print(table(rows, list(rows[0]), align="right", sep="-|-"))
     print(f"\nthis machine: two processes of pure arithmetic run {machine_scaling():.2f}x as "
           "fast as one (the ceiling of any 2-worker speed-up here)")
-    print(f"\nRay overhead at 1 worker: {100 * (secs[2] / secs[0] - 1):+.1f}% (target <= 15%); "
-          f"speed-up at 2 workers: Ray {secs[0] / secs[3]:.2f}x (target >= 1.6x), local "
-          f"processes {secs[0] / secs[1]:.2f}x; "
-          f"data {path} ({path.stat().st_size / 2**30:.1f} GiB, {args.nnz} non-zeros per cell), "
+    print("\nround by round (the configurations of a round ran one after another; the median "
+          "of the rounds' ratios):")
+    print(f"Ray overhead at 1 worker: {spread(overhead, '{:+.1f}%')} (target <= 15%); "
+          f"speed-up at 2 workers: Ray {spread(ray_up, '{:.2f}x')} (target >= 1.6x), local "
+          f"processes {spread(local_up, '{:.2f}x')}; data {path} "
+          f"({path.stat().st_size / 2**30:.1f} GiB, {args.nnz} non-zeros per cell), "
           f"read from {'the page cache' if start else 'disk'}")
-
 
 if __name__ == "__main__":
     main()
