@@ -197,5 +197,6 @@ def main() -> None:
           f"({path.stat().st_size / 2**30:.1f} GiB, {args.nnz} non-zeros per cell), "
           f"read from {'the page cache' if start else 'disk'}")
 
+
 if __name__ == "__main__":
     main()

@@ -123,8 +123,8 @@ def test_sparse_weight_memo_travels_by_name(reasoner, pbmc, pbmc_result):
     S = copy.score(E, measured)
     np.testing.assert_array_equal(S, copy.score(E, measured))
     np.testing.assert_array_equal(
-        copy._times(E, copy.P, "P"), np.asarray((E @ copy.P.T), dtype=np.float32))
-    assert not copy._times(E, copy.N, "N").any()
+        copy._times(E, "P"), np.asarray((E @ copy.P.T), dtype=np.float32))
+    assert not copy._times(E, "N").any()
 
 
 def test_counts_and_lognormalised_agree(reasoner, pbmc):

@@ -44,22 +44,23 @@ class Scoring:
             w_avail = np.asarray(A @ self.P.T)
             n_avail = np.asarray(A @ (self.P.T > 0).astype(np.float32))
             wn = self._neg_denominators(np.asarray(A @ self.N.T))
-        hits = self._times(E, self.P, "P")
+        hits = self._times(E, "P")
         # evidence saturates after ~8 weight units of markers; the coverage term (fraction
         # of all available markers seen) breaks ties between saturated lineages
         den = self._denominators(w_avail, n_avail)
         evidence = np.minimum(hits / den, 1.0)
         coverage = hits / np.maximum(w_avail, den)
-        neg = np.minimum(self._times(E, self.N, "N") / wn, 1.0)
+        neg = np.minimum(self._times(E, "N") / wn, 1.0)
         S = 0.8 * evidence + 0.2 * coverage - self.negative_weight * neg
         return S.astype(np.float32)
 
-    def _times(self, E: sp.csr_matrix, W: np.ndarray, key: str) -> np.ndarray:
-        """``E @ W.T`` (float32) over the non-zero weights only: the same sums, in the same
-        order, as the dense product when every value is finite (a NaN or inf times a zero
-        weight would spread, so those take the dense product). ``key`` names ``W`` in the
-        memo of its sparse form (a name, not ``id(W)``: the memo travels in pickles, where
-        ids mean nothing)."""
+    def _times(self, E: sp.csr_matrix, key: str) -> np.ndarray:
+        """``E @ W.T`` (float32) for the weights ``W = self.<key>`` (``"P"`` or ``"N"``), over
+        the non-zero weights only: the same sums, in the same order, as the dense product when
+        every value is finite (a NaN or inf times a zero weight would spread, so those take
+        the dense product). The memo of ``W``'s sparse form is keyed by that name, not
+        ``id(W)``: it travels in pickles, where ids mean nothing."""
+        W = getattr(self, key)
         E = sp.csr_matrix(E)
         if E.dtype != np.float32 or not np.isfinite(E.data).all():
             return np.asarray(E @ W.T)
