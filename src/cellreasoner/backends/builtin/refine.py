@@ -343,6 +343,18 @@ def fit_step_classifiers(
     """
     if not plan.steps:
         return {}
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+    # one BLAS thread: L-BFGS's dot products split over threads round differently, and the
+    # answers must not depend on the core count or the engine (Ray and local workers run
+    # with one thread each)
+    with threadpool_limits(limits=1):
+        return _fit_steps(plan, expression, n_genes, excluded, C)
+
+
+def _fit_steps(plan: TrainingPlan, expression: Callable[[np.ndarray], sp.csr_matrix],
+               n_genes: int, excluded: Callable[[int], np.ndarray], C: float
+               ) -> dict[int, StepClassifier]:
     from sklearn.linear_model import LogisticRegression
 
     out: dict[int, StepClassifier] = {}
