@@ -434,3 +434,25 @@ def test_small_cluster_warning_is_given_once_per_run(caplog):
         warned = [r for r in caplog.records if "adjusted p" in r.getMessage()]
         assert len(warned) == 1, backend
         assert res.table.set_index("cluster").loc["1", "cellreasoner_label"] != ""
+
+
+def test_sampling_overrides_reach_the_model_as_in_annotate(tmp_path):
+    """``top_p`` and ``repetition_penalty`` are sampling overrides here as in ``annotate``
+    (API and CLI), alone and for each model of a consensus; unset, the mode's defaults."""
+    from cellreasoner.cli import build_parser
+
+    fake = FakeBackend(_echo_first_gene)
+    annotate_markers(LISTS, fake, prompt_style="neutral", cache=False, temperature=0.5,
+                     top_p=0.9, repetition_penalty=1.3)
+    s = fake.samplings[0]
+    assert (s.temperature, s.top_p, s.repetition_penalty) == (0.5, 0.9, 1.3)
+    member = FakeBackend(_echo_first_gene, model="m")
+    annotate_markers(LISTS, ["builtin", member], prompt_style="neutral", cache=False,
+                     top_p=0.7, repetition_penalty=1.05)
+    assert {(x.top_p, x.repetition_penalty) for x in member.samplings} == {(0.7, 1.05)}
+    plain = FakeBackend(_echo_first_gene)
+    annotate_markers(LISTS, plain, reasoning=True, prompt_style="neutral", cache=False)
+    assert (plain.samplings[0].top_p, plain.samplings[0].repetition_penalty) == (0.4, 1.1)
+    args = build_parser().parse_args(["annotate-markers", "t.csv", "-o", str(tmp_path / "o.csv"),
+                                      "--top-p", "0.5", "--repetition-penalty", "1.2"])
+    assert (args.top_p, args.repetition_penalty) == (0.5, 1.2)

@@ -59,6 +59,7 @@ class FakeBackend(Backend):
         self.model = model
         self.fail_after = fail_after
         self.calls: list[Prompt] = []
+        self.samplings: list[SamplingParams] = []  # the sampling of each generate call
         self.contexts: list = []
 
     def configure(self, context) -> None:
@@ -67,6 +68,7 @@ class FakeBackend(Backend):
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams,
                  progress: ProgressCallback | None = None,
                  on_result: ResultCallback | None = None) -> list[list[Generation]]:
+        self.samplings.append(sampling)
         out: list[list[Generation]] = []
         for i, prompt in enumerate(prompts):
             if self.fail_after is not None and len(self.calls) >= self.fail_after:

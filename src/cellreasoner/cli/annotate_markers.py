@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instruction", help="system instruction: direct, reasoning or a text file")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (default 1)")
     p.add_argument("--temperature", type=float, help="default 0.01 direct, 0.6 reasoning")
+    p.add_argument("--top-p", type=float, help="default 0.01 direct, 0.4 reasoning")
+    p.add_argument("--repetition-penalty", type=float, help="default 1.1")
     p.add_argument("--max-new-tokens", type=int, help="default 4096")
     p.add_argument("--seed", type=int, help="sampling seed (default 1234)")
     p.add_argument("--layout", choices=list(LAYOUTS), default="auto",
@@ -88,7 +90,9 @@ def _run(args: argparse.Namespace) -> int:
         check_labels=args.check_labels, label_map=args.label_map,
         prompt_style=args.prompt_style, clusters_per_call=args.clusters_per_call,
         reasoning=args.reasoning, instruction=args.instruction, n=args.n,
-        temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        temperature=args.temperature, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
         cache=False if args.no_cache else args.cache,
         backend_options=opts if args.backend != "builtin" else None, layout=args.layout,
         uns_key=args.uns_key, deliberate=args.deliberate)

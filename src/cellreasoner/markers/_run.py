@@ -22,7 +22,8 @@ from .table import MarkerTable, filter_markers, keep_top, read_marker_table
 #: annotate_markers' options that every backend of a consensus run gets as they are.
 _OPTIONS = ("tissue", "species", "markers", "top", "max_padj", "min_logfc", "check_labels",
             "label_map", "prompt_style", "clusters_per_call", "reasoning", "instruction", "n",
-            "temperature", "max_new_tokens", "seed", "cache", "batch_size")
+            "temperature", "top_p", "repetition_penalty", "max_new_tokens", "seed", "cache",
+            "batch_size")
 
 
 @dataclass
@@ -173,6 +174,8 @@ def _ask_model(stack: ExitStack, be: Backend, markers: MarkerTable, style: str,
 
     tissue, reasoning = o["tissue"], o["reasoning"]
     sampling = SamplingParams.for_mode(reasoning, temperature=o["temperature"],
+                                       top_p=o["top_p"],
+                                       repetition_penalty=o["repetition_penalty"],
                                        max_new_tokens=o["max_new_tokens"], seed=o["seed"],
                                        n=int(o["n"]))
     if style == "gptcelltype":

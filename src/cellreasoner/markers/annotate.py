@@ -38,6 +38,8 @@ def annotate_markers(
     instruction: str | os.PathLike | None = None,
     n: int = 1,
     temperature: float | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
     max_new_tokens: int | None = None,
     seed: int | None = None,
     cache: str | os.PathLike | bool | None = None,
@@ -97,8 +99,8 @@ def annotate_markers(
         Override the system instruction (as in ``annotate``; CellReasoner/neutral styles).
     n
         Samples per prompt (default 1); the majority wins and its share is the confidence.
-    temperature, max_new_tokens, seed
-        Sampling overrides (default: the upstream settings of the mode).
+    temperature, top_p, repetition_penalty, max_new_tokens, seed
+        Sampling overrides (default: the upstream settings of the mode), as in ``annotate``.
     cache
         ``None`` (default): the shared annotation cache; a path; or ``False``.
     batch_size
