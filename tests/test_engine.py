@@ -219,6 +219,59 @@ def test_parquet_is_written_in_row_groups_that_read_back_whole(pbmc68k, tmp_path
     pd.testing.assert_frame_equal(back, want)
 
 
+def test_h5ad_text_columns_written_in_slices_read_back_as_anndata_writes_them(tmp_path,
+                                                                              monkeypatch):
+    """Long text columns go to HDF5 a slice at a time, in anndata's own encoding: the frame
+    reads back equal, with the same attributes, as ``write_elem`` writes it whole."""
+    import h5py
+    from anndata.io import read_elem, write_elem
+
+    from cellreasoner.annotation import output
+
+    monkeypatch.setattr(output, "H5AD_TEXT_ROWS", 5)  # 23 rows: 5 slices
+    n = 23
+    frame = pd.DataFrame({
+        "reasoning": [f"trace {i} " + "é" * i for i in range(n)],  # text, sliced
+        "label": pd.Categorical([["T cell", "B cell"][i % 2] for i in range(n)]),
+        "confidence": np.linspace(0, 1, n, dtype=np.float32),
+        "cited": [", ".join(["CD3E"] * (i % 4)) for i in range(n)],  # "" included
+        "flag": np.arange(n) % 2 == 0,
+        "count": np.arange(n),
+    }, index=[f"cell{i}" for i in range(n)])
+    # text with a missing value is left to anndata (which decides how to write it, or not)
+    assert not output._all_text(pd.Series(["x", None], dtype=object))
+
+    def written(write) -> tuple[pd.DataFrame, dict, dict]:
+        with h5py.File(tmp_path / "obs.h5", "w") as f:
+            write(f, "obs", frame)
+            g = f["obs"]
+            return (read_elem(g), dict(g.attrs), {k: dict(g[k].attrs) if isinstance(
+                g[k], h5py.Dataset) else None for k in g})
+
+    for name in (None, "barcode"):  # the index as "_index" or under its own name
+        frame.index.name = name
+        sliced, group_attrs, attrs = written(output.write_frame)
+        whole, want_group, want = written(write_elem)
+        pd.testing.assert_frame_equal(sliced, whole)
+        assert sliced["reasoning"].tolist() == frame["reasoning"].tolist()
+        assert sliced.index.tolist() == frame.index.tolist() and sliced.index.name == name
+        assert attrs == want and list(group_attrs["column-order"]) == list(frame.columns)
+        assert group_attrs["_index"] == want_group["_index"]
+
+
+def test_backed_h5ad_output_with_sliced_text_reads_back_whole(pbmc68k, tmp_path, monkeypatch):
+    from cellreasoner.annotation import output
+
+    monkeypatch.setattr(output, "H5AD_TEXT_ROWS", 64)  # 700 cells: 11 slices per text column
+    path = tmp_path / "in.h5ad"
+    pbmc68k.raw.to_adata().write_h5ad(path)
+    res = annotate(str(path), progress=False)
+    assert res.adata.isbacked
+    back = ad.read_h5ad(res.write(tmp_path / "out.h5ad"))
+    pd.testing.assert_frame_equal(back.obs, res.adata.obs)
+    assert back.obs["cellreasoner_reasoning"].tolist() == res.table["reasoning"].tolist()
+
+
 def test_a_reused_builtin_object_does_not_keep_an_earlier_runs_tissue(pbmc68k):
     be = BuiltinBackend()
     adata = pbmc68k.raw.to_adata()

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from .._spreadsheet import spreadsheet_safe
@@ -82,7 +83,55 @@ def _write_backed(adata, tmp: Path) -> None:
         for key, value in (("obs", adata.obs), ("var", adata.var), ("uns", dict(adata.uns))):
             if key in f:
                 del f[key]
-            write_elem(f, key, value)
+            if key == "obs":
+                write_frame(f, key, value)
+            else:
+                write_elem(f, key, value)
+
+
+#: Rows of a text column written to an ``.h5ad`` at a time: h5py converts the text it is given
+#: into one buffer (a million reasoning traces at once: ~600 MB).
+H5AD_TEXT_ROWS = 65_536
+
+
+def write_frame(group, key: str, frame: pd.DataFrame) -> None:
+    """``frame`` into ``group[key]`` as anndata's ``write_elem`` writes a data frame, with its
+    long text columns and index (all ``str``, over :data:`H5AD_TEXT_ROWS` rows) written a
+    slice at a time in the same encoding (``string-array`` 0.2.0)."""
+    from anndata.io import write_elem
+
+    n = len(frame)
+    long = n > H5AD_TEXT_ROWS
+    text = [c for c in frame.columns if long and _all_text(frame[c])]
+    rest = frame.drop(columns=text)
+    sliced_index = long and _all_text(frame.index)
+    if sliced_index:  # a placeholder index of the right length, replaced below
+        rest.index = pd.RangeIndex(n, name=frame.index.name)
+    write_elem(group, key, rest)
+    out = group[key]
+    if sliced_index:
+        name = out.attrs["_index"]
+        del out[name]
+        _write_text(out, name, frame.index.to_numpy())
+    for c in text:
+        _write_text(out, c, frame[c].to_numpy())
+    if text:
+        out.attrs["column-order"] = np.array(list(frame.columns), dtype=object)
+
+
+def _all_text(values) -> bool:
+    return values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string"
+
+
+def _write_text(group, name: str, values: np.ndarray) -> None:
+    """``values`` (``str`` objects) as an anndata ``string-array``, a slice at a time."""
+    import h5py
+
+    ds = group.create_dataset(name, shape=(len(values),), dtype=h5py.string_dtype())
+    ds.attrs["encoding-type"] = "string-array"
+    ds.attrs["encoding-version"] = "0.2.0"
+    for lo in range(0, len(values), H5AD_TEXT_ROWS):
+        ds[lo:lo + H5AD_TEXT_ROWS] = values[lo:lo + H5AD_TEXT_ROWS]
 
 
 def write_result(result: AnnotationResult, path: str | os.PathLike, *,
