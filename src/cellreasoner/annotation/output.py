@@ -6,7 +6,8 @@ Every output is written to a temporary file in the target's folder and renamed i
 since HDF5 can crash the process after a failed write (disk full). An AnnData opened
 ``backed="r"`` (a streamed ``.h5ad`` input) is written without loading its matrix: the input
 file is copied as it is (X, layers, ``.raw``, ``obsm``/``obsp`` stay byte for byte) and only
-``obs``, ``var`` and ``uns`` are rewritten.
+``obs``, ``var`` and ``uns`` are rewritten (``obs``'s long text columns, such as a million
+reasoning traces, a slice at a time: :func:`write_frame`).
 """
 
 from __future__ import annotations
