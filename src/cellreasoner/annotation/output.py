@@ -84,10 +84,7 @@ def _write_backed(adata, tmp: Path) -> None:
         for key, value in (("obs", adata.obs), ("var", adata.var), ("uns", dict(adata.uns))):
             if key in f:
                 del f[key]
-            if key == "obs":
-                write_frame(f, key, value)
-            else:
-                write_elem(f, key, value)
+            (write_frame if isinstance(value, pd.DataFrame) else write_elem)(f, key, value)
 
 
 #: Rows of a text column written to an ``.h5ad`` at a time: h5py converts the text it is given
@@ -102,10 +99,12 @@ def write_frame(group, key: str, frame: pd.DataFrame) -> None:
     from anndata.io import write_elem
 
     n = len(frame)
-    long = n > H5AD_TEXT_ROWS
-    text = [c for c in frame.columns if long and _all_text(frame[c])]
+    if n <= H5AD_TEXT_ROWS:
+        write_elem(group, key, frame)
+        return
+    text = [c for c in frame.columns if _all_text(frame[c])]
     rest = frame.drop(columns=text)
-    sliced_index = long and _all_text(frame.index)
+    sliced_index = _all_text(frame.index)
     if sliced_index:  # a placeholder index of the right length, replaced below
         rest.index = pd.RangeIndex(n, name=frame.index.name)
     write_elem(group, key, rest)

@@ -343,19 +343,8 @@ def fit_step_classifiers(
     """
     if not plan.steps:
         return {}
-    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
-
-    # one BLAS thread: L-BFGS's dot products split over threads round differently, and the
-    # answers must not depend on the core count or the engine (Ray and local workers run
-    # with one thread each)
-    with threadpool_limits(limits=1):
-        return _fit_steps(plan, expression, n_genes, excluded, C)
-
-
-def _fit_steps(plan: TrainingPlan, expression: Callable[[np.ndarray], sp.csr_matrix],
-               n_genes: int, excluded: Callable[[int], np.ndarray], C: float
-               ) -> dict[int, StepClassifier]:
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
     out: dict[int, StepClassifier] = {}
     for p, rows_all, y_all in plan.steps:
@@ -369,7 +358,11 @@ def _fit_steps(plan: TrainingPlan, expression: Callable[[np.ndarray], sp.csr_mat
         if len(features) == 0:
             continue
         model = LogisticRegression(C=C, class_weight="balanced", max_iter=1000)
-        model.fit(X[:, features], y_all)
+        # one BLAS thread: L-BFGS's dot products split over threads round differently, and
+        # the answers must not depend on the core count or the engine (Ray and local
+        # workers run with one thread each)
+        with threadpool_limits(limits=1):
+            model.fit(X[:, features], y_all)
         out[p] = StepClassifier(np.asarray(model.classes_), features,
                                 model.coef_.astype(np.float32),
                                 model.intercept_.astype(np.float32))
