@@ -13,8 +13,9 @@ in ``--workdir`` for the next run). Each configuration is one whole process writ
 - ``one process``: ``annotate(path, workers=1)``;
 - ``local, 2 worker processes``: ``annotate(path, workers=2)`` (the local engine's processes,
   each reading its own chunks from the file);
-- ``ray N``: ``ray.init(num_cpus=N)``, then ``annotate(path, engine="ray", workers=N)``
-  (chunks of 20,000 cells as tasks, read by the workers from the file; no manifest).
+- ``ray N``: ``annotate(path, engine="ray", workers=N)``, which starts its own local cluster
+  of N CPUs and stops it at the end, as a user's run does (chunks of 20,000 cells as tasks,
+  read by the workers from the file; no manifest).
 
 Every run starts alike (``_common.settle``): earlier writes flushed, the input read through
 once so that it is in the page cache (unless it would not fit beside a run).
@@ -80,9 +81,6 @@ def sample():  # the whole process tree: this driver, its workers (and Ray's own
         time.sleep(0.2)
 
 threading.Thread(target=sample, daemon=True).start()
-if engine == "ray":
-    import ray
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
 from cellreasoner.annotation import annotate
 result = annotate(sys.argv[1], progress=False, engine=engine, workers=workers)
 result.write(sys.argv[2])

@@ -283,3 +283,42 @@ def test_cluster_marker_statistics_as_ray_tasks(ray_cluster, cells_12k, pbmc68k)
                 np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-8)
         genes = [str(x) for x in memory.var_names]
         assert rank_markers(memory, by, genes, cluster=cluster) == rank_markers(memory, by, genes)
+
+
+LOCAL_CLUSTER = """
+import json, os, psutil
+from cellreasoner.distributed import connect
+
+def getpid():
+    return os.getpid()
+
+with connect(workers=2) as c:
+    ray = c.ray
+    pid = ray.remote(num_cpus=1)(getpid)
+    pids = {ray.get(pid.remote()) for _ in range(4)}
+    processes = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+    cpus, store = ray.cluster_resources()["CPU"], ray.cluster_resources()["object_store_memory"]
+left = [p.pid for p in psutil.Process().children(recursive=True)
+        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+print("RESULT " + json.dumps({"started": c.started_here, "cpus": cpus, "store": store,
+                              "workers": len(pids), "processes": processes, "left": left}))
+"""
+
+
+def test_run_starts_its_own_lean_local_cluster_and_stops_it():
+    """With no cluster running, a run starts one of ``workers`` CPUs without the autoscaler's
+    monitor or the log monitor, with an object store sized as ``ray.init``'s, and leaves no
+    process behind (a fresh interpreter: this file's cluster is already up here)."""
+    from cellreasoner.distributed.cluster import object_store_bytes
+
+    done = subprocess.run([sys.executable, "-c", LOCAL_CLUSTER], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")},
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.split("RESULT ")[-1])
+    assert got["started"] and got["cpus"] == 2 and got["workers"] >= 1
+    assert not [p for p in got["processes"] if "monitor.py" in p], got["processes"]
+    assert any("raylet" in p for p in got["processes"])
+    # Ray's default share of the memory available (it moves as other tests run)
+    assert got["store"] > 0.5 * object_store_bytes()
+    assert got["left"] == []

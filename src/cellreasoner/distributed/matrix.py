@@ -159,7 +159,7 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
                  block_cells: int, manifest: RunManifest | None, advance, out: dict,
                  direct: bool = False) -> None:
     limit = cluster.workers + 1  # one chunk waiting per cluster: workers never idle
-    job_ref = ray.put(job)
+    job_ref = _JobRef(getattr(job, "token", None), ray.put(job))
     planner = job.planner(connectivities)
     if job.needs_pass_one(connectivities):
         score = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
@@ -227,22 +227,36 @@ def _group_task(chunk, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarra
     return chunk_group_sums(_read(chunk), codes, k)
 
 
-def _score_task(job, chunk, start: int, keep_scores: bool, bounds: dict | None = None):
-    return job.score(_read(chunk), start, keep_scores, bounds)
+class _JobRef:
+    """The job as a task argument: its token, and its object in a list, which Ray passes
+    as the reference, not the value; a worker that ran the job before (same token) uses
+    its own copy instead of fetching and unpickling it again for every chunk."""
+
+    def __init__(self, token: str | None, ref) -> None:
+        self.token, self.refs = token, [ref]
+
+    def get(self):
+        import ray  # in the worker, which Ray started
+
+        if self.token is None:
+            return ray.get(self.refs[0])
+        if self.token not in _JOBS:  # one job per worker process: its last
+            _JOBS.clear()
+            _JOBS[self.token] = ray.get(self.refs[0])
+        return _JOBS[self.token]
 
 
 #: per worker process: the job its last tasks ran (its answerer's tables are built once)
 _JOBS: dict[str, object] = {}
 
 
-def _answer_task(job, chunk, start: int, plan) -> CellAnswers:
-    token = getattr(job, "token", None)
-    if token is not None:
-        if token not in _JOBS:
-            _JOBS.clear()
-            _JOBS[token] = job
-        job = _JOBS[token]
-    return job.answer(_read(chunk), start, plan)
+def _score_task(job: _JobRef, chunk, start: int, keep_scores: bool,
+                bounds: dict | None = None):
+    return job.get().score(_read(chunk), start, keep_scores, bounds)
+
+
+def _answer_task(job: _JobRef, chunk, start: int, plan) -> CellAnswers:
+    return job.get().answer(_read(chunk), start, plan)
 
 
 __all__ = ["DEFAULT_BLOCK_CELLS", "answers_frame", "frame_answers", "group_sums",
