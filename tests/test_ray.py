@@ -322,3 +322,34 @@ def test_run_starts_its_own_lean_local_cluster_and_stops_it():
     # Ray's default share of the memory available (it moves as other tests run)
     assert got["store"] > 0.5 * object_store_bytes()
     assert got["left"] == []
+
+
+RAY_ADDRESS_RUN = """
+import json
+from cellreasoner.distributed import connect
+from cellreasoner.errors import InputError
+try:
+    with connect() as c:
+        got = {"started": c.started_here, "cpus": c.ray.cluster_resources()["CPU"]}
+except InputError as exc:
+    got = {"error": str(exc)}
+print("RESULT " + json.dumps(got))
+"""
+
+
+def _connect_with(ray_address: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "RAY_ADDRESS": ray_address}
+    done = subprocess.run([sys.executable, "-c", RAY_ADDRESS_RUN], capture_output=True,
+                          text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.split("RESULT ")[-1])
+
+
+def test_ray_address_names_the_cluster_when_no_address_is_given(ray_cluster):
+    """``$RAY_ADDRESS`` is honoured as ``ray.init()`` honours it: the run joins that cluster
+    (it starts none of its own), and one it cannot reach is a clear error that names the
+    variable and shows no password."""
+    assert _connect_with(ray_cluster) == {"started": False, "cpus": 2.0}
+    err = _connect_with("user:hunter2@127.0.0.1:1")["error"]
+    assert err.startswith("RAY_ADDRESS ") and "cannot connect" in err
+    assert "hunter2" not in err

@@ -204,7 +204,7 @@ def annotate(
         ``manifest`` is the Ray engine's resume.
     address
         Ray engine: the cluster (``"auto"``, ``"ray://host:10001"``; default: the Ray session
-        this process started, else a local one of ``workers`` CPUs).
+        this process started, else ``$RAY_ADDRESS``'s, else a local one of ``workers`` CPUs).
     workers
         Local engine: worker processes for the built-in reasoner reading an ``.h5ad`` file
         (default: every core, at most 8, once the file holds 40,000 cells per core; ``1``:

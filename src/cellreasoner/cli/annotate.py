@@ -125,7 +125,8 @@ def _add_outputs_and_engine(p: argparse.ArgumentParser) -> None:
                    help="local (default): this process; ray: chunks of cells / blocks of "
                    "unique prompts answered on a Ray cluster (pip install 'cellreasoner[ray]')")
     p.add_argument("--address", help="Ray cluster: auto (the cluster of this machine), "
-                   "ray://HOST:10001, or HOST:PORT; default: a local cluster of --workers CPUs")
+                   "ray://HOST:10001, or HOST:PORT; default: $RAY_ADDRESS if set, else a local "
+                   "cluster of --workers CPUs")
     p.add_argument("--workers", type=int,
                    help="local: worker processes for the builtin reading an .h5ad (default: "
                    "every core, at most 8, for files of 40,000 cells per core; 1: one process); "

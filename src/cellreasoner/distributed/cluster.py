@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .._secrets import redact_text, redact_url
 from ..errors import InputError, require
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ def connect(address: str | None = None, workers: int | None = None):
     Parameters
     ----------
     address
-        ``None``: the Ray session this process has already started, else a new local cluster
-        of ``workers`` CPUs; ``"auto"``: the cluster this machine belongs to (``ray start``);
+        ``None``: the Ray session this process has already started, else the cluster
+        ``$RAY_ADDRESS`` names (as ``ray.init()`` reads it), else a new local cluster of
+        ``workers`` CPUs; ``"auto"``: the cluster this machine belongs to (``ray start``);
         ``"ray://host:10001"`` (Ray Client) or a GCS ``host:port``.
     workers
         Tasks or backend replicas run at a time (default: the cluster's CPUs).
@@ -62,15 +64,21 @@ def connect(address: str | None = None, workers: int | None = None):
     ray = import_ray()
     started, local = False, None
     if not ray.is_initialized():
+        given = "--address"
+        if not address and os.environ.get("RAY_ADDRESS"):
+            address, given = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
         if address:
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise InputError(f"--address {address}: cannot connect to a Ray cluster there "
-                                 f"({exc}). Start one with `ray start --head`, or leave "
-                                 "--address out for a local cluster.") from None
+                raise InputError(f"{given} {_shown(address)}: cannot connect to a Ray "
+                                 f"cluster there ({redact_text(str(exc))}). Start one with "
+                                 f"`ray start --head`, or leave {given} out for a local "
+                                 "cluster.") from None
         else:
-            local = _start_local(ray, int(workers or os.cpu_count() or 1))
+            from .._system import available_cores
+
+            local = _start_local(ray, int(workers or available_cores()))
             started = True
     n = int(workers) if workers else _cluster_cpus(ray)
     log.info("Ray: %d worker(s) on %s", n, "a local cluster" if started else "the cluster")
@@ -81,6 +89,15 @@ def connect(address: str | None = None, workers: int | None = None):
             ray.shutdown()
             if local is not None:
                 local.shutdown()
+
+
+def _shown(address: str) -> str:
+    """``address`` as a message shows it: a ``user:password@`` before the host blanked (and
+    the password registered, so that an exception's text quoting it is blanked too)."""
+    if "://" in address:
+        return redact_url(address)
+    shown = redact_url("//" + address)  # a GCS host:port has no scheme: read it as a netloc
+    return shown.removeprefix("//")
 
 
 def _start_local(ray, cpus: int) -> Any:
