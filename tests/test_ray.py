@@ -305,17 +305,42 @@ print("RESULT " + json.dumps({"started": c.started_here, "cpus": cpus, "store": 
 """
 
 
+def _local_cluster_run(prelude: str = "") -> dict:
+    done = subprocess.run([sys.executable, "-c", prelude + LOCAL_CLUSTER], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")},
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.split("RESULT ")[-1])
+
+
+#: a Ray release whose cluster utilities take other options
+OLD_CLUSTER_UTILS = """
+import ray.cluster_utils
+
+class Cluster:
+    def __init__(self, **kwargs):
+        raise TypeError("unexpected keyword argument 'no_monitor'")
+
+ray.cluster_utils.Cluster = Cluster
+"""
+
+
+def test_local_cluster_falls_back_to_ray_init():
+    """Where Ray's cluster utilities do not take the lean options, ``ray.init`` starts the
+    usual local cluster (its monitors included) and the run still stops it."""
+    got = _local_cluster_run(OLD_CLUSTER_UTILS)
+    assert got["started"] and got["cpus"] == 2 and got["workers"] >= 1
+    assert [p for p in got["processes"] if "monitor.py" in p]
+    assert got["left"] == []
+
+
 def test_run_starts_its_own_lean_local_cluster_and_stops_it():
     """With no cluster running, a run starts one of ``workers`` CPUs without the autoscaler's
     monitor or the log monitor, with an object store sized as ``ray.init``'s, and leaves no
     process behind (a fresh interpreter: this file's cluster is already up here)."""
     from cellreasoner.distributed.cluster import object_store_bytes
 
-    done = subprocess.run([sys.executable, "-c", LOCAL_CLUSTER], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")},
-                          timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = json.loads(done.stdout.split("RESULT ")[-1])
+    got = _local_cluster_run()
     assert got["started"] and got["cpus"] == 2 and got["workers"] >= 1
     assert not [p for p in got["processes"] if "monitor.py" in p], got["processes"]
     assert any("raylet" in p for p in got["processes"])
