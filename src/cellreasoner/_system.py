@@ -1,5 +1,5 @@
-"""What this machine lends a run: the CPU cores the process may use; handing freed memory
-back to it."""
+"""What this machine lends a run: the CPU cores the process may use and the memory available;
+handing freed memory back to it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,18 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new work: the kernel's MemAvailable (free memory and the
+    page cache it can reclaim), else the free pages."""
+    meminfo = "/proc/meminfo"
+    if os.path.isfile(meminfo):
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @functools.cache
@@ -41,4 +53,4 @@ def release_memory() -> bool:
     return True
 
 
-__all__ = ["available_cores", "release_memory"]
+__all__ = ["available_cores", "available_memory", "release_memory"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._secrets import redact_text, redact_url
+from .._system import available_cores, available_memory
 from ..errors import InputError, require
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ def connect(address: str | None = None, workers: int | None = None):
                                  f"`ray start --head`, or leave {given} out for a local "
                                  "cluster.") from None
         else:
-            from .._system import available_cores
-
             local = _start_local(ray, int(workers or available_cores()))
             started = True
     n = int(workers) if workers else _cluster_cpus(ray)
@@ -132,23 +131,11 @@ def object_store_bytes() -> int:
     """The object store a local cluster gets, sized as ``ray.init`` sizes it: 30% of the
     memory available now, at most 95% of the free shared memory (``/dev/shm``) when that
     holds over 10 GB (below, Ray would map a file instead), and at least 75 MiB."""
-    size = int(0.3 * _available_memory())
+    size = int(0.3 * available_memory())
     if os.path.isdir("/dev/shm"):
         shm = os.statvfs("/dev/shm")
         size = min(size, max(10**10, int(0.95 * shm.f_bavail * shm.f_frsize)))
     return max(size, 75 << 20)
-
-
-def _available_memory() -> int:
-    """Bytes of memory available to new work: the kernel's MemAvailable (free memory and the
-    page cache it can reclaim), else the free pages."""
-    meminfo = "/proc/meminfo"
-    if os.path.isfile(meminfo):
-        with open(meminfo) as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 __all__ = ["ENGINES", "RayCluster", "connect", "import_ray", "object_store_bytes"]

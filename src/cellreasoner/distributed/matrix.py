@@ -159,7 +159,7 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
                  block_cells: int, manifest: RunManifest | None, advance, out: dict,
                  direct: bool = False) -> None:
     limit = cluster.workers + 1  # one chunk waiting per cluster: workers never idle
-    job_ref = _JobRef(getattr(job, "token", None), ray.put(job))
+    job_ref = _JobRef(ray.put(job))
     planner = job.planner(connectivities)
     if job.needs_pass_one(connectivities):
         score = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
@@ -228,22 +228,21 @@ def _group_task(chunk, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarra
 
 
 class _JobRef:
-    """The job as a task argument: its token, and its object in a list, which Ray passes
-    as the reference, not the value; a worker that ran the job before (same token) uses
-    its own copy instead of fetching and unpickling it again for every chunk."""
+    """The job as a task argument: its object reference in a list, which Ray passes as the
+    reference, not the value; a worker that ran the job before (same reference) uses its
+    own copy instead of fetching and unpickling it again for every chunk."""
 
-    def __init__(self, token: str | None, ref) -> None:
-        self.token, self.refs = token, [ref]
+    def __init__(self, ref) -> None:
+        self.refs = [ref]
 
     def get(self):
         import ray  # in the worker, which Ray started
 
-        if self.token is None:
-            return ray.get(self.refs[0])
-        if self.token not in _JOBS:  # one job per worker process: its last
+        key = self.refs[0].hex()
+        if key not in _JOBS:  # one job per worker process: its last
             _JOBS.clear()
-            _JOBS[self.token] = ray.get(self.refs[0])
-        return _JOBS[self.token]
+            _JOBS[key] = ray.get(self.refs[0])
+        return _JOBS[key]
 
 
 #: per worker process: the job its last tasks ran (its answerer's tables are built once)

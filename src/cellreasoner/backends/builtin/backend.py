@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -234,8 +233,6 @@ class ChunkJob:
 
     def __init__(self, reasoner: Reasoner, genes: list[str], spec) -> None:
         self.reasoner, self.genes, self.spec = reasoner, genes, spec
-        #: names this job across processes (a worker builds its answerer once per job)
-        self.token = uuid.uuid4().hex
         self._answerer = None
 
     def __getstate__(self) -> dict:
