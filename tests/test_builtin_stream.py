@@ -210,3 +210,54 @@ def test_training_sample_is_the_same_whatever_the_chunking():
     np.testing.assert_array_equal(np.sort(r9[y9 == 201]), few)  # 40 <= 300: all of them
     assert (y9 == 200).sum() == 300  # capped, drawn from all of the child's cells
     assert r9[y9 == 200].max() > 0.8 * n and r9[y9 == 200].min() < 0.2 * n
+
+
+def test_pass_one_reads_spaced_windows_of_large_data():
+    """Up to ``refine_sample_from`` cells (or with kNN smoothing, which needs every cell's
+    scores) pass one sees every cell in the engine's chunks; of larger data, 20 evenly spaced
+    windows adding up to about that many cells, the same rows for any chunk size."""
+    from cellreasoner.backends.builtin._stream import pass_one_spans
+
+    r = Reasoner(refine_sample_from=3_000)
+    small = pass_one_spans(r, 2_500, None, 1_000)
+    assert small == [(0, 1_000), (1_000, 2_000), (2_000, 2_500)]
+    graph = sp.identity(12_000, format="csr")
+    assert pass_one_spans(r, 12_000, graph, 2_000) == [(lo, lo + 2_000)
+                                                        for lo in range(0, 12_000, 2_000)]
+    spans = pass_one_spans(r, 12_000, None, 2_000)
+    assert spans == pass_one_spans(r, 12_000, None, 777)  # whatever the engine's chunk
+    assert len(spans) == 20 and spans[0] == (0, 150)
+    assert {hi - lo for lo, hi in spans} == {150}
+    assert {b[0] - a[0] for a, b in zip(spans, spans[1:], strict=False)} == {600}  # every 4th
+    assert spans[-1] == (11_400, 11_550)  # spread over the whole file
+    assert pass_one_spans(r, 12_001, None, 2_000)[-1] == (12_000, 12_001)  # a short last one
+    assert pass_one_spans(Reasoner(refine=False), 12_000, None, 2_000) == []
+    assert len(pass_one_spans(Reasoner(refine_sample_from=None), 12_000, None, 2_000)) == 6
+    with pytest.raises(Exception, match="refine_sample_from=0"):
+        Reasoner(refine_sample_from=0)
+
+
+@pytest.mark.parametrize("on_file", [False, True])
+def test_spans_are_the_rows_they_name(tmp_path, on_file):
+    """:meth:`MatrixSource.iter_spans`: each span's rows exactly, whether read from the file
+    or cut from in-memory chunks (spans crossing chunk borders are stacked)."""
+    import anndata as ad
+
+    from cellreasoner.matrix import from_h5ad
+
+    X = sp.random(1_000, 30, density=0.2, format="csr", random_state=4, dtype=np.float32)
+    genes = [f"G{i}" for i in range(30)]
+    if on_file:
+        path = tmp_path / "x.h5ad"
+        a = ad.AnnData(X)
+        a.var_names = genes
+        a.write_h5ad(path)
+        source = from_h5ad(path)
+    else:
+        source = from_matrix(X, genes)
+    spans = [(0, 150), (140 + 10, 150 + 10), (300, 450), (990, 1_200)]
+    got = list(source.iter_spans(spans))
+    assert [lo for lo, _ in got] == [0, 150, 300, 990]
+    for (lo, rows), (_, hi) in zip(got, spans, strict=True):
+        want = X[lo:min(hi, 1_000)]
+        assert rows.shape == want.shape and (rows != want).nnz == 0

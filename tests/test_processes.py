@@ -151,3 +151,18 @@ def test_classifiers_trained_on_workers_equal_one_process(cells_12k):
     for p in serial:
         np.testing.assert_array_equal(parallel[p].coef, serial[p].coef)
         np.testing.assert_array_equal(parallel[p].features, serial[p].features)
+
+
+def test_spaced_pass_one_gives_the_single_process_answers(cells_12k):
+    """Data larger than ``refine_sample_from``: pass one scores spaced windows only (the
+    training sample, so the answers, may differ from a pass over every cell); two workers,
+    with their own chunk size, score the same windows and give the single process's answers."""
+    from cellreasoner.backends.builtin import BuiltinBackend
+
+    def run(workers: int, **kw):
+        be = BuiltinBackend(refine_sample_from=3_000)
+        return annotate(str(cells_12k), backend=be, workers=workers, progress=False, **kw).table
+
+    one = run(1)
+    pd.testing.assert_frame_equal(run(2, chunk_size=2_000), one)
+    assert one["label"].nunique() >= 6

@@ -52,6 +52,18 @@ def test_200k_cells_same_labels_as_single_process(ray_cluster, tmp_path):
     assert local.table["label"].nunique() >= 8  # a real mix of cell types, not one answer
 
 
+def test_spaced_pass_one_same_answers_on_ray(ray_cluster, cells_12k):
+    """Data larger than ``refine_sample_from``: Ray's tasks score the same spaced windows as
+    the single process (its own chunk size), so the answers are the single process's."""
+    from cellreasoner.backends.builtin import BuiltinBackend
+
+    def run(**kw):
+        return annotate(str(cells_12k), backend=BuiltinBackend(refine_sample_from=3_000),
+                        progress=False, **kw).table
+
+    _same_answers(run(engine="ray", chunk_size=2_000), run(workers=1))
+
+
 def _ray_workers_running(task: str) -> list[psutil.Process]:
     """Worker processes whose title says they run ``task`` now (Ray names them ray::TASK)."""
     out = []

@@ -55,6 +55,37 @@ class MatrixSource:
             start += chunk.shape[0]
             yield chunk
 
+    def iter_spans(self, spans: Sequence[tuple[int, int]]
+                   ) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """``(lo, rows lo ... hi - 1)`` for each ``(lo, hi)`` of ``spans`` (in row order, not
+        overlapping), values checked as :meth:`iter_chunks` does: read straight from the file
+        where the source can (the rows between spans are never read), else cut from its
+        chunks."""
+        spans = [(int(lo), min(int(hi), self.n_obs)) for lo, hi in spans]
+        spans = [(lo, hi) for lo, hi in spans if hi > lo]
+        if not spans:
+            return
+        if self._rows is not None:
+            for lo, hi in spans:
+                yield lo, self.read_rows(lo, hi)
+            return
+        k, start, parts = 0, 0, []
+        for chunk in self.iter_chunks(max(1, spans[0][1] - spans[0][0])):
+            stop = start + chunk.shape[0]
+            while k < len(spans) and spans[k][0] < stop:
+                lo, hi = spans[k]
+                a, b = max(lo, start), min(hi, stop)
+                if b > a:
+                    whole = a == start and b == stop
+                    parts.append(chunk if whole else chunk[a - start:b - start])
+                if hi > stop:  # the span goes on in the next chunk
+                    break
+                yield lo, parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+                parts, k = [], k + 1
+            start = stop
+            if k == len(spans):
+                return
+
     def read_rows(self, lo: int, hi: int) -> sp.csr_matrix:
         """Rows ``lo ... hi - 1`` as CSR, read straight from the file, values checked as
         :meth:`iter_chunks` does (sources that :attr:`reopen`, i.e. files, only)."""

@@ -205,10 +205,11 @@ class Backend(ABC):
     def chunk_job(self, source: MatrixSource):
         """A matrix backend's self-contained (picklable) work on chunks of ``source``, for the
         Ray engine and local worker processes (:mod:`cellreasoner.distributed`):
-        ``needs_pass_one(connectivities)``, ``score(chunk, start, keep_scores, bounds=None)``,
-        ``planner(connectivities)`` (``add`` each score as it arrives, or ``merge`` other
-        planners' ``export``, then ``plan(source)``), ``answer(chunk, start, plan) ->
-        CellAnswers`` and ``run(source, connectivities, progress)`` (all of it in one
+        ``needs_pass_one(connectivities)``, ``pass_one_spans(n_obs, connectivities,
+        chunk_size)`` (the rows ``score`` must see), ``score(chunk, start, keep_scores,
+        bounds=None)``, ``planner(connectivities)`` (``add`` each score as it arrives, or
+        ``merge`` other planners' ``export``, then ``plan(source)``), ``answer(chunk, start,
+        plan) -> CellAnswers`` and ``run(source, connectivities, progress)`` (all of it in one
         process). Only matrix backends that scale out implement it."""
         raise NotImplementedError(f"backend '{self.name}' cannot answer chunks on Ray workers")
 

@@ -5,7 +5,8 @@ writes pickled messages to this process's stdin and reads its answers from stdou
 child, over its own pipes; nothing here reads a file others could write). Anything printed
 goes to stderr, so it can never corrupt a message.
 
-Messages in: ``("job", job, reopen, spans, pass_one, keep)`` once; after pass one
+Messages in: ``("job", job, reopen, spans, pass_one, keep)`` once (``pass_one``: the spans
+this worker scores in pass one, ``None`` when there is no pass one); after pass one
 ``("rows", cells)`` (the merged training sample's cells: this worker sends those rows it holds);
 ``("call", fn, args)`` any number of times (work the parent spreads over its workers, e.g.
 training the refinement's classifiers); ``("plan", plan)`` once, then pass two runs. Out:
@@ -35,10 +36,10 @@ def main() -> None:
     try:
         _, job, reopen, spans, pass_one, keep = pickle.load(inbox)
         source = reopen()
-        if pass_one:
+        if pass_one is not None:  # this worker's share of pass one's spans (maybe none)
             planner = job.planner(None)
-            for lo, hi in spans:
-                planner.add(job.score(source.read_rows(lo, hi), lo, keep, planner.bounds()))
+            for lo, chunk in source.iter_spans(pass_one):
+                planner.add(job.score(chunk, lo, keep, planner.bounds()))
             send(("scores", planner.export()))
             # the parent merged every worker's sample: it asks for the rows of its cells
             send(("rows", planner.rows_of(_expect(inbox, "rows")[1])))

@@ -89,6 +89,16 @@ def _chunks(source, block_cells: int, direct: bool = False) -> Iterator[tuple[in
             start += chunk.shape[0]
 
 
+def _span_chunks(source, spans: list[tuple[int, int]],
+                 direct: bool = False) -> Iterator[tuple[int, object]]:
+    """:func:`_chunks` of the rows of ``spans`` only (pass one's)."""
+    if direct:
+        for lo, hi in spans:
+            yield lo, _Rows(source.reopen, lo, hi)
+        return
+    yield from source.iter_spans(spans)
+
+
 def _workers_read(source, cluster: RayCluster) -> bool:
     """Whether the workers read their chunks of ``source`` themselves: a file they can open
     (every node is this machine); across machines the driver ships the chunks."""
@@ -161,14 +171,15 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
     limit = cluster.workers + 1  # one chunk waiting per cluster: workers never idle
     job_ref = _JobRef(ray.put(job))
     planner = job.planner(connectivities)
-    if job.needs_pass_one(connectivities):
+    one = job.pass_one_spans(source.n_obs, connectivities, block_cells)
+    if one:
         score = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
         keep = connectivities is not None
         # each chunk's scores (and training sample) merge into the plan as they arrive; a
         # task sent later copies only rows that the sample merged so far could still take
         _windowed(ray, lambda start, chunk: score.remote(job_ref, chunk, start, keep,
                                                          planner.bounds()),
-                  _chunks(source, block_cells, direct), limit,
+                  _span_chunks(source, one, direct), limit,
                   lambda item, value: planner.add(value))
     # the refinement's classifiers trained side by side, as Ray tasks
     plan = planner.plan(source, map_calls=lambda calls: _ray_map(ray, calls))

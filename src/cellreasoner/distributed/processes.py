@@ -81,16 +81,17 @@ def matrix_answers(be, source, workers: int, *, connectivities=None,
     if read is not source:  # the job's own single-process run on the transformed matrix
         yield from job.run(read, connectivities, progress)
         return
-    pass_one = job.needs_pass_one(connectivities)
+    one = job.pass_one_spans(source.n_obs, connectivities, chunk_size)
     keep = connectivities is not None
     log.info("annotating %d chunks on %d local worker processes", len(spans), workers)
     pool = [_Worker(i) for i in range(workers)]
     finished = False
     try:
         for i, w in enumerate(pool):
-            w.send(("job", job, source.reopen, spans[i::workers], pass_one, keep))
+            w.send(("job", job, source.reopen, spans[i::workers],
+                    one[i::workers] if one else None, keep))
         planner = job.planner(connectivities)
-        if pass_one:  # the samples' cells first, then only the merged sample's rows
+        if one:  # the samples' cells first, then only the merged sample's rows
             for w in pool:
                 planner.merge(*w.receive("scores"))
             cells = planner.sample_cells()

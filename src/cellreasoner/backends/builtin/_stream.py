@@ -1,9 +1,11 @@
 """The marker reasoner over a stream of row blocks, in bounded memory.
 
-Pass one (only with the self-training refinement or a kNN graph) scores every block and keeps
-what later steps need from all cells: the training sample of the classifiers (per subtype
-step, the count of decisive cells and a bounded seeded sample of them with their expression
-rows, merged block by block) and, with a graph, the cells x types scores the neighbours share.
+Pass one (only with the self-training refinement or a kNN graph) scores every block (of data
+larger than the reasoner's ``refine_sample_from`` without a graph, spaced windows of about that
+many cells: :func:`pass_one_spans`) and keeps what later steps need: the training sample of the
+classifiers (per subtype step, the count of decisive cells and a bounded seeded sample of them
+with their expression rows, merged block by block) and, with a graph, the cells x types scores
+the neighbours share.
 The classifiers are trained on that sample without reading the data again. Pass two walks,
 refines and writes each block's traces and evidence, reading the classifier's expression rows
 from the block itself.
@@ -64,15 +66,13 @@ def annotate_stream(r: Reasoner, source: MatrixSource, connectivities=None, *,
     """:meth:`Reasoner.iter_blocks`: blocks of answers, in row order."""
     genes = [str(g) for g in source.var_names]
     plan = StreamPlan()
-    if needs_pass_one(r, connectivities):
+    spans = pass_one_spans(r, source.n_obs, connectivities, chunk_size)
+    if spans:
         planner = StreamPlanner(r, connectivities)
-        start = 0
-        for chunk in source.iter_chunks(chunk_size):
-            if chunk.shape[0]:
-                planner.add(score_chunk(r, chunk, genes, start,
-                                        keep_scores=connectivities is not None,
-                                        bounds=planner.bounds()))
-                start += chunk.shape[0]
+        for start, chunk in source.iter_spans(spans):
+            planner.add(score_chunk(r, chunk, genes, start,
+                                    keep_scores=connectivities is not None,
+                                    bounds=planner.bounds()))
         plan = planner.plan(source)
         del planner  # the training rows are not needed for pass two
     answer = ChunkAnswerer(r, genes, reasoning=reasoning, evidence=evidence)
@@ -107,8 +107,30 @@ class ChunkScores:
 
 
 def needs_pass_one(r: Reasoner, connectivities) -> bool:
-    """Whether pass two needs a first pass over every cell (refinement or kNN smoothing)."""
+    """Whether pass two needs a first pass (refinement or kNN smoothing)."""
     return bool(r.refine or (connectivities is not None and r.smoothing > 0))
+
+
+#: Windows of rows pass one scores of data larger than the reasoner's ``refine_sample_from``
+#: (evenly spaced, so a file sorted by sample or batch is sampled across all of them).
+PASS_ONE_WINDOWS = 20
+
+
+def pass_one_spans(r: Reasoner, n_obs: int, connectivities,
+                   chunk_size: int) -> list[tuple[int, int]]:
+    """The cells pass one scores, as ``(start, stop)`` row spans: none without a pass one;
+    every cell, in chunks of ``chunk_size``, with kNN smoothing (it needs every cell's scores)
+    or up to ``r.refine_sample_from`` cells; else every ``k``-th window of
+    ``refine_sample_from / 20`` rows from the first (the same cells whatever the engine or its
+    chunk size, so every engine trains the same classifiers)."""
+    if not needs_pass_one(r, connectivities):
+        return []
+    cap = r.refine_sample_from
+    if cap is None or n_obs <= cap or (connectivities is not None and r.smoothing > 0):
+        return [(lo, min(lo + chunk_size, n_obs)) for lo in range(0, n_obs, chunk_size)]
+    window = -(-cap // PASS_ONE_WINDOWS)
+    every = max(1, -(-n_obs // window) // PASS_ONE_WINDOWS)
+    return [(lo, min(lo + window, n_obs)) for lo in range(0, n_obs, every * window)]
 
 
 def score_chunk(r: Reasoner, chunk: sp.csr_matrix, genes: list[str], start: int, *,
@@ -373,4 +395,5 @@ def _parsed_evidence(text, cell_genes, vocabulary):
 
 
 __all__ = ["Block", "ChunkAnswerer", "ChunkScores", "EvidenceSpec", "StreamPlan",
-           "StreamPlanner", "annotate_stream", "needs_pass_one", "score_chunk"]
+           "StreamPlanner", "annotate_stream", "needs_pass_one", "pass_one_spans",
+           "score_chunk"]

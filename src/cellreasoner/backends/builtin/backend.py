@@ -244,6 +244,14 @@ class ChunkJob:
 
         return needs_pass_one(self.reasoner, connectivities)
 
+    def pass_one_spans(self, n_obs: int, connectivities,
+                       chunk_size: int) -> list[tuple[int, int]]:
+        """The row spans :meth:`score` must see before :meth:`planner` plans (none when no
+        pass one is needed; of large data, spaced windows: :func:`~._stream.pass_one_spans`)."""
+        from ._stream import pass_one_spans
+
+        return pass_one_spans(self.reasoner, n_obs, connectivities, chunk_size)
+
     def score(self, chunk, start: int, keep_scores: bool, bounds: dict | None = None):
         """Pass one over the chunk of cells ``start ...`` (:class:`~._stream.ChunkScores`;
         ``bounds``: the planner's, when this process merges the chunks it scores)."""
