@@ -15,12 +15,16 @@ in ``--workdir`` for the next run). Each configuration is one whole process writ
   each reading its own chunks from the file);
 - ``ray N``: ``annotate(path, engine="ray", workers=N)``, which starts its own local cluster
   of N CPUs and stops it at the end, as a user's run does (chunks of 20,000 cells as tasks,
-  read by the workers from the file; no manifest).
+  read by the workers from the file; no manifest);
+- ``ray N, running cluster``: the same on a cluster of N CPUs that ``ray start --head`` started
+  before the timer (stopped after it), as on a real cluster, where jobs join a running one
+  (``annotate(path, engine="ray", address=...)``; Ray's start-up is not timed, its processes'
+  memory is counted).
 
 Every run starts alike (``_common.settle``): earlier writes flushed, the input read through
 once so that it is in the page cache (unless it would not fit beside a run).
 
-``--repeat`` rounds (default 3) of the four runs, one configuration after another in each
+``--repeat`` rounds (default 3) of the six runs, one configuration after another in each
 round (this shared VM drifts by tens of percent within minutes): the table gives each
 configuration's median and every run in round order, memory peaks the largest of its runs;
 the overhead and speed-ups are taken round by round (runs minutes apart) and their median
@@ -54,16 +58,30 @@ RUN = """
 import json, os, sys, threading, time
 t0 = time.perf_counter()
 engine, workers = sys.argv[3], int(sys.argv[4])
+address = sys.argv[5] if len(sys.argv) > 5 else None
 import psutil
+
+def cluster_processes():  # a running cluster's own processes (not this driver's children)
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        first = cmd[0] if cmd else ""
+        if (first.startswith("ray::") or first.endswith(("gcs_server", "raylet"))
+                or any("/ray/" in c and c.endswith(".py") for c in cmd[:3])):
+            out.append(p)
+    return out
 
 peak = {"total": 0.0, "largest": 0.0, "driver": 0.0, "pss": 0.0}
 
 def sample():  # the whole process tree: this driver, its workers (and Ray's own processes)
-    me, k = psutil.Process(), 0
+    me, k, others = psutil.Process(), 0, []
     while True:
         full = k % 5 == 0  # PSS (the kernel walks every page: costlier) once a second
         k += 1
         procs = [me, *me.children(recursive=True)]
+        if address and k % 5 == 1:  # the cluster's processes, listed again once a second
+            others = [p for p in cluster_processes() if p not in procs]
+        procs += others if address else []
         rss, pss = [], 0.0
         for p in procs:
             try:
@@ -82,7 +100,8 @@ def sample():  # the whole process tree: this driver, its workers (and Ray's own
 
 threading.Thread(target=sample, daemon=True).start()
 from cellreasoner.annotation import annotate
-result = annotate(sys.argv[1], progress=False, engine=engine, workers=workers)
+result = annotate(sys.argv[1], progress=False, engine=engine, workers=workers,
+                  address=address)
 result.write(sys.argv[2])
 seconds = time.perf_counter() - t0
 time.sleep(0.3)
@@ -118,15 +137,37 @@ def machine_scaling() -> float:
 
 
 def run(path: Path, out: Path, engine: str, workers: int) -> dict:
-    cmd = [sys.executable, "-c", textwrap.dedent(RUN), str(path), str(out), engine,
-           str(workers)]
     env = use_shared_gene_list(dict(__import__("os").environ))
     env["PYTHONPATH"] = str(ROOT / "src")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    address = None
+    if engine == "ray-running":  # a cluster started before the timer, as users' clusters are
+        engine, address = "ray", start_cluster(workers, env)
+    cmd = [sys.executable, "-c", textwrap.dedent(RUN), str(path), str(out), engine,
+           str(workers), *([address] if address else [])]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    finally:
+        if address:
+            subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode != 0 or not line:
         raise SystemExit(f"failed: workers={workers}\n{done.stderr[-3000:]}")
     return json.loads(line[-1][len("RESULT "):])
+
+
+def start_cluster(cpus: int, env: dict) -> str:
+    """``ray start --head`` of ``cpus`` CPUs on 127.0.0.1 (token authentication, Ray's
+    default: ``env`` gets ``RAY_AUTH_MODE=token`` for the driver); returns its address."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(["ray", "start", "--head", f"--num-cpus={cpus}", f"--port={port}",
+                    "--include-dashboard=false", "--disable-usage-stats"],
+                   capture_output=True, text=True, env=env, check=True)
+    env["RAY_AUTH_MODE"] = env.get("RAY_AUTH_MODE", "token")
+    return f"127.0.0.1:{port}"
 
 
 def main() -> None:
@@ -135,7 +176,7 @@ def main() -> None:
     ap.add_argument("--nnz", type=int, default=1500)
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--repeat", type=int, default=3,
-                    help="rounds of the four runs (the table gives each one's median)")
+                    help="rounds of the six runs (the table gives each one's median)")
     args = ap.parse_args()
     import pandas as pd
     import synthetic
@@ -148,7 +189,9 @@ def main() -> None:
         synthetic.write_h5ad(path, args.cells, nnz=args.nnz)
     rows, labels = [], {}
     configs = (("one process", "local", 1), ("local, 2 worker processes", "local", 2),
-               ("ray 1 worker", "ray", 1), ("ray 2 workers", "ray", 2))
+               ("ray 1 worker", "ray", 1), ("ray 2 workers", "ray", 2),
+               ("ray 1 worker, running cluster", "ray-running", 1),
+               ("ray 2 workers, running cluster", "ray-running", 2))
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
     for _ in range(args.repeat):  # rounds of every configuration: the machine drifts
         for name, engine, workers in configs:
@@ -184,6 +227,8 @@ def main() -> None:
 
     overhead = [100 * (r - 1) for r in per_round(names[2], names[0])]
     ray_up, local_up = per_round(names[0], names[3]), per_round(names[0], names[1])
+    running_overhead = [100 * (r - 1) for r in per_round(names[4], names[0])]
+    running_up = per_round(names[0], names[5])
     print(table(rows, list(rows[0]), align="right", sep="-|-"))
     print(f"\nthis machine: two processes of pure arithmetic run {machine_scaling():.2f}x as "
           "fast as one (the ceiling of any 2-worker speed-up here)")
@@ -191,7 +236,10 @@ def main() -> None:
           "of the rounds' ratios):")
     print(f"Ray overhead at 1 worker: {spread(overhead, '{:+.1f}%')} (target <= 15%); "
           f"speed-up at 2 workers: Ray {spread(ray_up, '{:.2f}x')} (target >= 1.6x), local "
-          f"processes {spread(local_up, '{:.2f}x')}; data {path} "
+          f"processes {spread(local_up, '{:.2f}x')}")
+    print(f"On a running cluster (Ray's start-up not timed): overhead at 1 worker "
+          f"{spread(running_overhead, '{:+.1f}%')}, speed-up at 2 workers "
+          f"{spread(running_up, '{:.2f}x')}; data {path} "
           f"({path.stat().st_size / 2**30:.1f} GiB, {args.nnz} non-zeros per cell), "
           f"read from {'the page cache' if start else 'disk'}")
 

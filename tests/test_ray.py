@@ -374,8 +374,10 @@ print("RESULT " + json.dumps(got))
 """
 
 
-def _connect_with(ray_address: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "RAY_ADDRESS": ray_address}
+def _connect_with(ray_address: str, **extra: str | None) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "RAY_ADDRESS": ray_address,
+           **extra}
+    env = {k: v for k, v in env.items() if v is not None}
     done = subprocess.run([sys.executable, "-c", RAY_ADDRESS_RUN], capture_output=True,
                           text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -387,6 +389,10 @@ def test_ray_address_names_the_cluster_when_no_address_is_given(ray_cluster):
     (it starts none of its own), and one it cannot reach is a clear error that names the
     variable and shows no password."""
     assert _connect_with(ray_cluster) == {"started": False, "cpus": 2.0}
-    err = _connect_with("user:hunter2@127.0.0.1:1")["error"]
+    err = _connect_with("user:hunter2@127.0.0.1:1", RAY_AUTH_MODE=None)["error"]
     assert err.startswith("RAY_ADDRESS ") and "cannot connect" in err
     assert "hunter2" not in err
+    # a cluster that wants a token (`ray start`'s default from Ray 2.59): how to send it
+    assert "RAY_AUTH_MODE=token" in err and "--address auto" in err
+    chosen = _connect_with("user:pw@127.0.0.1:1", RAY_AUTH_MODE="disabled")["error"]
+    assert "cannot connect" in chosen and "RAY_AUTH_MODE" not in chosen

@@ -75,7 +75,7 @@ def connect(address: str | None = None, workers: int | None = None):
                 raise InputError(f"{given} {_shown(address)}: cannot connect to a Ray "
                                  f"cluster there ({redact_text(str(exc))}). Start one with "
                                  f"`ray start --head`, or leave {given} out for a local "
-                                 "cluster.") from None
+                                 f"cluster.{_auth_hint()}") from None
         else:
             local = _start_local(ray, int(workers or available_cores()))
             started = True
@@ -88,6 +88,18 @@ def connect(address: str | None = None, workers: int | None = None):
             ray.shutdown()
             if local is not None:
                 local.shutdown()
+
+
+def _auth_hint() -> str:
+    """What to try when a cluster refuses this driver without its token: ``ray start``
+    enables token authentication by default from Ray 2.59, and a driver given the cluster's
+    address only sends the token with ``RAY_AUTH_MODE=token`` (``--address auto`` on a node of
+    the cluster finds it by itself)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    return (" If the cluster uses token authentication (`ray start`'s default from Ray "
+            "2.59), set RAY_AUTH_MODE=token here too (the token is read from RAY_AUTH_TOKEN "
+            "or ~/.ray/auth_token), or use --address auto on one of its nodes.")
 
 
 def _shown(address: str) -> str:
