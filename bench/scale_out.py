@@ -81,7 +81,7 @@ def sample():  # the whole process tree: this driver, its workers (and Ray's own
         procs = [me, *me.children(recursive=True)]
         if address and k % 5 == 1:  # the cluster's processes, listed again once a second
             others = [p for p in cluster_processes() if p not in procs]
-        procs += others if address else []
+        procs += others
         rss, pss = [], 0.0
         for p in procs:
             try:

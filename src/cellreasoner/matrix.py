@@ -24,6 +24,12 @@ from .errors import InputError
 DEFAULT_CHUNK = 8192
 
 
+def row_spans(n_obs: int, size: int, step: int | None = None) -> list[tuple[int, int]]:
+    """``(start, stop)`` spans of ``size`` rows, one every ``step`` rows (default: ``size``,
+    every row once), the last cut at ``n_obs``."""
+    return [(lo, min(lo + size, n_obs)) for lo in range(0, n_obs, step or size)]
+
+
 @dataclass
 class MatrixSource:
     """Where a cells x genes matrix lives, with its cell and gene names."""
@@ -70,7 +76,7 @@ class MatrixSource:
                 yield lo, self.read_rows(lo, hi)
             return
         k, start, parts = 0, 0, []
-        for chunk in self.iter_chunks(max(1, spans[0][1] - spans[0][0])):
+        for chunk in self.iter_chunks(spans[0][1] - spans[0][0]):
             stop = start + chunk.shape[0]
             while k < len(spans) and spans[k][0] < stop:
                 lo, hi = spans[k]
@@ -446,6 +452,7 @@ __all__ = [
     "from_matrix",
     "layer_choices",
     "resolve_matrix",
+    "row_spans",
     "row_nonzero_counts",
     "sample_nonzero",
 ]

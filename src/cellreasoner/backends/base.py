@@ -205,8 +205,8 @@ class Backend(ABC):
     def chunk_job(self, source: MatrixSource):
         """A matrix backend's self-contained (picklable) work on chunks of ``source``, for the
         Ray engine and local worker processes (:mod:`cellreasoner.distributed`):
-        ``needs_pass_one(connectivities)``, ``pass_one_spans(n_obs, connectivities,
-        chunk_size)`` (the rows ``score`` must see), ``score(chunk, start, keep_scores,
+        ``pass_one_spans(n_obs, connectivities, chunk_size)`` (the rows ``score`` must see
+        first; none without a pass one), ``score(chunk, start, keep_scores,
         bounds=None)``, ``planner(connectivities)`` (``add`` each score as it arrives, or
         ``merge`` other planners' ``export``, then ``plan(source)``), ``answer(chunk, start,
         plan) -> CellAnswers`` and ``run(source, connectivities, progress)`` (all of it in one

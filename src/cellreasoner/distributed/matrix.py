@@ -25,6 +25,7 @@ import pandas as pd
 
 from ..backends.base import CellAnswers
 from ..errors import BackendError
+from ..matrix import row_spans
 from .cluster import RayCluster
 from .manifest import RunManifest
 
@@ -75,23 +76,10 @@ class _Rows:
 _SOURCES: dict[str, object] = {}
 
 
-def _chunks(source, block_cells: int, direct: bool = False) -> Iterator[tuple[int, object]]:
-    """``(start, chunk)`` in row order: the chunk itself, read here, or (``direct``, a source
-    that reopens) the :class:`_Rows` a worker reads."""
-    if direct:
-        for lo in range(0, source.n_obs, block_cells):
-            yield lo, _Rows(source.reopen, lo, min(lo + block_cells, source.n_obs))
-        return
-    start = 0
-    for chunk in source.iter_chunks(block_cells):
-        if chunk.shape[0]:
-            yield start, chunk
-            start += chunk.shape[0]
-
-
-def _span_chunks(source, spans: list[tuple[int, int]],
-                 direct: bool = False) -> Iterator[tuple[int, object]]:
-    """:func:`_chunks` of the rows of ``spans`` only (pass one's)."""
+def _chunks(source, spans: list[tuple[int, int]],
+            direct: bool = False) -> Iterator[tuple[int, object]]:
+    """``(start, chunk)`` for each row span, in row order: the chunk itself, read here, or
+    (``direct``, a source that reopens) the :class:`_Rows` a worker reads."""
     if direct:
         for lo, hi in spans:
             yield lo, _Rows(source.reopen, lo, hi)
@@ -140,11 +128,7 @@ def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
     direct = read is source and _workers_read(source, cluster)
     source = read
     job = be.chunk_job(source)
-    spans = []
-    start = 0
-    while start < source.n_obs:
-        spans.append((start, min(start + block_cells, source.n_obs)))
-        start = spans[-1][1]
+    spans = row_spans(source.n_obs, block_cells)
     todo = []
     out: dict[int, CellAnswers] = {}
     for s in spans:  # finished blocks are read back, the others are asked
@@ -179,7 +163,7 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
         # task sent later copies only rows that the sample merged so far could still take
         _windowed(ray, lambda start, chunk: score.remote(job_ref, chunk, start, keep,
                                                          planner.bounds()),
-                  _span_chunks(source, one, direct), limit,
+                  _chunks(source, one, direct), limit,
                   lambda item, value: planner.add(value))
     # the refinement's classifiers trained side by side, as Ray tasks
     plan = planner.plan(source, map_calls=lambda calls: _ray_map(ray, calls))
@@ -198,7 +182,8 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
         advance(len(answers))
 
     _windowed(ray, lambda start, chunk: answer.remote(job_ref, chunk, start, plan_ref),
-              ((s, c) for s, c in _chunks(source, block_cells, direct) if s in todo), limit,
+              ((s, c) for s, c in _chunks(source, row_spans(source.n_obs, block_cells), direct)
+               if s in todo), limit,
               done)
 
 
@@ -218,7 +203,8 @@ def group_sums(source, codes: np.ndarray, k: int, cluster: RayCluster,
 
     _windowed(ray, lambda start, chunk: task.remote(
                   chunk, codes[start:start + chunk.shape[0]], k),
-              _chunks(source, block_cells, direct), cluster.workers + 1, add)
+              _chunks(source, row_spans(source.n_obs, block_cells), direct),
+              cluster.workers + 1, add)
     return total[0], total[1]
 
 

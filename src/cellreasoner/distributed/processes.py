@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from .._system import release_memory
 from ..errors import BackendError
+from ..matrix import row_spans
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ def matrix_answers(be, source, workers: int, *, connectivities=None,
     A backend that reads the matrix through a transform (:meth:`Backend.read_matrix`: the
     builtin's ATAC profile) answers in this process: workers could not open the transform.
     """
-    spans = [(lo, min(lo + chunk_size, source.n_obs))
-             for lo in range(0, source.n_obs, chunk_size)]
+    spans = row_spans(source.n_obs, chunk_size)
     workers = max(1, min(int(workers), len(spans)))
     if workers <= 1:
         yield from be.annotate_matrix(source, connectivities=connectivities, progress=progress)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from ...matrix import MatrixSource
+from ...matrix import MatrixSource, row_spans
 from .refine import (
     HardSteps,
     StepRefiner,
@@ -127,10 +127,10 @@ def pass_one_spans(r: Reasoner, n_obs: int, connectivities,
         return []
     cap = r.refine_sample_from
     if cap is None or n_obs <= cap or (connectivities is not None and r.smoothing > 0):
-        return [(lo, min(lo + chunk_size, n_obs)) for lo in range(0, n_obs, chunk_size)]
+        return row_spans(n_obs, chunk_size)
     window = -(-cap // PASS_ONE_WINDOWS)
     every = max(1, -(-n_obs // window) // PASS_ONE_WINDOWS)
-    return [(lo, min(lo + window, n_obs)) for lo in range(0, n_obs, every * window)]
+    return row_spans(n_obs, window, every * window)
 
 
 def score_chunk(r: Reasoner, chunk: sp.csr_matrix, genes: list[str], start: int, *,

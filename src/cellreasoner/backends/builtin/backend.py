@@ -238,12 +238,6 @@ class ChunkJob:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_answerer": None}
 
-    def needs_pass_one(self, connectivities) -> bool:
-        """Whether :meth:`plan` needs every chunk's :meth:`score` first."""
-        from ._stream import needs_pass_one
-
-        return needs_pass_one(self.reasoner, connectivities)
-
     def pass_one_spans(self, n_obs: int, connectivities,
                        chunk_size: int) -> list[tuple[int, int]]:
         """The row spans :meth:`score` must see before :meth:`planner` plans (none when no
