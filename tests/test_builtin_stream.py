@@ -261,3 +261,51 @@ def test_spans_are_the_rows_they_name(tmp_path, on_file):
     for (lo, rows), (_, hi) in zip(got, spans, strict=True):
         want = X[lo:min(hi, 1_000)]
         assert rows.shape == want.shape and (rows != want).nnz == 0
+
+
+def test_packed_answers_give_back_the_same_answers():
+    """:meth:`CellAnswers.pack` (what workers send and the writer holds): unpacked, every
+    column equal, value for value and dtype for dtype; equal strings one object; a column
+    that is not all ``str`` kept as it is; an empty block stays empty."""
+    rng = np.random.default_rng(3)
+    n = 500
+    traces = np.array(["CD3E present → T cell", "no CD3E, MS4A1 → B cell", "", "é\u2192\U0001f9ec",
+                       "lone \udc80 surrogate"], dtype=object)
+    picks = traces[rng.integers(0, len(traces), n)]
+    labels = np.array(["T cell", "B cell"], dtype=object)[rng.integers(0, 2, n)]
+    mixed = labels.copy()
+    mixed[::7] = None
+    a = CellAnswers(label=labels, confidence=rng.random(n).astype(np.float32),
+                    ontology_id=labels.copy(), ontology_label=mixed, reasoning=picks,
+                    evidence_fraction=np.where(rng.random(n) < 0.2, np.nan, rng.random(n)),
+                    evidence_flag=rng.random(n) < 0.5, cited_present=picks.copy(),
+                    cited_absent=np.full(n, "", dtype=object))
+    packed = a.pack()
+    assert len(packed) == n and "reasoning" in packed.text and "ontology_label" not in packed.text
+    b = __import__("pickle").loads(__import__("pickle").dumps(packed)).unpack()
+    for f in CellAnswers.__dataclass_fields__:
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and len(x) == len(y), f
+        assert [str(v) for v in x] == [str(v) for v in y], f
+    assert len({id(v) for v in b.reasoning}) == len(set(picks))
+    empty = CellAnswers(**{f: getattr(a, f)[:0] for f in CellAnswers.__dataclass_fields__})
+    back = empty.pack().unpack()
+    assert len(back) == 0 and back.reasoning.dtype == object
+
+
+def test_cell_names_read_in_steps(tmp_path):
+    """Cell names are read a step at a time (bounded memory): the same names, in order,
+    across step borders, for string and numeric indices."""
+    import h5py
+
+    from cellreasoner.matrix import _h5_strings
+
+    names = [f"cell_{i}" * (1 + i % 3) for i in range(2_345)]
+    with h5py.File(tmp_path / "n.h5", "w") as f:
+        f["s"] = np.array(names, dtype="S")
+        f["o"] = np.array(names, dtype=h5py.string_dtype())
+        f["i"] = np.arange(2_345)
+        for key in ("s", "o"):
+            assert _h5_strings(f[key], step=1_000).tolist() == names
+        assert _h5_strings(f["i"], step=1_000).tolist() == [str(i) for i in range(2_345)]
+    assert _h5_strings(np.array([b"a", b"b"])).tolist() == ["a", "b"]

@@ -251,11 +251,16 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _h5_strings(ds) -> np.ndarray:
-    arr = ds[()]
-    if arr.dtype.kind in "SO":
-        return np.array([_text(x) for x in arr])
-    return arr.astype(str)
+def _h5_strings(ds, step: int = 100_000) -> np.ndarray:
+    """The strings of a 1-D HDF5 dataset (or array), ``step`` at a time: a million cell names
+    never stand as Python strings at once (that list's ~100 MiB would stay in the heap of
+    the process that holds the answers)."""
+    parts = []
+    for lo in range(0, max(len(ds), 1), step):
+        arr = ds[lo:lo + step]
+        parts.append(np.array([_text(x) for x in arr]) if arr.dtype.kind in "SO"
+                     else arr.astype(str))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _index_dataset(group):

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..backends import CellAnswers
+from ..backends.base import PackedAnswers
 from ..parsing import clean_label
 from .engine import Answer
 from .result import FIELDS
@@ -40,12 +41,15 @@ def _distinct(values: np.ndarray, func) -> np.ndarray:
     return mapped[codes]
 
 
-def matrix_table(blocks: Sequence[CellAnswers], obs_names) -> pd.DataFrame:
-    """The table of a matrix backend's answers (one block per chunk of cells, in order).
+def matrix_table(blocks: Sequence[CellAnswers | PackedAnswers], obs_names) -> pd.DataFrame:
+    """The table of a matrix backend's answers (one block per chunk of cells, in order; packed
+    blocks, as workers send them, are unpacked here).
 
     The answer text is the label; it is cleaned as a model answer would be, and the single
     sample's label is the ``samples`` entry.
     """
+    blocks = [b.unpack() if isinstance(b, PackedAnswers) else b for b in blocks]
+
     def cat(name: str, dtype=object) -> np.ndarray:
         parts = [np.asarray(getattr(b, name), dtype=dtype) for b in blocks]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)

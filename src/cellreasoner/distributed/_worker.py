@@ -11,7 +11,8 @@ this worker scores in pass one, ``None`` when there is no pass one); after pass 
 ``("call", fn, args)`` any number of times (work the parent spreads over its workers, e.g.
 training the refinement's classifiers); ``("plan", plan)`` once, then pass two runs. Out:
 ``("scores", ...)`` after pass one (its sample without rows), ``("rows", (cells, rows))``,
-``("result", value)`` per call, ``("answers", (start, answers))`` per chunk, or
+``("result", value)`` per call, ``("answers", (start, packed answers))`` per chunk
+(:meth:`~cellreasoner.backends.base.CellAnswers.pack`), or
 ``("error", exception)``.
 """
 
@@ -37,13 +38,7 @@ def main() -> None:
         _, job, reopen, spans, pass_one, keep = pickle.load(inbox)
         source = reopen()
         if pass_one is not None:  # this worker's share of pass one's spans (maybe none)
-            planner = job.planner(None)
-            for lo, chunk in source.iter_spans(pass_one):
-                planner.add(job.score(chunk, lo, keep, planner.bounds()))
-            send(("scores", planner.export()))
-            # the parent merged every worker's sample: it asks for the rows of its cells
-            send(("rows", planner.rows_of(_expect(inbox, "rows")[1])))
-            del planner
+            _pass_one(job, source, pass_one, keep, inbox, send)
             release_memory()  # the sample's rows are gone before the training calls come
         while True:
             message = pickle.load(inbox)
@@ -54,7 +49,8 @@ def main() -> None:
             break
         release_memory()  # pass one's sample and the training are gone: the chunks remain
         for lo, hi in spans:
-            send(("answers", (lo, job.answer(source.read_rows(lo, hi), lo, plan))))
+            # packed: a tenth of the bytes to send, and of what the parent holds
+            send(("answers", (lo, job.answer(source.read_rows(lo, hi), lo, plan).pack())))
     except EOFError:  # the parent closed the pipe: the run is over (or was stopped)
         return
     except BaseException as exc:  # sent to the parent, which raises it  # noqa: BLE001
@@ -64,6 +60,18 @@ def main() -> None:
             from ..errors import BackendError
 
             send(("error", BackendError(f"{type(exc).__name__}: {exc}")))
+
+
+def _pass_one(job, source, spans, keep: bool, inbox, send) -> None:
+    """Score this worker's ``spans``, send the sample without rows, then the rows of the
+    parent's merged sample. A function of its own: its last chunk (a chunk's worth of memory)
+    and the planner are gone when it returns, not held through pass two."""
+    planner = job.planner(None)
+    for lo, chunk in source.iter_spans(spans):
+        planner.add(job.score(chunk, lo, keep, planner.bounds()))
+    send(("scores", planner.export()))
+    # the parent merged every worker's sample: it asks for the rows of its cells
+    send(("rows", planner.rows_of(_expect(inbox, "rows")[1])))
 
 
 def _expect(inbox, kind: str) -> tuple:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from ..backends.base import CellAnswers
+from ..backends.base import CellAnswers, PackedAnswers
 from ..errors import BackendError
 from ..matrix import row_spans
 from .cluster import RayCluster
@@ -117,10 +117,12 @@ def _windowed(ray, submit: Callable, items, limit: int, done: Callable) -> None:
 
 def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
                    manifest: RunManifest | None = None, block_cells: int = DEFAULT_BLOCK_CELLS,
-                   progress: Callable[[float], None] | None = None) -> list[CellAnswers]:
+                   progress: Callable[[float], None] | None = None,
+                   ) -> list[CellAnswers | PackedAnswers]:
     """Every cell's answers from ``be`` (a matrix backend), chunks answered on Ray workers.
 
-    Returns the blocks in row order, as :meth:`Backend.annotate_matrix` yields them.
+    Returns the blocks in row order: those answered now packed as the workers send them
+    (:meth:`CellAnswers.pack`), those read back from the manifest as they were recorded.
     """
     ray = cluster.ray
     advance = progress or (lambda k: None)
@@ -130,7 +132,7 @@ def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
     job = be.chunk_job(source)
     spans = row_spans(source.n_obs, block_cells)
     todo = []
-    out: dict[int, CellAnswers] = {}
+    out: dict[int, CellAnswers | PackedAnswers] = {}
     for s in spans:  # finished blocks are read back, the others are asked
         if manifest is not None and manifest.finished(block_id(*s)):
             out[s[0]] = frame_answers(manifest.load(block_id(*s)))
@@ -171,13 +173,13 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
     plan_ref = ray.put(plan)
     answer = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_answer_task)
 
-    def done(item, answers: CellAnswers) -> None:
+    def done(item, answers: PackedAnswers) -> None:
         start, cells = item
         if len(answers) != cells:
             raise BackendError(f"Backend '{be.name}' returned {len(answers)} answers for the "
                                f"{cells} cells from {start}.")
         if manifest is not None:
-            manifest.record(block_id(start, start + cells), answers_frame(answers))
+            manifest.record(block_id(start, start + cells), answers_frame(answers.unpack()))
         out[start] = answers
         advance(len(answers))
 
@@ -251,8 +253,8 @@ def _score_task(job: _JobRef, chunk, start: int, keep_scores: bool,
     return job.get().score(_read(chunk), start, keep_scores, bounds)
 
 
-def _answer_task(job: _JobRef, chunk, start: int, plan) -> CellAnswers:
-    return job.get().answer(_read(chunk), start, plan)
+def _answer_task(job: _JobRef, chunk, start: int, plan) -> PackedAnswers:
+    return job.get().answer(_read(chunk), start, plan).pack()
 
 
 __all__ = ["DEFAULT_BLOCK_CELLS", "answers_frame", "frame_answers", "group_sums",

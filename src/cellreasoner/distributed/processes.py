@@ -65,8 +65,10 @@ def can_run(be, source) -> bool:
 def matrix_answers(be, source, workers: int, *, connectivities=None,
                    chunk_size: int = CHUNK_CELLS,
                    progress: Callable[[float], None] | None = None) -> Iterator:
-    """Every chunk's answers (:class:`~cellreasoner.backends.base.CellAnswers`) in row
-    order, from ``workers`` processes running ``be.chunk_job(source)``.
+    """Every chunk's answers in row order, from ``workers`` processes running
+    ``be.chunk_job(source)``: as the workers send them, packed
+    (:class:`~cellreasoner.backends.base.PackedAnswers`; in this process without workers,
+    :class:`~cellreasoner.backends.base.CellAnswers`).
 
     A backend that reads the matrix through a transform (:meth:`Backend.read_matrix`: the
     builtin's ATAC profile) answers in this process: workers could not open the transform.
