@@ -49,7 +49,7 @@ def main() -> None:
             break
         release_memory()  # pass one's sample and the training are gone: the chunks remain
         for lo, hi in spans:
-            # packed: a tenth of the bytes to send, and of what the parent holds
+            # packed: a third of the bytes to send, a sixth of what the parent holds
             send(("answers", (lo, job.answer(source.read_rows(lo, hi), lo, plan).pack())))
     except EOFError:  # the parent closed the pipe: the run is over (or was stopped)
         return
