@@ -388,11 +388,27 @@ def test_ray_address_names_the_cluster_when_no_address_is_given(ray_cluster):
     """``$RAY_ADDRESS`` is honoured as ``ray.init()`` honours it: the run joins that cluster
     (it starts none of its own), and one it cannot reach is a clear error that names the
     variable and shows no password."""
+    import socket
+
     assert _connect_with(ray_cluster) == {"started": False, "cpus": 2.0}
-    err = _connect_with("user:hunter2@127.0.0.1:1", RAY_AUTH_MODE=None)["error"]
-    assert err.startswith("RAY_ADDRESS ") and "cannot connect" in err
-    assert "hunter2" not in err
-    # a cluster that wants a token (`ray start`'s default from Ray 2.59): how to send it
-    assert "RAY_AUTH_MODE=token" in err and "--address auto" in err
-    chosen = _connect_with("user:pw@127.0.0.1:1", RAY_AUTH_MODE="disabled")["error"]
-    assert "cannot connect" in chosen and "RAY_AUTH_MODE" not in chosen
+    with socket.socket() as listening:  # something answers there, but Ray refuses the driver
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(4)
+        port = listening.getsockname()[1]
+        err = _connect_with(f"user:hunter2@127.0.0.1:{port}", RAY_AUTH_MODE=None)["error"]
+        assert err.startswith("RAY_ADDRESS ") and "cannot connect" in err
+        assert "hunter2" not in err
+        # a cluster that wants a token (`ray start`'s default from Ray 2.59): how to send it
+        assert "RAY_AUTH_MODE=token" in err and "--address auto" in err
+        chosen = _connect_with(f"user:pw@127.0.0.1:{port}", RAY_AUTH_MODE="disabled")["error"]
+        assert "cannot connect" in chosen and "RAY_AUTH_MODE" not in chosen
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1", "user:pw@127.0.0.1:1"])
+def test_a_closed_port_is_a_clear_error_at_once(address):
+    """An address where nothing listens is one clear error before Ray is asked (``ray.init``
+    itself retries a closed GCS port for minutes): the address (its password blanked) and the
+    reason; no token hint, which is for a cluster that answers."""
+    err = _connect_with(address, RAY_AUTH_MODE=None)["error"]
+    assert "cannot connect" in err and "nothing answers at 127.0.0.1:1" in err
+    assert "Connection refused" in err and "pw" not in err and "RAY_AUTH_MODE" not in err

@@ -69,6 +69,11 @@ def connect(address: str | None = None, workers: int | None = None):
         if not address and os.environ.get("RAY_ADDRESS"):
             address, given = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
         if address:
+            unreachable = _unreachable(address)
+            if unreachable:
+                raise InputError(f"{given} {_shown(address)}: cannot connect to a Ray "
+                                 f"cluster there ({unreachable}). Start one with `ray start "
+                                 f"--head`, or leave {given} out for a local cluster.")
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -100,6 +105,29 @@ def _auth_hint() -> str:
     return (" If the cluster uses token authentication (`ray start`'s default from Ray "
             "2.59), set RAY_AUTH_MODE=token here too (the token is read from RAY_AUTH_TOKEN "
             "or ~/.ray/auth_token), or use --address auto on one of its nodes.")
+
+
+def _unreachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why nothing answers at a ``host:port`` address (a GCS, or ``ray://`` Ray Client), or
+    ``None`` when something does or the address is not one (``auto``, ``local``): Ray itself
+    retries a closed port for minutes before it gives up."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("auto", "local") or ("://" in address and not address.startswith("ray://")):
+        return None
+    try:
+        parts = urlsplit(address if "://" in address else "//" + address)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # not host:port: Ray's own parsing says what is wrong
+        return None
+    if not host or not port:
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"nothing answers at {host}:{port}: {exc.strerror or exc or type(exc).__name__}"
 
 
 def _shown(address: str) -> str:
