@@ -412,3 +412,28 @@ def test_a_closed_port_is_a_clear_error_at_once(address):
     err = _connect_with(address, RAY_AUTH_MODE=None)["error"]
     assert "cannot connect" in err and "nothing answers at 127.0.0.1:1" in err
     assert "Connection refused" in err and "pw" not in err and "RAY_AUTH_MODE" not in err
+
+
+@pytest.mark.parametrize("reply", [b"", b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+def test_another_service_at_the_address_is_a_clear_error(reply):
+    """A port where something other than Ray listens (one that hangs up, an HTTP/1 server
+    such as a dashboard) is one clear error (Ray itself retries it for minutes): the first
+    answer to an HTTP/2 greeting is not a gRPC server's SETTINGS frame. A real cluster's GCS
+    passes the same check (``test_ray_address_names_the_cluster_when_no_address_is_given``)."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        port = server.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(64)
+                conn.sendall(reply)
+
+        threading.Thread(target=serve, daemon=True).start()
+        err = _connect_with(f"127.0.0.1:{port}", RAY_AUTH_MODE=None)["error"]
+    assert f"the service at 127.0.0.1:{port} is not a Ray cluster's" in err
+    assert "GCS port" in err

@@ -107,10 +107,16 @@ def _auth_hint() -> str:
             "or ~/.ray/auth_token), or use --address auto on one of its nodes.")
 
 
+#: The HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray
+#: Client server) answers with its own SETTINGS frame.
+_H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _unreachable(address: str, timeout: float = 5.0) -> str | None:
-    """Why nothing answers at a ``host:port`` address (a GCS, or ``ray://`` Ray Client), or
-    ``None`` when something does or the address is not one (``auto``, ``local``): Ray itself
-    retries a closed port for minutes before it gives up."""
+    """Why no Ray cluster answers at a ``host:port`` address (a GCS, or ``ray://`` Ray
+    Client), or ``None`` when one may (``auto``, ``local``, a TLS cluster, no answer within
+    ``timeout``: Ray's own connection decides). Ray itself retries a closed port, or one
+    where another service listens, for minutes before it gives up."""
     import socket
     from urllib.parse import urlsplit
 
@@ -124,10 +130,34 @@ def _unreachable(address: str, timeout: float = 5.0) -> str | None:
     if not host or not port:
         return None
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return None  # its handshake is TLS first: the connection is all we check
+            conn.sendall(_H2_HELLO)
+            head = _read_some(conn, 9)
+    except TimeoutError:
+        return None
     except OSError as exc:
         return f"nothing answers at {host}:{port}: {exc.strerror or exc or type(exc).__name__}"
+    if len(head) < 9 or head[3] != 0x04:  # closed, or not an HTTP/2 SETTINGS frame
+        return (f"the service at {host}:{port} is not a Ray cluster's (it does not speak gRPC;"
+                f" a Ray dashboard or job server port? The cluster's address is the GCS port, "
+                f"6379 by default, or ray://host:10001 for Ray Client)")
+    return None
+
+
+def _read_some(conn, n: int) -> bytes:
+    """Up to ``n`` bytes from ``conn``, fewer when the peer closes first."""
+    out = b""
+    while len(out) < n:
+        try:
+            got = conn.recv(n - len(out))
+        except ConnectionResetError:
+            break
+        if not got:
+            break
+        out += got
+    return out
 
 
 def _shown(address: str) -> str:
