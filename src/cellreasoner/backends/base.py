@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
@@ -152,23 +152,17 @@ class CellAnswers:
         """These answers as workers send them and the writer holds them until the table is
         made: each text column as its distinct strings, compressed (zstd), and a code per
         cell (a million cells' answers take ~60 MiB instead of ~400)."""
-        numbers, text = {}, {}
-        for name in _TEXT_FIELDS:
-            column = np.asarray(getattr(self, name), dtype=object)
-            packed = _pack_strings(column)
-            if packed is None:  # not all str (a backend's own None): kept as it is
-                numbers[name] = column
+        plain, text = {}, {}
+        for f in fields(self):
+            column = np.asarray(getattr(self, f.name))
+            # the text columns (object arrays) packed; numbers, and text that is not all
+            # str (a backend's own None), kept as they are
+            packed = _pack_strings(column) if column.dtype == object else None
+            if packed is None:
+                plain[f.name] = column
             else:
-                text[name] = packed
-        for name in _NUMBER_FIELDS:
-            numbers[name] = np.asarray(getattr(self, name))
-        return PackedAnswers(len(self), numbers, text)
-
-
-#: CellAnswers' text columns (:meth:`CellAnswers.pack` compresses them) and the others.
-_TEXT_FIELDS = ("label", "ontology_id", "ontology_label", "reasoning", "cited_present",
-                "cited_absent")
-_NUMBER_FIELDS = ("confidence", "evidence_fraction", "evidence_flag")
+                text[f.name] = packed
+        return PackedAnswers(len(self), plain, text)
 
 
 @dataclass
@@ -176,11 +170,11 @@ class PackedAnswers:
     """:meth:`CellAnswers.pack`'s compact form; :meth:`unpack` gives the answers back.
 
     ``text`` maps a column to ``(compressed UTF-8 of its distinct strings, their byte
-    lengths, each cell's code)``.
+    lengths, each cell's code)``; ``plain`` holds the other columns as they are.
     """
 
     n: int
-    numbers: dict[str, np.ndarray]
+    plain: dict[str, np.ndarray]
     text: dict[str, tuple[bytes, np.ndarray, np.ndarray]]
 
     def __len__(self) -> int:
@@ -188,7 +182,7 @@ class PackedAnswers:
 
     def unpack(self) -> CellAnswers:
         """The :class:`CellAnswers` packed (equal strings of a column are one object)."""
-        columns = dict(self.numbers)
+        columns = dict(self.plain)
         for name, packed in self.text.items():
             columns[name] = _unpack_strings(*packed)
         return CellAnswers(**columns)

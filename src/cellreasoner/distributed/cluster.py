@@ -71,16 +71,11 @@ def connect(address: str | None = None, workers: int | None = None):
         if address:
             unreachable = _unreachable(address)
             if unreachable:
-                raise InputError(f"{given} {_shown(address)}: cannot connect to a Ray "
-                                 f"cluster there ({unreachable}). Start one with `ray start "
-                                 f"--head`, or leave {given} out for a local cluster.")
+                raise _cannot_connect(given, address, unreachable)
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise InputError(f"{given} {_shown(address)}: cannot connect to a Ray "
-                                 f"cluster there ({redact_text(str(exc))}). Start one with "
-                                 f"`ray start --head`, or leave {given} out for a local "
-                                 f"cluster.{_auth_hint()}") from None
+                raise _cannot_connect(given, address, str(exc), _auth_hint()) from None
         else:
             local = _start_local(ray, int(workers or available_cores()))
             started = True
@@ -93,6 +88,15 @@ def connect(address: str | None = None, workers: int | None = None):
             ray.shutdown()
             if local is not None:
                 local.shutdown()
+
+
+def _cannot_connect(given: str, address: str, why: str, hint: str = "") -> InputError:
+    """The one error for a cluster address this driver cannot join: its password blanked,
+    in the address and in ``why`` (which may quote it: Ray's exception text)."""
+    shown = _shown(address)  # registers the password, which redact_text then blanks
+    return InputError(f"{given} {shown}: cannot connect to a Ray cluster there "
+                      f"({redact_text(why)}). Start one with `ray start --head`, or leave "
+                      f"{given} out for a local cluster.{hint}")
 
 
 def _auth_hint() -> str:

@@ -143,15 +143,16 @@ def matrix_answers(be, source, cluster: RayCluster, *, connectivities=None,
         log.info("resuming: %d of %d block(s) finished earlier (manifest %s)",
                  manifest.skipped, len(spans), manifest.folder)
     if todo:
-        _answer_todo(ray, job, be, source, connectivities, {s[0] for s in todo}, cluster,
-                     block_cells, manifest, advance, out, direct)
+        _answer_todo(ray, job, be, source, connectivities, todo, cluster, block_cells,
+                     manifest, advance, out, direct)
     n = sum(len(b) for b in out.values())
     if n != source.n_obs:
         raise BackendError(f"Backend '{be.name}' returned {n} answers for {source.n_obs} cells.")
     return [out[s] for s in sorted(out)]
 
 
-def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: RayCluster,
+def _answer_todo(ray, job, be, source, connectivities, todo: list[tuple[int, int]],
+                 cluster: RayCluster,
                  block_cells: int, manifest: RunManifest | None, advance, out: dict,
                  direct: bool = False) -> None:
     limit = cluster.workers + 1  # one chunk waiting per cluster: workers never idle
@@ -183,10 +184,9 @@ def _answer_todo(ray, job, be, source, connectivities, todo: set[int], cluster: 
         out[start] = answers
         advance(len(answers))
 
+    # only the blocks still to do are read (a resumed run's finished ones are not)
     _windowed(ray, lambda start, chunk: answer.remote(job_ref, chunk, start, plan_ref),
-              ((s, c) for s, c in _chunks(source, row_spans(source.n_obs, block_cells), direct)
-               if s in todo), limit,
-              done)
+              _chunks(source, todo, direct), limit, done)
 
 
 def group_sums(source, codes: np.ndarray, k: int, cluster: RayCluster,
