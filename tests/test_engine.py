@@ -272,6 +272,55 @@ def test_backed_h5ad_output_with_sliced_text_reads_back_whole(pbmc68k, tmp_path,
     assert back.obs["cellreasoner_reasoning"].tolist() == res.table["reasoning"].tolist()
 
 
+def test_the_cli_copies_a_streamed_input_ahead_and_writes_the_same_h5ad(pbmc68k, tmp_path):
+    """``annotate IN.h5ad -o OUT.h5ad`` copies IN while it annotates (:class:`CopyAhead`):
+    the written file is the one the API writes without the copy ahead, and no copy is left."""
+    import h5py
+
+    from cellreasoner.cli import main
+
+    src = tmp_path / "in.h5ad"
+    pbmc68k.raw.to_adata().write_h5ad(src)
+    out = tmp_path / "out" / "cli.h5ad"
+    out.parent.mkdir()
+    assert main(["annotate", str(src), "-o", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["cli.h5ad"]
+    res = annotate(str(src), progress=False)
+    want = ad.read_h5ad(res.write(tmp_path / "api.h5ad"))
+    got = ad.read_h5ad(out)
+    pd.testing.assert_frame_equal(got.obs, want.obs)
+    assert (got.X != want.X).nnz == 0 and got.var_names.equals(want.var_names)
+    with h5py.File(out) as f, h5py.File(src) as g:  # X is the input's, byte for byte
+        assert np.array_equal(f["X/data"][:], g["X/data"][:])
+
+
+def test_a_copy_ahead_of_a_changed_input_is_not_used(pbmc68k, tmp_path):
+    """The copy is used only for the file it copied, unchanged; an unused copy is removed."""
+    from cellreasoner.annotation.output import CopyAhead, write_h5ad
+
+    src = tmp_path / "in.h5ad"
+    adata = pbmc68k.raw.to_adata()
+    adata.write_h5ad(src)
+    out = tmp_path / "out.h5ad"
+    with CopyAhead(src, out) as ahead:  # unchanged: the copy is handed over, whole
+        taken = ahead.take(src)
+    assert taken.read_bytes() == src.read_bytes()
+    taken.unlink()
+    with CopyAhead(src, out) as ahead:
+        copy = ahead.tmp
+        assert copy.parent == tmp_path and copy.name.endswith(".ahead.h5ad")
+        changed = adata[:100].copy()
+        changed.write_h5ad(src)  # rewritten after the copy started: the copy is stale
+        res = annotate(str(src), progress=False)
+        write_h5ad(res.adata, out, ahead=ahead)
+    assert not copy.exists()
+    assert ad.read_h5ad(out).n_obs == 100  # written from the file as it is now
+    with CopyAhead(src, out) as ahead:  # never taken: removed on leaving
+        copy = ahead.tmp
+    assert not copy.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad", "out.h5ad"]
+
+
 def test_a_reused_builtin_object_does_not_keep_an_earlier_runs_tissue(pbmc68k):
     be = BuiltinBackend()
     adata = pbmc68k.raw.to_adata()

@@ -7,13 +7,17 @@ since HDF5 can crash the process after a failed write (disk full). An AnnData op
 ``backed="r"`` (a streamed ``.h5ad`` input) is written without loading its matrix: the input
 file is copied as it is (X, layers, ``.raw``, ``obsm``/``obsp`` stay byte for byte) and only
 ``obs``, ``var`` and ``uns`` are rewritten (``obs``'s long text columns, such as a million
-reasoning traces, a slice at a time: :func:`write_frame`).
+reasoning traces, a slice at a time: :func:`write_frame`). That copy can start before the
+annotation does (:class:`CopyAhead`, what ``cellreasoner annotate`` uses): the kernel copies
+the file while the reasoner uses the cores, and the write is then only ``obs``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +26,7 @@ import pandas as pd
 
 from .._spreadsheet import spreadsheet_safe
 from ..errors import InputError
-from ..io.write import atomic_path, write_isolated
+from ..io.write import _new_mode, atomic_path, output_error, write_isolated
 
 if TYPE_CHECKING:
     from .result import AnnotationResult
@@ -59,11 +63,83 @@ def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def write_h5ad(adata, path: str | os.PathLike) -> Path:
-    """``adata`` as ``.h5ad``, atomically; a backed AnnData without reading its matrix."""
+class CopyAhead:
+    """The ``.h5ad`` file ``source`` copied, in a background thread, to a new temporary file
+    beside ``path`` (the output), started before the annotation so that the copy and the
+    reasoning overlap; :func:`write_h5ad` then renames the copy into place instead of copying
+    the file again. Use as a context manager: the copy is removed on leaving unless taken.
+
+    Parameters
+    ----------
+    source
+        The input ``.h5ad`` (to be read ``backed="r"``).
+    path
+        The output ``.h5ad``.
+    """
+
+    def __init__(self, source: str | os.PathLike, path: str | os.PathLike) -> None:
+        self.source, self.path = Path(source), Path(path)
+        self._stat = os.stat(self.source)
+        try:
+            fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.",
+                                        suffix=f".ahead{self.path.suffix}")
+            os.close(fd)
+        except OSError as exc:
+            raise output_error(self.path, exc) from None
+        self.tmp: Path | None = Path(name)
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._copy, name="cellreasoner copy-ahead",
+                                        daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        try:
+            shutil.copyfile(self.source, self.tmp)
+        except OSError as exc:  # write_h5ad copies again (and reports its own error)
+            self.error = exc
+
+    def take(self, source: str | os.PathLike) -> Path | None:
+        """Wait for the copy; the copied file if it is of ``source`` as it was when the copy
+        started (the same file, unchanged), else ``None`` (the caller copies it itself)."""
+        self._thread.join()
+        if self.tmp is None or self.error is not None:
+            return None
+        try:
+            now = os.stat(source)
+        except OSError:
+            return None
+        same = (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
+            self._stat.st_dev, self._stat.st_ino, self._stat.st_size, self._stat.st_mtime_ns)
+        if not same:
+            return None
+        copy, self.tmp = self.tmp, None
+        return copy
+
+    def close(self) -> None:
+        """Remove the copy unless :meth:`take` took it (waits for the copy to stop)."""
+        self._thread.join()
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+
+    def __enter__(self) -> CopyAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_h5ad(adata, path: str | os.PathLike, *, ahead: CopyAhead | None = None) -> Path:
+    """``adata`` as ``.h5ad``, atomically; a backed AnnData without reading its matrix (from
+    ``ahead``'s copy of its file when it holds one)."""
     with atomic_path(path) as tmp:
         if getattr(adata, "isbacked", False):
-            write_isolated(lambda: _write_backed(adata, Path(tmp)), path)
+            copy = ahead.take(adata.filename) if ahead is not None else None
+            if copy is not None:  # the copy becomes the temporary file, as if copied now
+                os.chmod(copy, _new_mode(Path(path)))
+                os.replace(copy, tmp)
+            write_isolated(lambda: _write_backed(adata, Path(tmp), copied=copy is not None),
+                           path)
         else:
             # labels are already categorical; free text (reasoning) must not become categories
             write_isolated(lambda: adata.write_h5ad(tmp, convert_strings_to_categoricals=False),
@@ -71,15 +147,17 @@ def write_h5ad(adata, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def _write_backed(adata, tmp: Path) -> None:
-    """Copy the backing file, then replace its ``obs``, ``var`` and ``uns``."""
+def _write_backed(adata, tmp: Path, *, copied: bool = False) -> None:
+    """Copy the backing file (unless ``copied``: ``tmp`` is already its copy), then replace
+    its ``obs``, ``var`` and ``uns``."""
     import h5py
     from anndata.io import write_elem
 
     source = Path(adata.filename)
     if source.resolve() == tmp.resolve():  # pragma: no cover - atomic_path never does this
         raise InputError(f"{source}: cannot write a backed AnnData onto its own file.")
-    shutil.copyfile(source, tmp)
+    if not copied:
+        shutil.copyfile(source, tmp)
     with h5py.File(tmp, "r+") as f:
         for key, value in (("obs", adata.obs), ("var", adata.var), ("uns", dict(adata.uns))):
             if key in f:
@@ -135,11 +213,12 @@ def _write_text(group, name: str, values: np.ndarray) -> None:
 
 
 def write_result(result: AnnotationResult, path: str | os.PathLike, *,
-                 cellxgene: bool = False) -> Path:
+                 cellxgene: bool = False, ahead: CopyAhead | None = None) -> Path:
     """Write ``result`` where ``path``'s suffix says (see :data:`SUFFIXES`).
 
     ``.h5ad``: the annotated AnnData (with ``cellxgene``, also
-    ``obs["cell_type_ontology_term_id"]``); ``.csv`` / ``.parquet``: the per-cell table in the
+    ``obs["cell_type_ontology_term_id"]``; ``ahead``: a :class:`CopyAhead` of the input file
+    started before the annotation); ``.csv`` / ``.parquet``: the per-cell table in the
     upstream CellReasoner layout, without the matrix.
     """
     p = Path(path)
@@ -154,4 +233,4 @@ def write_result(result: AnnotationResult, path: str | os.PathLike, *,
         return result.to_parquet(p)
     if result.adata is None:
         raise InputError(f"Output {p}: this result holds no AnnData; write .csv or .parquet.")
-    return write_h5ad(result.adata, p)
+    return write_h5ad(result.adata, p, ahead=ahead)

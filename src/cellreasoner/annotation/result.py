@@ -159,13 +159,15 @@ class AnnotationResult:
 
         return write_parquet(self.upstream_frame(), path)
 
-    def write(self, path: str | os.PathLike, *, cellxgene: bool = False) -> Path:
+    def write(self, path: str | os.PathLike, *, cellxgene: bool = False,
+              ahead=None) -> Path:
         """Write the result where ``path``'s suffix says: ``.h5ad`` (the annotated AnnData,
-        see :func:`cellreasoner.annotation.output.write_h5ad`), ``.csv`` or ``.parquet``
-        (the per-cell table only). Returns the path."""
+        see :func:`cellreasoner.annotation.output.write_h5ad`; ``ahead``, a
+        :class:`~cellreasoner.annotation.output.CopyAhead` of the input started before the
+        annotation), ``.csv`` or ``.parquet`` (the per-cell table only). Returns the path."""
         from .output import write_result
 
-        return write_result(self, path, cellxgene=cellxgene)
+        return write_result(self, path, cellxgene=cellxgene, ahead=ahead)
 
 
 def _typed(field: str, values: np.ndarray):

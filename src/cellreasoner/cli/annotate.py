@@ -250,22 +250,9 @@ def _run(args: argparse.Namespace) -> int:
         from ..atac import read_atac
 
         data = read_atac(args.input, gtf=args.gtf, barcodes=args.barcodes)
-    result = annotate(
-        data, args.backend, model=args.model, reasoning=args.reasoning,
-        prompt_style=args.prompt_style, instruction=args.instruction, mode=args.mode,
-        by=args.by, resolution=args.resolution, n=args.n, temperature=args.temperature,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-        seed=args.seed, gene_list=args.gene_list, max_genes=args.max_genes, layer=args.layer,
-        use_raw=args.use_raw, assay=args.assay, label_key=args.label_column,
-        cluster_markers=args.cluster_markers, n_markers=args.n_markers, tissue=args.tissue,
-        species=args.species,
-        accessibility_prompt=args.accessibility_prompt,
-        key_added=args.key_added, cache=False if args.no_cache else args.cache,
-        batch_size=args.batch_size, backend_options=backend_options(args),
-        progress=not args.no_progress, deliberate=args.deliberate, **_engine_options(args, out),
-    )
-    written = [result.write(out, cellxgene=args.cellxgene)]
+    with _copy_ahead(args, data, out) as ahead:
+        result = annotate(data, args.backend, **_annotate_options(args, out))
+        written = [result.write(out, cellxgene=args.cellxgene, ahead=ahead)]
     if args.csv:
         written.append(result.to_csv(args.csv))
     if args.report:
@@ -289,6 +276,40 @@ def _run(args: argparse.Namespace) -> int:
     print(f"labels: {top}" + (" ..." if len(labels) > 5 else ""), file=sys.stderr)
     print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return _report_failures(result.provenance, args.fail_on_error)
+
+
+def _annotate_options(args: argparse.Namespace, out: Path) -> dict:
+    """The keyword options of :func:`cellreasoner.annotate` the command line gives."""
+    return dict(
+        model=args.model, reasoning=args.reasoning,
+        prompt_style=args.prompt_style, instruction=args.instruction, mode=args.mode,
+        by=args.by, resolution=args.resolution, n=args.n, temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+        seed=args.seed, gene_list=args.gene_list, max_genes=args.max_genes, layer=args.layer,
+        use_raw=args.use_raw, assay=args.assay, label_key=args.label_column,
+        cluster_markers=args.cluster_markers, n_markers=args.n_markers, tissue=args.tissue,
+        species=args.species,
+        accessibility_prompt=args.accessibility_prompt,
+        key_added=args.key_added, cache=False if args.no_cache else args.cache,
+        batch_size=args.batch_size, backend_options=backend_options(args),
+        progress=not args.no_progress, deliberate=args.deliberate,
+        **_engine_options(args, out),
+    )
+
+
+def _copy_ahead(args: argparse.Namespace, data, out: Path):
+    """A :class:`~cellreasoner.annotation.output.CopyAhead` of a streamed ``.h5ad`` input
+    when the output is ``.h5ad`` (the file copy overlaps the annotation), else a no-op."""
+    import contextlib
+
+    from ..annotation.output import CopyAhead
+    from ..io import streams_from_file
+
+    if (out.suffix.lower() == ".h5ad" and isinstance(data, str | os.PathLike)
+            and streams_from_file(data, layer=args.layer, use_raw=bool(args.use_raw))):
+        return CopyAhead(data, out)
+    return contextlib.nullcontext(None)
 
 
 def _engine_options(args: argparse.Namespace, out: Path) -> dict:

@@ -202,6 +202,17 @@ def _streamable(path: Path, layer: str | None) -> bool:
         return False  # read() gives the clear error
 
 
+def streams_from_file(data: Any, *, layer: str | None = None, use_raw: bool = False) -> bool:
+    """Whether :func:`open_input` streams ``data``'s matrix from its file (an ``.h5ad`` path
+    whose ``X`` or ``layer`` is CSR or dense, not ATAC peaks): such an input is opened
+    ``backed="r"`` and its annotated ``.h5ad`` is a copy of the file with a new ``obs``."""
+    from ..atac.read import atac_layout
+
+    return (isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad"
+            and not use_raw and Path(data).is_file() and _streamable(Path(data), layer)
+            and atac_layout(Path(data)) is None)  # peaks become gene activity in memory
+
+
 def open_input(data: Any, *, layer: str | None = None, use_raw: bool = False,
                assay: str | None = None):
     """An input and a chunked source of its expression matrix.
@@ -228,12 +239,9 @@ def open_input(data: Any, *, layer: str | None = None, use_raw: bool = False,
     """
     import numpy as np
 
-    from ..atac.read import atac_layout
     from ..matrix import from_anndata, from_h5ad
 
-    stream = (isinstance(data, str | os.PathLike) and Path(data).suffix == ".h5ad"
-              and not use_raw and Path(data).is_file() and _streamable(Path(data), layer)
-              and atac_layout(Path(data)) is None)  # peaks become gene activity in memory
+    stream = streams_from_file(data, layer=layer, use_raw=use_raw)
     adata, name = load_input(data, assay=assay, backed="r" if stream else None)
     if stream:
         source = from_h5ad(Path(data), layer=layer, names=False)
