@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +25,7 @@ import pandas as pd
 
 from .._spreadsheet import spreadsheet_safe
 from ..errors import InputError
-from ..io.write import _new_mode, atomic_path, output_error, write_isolated
+from ..io.write import atomic_path, temp_beside, write_isolated
 
 if TYPE_CHECKING:
     from .result import AnnotationResult
@@ -78,15 +77,9 @@ class CopyAhead:
     """
 
     def __init__(self, source: str | os.PathLike, path: str | os.PathLike) -> None:
-        self.source, self.path = Path(source), Path(path)
+        self.source = Path(source)
         self._stat = os.stat(self.source)
-        try:
-            fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.",
-                                        suffix=f".ahead{self.path.suffix}")
-            os.close(fd)
-        except OSError as exc:
-            raise output_error(self.path, exc) from None
-        self.tmp: Path | None = Path(name)
+        self.tmp: Path | None = temp_beside(path, "ahead")  # with the output's mode
         self.error: OSError | None = None
         self._thread = threading.Thread(target=self._copy, name="cellreasoner copy-ahead",
                                         daemon=True)
@@ -136,7 +129,6 @@ def write_h5ad(adata, path: str | os.PathLike, *, ahead: CopyAhead | None = None
         if getattr(adata, "isbacked", False):
             copy = ahead.take(adata.filename) if ahead is not None else None
             if copy is not None:  # the copy becomes the temporary file, as if copied now
-                os.chmod(copy, _new_mode(Path(path)))
                 os.replace(copy, tmp)
             write_isolated(lambda: _write_backed(adata, Path(tmp), copied=copy is not None),
                            path)

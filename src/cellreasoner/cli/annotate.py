@@ -306,8 +306,8 @@ def _copy_ahead(args: argparse.Namespace, data, out: Path):
     from ..annotation.output import CopyAhead
     from ..io import streams_from_file
 
-    if (out.suffix.lower() == ".h5ad" and isinstance(data, str | os.PathLike)
-            and streams_from_file(data, layer=args.layer, use_raw=bool(args.use_raw))):
+    if out.suffix.lower() == ".h5ad" and streams_from_file(data, layer=args.layer,
+                                                           use_raw=bool(args.use_raw)):
         return CopyAhead(data, out)
     return contextlib.nullcontext(None)
 

@@ -94,6 +94,21 @@ def _new_mode(path: Path) -> int:
         return 0o666 & ~mask
 
 
+def temp_beside(path: PathLike, kind: str = "tmp") -> Path:
+    """A new, empty, uniquely named file beside ``path`` (``.<stem>.<random>.<kind><suffix>``,
+    keeping the suffix, which some writers check), with the mode ``path`` will have. OS errors
+    become one :class:`~cellreasoner.errors.OutputError` naming ``path``."""
+    path = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.",
+                                    suffix=f".{kind}{path.suffix}")
+        os.close(fd)
+        os.chmod(name, _new_mode(path))
+    except OSError as exc:
+        raise output_error(path, exc) from None
+    return Path(name)
+
+
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """A new temporary path next to ``path``; renamed to ``path`` if the block succeeds.
@@ -116,14 +131,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     _make_folder(path)
     with output_lock(path):
-        try:
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.",
-                                        suffix=f".tmp{path.suffix}")
-            os.close(fd)
-            os.chmod(name, _new_mode(path))
-        except OSError as exc:
-            raise output_error(path, exc) from None
-        tmp = Path(name)
+        tmp = temp_beside(path)
         try:
             yield tmp
             os.replace(tmp, path)
@@ -412,4 +420,5 @@ def _child(write: Callable[[], object], err_fd: int) -> None:
 
 
 __all__ = ["LOCK_MARK", "atomic_path", "check_outputs", "check_path_text", "check_writable",
-           "claim_outputs", "os_reason", "output_error", "output_lock", "write_isolated"]
+           "claim_outputs", "os_reason", "output_error", "output_lock", "temp_beside",
+           "write_isolated"]
